@@ -1,0 +1,65 @@
+# Task components: `make tasks` builds every example component into
+# target/tasks/, where the worker loads them (see example-tasks/README.md).
+# The host (the worker itself) is built with plain `cargo build`.
+
+CARGO ?= cargo
+
+GUEST_TARGET  := wasm32-wasip2
+GUEST_PROFILE := guest
+# A target dir of its own, so a guest build never waits for cargo's lock on
+# the host build (and the two never invalidate each other's artifacts).
+GUEST_DIR     := target/guest
+TASKS_DIR     := target/tasks
+
+# Every component `make tasks` builds. To add one, append its output here and
+# add a rule for it below. The path under $(TASKS_DIR) sets the Celery name
+# prefix: billing/invoices.wasm serves billing.invoices.<task>.
+COMPONENTS := \
+	$(TASKS_DIR)/tasks.wasm
+
+.PHONY: tasks clean-tasks guest-target FORCE
+
+tasks: $(COMPONENTS)
+
+# --- Rust components ---------------------------------------------------------
+# $(call rust_component,CRATE): builds the workspace crate CRATE (a cdylib that
+# uses celeriac-sdk) for wasm32-wasip2, which directly yields a component, and
+# copies it to the rule's target. The copy goes through a temporary file so a
+# worker watching $(TASKS_DIR) never sees a half-written component.
+rust_component = \
+	$(CARGO) build --profile $(GUEST_PROFILE) --target $(GUEST_TARGET) \
+		--target-dir $(GUEST_DIR) -p $(1) && \
+	mkdir -p $(@D) && \
+	cp $(GUEST_DIR)/$(GUEST_TARGET)/$(GUEST_PROFILE)/$(subst -,_,$(1)).wasm $@.tmp && \
+	mv $@.tmp $@
+
+# Cargo decides what is stale, so these rules always run it (FORCE).
+$(TASKS_DIR)/tasks.wasm: FORCE | guest-target
+	$(call rust_component,tasks)
+
+# Example of one more Rust component, crate example-tasks/billing-invoices
+# (listed in the workspace members), served as billing.invoices.<task>:
+#
+# $(TASKS_DIR)/billing/invoices.wasm: FORCE | guest-target
+# 	$(call rust_component,billing-invoices)
+
+# Installs the Rust wasm target if it is missing (cheap check, no network).
+guest-target:
+	@if command -v rustup >/dev/null 2>&1 && \
+	    ! rustup target list --installed | grep -qx '$(GUEST_TARGET)'; then \
+		echo "rustup target add $(GUEST_TARGET)"; \
+		rustup target add $(GUEST_TARGET); \
+	fi
+
+# --- Other languages ---------------------------------------------------------
+# A component in another language is one more rule writing $(TASKS_DIR)/<name>.wasm
+# (plus its entry in COMPONENTS), e.g.
+#
+# $(TASKS_DIR)/pytasks.wasm: example-tasks/pytasks/app.py wit/task.wit
+# 	mkdir -p $(@D)
+# 	componentize-py -d wit -w task-component componentize -p example-tasks/pytasks app -o $@
+
+FORCE:
+
+clean-tasks:
+	rm -rf $(TASKS_DIR) $(GUEST_DIR)

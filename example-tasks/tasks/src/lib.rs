@@ -1,0 +1,136 @@
+//! The example task component. Built as `target/tasks/tasks.wasm`, it serves
+//! the Celery tasks `tasks.add`, `tasks.mul`, ... listed in `export_tasks!` at
+//! the bottom.
+//!
+//! Besides Celery's first-steps tasks it has tasks that misbehave on purpose
+//! (`panic`, `spin`, `hog`, `deep`, `open_file`), used to test the worker's
+//! sandbox and limits.
+
+use std::hint::black_box;
+
+use celeriac_sdk::{TaskError, task};
+use serde_json::json;
+
+/// `add(x, y)`: the sum of two integers.
+#[task]
+fn add(x: i64, y: i64) -> i64 {
+    x.wrapping_add(y)
+}
+
+/// `mul(x, y)`: the product of two integers.
+#[task]
+fn mul(x: i64, y: i64) -> i64 {
+    x.wrapping_mul(y)
+}
+
+/// `xsum(numbers)`: the sum of a list of numbers (integers are accepted too).
+#[task]
+fn xsum(numbers: Vec<f64>) -> f64 {
+    numbers.iter().sum()
+}
+
+/// `div(a, b)`: `a / b`; raises `ZeroDivisionError` when `b` is 0.
+#[task]
+fn div(a: f64, b: f64) -> Result<f64, TaskError> {
+    if b == 0.0 {
+        return Err(TaskError::new("ZeroDivisionError", "division by zero"));
+    }
+    Ok(a / b)
+}
+
+/// `fail(msg)`: raises `ValueError(msg)`.
+#[task]
+fn fail(msg: String) -> Result<(), TaskError> {
+    Err(TaskError::value_error(msg))
+}
+
+/// `panic(msg)`: panics with `msg`, so the component traps.
+#[task]
+fn panic(msg: String) {
+    panic!("{msg}");
+}
+
+/// `spin()`: loops forever (until the worker's time or fuel limit).
+#[task]
+fn spin() {
+    let mut n: u64 = 0;
+    loop {
+        n = black_box(n.wrapping_add(1));
+    }
+}
+
+/// `hog()`: allocates memory without bound (until the worker's memory limit).
+#[task]
+fn hog() -> usize {
+    const MIB: usize = 1 << 20;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut chunk = vec![0u8; MIB];
+        // Touch every page so the memory is really used.
+        for i in (0..MIB).step_by(4096) {
+            chunk[i] = 1;
+        }
+        chunks.push(black_box(chunk));
+        black_box(&chunks);
+    }
+}
+
+/// `deep()`: recurses without bound (until the stack is exhausted).
+#[task]
+fn deep() -> u64 {
+    recurse(black_box(0))
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    // A stack buffer used after the call keeps this from becoming a loop.
+    let frame = black_box([depth; 16]);
+    let below = recurse(black_box(depth + 1));
+    black_box(frame[(depth % 16) as usize]).wrapping_add(below)
+}
+
+/// `sleep(seconds)`: sleeps on the WASI clock (burns no fuel); returns `seconds`.
+#[task]
+fn sleep(seconds: f64) -> Result<f64, TaskError> {
+    let duration = std::time::Duration::try_from_secs_f64(seconds)
+        .map_err(|e| TaskError::value_error(format!("sleep length must be a non-negative number: {e}")))?;
+    std::thread::sleep(duration);
+    Ok(seconds)
+}
+
+/// `progress(n)`: reports `PROGRESS` states `{current: i, total: n}` for
+/// `i` in `0..n` (logging each), then returns `n`.
+#[task]
+fn progress(n: u32) -> u32 {
+    for i in 0..n {
+        celeriac_sdk::update_state("PROGRESS", &json!({"current": i, "total": n}));
+        celeriac_sdk::info!("progress {}/{}", i + 1, n);
+    }
+    n
+}
+
+/// `context()`: the request context (id, name, retries, headers, ...).
+#[task]
+fn context() -> celeriac_sdk::Request {
+    celeriac_sdk::request()
+}
+
+/// `open_file(path)`: reads a file. The sandbox grants no filesystem, so this
+/// raises `OSError`.
+#[task]
+fn open_file(path: String) -> Result<String, TaskError> {
+    std::fs::read_to_string(&path).map_err(|e| TaskError::new("OSError", format!("{e}: '{path}'")))
+}
+
+/// `log(msg)`: writes `msg` to stdout and, at level info, to the worker's
+/// log; returns null.
+#[task]
+fn log(msg: String) {
+    println!("{msg}");
+    celeriac_sdk::log::info(&msg);
+}
+
+celeriac_sdk::export_tasks!(
+    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log,
+);

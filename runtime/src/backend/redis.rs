@@ -1,0 +1,120 @@
+//! Celery's Redis result backend.
+//!
+//! Writes `celery-task-meta-<id>` = JSON meta with `SETEX <result_expires>` (or
+//! plain `SET` when results never expire) and `PUBLISH` of the same bytes on the
+//! same channel, inside one `MULTI`/`EXEC`: a Python client subscribes when it
+//! sends the task, reads the key once, and then only listens.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::{BackendError, TASK_KEY_PREFIX};
+
+/// A connection to a Redis result backend.
+#[derive(Clone)]
+pub struct RedisBackend {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Result time-to-live in seconds; `None` keeps results forever.
+    expires: Option<u64>,
+}
+
+/// The key holding `task_id`'s state.
+pub fn task_key(task_id: &str) -> String {
+    format!("{TASK_KEY_PREFIX}{task_id}")
+}
+
+impl RedisBackend {
+    /// Connect to `url` (`redis://[:password@]host:port/db`, `unix:///path`).
+    pub async fn connect(url: &str, expires: Option<u64>) -> Result<Self, BackendError> {
+        let url = crate::broker::redis::normalize_url(url);
+        let client = redis::Client::open(url.as_str()).map_err(|e| BackendError::Url(format!("{url}: {e}")))?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client.get_connection_manager_with_config(cfg).await.map_err(BackendError::redis)?;
+        Ok(RedisBackend { client, conn, expires })
+    }
+
+    /// Store `meta` (already serialised) as the state of `task_id` and publish it.
+    pub async fn store(&self, task_id: &str, meta: &[u8]) -> Result<(), BackendError> {
+        let key = task_key(task_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match self.expires {
+            Some(ttl) => pipe.set_ex(&key, meta, ttl).ignore(),
+            None => pipe.set(&key, meta).ignore(),
+        };
+        pipe.publish(&key, meta).ignore();
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
+    }
+
+    /// The stored meta of `task_id`, if any.
+    pub async fn get(&self, task_id: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let mut c = self.conn.clone();
+        c.get(task_key(task_id)).await.map_err(BackendError::redis)
+    }
+
+    /// Delete the stored result of `task_id` (Celery's `forget`).
+    pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        let mut c = self.conn.clone();
+        c.del::<_, ()>(task_key(task_id)).await.map_err(BackendError::redis)
+    }
+
+    /// Subscribe to `task_id`'s state channel. Subscribe before sending the
+    /// task, as a Python client does, so a fast worker's PUBLISH is not missed.
+    pub async fn subscribe(&self, task_id: &str) -> Result<ResultSubscription, BackendError> {
+        let mut pubsub = self.client.get_async_pubsub().await.map_err(BackendError::redis)?;
+        pubsub.subscribe(task_key(task_id)).await.map_err(BackendError::redis)?;
+        Ok(ResultSubscription { backend: self.clone(), task_id: task_id.to_string(), pubsub })
+    }
+
+    /// Wait until `task_id` reaches a state accepted by `is_ready`.
+    pub async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+        is_ready: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.subscribe(task_id).await?.wait(timeout, is_ready).await
+    }
+}
+
+/// A subscription to one task's state channel.
+pub struct ResultSubscription {
+    backend: RedisBackend,
+    task_id: String,
+    pubsub: redis::aio::PubSub,
+}
+
+impl ResultSubscription {
+    /// Wait the way a Python client does: read the key once (a result stored
+    /// before the subscription), then listen until a ready state arrives.
+    pub async fn wait(mut self, timeout: Duration, is_ready: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, BackendError> {
+        if let Some(v) = self.backend.get(&self.task_id).await? {
+            if is_ready(&v) {
+                return Ok(v);
+            }
+        }
+        let mut stream = self.pubsub.on_message();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return Err(BackendError::Timeout(self.task_id.clone())),
+                Ok(None) => return Err(BackendError::Connection("result subscription closed".into())),
+                Ok(Some(msg)) => {
+                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                    if is_ready(&payload) {
+                        return Ok(payload);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! kombu's Redis transport, exactly, so Celeriac and Python workers can share one Redis.
+//!
+//! - A queue is a Redis LIST named after it; priorities live in sub-lists
+//!   `<queue>\x06\x16<step>` (steps 0/3/6/9; on Redis a LOWER number is served first).
+//! - Producers `LPUSH` a JSON envelope; consumers pop from the right (FIFO).
+//! - A received message is recorded in `unacked` (HASH tag → `[envelope, exchange,
+//!   routing_key]`) and `unacked_index` (ZSET tag → receive time) until it is
+//!   acknowledged; a message whose consumer died is pushed back by the restore
+//!   sweep once it is older than the visibility timeout, guarded by `unacked_mutex`.
+//!
+//! Where kombu pops with `BRPOP` and records the message with a second command
+//! (a crash in between loses the message), Celeriac pops and records in one Lua
+//! script, atomically and in batches; it only falls back to `BRPOP` to wait
+//! when every queue is empty, and then records the message it got at once.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use serde_json::Value;
+
+use super::{BrokerError, Delivery};
+use crate::config::TransportOptions;
+
+/// Lua shared by the pop scripts: record one message in the ack bookkeeping.
+/// Writes `[<envelope>, "<exchange>", "<routing_key>"]` exactly as kombu does,
+/// keeping the envelope's bytes as they are.
+const RECORD_FN: &str = r#"
+local function record(unacked, index, now, m)
+  local ok, env = pcall(cjson.decode, m)
+  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return false end
+  local tag = env.properties.delivery_tag
+  if type(tag) ~= 'string' then return false end
+  local ex, rk = '', ''
+  local di = env.properties.delivery_info
+  if type(di) == 'table' then
+    if type(di.exchange) == 'string' then ex = di.exchange end
+    if type(di.routing_key) == 'string' then rk = di.routing_key end
+  end
+  redis.call('ZADD', index, now, tag)
+  redis.call('HSET', unacked, tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
+  return true
+end
+"#;
+
+/// Pop up to ARGV[1] messages from KEYS[3..] (in order) and record each.
+/// Returns a flat list `queue, message, queue, message, ...`.
+const POP_SCRIPT: &str = r#"
+local out = {}
+local max = tonumber(ARGV[1])
+for i = 3, #KEYS do
+  while #out < max * 2 do
+    local m = redis.call('RPOP', KEYS[i])
+    if not m then break end
+    record(KEYS[1], KEYS[2], ARGV[2], m)
+    out[#out + 1] = KEYS[i]
+    out[#out + 1] = m
+  end
+  if #out >= max * 2 then break end
+end
+return out
+"#;
+
+/// Record a message obtained with BRPOP. KEYS: unacked, unacked_index; ARGV: now, message.
+const RECORD_SCRIPT: &str = "return record(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) and 1 or 0";
+
+/// Move an unacked message back to a queue if it is still the same unacked
+/// entry. KEYS: unacked, unacked_index, target list; ARGV: tag, expected entry, payload.
+const RESTORE_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 1
+"#;
+
+/// Release `unacked_mutex` only if we still hold it.
+const UNLOCK_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// How long a blocking wait lasts before the consumer loop looks around again.
+const BRPOP_TIMEOUT: f64 = 1.0;
+
+/// A connection to a Redis broker speaking kombu's transport.
+#[derive(Clone)]
+pub struct RedisBroker {
+    /// For ordinary commands (multiplexed, auto-reconnecting).
+    conn: ConnectionManager,
+    /// For `BRPOP`, which would block everything else on a shared connection.
+    blocking: ConnectionManager,
+    opts: TransportOptions,
+    db: i64,
+    pop: redis::Script,
+    record: redis::Script,
+    restore: redis::Script,
+    unlock: redis::Script,
+}
+
+/// Turn kombu-style URLs into ones the redis crate understands:
+/// `socket:///path` and `redis+socket:///path` become `unix:///path`.
+pub fn normalize_url(url: &str) -> String {
+    for prefix in ["redis+socket://", "socket://"] {
+        if let Some(rest) = url.strip_prefix(prefix) {
+            return format!("unix://{rest}");
+        }
+    }
+    url.to_string()
+}
+
+/// Connect a command connection and a blocking one to `url`.
+pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager, i64), BrokerError> {
+    let url = normalize_url(url);
+    let client = redis::Client::open(url.as_str()).map_err(|e| BrokerError::Url(format!("{url}: {e}")))?;
+    let db = client.get_connection_info().redis_settings().db();
+    let base = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let conn = client
+        .get_connection_manager_with_config(base.clone().set_response_timeout(Some(Duration::from_secs(30))))
+        .await
+        .map_err(BrokerError::redis)?;
+    let blocking = client
+        .get_connection_manager_with_config(
+            base.set_response_timeout(Some(Duration::from_secs_f64(BRPOP_TIMEOUT + 10.0))),
+        )
+        .await
+        .map_err(BrokerError::redis)?;
+    Ok((conn, blocking, db))
+}
+
+/// kombu's `_q_for_pri`: the list for `queue` at `priority`, which is rounded
+/// down to one of the priority steps; step 0 is the plain queue name.
+pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> String {
+    let step = opts.priority_steps.iter().copied().filter(|s| *s <= priority).max().unwrap_or(0);
+    if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl RedisBroker {
+    /// Connect to the broker at `url` (`redis://[:password@]host:port/db`,
+    /// `unix:///path`, `socket:///path`).
+    pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
+        let (conn, blocking, db) = connect_pair(url).await?;
+        Ok(RedisBroker {
+            conn,
+            blocking,
+            opts,
+            db,
+            pop: redis::Script::new(&format!("{RECORD_FN}{POP_SCRIPT}")),
+            record: redis::Script::new(&format!("{RECORD_FN}{RECORD_SCRIPT}")),
+            restore: redis::Script::new(RESTORE_SCRIPT),
+            unlock: redis::Script::new(UNLOCK_SCRIPT),
+        })
+    }
+
+    /// The Redis database number of the broker (used by fanout prefixes).
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    fn key(&self, k: &str) -> String {
+        format!("{}{k}", self.opts.global_keyprefix)
+    }
+
+    /// The list holding `queue`'s messages of priority `priority`
+    /// (kombu's `_q_for_pri`: the priority rounded down to a step).
+    pub fn list_for(&self, queue: &str, priority: u8) -> String {
+        self.key(&priority_list(&self.opts, queue, priority))
+    }
+
+    /// The lists to consume, in the order kombu polls them: grouped by
+    /// priority step, then by queue.
+    pub fn consume_lists(&self, queues: &[String]) -> Vec<String> {
+        let mut steps = self.opts.priority_steps.clone();
+        steps.sort_unstable();
+        steps.dedup();
+        steps.iter().flat_map(|s| queues.iter().map(move |q| self.list_for(q, *s))).collect()
+    }
+
+    /// Declare queues the way kombu does (bindings of the default exchange),
+    /// so Python tools that inspect bindings see them.
+    pub async fn declare(&self, queues: &[String]) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for q in queues {
+            let member = format!("{q}{sep}{sep}{q}", sep = self.opts.sep);
+            pipe.sadd(self.key(&format!("_kombu.binding.{q}")), &member).ignore();
+            pipe.sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member).ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+    }
+
+    /// Receive up to `max` messages from `lists`: take what is there at once,
+    /// or wait up to a second for one. Every message returned with a tag is in
+    /// the ack bookkeeping.
+    pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        if max == 0 || lists.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn.clone();
+        let mut inv = self.pop.prepare_invoke();
+        inv.key(self.key("unacked")).key(self.key("unacked_index")).arg(max).arg(now_secs());
+        for l in lists {
+            inv.key(l);
+        }
+        let flat: Vec<Vec<u8>> = inv.invoke_async(&mut c).await.map_err(BrokerError::redis)?;
+        if !flat.is_empty() {
+            return Ok(flat.chunks_exact(2).map(|p| Delivery::from_redis(&p[0], p[1].clone())).collect());
+        }
+        let mut b = self.blocking.clone();
+        let popped: Option<(Vec<u8>, Vec<u8>)> =
+            b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
+        let Some((list, payload)) = popped else { return Ok(Vec::new()) };
+        // Record it at once; if this fails the message is in our hands only,
+        // so it is still returned and handled.
+        let recorded: redis::RedisResult<i64> = self
+            .record
+            .key(self.key("unacked"))
+            .key(self.key("unacked_index"))
+            .arg(now_secs())
+            .arg(&payload)
+            .invoke_async(&mut c)
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!("could not record a received message as unacknowledged: {e}");
+        }
+        Ok(vec![Delivery::from_redis(&list, payload)])
+    }
+
+    /// Acknowledge messages: remove them from the bookkeeping (one round trip).
+    pub async fn ack(&self, tags: &[String]) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for t in tags {
+            pipe.zrem(self.key("unacked_index"), t).ignore();
+            pipe.hdel(self.key("unacked"), t).ignore();
+        }
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+    }
+
+    /// Refresh the receive time of messages this worker still holds, so that
+    /// no restore sweep (ours or a Python worker's) treats them as abandoned.
+    /// `ZADD XX` only updates tags still present: acknowledged ones stay gone.
+    pub async fn touch(&self, tags: &std::collections::HashSet<String>) -> Result<(), BrokerError> {
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let now = now_secs();
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.key("unacked_index")).arg("XX");
+        for t in tags {
+            cmd.arg(now).arg(t);
+        }
+        let mut c = self.conn.clone();
+        cmd.query_async::<i64>(&mut c).await.map_err(BrokerError::redis)?;
+        Ok(())
+    }
+
+    /// Put an unacknowledged message back on its queue, marked redelivered
+    /// (kombu's `restore_by_tag`). Returns whether it was restored (false if it
+    /// had been acknowledged or restored by someone else meanwhile).
+    pub async fn restore(&self, tag: &str) -> Result<bool, BrokerError> {
+        let mut c = self.conn.clone();
+        let entry: Option<Vec<u8>> = c.hget(self.key("unacked"), tag).await.map_err(BrokerError::redis)?;
+        let Some(entry) = entry else { return Ok(false) };
+        let Some((payload, queues)) = self.restored_payload(&entry).await? else {
+            // Unreadable entry: drop it from the bookkeeping rather than retrying forever.
+            tracing::error!("dropping unreadable unacked entry {tag}");
+            self.ack(&[tag.to_string()]).await?;
+            return Ok(false);
+        };
+        let mut restored = false;
+        for list in queues {
+            let n: i64 = self
+                .restore
+                .key(self.key("unacked"))
+                .key(self.key("unacked_index"))
+                .key(&list)
+                .arg(tag)
+                .arg(&entry)
+                .arg(&payload)
+                .invoke_async(&mut c)
+                .await
+                .map_err(BrokerError::redis)?;
+            restored |= n == 1;
+            if n != 1 {
+                break;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Rebuild the envelope of an unacked entry with `redelivered` set, and
+    /// find the list(s) it goes back to.
+    async fn restored_payload(&self, entry: &[u8]) -> Result<Option<(Vec<u8>, Vec<String>)>, BrokerError> {
+        let Ok(Value::Array(mut parts)) = serde_json::from_slice::<Value>(entry) else { return Ok(None) };
+        if parts.len() < 3 {
+            return Ok(None);
+        }
+        let rk = parts[2].as_str().unwrap_or_default().to_string();
+        let ex = parts[1].as_str().unwrap_or_default().to_string();
+        let mut envelope = parts.swap_remove(0);
+        if let Some(h) = envelope.get_mut("headers").and_then(Value::as_object_mut) {
+            h.insert("redelivered".into(), Value::Bool(true));
+        }
+        if let Some(di) = envelope.pointer_mut("/properties/delivery_info").and_then(Value::as_object_mut) {
+            di.insert("redelivered".into(), Value::Bool(true));
+        }
+        let priority = envelope.pointer("/properties/priority").and_then(Value::as_u64).unwrap_or(0).min(255) as u8;
+        let queues = self.lookup(&ex, &rk).await?;
+        let lists = queues.iter().map(|q| self.list_for(q, priority)).collect();
+        let payload = serde_json::to_vec(&envelope).map_err(|e| BrokerError::Protocol(e.to_string()))?;
+        Ok(Some((payload, lists)))
+    }
+
+    /// The queues an (exchange, routing key) pair delivers to: the routing key
+    /// itself for the default exchange, else the exchange's bindings.
+    async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+        if exchange.is_empty() {
+            return Ok(vec![routing_key.to_string()]);
+        }
+        let mut c = self.conn.clone();
+        let members: Vec<String> =
+            c.smembers(self.key(&format!("_kombu.binding.{exchange}"))).await.map_err(BrokerError::redis)?;
+        let mut queues: Vec<String> = members
+            .iter()
+            .filter_map(|m| {
+                let mut it = m.split(self.opts.sep.as_str());
+                let rk = it.next()?;
+                let _pattern = it.next()?;
+                let queue = it.next()?;
+                (rk == routing_key || rk.is_empty()).then(|| queue.to_string())
+            })
+            .collect();
+        queues.dedup();
+        if queues.is_empty() {
+            // kombu falls back to the routing key as the queue name.
+            queues.push(routing_key.to_string());
+        }
+        Ok(queues)
+    }
+
+    /// The restore sweep: push back every unacked message older than the
+    /// visibility timeout whose tag is not in `ours` (messages this worker still
+    /// holds), under `unacked_mutex`. Returns how many were restored.
+    pub async fn restore_visible(&self, ours: &std::collections::HashSet<String>) -> Result<usize, BrokerError> {
+        let mut c = self.conn.clone();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let locked: Option<String> = redis::cmd("SET")
+            .arg(self.key("unacked_mutex"))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(300_000)
+            .query_async(&mut c)
+            .await
+            .map_err(BrokerError::redis)?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let ceiling = now_secs() - self.opts.visibility().as_secs_f64();
+        let result = async {
+            let tags: Vec<String> = c
+                .zrangebyscore_limit(self.key("unacked_index"), 0, ceiling, 0, 1000)
+                .await
+                .map_err(BrokerError::redis)?;
+            let mut n = 0;
+            for tag in tags.iter().filter(|t| !ours.contains(*t)) {
+                if self.restore(tag).await? {
+                    n += 1;
+                }
+            }
+            Ok::<usize, BrokerError>(n)
+        }
+        .await;
+        let _: redis::RedisResult<i64> = self.unlock.key(self.key("unacked_mutex")).arg(&token).invoke_async(&mut c).await;
+        result
+    }
+
+    /// Publish an envelope to `queue` (default exchange) at `priority`.
+    pub async fn publish(&self, queue: &str, priority: u8, envelope: &[u8]) -> Result<(), BrokerError> {
+        let mut c = self.conn.clone();
+        let _: i64 = c.lpush(self.list_for(queue, priority), envelope).await.map_err(BrokerError::redis)?;
+        Ok(())
+    }
+
+    /// The command connection (for the fanout/pub-sub users of the same server).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_round_down_to_kombu_steps() {
+        let o = TransportOptions::default();
+        assert_eq!(priority_list(&o, "celery", 0), "celery");
+        assert_eq!(priority_list(&o, "celery", 2), "celery");
+        assert_eq!(priority_list(&o, "celery", 5), "celery\x06\x163");
+        assert_eq!(priority_list(&o, "celery", 9), "celery\x06\x169");
+        assert_eq!(priority_list(&o, "celery", 255), "celery\x06\x169");
+    }
+
+    #[test]
+    fn socket_urls_become_unix_urls() {
+        assert_eq!(normalize_url("socket:///tmp/r.sock"), "unix:///tmp/r.sock");
+        assert_eq!(normalize_url("redis://h:1/0"), "redis://h:1/0");
+    }
+}

@@ -1,0 +1,552 @@
+//! Worker configuration with Celery's own setting names.
+//!
+//! A Celery user already knows `broker_url`, `result_backend`,
+//! `task_acks_late`, `task_routes`, `task_annotations`... so a Celeriac config
+//! file is a TOML file with exactly those names. Precedence, lowest first:
+//! built-in defaults, the file, `CELERIAC_<SETTING>` environment variables
+//! (e.g. `CELERIAC_BROKER_URL`), then command-line options. An unknown key is an
+//! error that suggests the closest valid name, like Celery's own
+//! `python -m celeryconfig` check would catch a typo.
+//!
+//! Sandbox limits live in `task_annotations` beside Celery's own annotations
+//! (`time_limit`, `fuel`, `max_memory`), and globally in a `[sandbox]` table.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::sandbox::{ByteSize, LimitsOverride, SandboxConfig};
+
+/// Errors reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML or a value has the wrong type.
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    /// A key that is not a known setting.
+    #[error("unknown setting {key:?} in {origin}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
+    UnknownKey { origin: String, key: String, suggestion: Option<String> },
+}
+
+/// Per-task options (`task_annotations`): Celery's annotations plus sandbox limits.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Annotation {
+    /// Celery's `rate_limit`, e.g. `"10/s"`, `"100/m"`.
+    pub rate_limit: Option<String>,
+    /// Hard time limit in seconds (also the sandbox's wall-clock limit).
+    pub time_limit: Option<f64>,
+    /// Soft time limit in seconds (accepted; a wasm guest cannot catch it, see README).
+    pub soft_time_limit: Option<f64>,
+    /// Acknowledge after the task ran.
+    pub acks_late: Option<bool>,
+    /// Store no result.
+    pub ignore_result: Option<bool>,
+    /// Report STARTED.
+    pub track_started: Option<bool>,
+    /// Fuel budget per call.
+    pub fuel: Option<u64>,
+    /// Memory cap per call, e.g. `"64MiB"`.
+    pub max_memory: Option<ByteSize>,
+    /// Table elements cap.
+    pub max_table_elements: Option<usize>,
+    /// Instances/tables/memories cap.
+    pub max_instances: Option<usize>,
+}
+
+impl Annotation {
+    /// The sandbox limits this annotation sets.
+    pub fn limits(&self) -> LimitsOverride {
+        LimitsOverride {
+            fuel: self.fuel,
+            max_memory: self.max_memory,
+            time_limit: self.time_limit,
+            max_table_elements: self.max_table_elements,
+            max_instances: self.max_instances,
+        }
+    }
+}
+
+/// A `task_routes` entry: where a task (or glob of tasks) is sent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Queue name.
+    pub queue: Option<String>,
+    /// Exchange (AMQP).
+    pub exchange: Option<String>,
+    /// Routing key.
+    pub routing_key: Option<String>,
+    /// Priority.
+    pub priority: Option<u8>,
+}
+
+/// kombu's `broker_transport_options` that Celeriac honours.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransportOptions {
+    /// Seconds before an unacknowledged message is delivered again (Redis).
+    pub visibility_timeout: f64,
+    /// Seconds between restore sweeps of unacknowledged messages (Redis).
+    /// kombu sweeps about every 100 s; Celeriac defaults to a tenth of the
+    /// visibility timeout, capped at 60 s.
+    pub unacked_restore_interval: Option<f64>,
+    /// Priority steps (Redis sub-queues).
+    pub priority_steps: Vec<u8>,
+    /// Separator between queue name and priority step.
+    pub sep: String,
+    /// Key prefix for all kombu keys (kombu's `global_keyprefix`).
+    pub global_keyprefix: String,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            visibility_timeout: 3600.0,
+            unacked_restore_interval: None,
+            priority_steps: vec![0, 3, 6, 9],
+            sep: "\x06\x16".into(),
+            global_keyprefix: String::new(),
+        }
+    }
+}
+
+impl TransportOptions {
+    /// The visibility timeout as a duration.
+    pub fn visibility(&self) -> Duration {
+        Duration::from_secs_f64(self.visibility_timeout.max(1.0))
+    }
+
+    /// How often to sweep for unacknowledged messages to restore.
+    pub fn restore_interval(&self) -> Duration {
+        let s = self.unacked_restore_interval.unwrap_or((self.visibility_timeout / 10.0).min(60.0));
+        Duration::from_secs_f64(s.max(0.5))
+    }
+}
+
+/// Celeriac's own sandbox settings (`[sandbox]` table).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Fuel per call.
+    pub fuel: Option<u64>,
+    /// Memory cap per call.
+    pub max_memory: Option<ByteSize>,
+    /// Default wall-clock limit per call in seconds (Celery's `task_time_limit` also sets it).
+    pub time_limit: Option<f64>,
+    /// Wasm stack size.
+    pub max_stack: Option<ByteSize>,
+    /// Compiled-component cache directory; `""` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Meter fuel (default true).
+    pub fuel_metering: Option<bool>,
+}
+
+/// `result_expires`: seconds, or `false`/`0` for results that never expire.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ResultExpires(pub Option<u64>);
+
+impl<'de> Deserialize<'de> for ResultExpires {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            B(bool),
+            N(f64),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::B(false) => ResultExpires(None),
+            Raw::B(true) => ResultExpires(Some(86400)),
+            Raw::N(n) if n <= 0.0 => ResultExpires(None),
+            Raw::N(n) => ResultExpires(Some(n.round() as u64)),
+        })
+    }
+}
+
+/// Every setting, with Celery's names and defaults.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Broker URL, e.g. `redis://localhost:6379/0`.
+    pub broker_url: Option<String>,
+    /// Result backend URL, e.g. `redis://localhost:6379/1`; unset disables results.
+    pub result_backend: Option<String>,
+    /// Serializer for messages Celeriac sends (`json` or `msgpack`).
+    pub task_serializer: String,
+    /// Serializer for results (`json` or `msgpack`).
+    pub result_serializer: String,
+    /// Content types accepted from the broker. `pickle` is never accepted.
+    pub accept_content: Vec<String>,
+    /// Time zone name for ETAs (only `UTC` is interpreted; others are accepted with a warning).
+    pub timezone: String,
+    /// Use UTC for dates.
+    pub enable_utc: bool,
+    /// Result time-to-live in seconds (default one day).
+    pub result_expires: ResultExpires,
+    /// Acknowledge messages after the task ran instead of before.
+    pub task_acks_late: bool,
+    /// Store a STARTED state when a task starts.
+    pub task_track_started: bool,
+    /// Store no results at all.
+    pub task_ignore_result: bool,
+    /// Global hard time limit in seconds.
+    pub task_time_limit: Option<f64>,
+    /// Global soft time limit in seconds.
+    pub task_soft_time_limit: Option<f64>,
+    /// Queue for tasks with no route.
+    pub task_default_queue: String,
+    /// Task name (or glob like `tasks.*`) → route.
+    pub task_routes: BTreeMap<String, Route>,
+    /// Task name (or `*`) → annotation.
+    pub task_annotations: BTreeMap<String, Annotation>,
+    /// Number of task calls run at once (default: number of CPUs).
+    pub worker_concurrency: Option<u32>,
+    /// Messages prefetched per concurrency slot.
+    pub worker_prefetch_multiplier: u32,
+    /// Send task events (`-E`).
+    pub worker_send_task_events: bool,
+    /// kombu transport options.
+    pub broker_transport_options: TransportOptions,
+    /// Sandbox settings.
+    pub sandbox: SandboxSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            broker_url: None,
+            result_backend: None,
+            task_serializer: "json".into(),
+            result_serializer: "json".into(),
+            accept_content: vec!["json".into()],
+            timezone: "UTC".into(),
+            enable_utc: true,
+            result_expires: ResultExpires(Some(86400)),
+            task_acks_late: false,
+            task_track_started: false,
+            task_ignore_result: false,
+            task_time_limit: None,
+            task_soft_time_limit: None,
+            task_default_queue: "celery".into(),
+            task_routes: BTreeMap::new(),
+            task_annotations: BTreeMap::new(),
+            worker_concurrency: None,
+            worker_prefetch_multiplier: 4,
+            worker_send_task_events: false,
+            broker_transport_options: TransportOptions::default(),
+            sandbox: SandboxSettings::default(),
+        }
+    }
+}
+
+/// Top-level setting names, for typo suggestions and environment overrides.
+pub const SETTING_NAMES: &[&str] = &[
+    "broker_url",
+    "result_backend",
+    "task_serializer",
+    "result_serializer",
+    "accept_content",
+    "timezone",
+    "enable_utc",
+    "result_expires",
+    "task_acks_late",
+    "task_track_started",
+    "task_ignore_result",
+    "task_time_limit",
+    "task_soft_time_limit",
+    "task_default_queue",
+    "task_routes",
+    "task_annotations",
+    "worker_concurrency",
+    "worker_prefetch_multiplier",
+    "worker_send_task_events",
+    "broker_transport_options",
+    "sandbox",
+];
+
+/// The closest known name to `key`, if one is close enough to be a typo.
+fn suggest<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let lower = key.to_ascii_lowercase();
+    names
+        .into_iter()
+        .map(|n| (strsim::jaro_winkler(&lower, n), n))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n.to_string())
+}
+
+/// Check every key of a table against the known names (recursing into the
+/// tables whose keys are fixed), so the error names the closest valid key.
+fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
+    let nested: &[(&str, &[&str])] = &[
+        ("broker_transport_options", &["visibility_timeout", "unacked_restore_interval", "priority_steps", "sep", "global_keyprefix"]),
+        ("sandbox", &["fuel", "max_memory", "time_limit", "max_stack", "cache_dir", "fuel_metering"]),
+    ];
+    const ANNOTATION_KEYS: &[&str] = &[
+        "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result", "track_started", "fuel",
+        "max_memory", "max_table_elements", "max_instances",
+    ];
+    const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
+    for (key, value) in table {
+        if !SETTING_NAMES.contains(&key.as_str()) {
+            return Err(ConfigError::UnknownKey {
+                origin: origin.into(),
+                key: key.clone(),
+                suggestion: suggest(key, SETTING_NAMES.iter().copied()),
+            });
+        }
+        let check_inner = |t: &toml::Table, allowed: &[&str], prefix: &str| -> Result<(), ConfigError> {
+            for k in t.keys() {
+                if !allowed.contains(&k.as_str()) {
+                    return Err(ConfigError::UnknownKey {
+                        origin: origin.into(),
+                        key: format!("{prefix}.{k}"),
+                        suggestion: suggest(k, allowed.iter().copied()).map(|s| format!("{prefix}.{s}")),
+                    });
+                }
+            }
+            Ok(())
+        };
+        if let Some((_, allowed)) = nested.iter().find(|(n, _)| n == key) {
+            if let Some(t) = value.as_table() {
+                check_inner(t, allowed, key)?;
+            }
+        }
+        let per_task = match key.as_str() {
+            "task_annotations" => Some(ANNOTATION_KEYS),
+            "task_routes" => Some(ROUTE_KEYS),
+            _ => None,
+        };
+        if let (Some(allowed), Some(t)) = (per_task, value.as_table()) {
+            for (task, inner) in t {
+                if let Some(inner) = inner.as_table() {
+                    check_inner(inner, allowed, &format!("{key}.\"{task}\""))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Parse settings from TOML text.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        check_keys(&table, origin)?;
+        Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })
+    }
+
+    /// Read a config file.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Settings::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Load defaults ← file (if any) ← `CELERIAC_*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// [`Settings::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let mut table = match file {
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                let t: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                check_keys(&t, &p.display().to_string())?;
+                t
+            }
+            None => toml::Table::new(),
+        };
+        for (k, v) in env {
+            let Some(name) = k.strip_prefix("CELERIAC_") else { continue };
+            let name = name.to_ascii_lowercase();
+            if !SETTING_NAMES.contains(&name.as_str()) {
+                // Other CELERIAC_* variables (e.g. CELERIAC_BIN for tests) are not settings.
+                continue;
+            }
+            // A value is TOML if it parses as one (`true`, `4`, `["json"]`), else a string.
+            let value = format!("v = {v}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(v));
+            table.insert(name, value);
+        }
+        Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid { origin: "settings".into(), message: e.to_string() })
+    }
+
+    /// The annotation for `task`: the `"*"` entry overlaid with the task's own.
+    pub fn annotation(&self, task: &str) -> Annotation {
+        let mut a = self.task_annotations.get("*").cloned().unwrap_or_default();
+        if let Some(t) = self.task_annotations.get(task) {
+            macro_rules! overlay {
+                ($($f:ident),*) => { $( if t.$f.is_some() { a.$f = t.$f.clone(); } )* };
+            }
+            overlay!(rate_limit, time_limit, soft_time_limit, acks_late, ignore_result, track_started, fuel, max_memory, max_table_elements, max_instances);
+        }
+        a
+    }
+
+    /// The queue `task` is routed to by `task_routes` (exact names first, then
+    /// globs in file order), or the default queue.
+    pub fn route(&self, task: &str) -> Route {
+        if let Some(r) = self.task_routes.get(task) {
+            return r.clone();
+        }
+        for (pattern, r) in &self.task_routes {
+            if glob_match(pattern, task) {
+                return r.clone();
+            }
+        }
+        Route { queue: Some(self.task_default_queue.clone()), ..Route::default() }
+    }
+
+    /// Worker concurrency: the setting, or the number of CPUs.
+    pub fn concurrency(&self) -> u32 {
+        self.worker_concurrency
+            .filter(|c| *c > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
+    }
+
+    /// The sandbox configuration these settings describe.
+    pub fn sandbox_config(&self) -> SandboxConfig {
+        let mut cfg = SandboxConfig { max_concurrent: self.concurrency(), ..SandboxConfig::default() };
+        let s = &self.sandbox;
+        cfg.limits = cfg.limits.with(&LimitsOverride {
+            fuel: s.fuel,
+            max_memory: s.max_memory,
+            time_limit: s.time_limit.or(self.task_time_limit),
+            ..Default::default()
+        });
+        if let Some(st) = s.max_stack {
+            cfg.max_stack = st.as_u64();
+        }
+        if let Some(d) = &s.cache_dir {
+            cfg.cache_dir = if d.as_os_str().is_empty() { None } else { Some(d.clone()) };
+        }
+        if let Some(f) = s.fuel_metering {
+            cfg.fuel_metering = f;
+        }
+        for (task, a) in &self.task_annotations {
+            let o = a.limits();
+            if !o.is_empty() {
+                cfg.task_limits.insert(task.clone(), o);
+            }
+        }
+        cfg
+    }
+
+    /// Problems that are not errors but deserve a warning at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.accept_content.iter().any(|c| c.contains("pickle") || c.contains("python-serialize")) {
+            w.push("accept_content lists pickle: Celeriac never deserialises pickle; such messages are refused".into());
+        }
+        if !self.timezone.eq_ignore_ascii_case("utc") {
+            w.push(format!("timezone {:?}: ETAs are interpreted from their own UTC offsets", self.timezone));
+        }
+        if self.task_soft_time_limit.is_some() || self.task_annotations.values().any(|a| a.soft_time_limit.is_some()) {
+            w.push("soft time limits cannot be raised inside a wasm guest; only hard time limits are enforced".into());
+        }
+        w
+    }
+}
+
+/// Celery-style glob (`*` and `?`) match for `task_routes` and annotations.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn celery_names_parse() {
+        let s = Settings::from_toml(
+            r#"
+broker_url = "redis://localhost:6379/0"
+result_backend = "redis://localhost:6379/1"
+task_acks_late = true
+result_expires = 60
+accept_content = ["json", "msgpack"]
+[task_routes."tasks.*"]
+queue = "wasm"
+[task_annotations."tasks.spin"]
+time_limit = 1
+max_memory = "16MiB"
+[broker_transport_options]
+visibility_timeout = 5
+"#,
+            "test",
+        )
+        .unwrap();
+        assert!(s.task_acks_late);
+        assert_eq!(s.result_expires, ResultExpires(Some(60)));
+        assert_eq!(s.route("tasks.add").queue.as_deref(), Some("wasm"));
+        assert_eq!(s.route("other.add").queue.as_deref(), Some("celery"));
+        let cfg = s.sandbox_config();
+        assert_eq!(cfg.limits_for("tasks.spin").time_limit, Duration::from_secs(1));
+        assert_eq!(cfg.limits_for("tasks.spin").max_memory, 16 << 20);
+        assert_eq!(s.broker_transport_options.visibility(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn typos_suggest_the_closest_setting() {
+        let e = Settings::from_toml("broker_ulr = \"x\"", "test").unwrap_err();
+        assert_eq!(e.to_string(), "unknown setting \"broker_ulr\" in test (did you mean \"broker_url\"?)");
+        let e = Settings::from_toml("[task_annotations.\"tasks.add\"]\ntime_limt = 3", "test").unwrap_err();
+        assert!(e.to_string().contains("did you mean \"task_annotations.\\\"tasks.add\\\".time_limit\""), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("CELERIAC_BROKER_URL".to_string(), "redis://h:1/2".to_string()),
+            ("CELERIAC_TASK_ACKS_LATE".to_string(), "true".to_string()),
+            ("CELERIAC_BIN".to_string(), "/x".to_string()),
+        ];
+        let s = Settings::load_with_env(None, env).unwrap();
+        assert_eq!(s.broker_url.as_deref(), Some("redis://h:1/2"));
+        assert!(s.task_acks_late);
+    }
+
+    #[test]
+    fn result_expires_false_means_never() {
+        let s = Settings::from_toml("result_expires = false", "t").unwrap();
+        assert_eq!(s.result_expires, ResultExpires(None));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("tasks.*", "tasks.add"));
+        assert!(glob_match("*", "x"));
+        assert!(!glob_match("tasks.?", "tasks.add"));
+    }
+}

@@ -1,0 +1,18 @@
+//! Celeriac: a Celery-compatible task worker that runs each task as a
+//! sandboxed WebAssembly component.
+//!
+//! Modules are named after Celery's own concepts so a Celery user finds things
+//! where they expect them: [`protocol`] is Celery's message format,
+//! [`broker`] and [`backend`] speak to Redis the way kombu and Celery do,
+//! [`sandbox`] runs task components under limits, [`worker`] ties them
+//! together, [`config`] reads Celery's setting names, and [`cli`] is the
+//! `celeriac` command.
+
+pub mod backend;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod protocol;
+pub mod sandbox;
+pub mod worker;

@@ -1,0 +1,5 @@
+//! The `celeriac` command.
+
+fn main() -> std::process::ExitCode {
+    celeriac::cli::main()
+}

@@ -1,0 +1,104 @@
+//! What the worker grants a running task: the per-call store state and the
+//! host side of the `celeriac:task/host` interface.
+//!
+//! Each capability is one small module with one job (Spin's "factors"):
+//! [`log`] for log lines, [`state`] for `update_state`, [`context`] for the
+//! request context, [`stdio`] for captured stdout/stderr. WASI itself is
+//! granted with nothing behind it: no preopened directories, no network
+//! addresses, no environment, no arguments, closed stdin; clocks and random work.
+//! A future capability (retry requests, HTTP, key-value) is a new module here
+//! plus an explicit grant in the worker's configuration.
+
+pub mod context;
+pub mod log;
+pub mod state;
+pub mod stdio;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::limits::{Limiter, Limits};
+use context::Request;
+use state::StateSink;
+use stdio::{CAPTURE_LIMIT, CapturedOutput};
+
+/// Host bindings generated from `wit/task.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "task-component",
+        exports: { default: async },
+    });
+}
+
+/// The data of one task call's `Store`: created fresh for every call and
+/// dropped with it.
+pub struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Enforces the call's memory/table/instance limits and records peak memory.
+    pub limiter: Limiter,
+    /// The request context (`host.request`), also used to tag log lines.
+    pub request: Request,
+    /// Where `host.update-state` sends updates; `None` when nobody listens.
+    pub state_sink: Option<StateSink>,
+    /// Captured guest stdout.
+    pub stdout: CapturedOutput,
+    /// Captured guest stderr.
+    pub stderr: CapturedOutput,
+    /// When the call's wall-clock limit runs out.
+    pub deadline: std::time::Instant,
+}
+
+impl TaskState {
+    /// Fresh state for one call: a locked-down WASI context with captured stdio.
+    pub fn new(limits: Limits, request: Request, state_sink: Option<StateSink>) -> Self {
+        let stdout = CapturedOutput::new(CAPTURE_LIMIT);
+        let stderr = CapturedOutput::new(CAPTURE_LIMIT);
+        // The builder's defaults grant nothing: no preopens, no env, no args,
+        // closed stdin, every socket address denied, no name lookups.
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        TaskState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits),
+            request,
+            state_sink,
+            stdout,
+            stderr,
+            deadline: std::time::Instant::now() + limits.time_limit,
+        }
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::celeriac::task::types::Host for TaskState {}
+
+impl bindings::celeriac::task::host::Host for TaskState {
+    fn log(&mut self, level: bindings::celeriac::task::types::LogLevel, message: String) {
+        log::log(level, &message);
+    }
+
+    fn update_state(&mut self, state: String, meta: String) {
+        state::update_state(self, state, meta);
+    }
+
+    fn request(&mut self) -> bindings::celeriac::task::types::RequestContext {
+        self.request.to_wit()
+    }
+}
+
+/// A linker with everything a task component may import: WASI p2 (locked
+/// down per call by [`TaskState::new`]) and `celeriac:task/host`.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bindings::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    bindings::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    Ok(linker)
+}

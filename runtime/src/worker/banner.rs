@@ -1,0 +1,65 @@
+//! The start-up banner, laid out like `celery worker`'s, so an operator sees
+//! at a glance what this worker serves and where it connects.
+
+use super::WorkerOptions;
+use crate::config::Settings;
+use crate::sandbox::Sandbox;
+
+/// Hide the password of a URL (`redis://:secret@host` → `redis://:**@host`).
+pub fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.find('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    let masked = match userinfo.find(':') {
+        Some(colon) => format!("{}:**", &userinfo[..colon]),
+        None => "**".to_string(),
+    };
+    format!("{}{}@{}", &url[..scheme_end + 3], masked, &rest[at + 1..])
+}
+
+/// The banner text.
+pub fn banner(opts: &WorkerOptions, sandbox: &Sandbox, settings: &Settings, queues: &[String], concurrency: u32) -> String {
+    let broker = settings.broker_url.as_deref().map(mask_password).unwrap_or_default();
+    let results = settings.result_backend.as_deref().map(mask_password).unwrap_or_else(|| "disabled://".into());
+    let ntasks = sandbox.tasks().count();
+    let ncomp = sandbox.components().len();
+    let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+    let sys = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    let mut b = String::new();
+    b.push('\n');
+    b.push_str(&format!(" -------------- {} v{} (celeriac)\n", opts.hostname, env!("CARGO_PKG_VERSION")));
+    b.push_str("--- ***** ----- \n");
+    b.push_str(&format!("-- ******* ---- {sys} {now}\n"));
+    b.push_str("- *** --- * --- \n");
+    b.push_str("- ** ---------- [config]\n");
+    b.push_str(&format!(
+        "- ** ---------- .> app:         {} ({ntasks} tasks in {ncomp} components)\n",
+        opts.app.display()
+    ));
+    b.push_str(&format!("- ** ---------- .> transport:   {broker}\n"));
+    b.push_str(&format!("- ** ---------- .> results:     {results}\n"));
+    b.push_str(&format!("- *** --- * --- .> concurrency: {concurrency} (wasm sandbox)\n"));
+    b.push_str("-- ******* ---- .> task events: OFF (not implemented yet)\n");
+    b.push_str("--- ***** ----- \n");
+    b.push_str(" -------------- [queues]\n");
+    for q in queues {
+        b.push_str(&format!("                .> {q:<16} exchange={q}(direct) key={q}\n"));
+    }
+    b.push_str("\n[tasks]\n");
+    b.push_str(&crate::cli::task_listing(sandbox));
+    b.push('\n');
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_password;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("redis://:secret@localhost:6379/0"), "redis://:**@localhost:6379/0");
+        assert_eq!(mask_password("redis://user:pw@h/1"), "redis://user:**@h/1");
+        assert_eq!(mask_password("redis://localhost:6379/0"), "redis://localhost:6379/0");
+    }
+}

@@ -1,0 +1,355 @@
+//! The worker: consumes task messages, runs them in the sandbox, stores results.
+//!
+//! One consumer loop receives messages from the broker while it has prefetch
+//! room (`worker_prefetch_multiplier` × concurrency); each message is handled by
+//! its own tokio task that waits for its ETA, then for one of `concurrency` run
+//! slots, runs the task in a fresh sandbox instance and stores the outcome. A
+//! long task never blocks the others: running guests yield to the runtime at
+//! every epoch tick.
+//!
+//! Acknowledgement follows Celery: when the task starts (default) or after its
+//! result is stored (`task_acks_late`). Messages this worker holds get their
+//! `unacked_index` time refreshed regularly, so no restore sweep — ours or a
+//! Python worker's — puts back a message that is still being worked on; if the
+//! worker dies, the refresh stops and the message is restored after the
+//! visibility timeout.
+//!
+//! Shutdown: the first SIGTERM/SIGINT is a warm shutdown (stop consuming, put
+//! back prefetched messages that have not started, let running tasks finish
+//! within a bound); a second one is a cold shutdown (exit now; unacknowledged
+//! messages are restored by the next sweep).
+
+mod banner;
+mod request;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use crate::backend::redis::RedisBackend;
+use crate::broker::redis::RedisBroker;
+use crate::config::Settings;
+use crate::protocol::{AcceptContent, Serializer};
+use crate::sandbox::Sandbox;
+
+/// How long a warm shutdown waits for running tasks before giving up.
+const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Celery-level log line for a worker coming up, which tools wait for.
+pub const READY_LINE: &str = "ready.";
+
+/// What the worker was asked to do.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Effective settings (file, environment and command line merged).
+    pub settings: Settings,
+    /// Task components directory or file.
+    pub app: PathBuf,
+    /// Queues to consume (default: `task_default_queue`).
+    pub queues: Vec<String>,
+    /// Node name, e.g. `celeriac@host`.
+    pub hostname: String,
+}
+
+/// Shutdown phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Consuming and running.
+    Running,
+    /// Warm shutdown: no new work, running tasks finish.
+    Warm,
+    /// Cold shutdown: exit now.
+    Cold,
+}
+
+/// State shared by the consumer loop and every message handler.
+pub(crate) struct Shared {
+    pub sandbox: Sandbox,
+    pub broker: RedisBroker,
+    pub backend: Option<RedisBackend>,
+    pub settings: Settings,
+    pub accept: AcceptContent,
+    pub result_serializer: Serializer,
+    pub hostname: String,
+    /// Run slots: at most `concurrency` tasks run at once.
+    pub run_slots: Semaphore,
+    /// Tags of messages this worker holds (received, not yet acknowledged).
+    pub held: Mutex<HashSet<String>>,
+    /// Current shutdown phase.
+    pub phase: watch::Receiver<Phase>,
+}
+
+impl Shared {
+    /// Acknowledge a message, retrying through broker outages: an ack that is
+    /// lost would make the task run twice after the visibility timeout.
+    pub async fn ack(&self, tag: &str) {
+        let tags = [tag.to_string()];
+        retry("acknowledge a message", || self.broker.ack(&tags)).await;
+        self.held_remove(tag);
+    }
+
+    /// Put a message back on its queue (warm shutdown, not started yet).
+    pub async fn restore(&self, tag: &str) {
+        retry("restore a message", || self.broker.restore(tag)).await;
+        self.held_remove(tag);
+    }
+
+    fn held_remove(&self, tag: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tag);
+    }
+
+    fn held_snapshot(&self) -> HashSet<String> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether a warm or cold shutdown has begun.
+    pub fn stopping(&self) -> bool {
+        *self.phase.borrow() != Phase::Running
+    }
+}
+
+/// Retry a broker or backend operation with back-off until it succeeds, or
+/// give up after about two minutes (logged).
+pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("could not {what}: {e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::error!("giving up trying to {what}: {e}");
+                return None;
+            }
+        }
+    }
+}
+
+/// Start a worker and run it until shutdown.
+pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
+    let settings = opts.settings.clone();
+    for w in settings.warnings() {
+        tracing::warn!("{w}");
+    }
+    let broker_url = settings.broker_url.clone().unwrap_or_else(|| "redis://localhost:6379/0".into());
+    if !(broker_url.starts_with("redis://") || broker_url.starts_with("unix://") || broker_url.contains("socket://")) {
+        anyhow::bail!(
+            "unsupported broker URL {}: this worker speaks Redis (redis://, unix://, socket://)",
+            banner::mask_password(&broker_url)
+        );
+    }
+    let result_serializer = Serializer::from_name(&settings.result_serializer)
+        .ok_or_else(|| anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer))?;
+    let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
+
+    let mut sandbox = Sandbox::new(settings.sandbox_config())?;
+    sandbox.load(&opts.app).await;
+    if sandbox.tasks().next().is_none() {
+        anyhow::bail!("no task could be loaded from {}", opts.app.display());
+    }
+
+    let broker = connect_with_retry("broker", &broker_url, || {
+        RedisBroker::connect(&broker_url, settings.broker_transport_options.clone())
+    })
+    .await?;
+    let backend = match &settings.result_backend {
+        None => None,
+        Some(url) if url.starts_with("redis://") || url.starts_with("unix://") || url.contains("socket://") => {
+            let expires = settings.result_expires.0;
+            Some(connect_with_retry("result backend", url, || RedisBackend::connect(url, expires)).await?)
+        }
+        Some(url) => anyhow::bail!(
+            "unsupported result backend {}: this worker stores results in Redis (redis://)",
+            banner::mask_password(url)
+        ),
+    };
+
+    let concurrency = settings.concurrency();
+    let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
+    print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
+    broker.declare(&queues).await?;
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let shared = Arc::new(Shared {
+        sandbox,
+        broker,
+        backend,
+        accept,
+        result_serializer,
+        hostname: opts.hostname.clone(),
+        run_slots: Semaphore::new(concurrency as usize),
+        held: Mutex::new(HashSet::new()),
+        phase: phase_rx,
+        settings,
+    });
+
+    tracing::info!("Connected to {}", banner::mask_password(&broker_url));
+    let restored = shared.broker.restore_visible(&HashSet::new()).await.unwrap_or_else(|e| {
+        tracing::warn!("restore sweep failed: {e}");
+        0
+    });
+    if restored > 0 {
+        tracing::info!("Restored {restored} unacknowledged message(s) older than the visibility timeout");
+    }
+    tracing::info!("{} {READY_LINE}", opts.hostname);
+
+    tokio::spawn(signals(phase_tx));
+    let housekeeping = tokio::spawn(housekeeping(shared.clone()));
+    let handlers = consume(shared.clone(), &queues, concurrency).await;
+    housekeeping.abort();
+    shutdown(shared, handlers).await;
+    Ok(())
+}
+
+/// Connect, retrying with back-off while the server is unreachable (it may
+/// be starting up), for up to a minute.
+async fn connect_with_retry<T, F, Fut, E>(what: &str, url: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let mut delay = Duration::from_millis(200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::error!(
+                    "Cannot connect to {what} {}: {e}. Trying again in {:.1} seconds...",
+                    banner::mask_password(url),
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => anyhow::bail!("cannot connect to {what} {}: {e}", banner::mask_password(url)),
+        }
+    }
+}
+
+/// Turn SIGTERM/SIGINT into shutdown phases: warm first, cold on the second.
+async fn signals(phase: watch::Sender<Phase>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
+        return;
+    };
+    let mut next = Phase::Warm;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        match next {
+            Phase::Warm => tracing::warn!("worker: Warm shutdown (MainProcess)"),
+            _ => tracing::warn!("worker: Cold shutdown (MainProcess)"),
+        }
+        let _ = phase.send(next);
+        if next == Phase::Cold {
+            return;
+        }
+        next = Phase::Cold;
+    }
+}
+
+/// Periodic chores: refresh the receive time of held messages (so no sweep
+/// restores them) and restore other consumers' messages past the visibility timeout.
+async fn housekeeping(shared: Arc<Shared>) {
+    let interval = shared.settings.broker_transport_options.restore_interval();
+    loop {
+        tokio::time::sleep(interval).await;
+        let held = shared.held_snapshot();
+        if let Err(e) = shared.broker.touch(&held).await {
+            tracing::warn!("could not refresh held messages: {e}");
+        }
+        match shared.broker.restore_visible(&held).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!("Restored {n} unacknowledged message(s) past the visibility timeout"),
+            Err(e) => tracing::warn!("restore sweep failed: {e}"),
+        }
+    }
+}
+
+/// The consumer loop: receive while there is prefetch room, until shutdown.
+/// Returns the set of running handler tasks.
+async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> tokio::task::JoinSet<()> {
+    let prefetch = (shared.settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize;
+    let room = Arc::new(Semaphore::new(prefetch));
+    let lists = shared.broker.consume_lists(queues);
+    let mut handlers = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut phase = shared.phase.clone();
+    while !shared.stopping() {
+        // Reap finished handlers so the set does not grow.
+        while handlers.try_join_next().is_some() {}
+        let first = tokio::select! {
+            p = room.clone().acquire_owned() => p,
+            _ = phase.changed() => continue,
+        };
+        let Ok(first) = first else { break };
+        let mut permits = vec![first];
+        while let Ok(p) = room.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        // Not cancelled on shutdown: a fetch dropped mid-flight could lose a message.
+        match shared.broker.fetch(&lists, permits.len()).await {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(100);
+                for d in deliveries {
+                    let Some(permit) = permits.pop() else { break };
+                    if let Some(tag) = &d.tag {
+                        shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(tag.clone());
+                    }
+                    let s = shared.clone();
+                    handlers.spawn(async move {
+                        request::handle(&s, d).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    "consumer: Cannot connect to the broker: {e}. Trying again in {:.2} seconds...",
+                    backoff.as_secs_f64()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(8));
+            }
+        }
+    }
+    handlers
+}
+
+/// Wait for running tasks (bounded), unless a cold shutdown cuts it short.
+async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
+    let mut phase = shared.phase.clone();
+    let wait_all = async {
+        while handlers.join_next().await.is_some() {}
+    };
+    let cold = async {
+        while *phase.borrow_and_update() != Phase::Cold {
+            if phase.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = wait_all => {}
+        _ = cold => tracing::warn!("cold shutdown: leaving running tasks; their messages stay unacknowledged"),
+        _ = tokio::time::sleep(WARM_SHUTDOWN_TIMEOUT) => {
+            tracing::warn!("warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; leaving running tasks")
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Handling one received message: decode, check, wait for its ETA and a run
+//! slot, run it in the sandbox, store the outcome, acknowledge.
+//!
+//! Every path ends with the message acknowledged (or put back on warm
+//! shutdown) and, when the task id is known and results are on, a stored
+//! state the client can read: bad input becomes a `FAILURE`, never a crash.
+
+use chrono::Utc;
+use serde_json::Value;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::{Phase, Shared, retry};
+use crate::broker::Delivery;
+use crate::protocol::result::ResultMeta;
+use crate::protocol::{Envelope, ExceptionInfo, ProtocolError, TaskMessage, exception_module, saferepr};
+use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
+use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
+
+/// How much of a malformed message to show in the log.
+const RAW_PREVIEW: usize = 200;
+
+/// Handle one delivery to the end.
+pub(crate) async fn handle(s: &Shared, d: Delivery) {
+    let envelope = match Envelope::parse(&d.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("Received invalid message: {e}; the message has been ignored and discarded: {}", preview(&d.payload));
+            if let Some(tag) = &d.tag {
+                s.ack(tag).await;
+            }
+            return;
+        }
+    };
+    let msg = match TaskMessage::from_envelope(&envelope, &s.accept) {
+        Ok(m) => m,
+        Err(e) => return reject(s, &d, e).await,
+    };
+    if s.sandbox.task(&msg.task).is_none() {
+        tracing::error!(
+            "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n\
+             Did you remember to put the component serving it in the worker's tasks directory?\n\
+             The delivery info for this task is: {{'exchange': '{}', 'routing_key': '{}'}}",
+            msg.task,
+            msg.delivery.exchange,
+            msg.delivery.routing_key
+        );
+        store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
+        ack(s, &d).await;
+        return;
+    }
+    run(s, &d, msg).await;
+}
+
+/// A message that could not be decoded: log it, fail the task if its id is
+/// known, and drop the message.
+async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
+    let exc = match &e {
+        ProtocolError::ContentDisallowed { content_type, .. } => ExceptionInfo::new(
+            "ContentDisallowed",
+            vec![Value::String(format!("Refusing to deserialize untrusted content of type {content_type}"))],
+            "kombu.exceptions",
+        ),
+        other => ExceptionInfo::new("InvalidTaskError", vec![Value::String(other.to_string())], "celery.exceptions"),
+    };
+    tracing::error!("Received invalid task message: {e}\nThe message has been ignored and discarded.");
+    if let Some(id) = e.task_id() {
+        if let Some(backend) = &s.backend {
+            let meta = ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()));
+            store(s, backend, id, &meta).await;
+        }
+    }
+    ack(s, d).await;
+}
+
+async fn ack(s: &Shared, d: &Delivery) {
+    if let Some(tag) = &d.tag {
+        s.ack(tag).await;
+    }
+}
+
+/// Wait until `phase` leaves `Running`.
+async fn stopped(mut phase: watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() == Phase::Running {
+        if phase.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Run a decoded task message.
+async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
+    let name = msg.display_name().to_string();
+    tracing::info!("Task {name}[{}] received", msg.id);
+    let annotation = s.settings.annotation(&msg.task);
+    let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
+
+    // Wait for the ETA, giving the message back if the worker stops first.
+    if let Some(eta) = msg.eta {
+        if let Ok(wait) = (eta - Utc::now()).to_std() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+            }
+        }
+    }
+    if msg.is_expired(Utc::now()) {
+        tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
+        if !ignores_result(s, &msg) {
+            if let Some(backend) = &s.backend {
+                store(s, backend, &msg.id, &base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
+            }
+        }
+        ack(s, d).await;
+        return;
+    }
+    let slot = tokio::select! {
+        p = s.run_slots.acquire() => p,
+        _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+    };
+    let Ok(_slot) = slot else { return give_back(s, d).await };
+    if !acks_late {
+        ack(s, d).await;
+    }
+
+    let ignore_result = ignores_result(s, &msg);
+    let backend = if ignore_result { None } else { s.backend.as_ref() };
+    if let Some(b) = backend {
+        if annotation.track_started.unwrap_or(s.settings.task_track_started) {
+            let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
+            store(s, b, &msg.id, &base_meta(&msg, meta)).await;
+        }
+    }
+
+    // Custom states from the guest, written as they come (latest wins).
+    let (sink, mut updates) = watch::channel::<Option<StateUpdate>>(None);
+    let writer = backend.map(|b| {
+        let id = msg.id.clone();
+        let meta_base = (msg.group.clone(), msg.parent_id.clone());
+        let serializer = s.result_serializer;
+        let b = b.clone();
+        tokio::spawn(async move {
+            while updates.changed().await.is_ok() {
+                let Some(u) = updates.borrow_and_update().clone() else { continue };
+                let meta = ResultMeta::custom(&id, &u.state, u.meta)
+                    .with_group_id(meta_base.0.clone())
+                    .with_parent_id(meta_base.1.clone());
+                match meta.encode(serializer) {
+                    Ok(bytes) => {
+                        retry("store a task state", || b.store(&id, &bytes)).await;
+                    }
+                    Err(e) => tracing::error!("cannot encode state {} of {id}: {e}", u.state),
+                }
+            }
+        })
+    });
+
+    let invocation = Invocation {
+        args: Value::Array(msg.args.clone()).to_string(),
+        kwargs: Value::Object(msg.kwargs.clone()).to_string(),
+        request: request_context(s, &msg),
+        message_time_limit: msg.timelimit.hard,
+        state_sink: Some(sink),
+    };
+    // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
+    // as with Celery's task logger; the worker's lines are plain.
+    let span = crate::logging::task_span(msg.display_name(), &msg.id);
+    let result = s.sandbox.call(&msg.task, invocation).instrument(span).await;
+    if let Some(w) = writer {
+        // The sink was moved into the call and is dropped now: the writer
+        // stores the last update and ends, before the final state is written.
+        let _ = w.await;
+    }
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Only possible if the task vanished between the check and the call.
+            tracing::error!("{e}");
+            store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
+            ack(s, d).await;
+            return;
+        }
+    };
+    let secs = result.report.wall.as_secs_f64();
+    tracing::debug!(
+        "fuel consumed: {}, peak memory: {} bytes",
+        result.report.fuel_consumed,
+        result.report.peak_memory
+    );
+    match result.outcome {
+        Outcome::Success(value) => {
+            tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
+            if let Some(b) = backend {
+                let meta = base_meta(&msg, ResultMeta::success(&msg.id, value));
+                store(s, b, &msg.id, &meta).await;
+            }
+        }
+        Outcome::Failure(f) => {
+            let module = f.exc_module.clone().unwrap_or_else(|| exception_module(&f.exc_type, CELERIAC_EXC_MODULE).to_string());
+            let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
+            tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
+            if backend.is_some() {
+                store_exception(s, &msg, &exc, Some(f.traceback)).await;
+            }
+        }
+    }
+    if acks_late {
+        ack(s, d).await;
+    }
+}
+
+/// Put a message that has not started back on its queue.
+async fn give_back(s: &Shared, d: &Delivery) {
+    if let Some(tag) = &d.tag {
+        s.restore(tag).await;
+    }
+}
+
+/// Whether no result is stored for this message.
+fn ignores_result(s: &Shared, msg: &TaskMessage) -> bool {
+    s.backend.is_none()
+        || msg.ignore_result
+        || s.settings.task_ignore_result
+        || s.settings.annotation(&msg.task).ignore_result.unwrap_or(false)
+}
+
+/// A meta with the message's lineage and `date_done` filled in.
+fn base_meta(msg: &TaskMessage, meta: ResultMeta) -> ResultMeta {
+    let ready = meta.status.is_ready();
+    meta.with_group_id(msg.group.clone())
+        .with_parent_id(msg.parent_id.clone())
+        .with_date_done(ready.then(Utc::now))
+}
+
+/// Store a FAILURE (or NotRegistered...) for a message, if results are on for it.
+async fn store_exception(s: &Shared, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) {
+    if ignores_result(s, msg) {
+        return;
+    }
+    if let Some(b) = &s.backend {
+        store(s, b, &msg.id, &base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
+    }
+}
+
+/// Encode and store a meta, retrying through outages.
+async fn store(s: &Shared, backend: &crate::backend::redis::RedisBackend, id: &str, meta: &ResultMeta) {
+    match meta.encode(s.result_serializer) {
+        Ok(bytes) => {
+            retry("store a task result", || backend.store(id, &bytes)).await;
+        }
+        Err(e) => tracing::error!("cannot encode the result of {id}: {e}"),
+    }
+}
+
+/// The request context the guest sees (`self.request`).
+fn request_context(s: &Shared, msg: &TaskMessage) -> Request {
+    Request {
+        id: msg.id.clone(),
+        name: msg.task.clone(),
+        retries: msg.retries,
+        eta: msg.eta.map(|t| t.to_rfc3339()),
+        expires: msg.expires.map(|t| t.to_rfc3339()),
+        root_id: msg.root_id.clone(),
+        parent_id: msg.parent_id.clone(),
+        group_id: msg.group.clone(),
+        hostname: s.hostname.clone(),
+        headers: msg.headers.clone(),
+    }
+}
+
+/// The start of a raw message, for log lines about bad input.
+fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_PREVIEW)]).into_owned();
+    if bytes.len() > RAW_PREVIEW { format!("{text:?}...") } else { format!("{text:?}") }
+}

@@ -1,0 +1,100 @@
+//! Calls into the worker: [`update_state`] and [`request`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::__private::bindings::celeriac::task::{host, types};
+
+/// Reports a custom task state, like Celery's
+/// `self.update_state(state=..., meta=...)`.
+///
+/// A client polling the result sees `result.state == state` and
+/// `result.info == meta` while the task runs. The final state (`SUCCESS` or
+/// `FAILURE`) is always set by the worker.
+///
+/// ```no_run
+/// for i in 0..10 {
+///     celeriac_sdk::update_state("PROGRESS", &serde_json::json!({"current": i, "total": 10}));
+/// }
+/// ```
+///
+/// # Panics
+///
+/// If `meta` cannot be serialised to JSON (e.g. a map with non-string keys),
+/// or when called outside a component.
+pub fn update_state<M: Serialize + ?Sized>(state: &str, meta: &M) {
+    let meta = match serde_json::to_string(meta) {
+        Ok(json) => json,
+        Err(e) => panic!("update_state({state:?}): meta is not JSON-serialisable: {e}"),
+    };
+    update_state_json(state, &meta);
+}
+
+/// [`update_state`] with `meta` given as JSON text, passed on unchanged.
+pub fn update_state_json(state: &str, meta_json: &str) {
+    host::update_state(state, meta_json);
+}
+
+/// The context of the task call being run: Celery's `self.request`.
+///
+/// Serialises to a JSON object with the same field names, so a task can
+/// return it as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// The task id (a UUID string).
+    pub id: String,
+    /// The full Celery task name, e.g. `tasks.add`.
+    pub name: String,
+    /// How many times this task has been retried so far.
+    pub retries: u32,
+    /// When the task was scheduled to run (ISO-8601), if it had an ETA.
+    pub eta: Option<String>,
+    /// When the task expires (ISO-8601), if it has an expiry.
+    pub expires: Option<String>,
+    /// The id of the first task of the workflow.
+    pub root_id: Option<String>,
+    /// The id of the task that sent this one.
+    pub parent_id: Option<String>,
+    /// The id of the group this task is a member of.
+    pub group_id: Option<String>,
+    /// The hostname of the worker, e.g. `celeriac@host`.
+    pub hostname: String,
+    /// Every message header (custom headers included). Empty if the worker
+    /// sent something that is not a JSON object.
+    pub headers: Map<String, Value>,
+}
+
+impl From<types::RequestContext> for Request {
+    fn from(r: types::RequestContext) -> Self {
+        let headers = match serde_json::from_str(&r.headers) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        Request {
+            id: r.id,
+            name: r.name,
+            retries: r.retries,
+            eta: r.eta,
+            expires: r.expires,
+            root_id: r.root_id,
+            parent_id: r.parent_id,
+            group_id: r.group_id,
+            hostname: r.hostname,
+            headers,
+        }
+    }
+}
+
+/// The [`Request`] context of the call being run (Celery's `self.request`).
+///
+/// ```no_run
+/// let req = celeriac_sdk::request();
+/// celeriac_sdk::log::info(format!("running {} (retry {})", req.id, req.retries));
+/// ```
+///
+/// # Panics
+///
+/// When called outside a component.
+pub fn request() -> Request {
+    host::request().into()
+}

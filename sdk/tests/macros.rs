@@ -1,0 +1,142 @@
+//! The `#[task]` and `export_tasks!` expansions, run on the host: calls go
+//! through the same `invoke` the component export uses.
+
+use celeriac_sdk::{TaskError, task};
+use serde::{Deserialize, Serialize};
+
+#[task]
+fn add(x: i64, y: i64) -> i64 {
+    x + y
+}
+
+#[task]
+fn div(a: f64, b: f64) -> Result<f64, TaskError> {
+    if b == 0.0 {
+        return Err(TaskError::new("ZeroDivisionError", "division by zero"));
+    }
+    Ok(a / b)
+}
+
+#[task(name = "greeting")]
+fn greet(name: &str, greeting: Option<String>) -> String {
+    format!("{}, {name}!", greeting.as_deref().unwrap_or("Hello"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Point {
+    x: i32,
+    y: i32,
+}
+
+#[task]
+fn flip(p: Point) -> Point {
+    Point { x: p.y, y: p.x }
+}
+
+#[task]
+fn nothing() {}
+
+#[task]
+fn parse(s: String) -> Result<i64, TaskError> {
+    Ok(s.trim().parse::<i64>()?)
+}
+
+#[task]
+fn stringly(fail: bool) -> Result<u8, String> {
+    if fail { Err("it failed".to_string()) } else { Ok(1) }
+}
+
+#[task]
+fn io(_path: String) -> std::io::Result<u8> {
+    Err(std::io::Error::other("no filesystem"))
+}
+
+mod nested {
+    use celeriac_sdk::task;
+
+    #[task]
+    pub fn sub(mut x: i64, r#y: i64) -> i64 {
+        x -= y;
+        x
+    }
+}
+
+celeriac_sdk::export_tasks!(add, div, greet, flip, nothing, parse, stringly, io, nested::sub);
+
+fn call(name: &str, args: &str, kwargs: &str) -> Result<String, TaskError> {
+    <__CeleriacComponent as celeriac_sdk::__private::Guest>::invoke(name.into(), args.into(), kwargs.into())
+        .map_err(|e| TaskError {
+            exc_type: e.exc_type,
+            exc_module: e.exc_module,
+            message: e.message,
+            traceback: e.traceback,
+        })
+}
+
+fn type_error(name: &str, args: &str, kwargs: &str) -> String {
+    let e = call(name, args, kwargs).unwrap_err();
+    assert_eq!(e.exc_type, "TypeError", "{e:?}");
+    e.message
+}
+
+#[test]
+fn original_functions_stay_callable() {
+    assert_eq!(add(2, 3), 5);
+    assert_eq!(nested::sub(5, 3), 2);
+}
+
+#[test]
+fn task_names() {
+    let names = <__CeleriacComponent as celeriac_sdk::__private::Guest>::tasks();
+    assert_eq!(names, ["add", "div", "greeting", "flip", "nothing", "parse", "stringly", "io", "sub"]);
+}
+
+#[test]
+fn results() {
+    assert_eq!(call("add", "[4, 4]", "{}").unwrap(), "8");
+    assert_eq!(call("add", "[4]", r#"{"y": 5}"#).unwrap(), "9");
+    assert_eq!(call("add", "", "").unwrap_err().message, "add() missing 2 required positional arguments: 'x' and 'y'");
+    assert_eq!(call("div", "[1, 4]", "{}").unwrap(), "0.25");
+    assert_eq!(call("greeting", r#"["Bob"]"#, "{}").unwrap(), r#""Hello, Bob!""#);
+    assert_eq!(call("greeting", r#"["Bob"]"#, r#"{"greeting": "Hi"}"#).unwrap(), r#""Hi, Bob!""#);
+    assert_eq!(call("flip", r#"[{"x": 1, "y": 2}]"#, "{}").unwrap(), r#"{"x":2,"y":1}"#);
+    assert_eq!(call("nothing", "[]", "{}").unwrap(), "null");
+    assert_eq!(call("sub", "[5]", r#"{"y": 2}"#).unwrap(), "3");
+}
+
+#[test]
+fn errors() {
+    let e = call("div", "[1, 0]", "{}").unwrap_err();
+    assert_eq!(e, TaskError::new("ZeroDivisionError", "division by zero"));
+    let e = call("parse", r#"["x"]"#, "{}").unwrap_err();
+    assert_eq!((e.exc_type.as_str(), e.message.as_str()), ("ValueError", "invalid digit found in string"));
+    let e = call("stringly", "[true]", "{}").unwrap_err();
+    assert_eq!((e.exc_type.as_str(), e.message.as_str()), ("RuntimeError", "it failed"));
+    assert_eq!(call("stringly", "[false]", "{}").unwrap(), "1");
+    assert_eq!(call("io", r#"["/etc/passwd"]"#, "{}").unwrap_err().exc_type, "OSError");
+    let e = call("nope", "[]", "{}").unwrap_err();
+    assert_eq!((e.exc_type.as_str(), e.exc_module.as_deref()), ("NotRegistered", Some("celery.exceptions")));
+}
+
+#[test]
+fn type_errors() {
+    assert_eq!(type_error("add", "[1, 2, 3]", "{}"), "add() takes 2 positional arguments but 3 were given");
+    assert_eq!(type_error("add", "[1]", "{}"), "add() missing 1 required positional argument: 'y'");
+    assert_eq!(type_error("add", "[1, 2]", r#"{"z": 3}"#), "add() got an unexpected keyword argument 'z'");
+    assert_eq!(type_error("add", "[1, 2]", r#"{"x": 3}"#), "add() got multiple values for argument 'x'");
+    assert_eq!(type_error("add", r#"[1, "a"]"#, "{}"), r#"add() argument 'y' must be i64, not str "a""#);
+    assert_eq!(
+        type_error("greeting", "[1]", "{}"),
+        "greeting() argument 'name' must be &str, not int 1"
+    );
+    assert_eq!(
+        type_error("greeting", r#"["a", 5]"#, "{}"),
+        "greeting() argument 'greeting' must be String or None, not int 5"
+    );
+    assert_eq!(
+        type_error("flip", r#"[{"x": 1}]"#, "{}"),
+        r#"flip() argument 'p' must be Point, not dict {"x":1}: missing field `y`"#
+    );
+    assert_eq!(type_error("sub", "[1]", "{}"), "sub() missing 1 required positional argument: 'y'");
+    assert_eq!(type_error("add", "{}", "{}"), "add() positional arguments must be a JSON array, not dict {}");
+}

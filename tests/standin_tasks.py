@@ -1,0 +1,79 @@
+"""Harness self-check only: a Python imitation of target/tasks/tasks.wasm.
+
+With ``CELERIAC_TEST_STANDIN=python`` the ``worker`` fixture starts a real
+Python Celery worker on this module instead of ``celeriac worker``, so the
+harness and the assertions can be checked against stock Celery behaviour.
+The worker's TOML config (same Celery setting names) is read from
+``$STANDIN_CONFIG``. Sandbox-only keys (fuel, max_memory) are ignored.
+"""
+import os
+import time
+import tomllib
+
+from celery import Celery
+
+app = Celery("tasks")
+_cfg = os.environ.get("STANDIN_CONFIG")
+if _cfg:
+    with open(_cfg, "rb") as f:
+        app.conf.update(tomllib.load(f))
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.mul")
+def mul(x, y):
+    return x * y
+
+
+@app.task(name="tasks.xsum")
+def xsum(numbers):
+    return sum(numbers)
+
+
+@app.task(name="tasks.div")
+def div(a, b):
+    return a / b
+
+
+@app.task(name="tasks.fail")
+def fail(msg):
+    raise ValueError(msg)
+
+
+@app.task(name="tasks.panic")
+def panic(msg):
+    raise RuntimeError(f"task panicked: {msg}")
+
+
+@app.task(name="tasks.spin")
+def spin():
+    while True:
+        pass
+
+
+@app.task(name="tasks.hog")
+def hog():
+    raise MemoryError("simulated: memory limit exceeded")
+
+
+@app.task(name="tasks.deep")
+def deep(n=0):
+    return deep(n + 1)
+
+
+@app.task(name="tasks.sleep")
+def sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="tasks.progress", bind=True)
+def progress(self, n):
+    for i in range(n):
+        self.update_state(state="PROGRESS", meta={"current": i, "total": n})
+        time.sleep(0.05)
+    return n

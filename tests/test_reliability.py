@@ -1,0 +1,104 @@
+"""Crashes, restarts and shutdowns: no task is lost."""
+
+import re
+import time
+
+import pytest
+
+RECEIVED = r"Task tasks\.\w+\[[0-9a-f-]+\] received"
+
+ACKS_LATE_CONFIG = """\
+task_acks_late = true
+worker_prefetch_multiplier = 1
+
+[broker_transport_options]
+visibility_timeout = 3
+"""
+
+
+@pytest.mark.timeout(240)
+def test_acks_late_survives_sigkill(worker, client, redis_server):
+    """kill -9 mid-run with task_acks_late: a new worker re-runs what was lost.
+
+    The killed worker's in-flight messages sit in the ``unacked`` hash. We wait
+    longer than ``visibility_timeout`` (3 s) before starting the new worker, so
+    its startup restore sweep (what Celery/kombu do at startup) must put them
+    back on the queue; no 100 s periodic sweep is needed.
+    """
+    first = worker(concurrency=2, config=ACKS_LATE_CONFIG)
+    ids = [client.sleep.delay(0.5).id for _ in range(20)]
+
+    first.wait_for_log(RECEIVED, count=3, timeout=60)
+    first.kill()
+    done_at_kill = sum(1 for m in redis_server.metas(ids) if m and m.get("status") == "SUCCESS")
+    assert done_at_kill < 20, "every task finished before the kill; the test proves nothing"
+    # Something was in flight and unacknowledged when the worker died.
+    assert redis_server.client.hlen("unacked") >= 1, "no unacked message after kill -9 (acks_late?)"
+
+    time.sleep(3 + 1.5)  # > visibility_timeout
+    second = worker(concurrency=2, config=ACKS_LATE_CONFIG)
+    metas = redis_server.wait_for_states(ids, ("SUCCESS",), timeout=90)
+    assert [m["task_id"] for m in metas] == ids
+    assert second.alive
+    # Everything acknowledged at the end.
+    deadline = time.monotonic() + 10
+    while redis_server.client.hlen("unacked") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert redis_server.client.hlen("unacked") == 0
+
+
+@pytest.mark.timeout(300)
+def test_redis_restart_under_load(worker, celery_app, redis_factory):
+    """Restart redis-server while the worker is busy; it reconnects and nothing is lost.
+
+    This test's redis runs with ``--appendonly yes --appendfsync always`` (and
+    its own --dir): the session redis runs with ``--save '' --appendonly no``,
+    where a restart would drop every queued message and "all complete" would be
+    impossible for any worker.
+    """
+    server = redis_factory(persistent=True)
+    w = worker(concurrency=2, redis=server)
+    c1 = celery_app(redis=server)
+
+    first: list[tuple[str, int]] = []
+    for i in range(300):
+        first.append((c1.add.delay(i, i).id, 2 * i))
+        if i % 30 == 0:  # a little slow work so the restart lands mid-run
+            first.append((c1.sleep.delay(0.3).id, None))
+    w.wait_for_log(r"Task tasks\.\w+\[[0-9a-f-]+\] succeeded", timeout=60)
+
+    server.restart()
+    done = sum(1 for m in server.metas([t for t, _ in first]) if m and m.get("status") == "SUCCESS")
+    print(f"{done}/{len(first)} tasks had finished when redis came back")
+
+    c2 = celery_app(redis=server)  # fresh connections for the second batch
+    second = [(c2.add.delay(1000 + i, i).id, 1000 + 2 * i) for i in range(300)]
+
+    everything = first + second
+    metas = server.wait_for_states([t for t, _ in everything], ("SUCCESS",), timeout=180)
+    for (task_id, expected), meta in zip(everything, metas):
+        if expected is not None:
+            assert meta["result"] == expected, (task_id, meta)
+    assert w.alive, "the worker died when redis restarted"
+
+
+@pytest.mark.timeout(120)
+def test_warm_shutdown_finishes_the_running_task(worker, client):
+    """SIGTERM: the running task completes, the worker exits 0, queued work is not lost."""
+    w = worker(concurrency=1)
+    running = client.sleep.delay(2)
+    waiting = [client.add.delay(i, 100) for i in range(3)]
+    w.wait_for_log(rf"Task tasks\.sleep\[{re.escape(running.id)}\] received", timeout=30)
+    time.sleep(0.5)  # let it start running
+    t0 = time.monotonic()
+    rc = w.terminate(timeout=30)
+    assert rc == 0, f"worker exit code {rc} after SIGTERM"
+    assert time.monotonic() - t0 < 30
+    meta = client.redis.meta(running.id)
+    assert meta is not None and meta["status"] == "SUCCESS", meta
+    running.get(timeout=5)
+    assert running.state == "SUCCESS"
+    # Tasks that had not started are either done or back on the queue: a new
+    # worker finishes them (the old one must have restored any it prefetched).
+    worker(concurrency=1)
+    assert [r.get(timeout=30) for r in waiting] == [100, 101, 102]
