@@ -396,19 +396,19 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connect to the Redis result backend named by the settings.
-async fn result_backend(settings: &Settings) -> anyhow::Result<crate::backend::redis::RedisBackend> {
+/// Connect to the result backend named by the settings.
+async fn result_backend(settings: &Settings) -> anyhow::Result<crate::backend::Backend> {
     let url = settings
         .result_backend
         .as_deref()
         .context("no result backend configured (use --result-backend or result_backend in the config)")?;
-    Ok(crate::backend::redis::RedisBackend::connect(url, settings.result_expires.0).await?)
+    let ser = Serializer::from_name(&settings.result_serializer).unwrap_or(Serializer::Json);
+    Ok(crate::backend::Backend::connect(url, settings.result_expires.0, ser).await?)
 }
 
 /// Print a stored meta: the result JSON on stdout for SUCCESS, the traceback
 /// on stderr for a failure, the state otherwise. Returns the exit code.
-fn print_meta(bytes: &[u8]) -> anyhow::Result<ExitCode> {
-    let meta = ResultMeta::decode(bytes)?;
+fn print_meta(meta: &ResultMeta) -> anyhow::Result<ExitCode> {
     let state = meta.status.as_str().to_string();
     Ok(match state.as_str() {
         "SUCCESS" => {
@@ -428,10 +428,6 @@ fn print_meta(bytes: &[u8]) -> anyhow::Result<ExitCode> {
             ExitCode::from(3)
         }
     })
-}
-
-fn is_ready(bytes: &[u8]) -> bool {
-    ResultMeta::decode(bytes).map(|m| m.status.is_ready()).unwrap_or(false)
 }
 
 fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
@@ -454,11 +450,11 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     o.serializer = Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
     let broker_url = settings.broker_url.clone().unwrap_or_else(|| "redis://localhost:6379/0".into());
     runtime()?.block_on(async {
-        let broker = crate::broker::redis::RedisBroker::connect(&broker_url, settings.broker_transport_options.clone()).await?;
+        let broker = crate::broker::Broker::connect(&broker_url, &settings.broker_transport_options).await?;
         let encoded = task.encode()?;
         // Subscribe before publishing, as a Python client does, so a fast worker cannot be missed.
-        let waiter = if a.wait { Some(result_backend(&settings).await?.subscribe(&task.id).await?) } else { None };
-        broker.publish(&task.options.queue, encoded.priority.unwrap_or(0), &encoded.to_redis_bytes()).await?;
+        let waiter = if a.wait { Some(result_backend(&settings).await?.waiter(&task.id).await?) } else { None };
+        broker.publish(&task.options.queue, &encoded).await?;
         match waiter {
             None => {
                 println!("{}", task.id);
@@ -466,8 +462,8 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
             }
             Some(sub) => {
                 eprintln!("{}", task.id);
-                let bytes = sub.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0)), is_ready).await?;
-                print_meta(&bytes)
+                let meta = sub.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0))).await?;
+                print_meta(&meta)
             }
         }
     })
@@ -478,8 +474,8 @@ fn result(a: ResultArgs) -> anyhow::Result<ExitCode> {
     let settings = a.conn.settings()?;
     runtime()?.block_on(async {
         let backend = result_backend(&settings).await?;
-        let bytes = if a.wait {
-            backend.wait(&a.task_id, std::time::Duration::from_secs_f64(a.timeout.max(0.0)), is_ready).await?
+        let meta = if a.wait {
+            backend.waiter(&a.task_id).await?.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0))).await?
         } else {
             match backend.get(&a.task_id).await? {
                 Some(b) => b,
@@ -489,7 +485,7 @@ fn result(a: ResultArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         };
-        print_meta(&bytes)
+        print_meta(&meta)
     })
 }
 

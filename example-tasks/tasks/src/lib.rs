@@ -23,10 +23,23 @@ fn mul(x: i64, y: i64) -> i64 {
     x.wrapping_mul(y)
 }
 
-/// `xsum(numbers)`: the sum of a list of numbers (integers are accepted too).
+/// `xsum(numbers)`: the sum of a list of numbers. Like Python's `sum`, a list
+/// of integers sums to an integer; any float makes the result a float.
 #[task]
-fn xsum(numbers: Vec<f64>) -> f64 {
-    numbers.iter().sum()
+fn xsum(numbers: Vec<serde_json::Number>) -> serde_json::Value {
+    let ints: Option<Vec<i64>> = numbers.iter().map(serde_json::Number::as_i64).collect();
+    match ints {
+        Some(ints) => json!(ints.iter().fold(0i64, |a, b| a.wrapping_add(*b))),
+        None => json!(numbers.iter().filter_map(serde_json::Number::as_f64).sum::<f64>()),
+    }
+}
+
+/// `counter()`: increments a global counter and returns it. Every call runs
+/// in a fresh instance, so this always returns 1: nothing survives a call.
+#[task]
+fn counter() -> u64 {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
 }
 
 /// `div(a, b)`: `a / b`; raises `ZeroDivisionError` when `b` is 0.
@@ -104,7 +117,7 @@ fn sleep(seconds: f64) -> Result<f64, TaskError> {
 #[task]
 fn progress(n: u32) -> u32 {
     for i in 0..n {
-        celeriac_sdk::update_state("PROGRESS", &json!({"current": i, "total": n}));
+        celeriac_sdk::update_state("PROGRESS", &json!({"current": i + 1, "total": n}));
         celeriac_sdk::info!("progress {}/{}", i + 1, n);
     }
     n
@@ -132,5 +145,4 @@ fn log(msg: String) {
 }
 
 celeriac_sdk::export_tasks!(
-    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log,
-);
+    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter);

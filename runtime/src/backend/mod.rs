@@ -7,6 +7,72 @@
 
 pub mod redis;
 
+use std::time::Duration;
+
+use crate::protocol::Serializer;
+use crate::protocol::result::ResultMeta;
+
+/// A connected result backend, whichever kind its URL names.
+#[derive(Clone)]
+pub enum Backend {
+    /// Celery's Redis backend.
+    Redis(redis::RedisBackend),
+}
+
+/// Waits for one task's result; created before the task is sent.
+pub enum Waiter {
+    /// Redis pub/sub subscription.
+    Redis(redis::ResultSubscription),
+}
+
+impl Backend {
+    /// Connect to the backend at `url`; results live `expires` seconds
+    /// (`None`: forever) and are written with `serializer`.
+    pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Backend, BackendError> {
+        if crate::broker::is_redis_url(url) {
+            return Ok(Backend::Redis(redis::RedisBackend::connect(url, expires, serializer).await?));
+        }
+        Err(BackendError::Url(format!("{url}: unsupported result backend; use redis://host:port/db")))
+    }
+
+    /// Store (and announce) a task state.
+    pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
+        match self {
+            Backend::Redis(b) => b.store(meta).await,
+        }
+    }
+
+    /// The stored state of `task_id`, if any.
+    pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
+        match self {
+            Backend::Redis(b) => b.get(task_id).await,
+        }
+    }
+
+    /// Delete the stored state of `task_id`.
+    pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Redis(b) => b.forget(task_id).await,
+        }
+    }
+
+    /// Start waiting for `task_id` (before sending it, so nothing is missed).
+    pub async fn waiter(&self, task_id: &str) -> Result<Waiter, BackendError> {
+        match self {
+            Backend::Redis(b) => Ok(Waiter::Redis(b.subscribe(task_id).await?)),
+        }
+    }
+}
+
+impl Waiter {
+    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes.
+    pub async fn wait(self, timeout: Duration) -> Result<ResultMeta, BackendError> {
+        match self {
+            Waiter::Redis(w) => w.wait(timeout).await,
+        }
+    }
+}
+
 /// Errors talking to a result backend.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -16,6 +82,9 @@ pub enum BackendError {
     /// The connection failed or a command was refused.
     #[error("result backend error: {0}")]
     Connection(String),
+    /// A value could not be encoded or decoded.
+    #[error("result encoding error: {0}")]
+    Encode(String),
     /// Waiting for a result timed out.
     #[error("timed out waiting for the result of {0}")]
     Timeout(String),

@@ -12,6 +12,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::{BackendError, TASK_KEY_PREFIX};
+use crate::protocol::Serializer;
+use crate::protocol::result::ResultMeta;
 
 /// A connection to a Redis result backend.
 #[derive(Clone)]
@@ -20,6 +22,8 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     /// Result time-to-live in seconds; `None` keeps results forever.
     expires: Option<u64>,
+    /// How values are written (`result_serializer`).
+    serializer: Serializer,
 }
 
 /// The key holding `task_id`'s state.
@@ -29,7 +33,7 @@ pub fn task_key(task_id: &str) -> String {
 
 impl RedisBackend {
     /// Connect to `url` (`redis://[:password@]host:port/db`, `unix:///path`).
-    pub async fn connect(url: &str, expires: Option<u64>) -> Result<Self, BackendError> {
+    pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
         let url = crate::broker::redis::normalize_url(url);
         let client = redis::Client::open(url.as_str()).map_err(|e| BackendError::Url(format!("{url}: {e}")))?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -38,27 +42,29 @@ impl RedisBackend {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         let conn = client.get_connection_manager_with_config(cfg).await.map_err(BackendError::redis)?;
-        Ok(RedisBackend { client, conn, expires })
+        Ok(RedisBackend { client, conn, expires, serializer })
     }
 
-    /// Store `meta` (already serialised) as the state of `task_id` and publish it.
-    pub async fn store(&self, task_id: &str, meta: &[u8]) -> Result<(), BackendError> {
-        let key = task_key(task_id);
+    /// Store `meta` as the state of its task and publish it.
+    pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
+        let bytes = meta.encode(self.serializer).map_err(|e| BackendError::Encode(e.to_string()))?;
+        let key = task_key(&meta.task_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
         match self.expires {
-            Some(ttl) => pipe.set_ex(&key, meta, ttl).ignore(),
-            None => pipe.set(&key, meta).ignore(),
+            Some(ttl) => pipe.set_ex(&key, &bytes, ttl).ignore(),
+            None => pipe.set(&key, &bytes).ignore(),
         };
-        pipe.publish(&key, meta).ignore();
+        pipe.publish(&key, &bytes).ignore();
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
     }
 
-    /// The stored meta of `task_id`, if any.
-    pub async fn get(&self, task_id: &str) -> Result<Option<Vec<u8>>, BackendError> {
+    /// The stored state of `task_id`, if any.
+    pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let mut c = self.conn.clone();
-        c.get(task_key(task_id)).await.map_err(BackendError::redis)
+        let raw: Option<Vec<u8>> = c.get(task_key(task_id)).await.map_err(BackendError::redis)?;
+        raw.map(|b| decode(&b)).transpose()
     }
 
     /// Delete the stored result of `task_id` (Celery's `forget`).
@@ -75,15 +81,6 @@ impl RedisBackend {
         Ok(ResultSubscription { backend: self.clone(), task_id: task_id.to_string(), pubsub })
     }
 
-    /// Wait until `task_id` reaches a state accepted by `is_ready`.
-    pub async fn wait(
-        &self,
-        task_id: &str,
-        timeout: Duration,
-        is_ready: impl Fn(&[u8]) -> bool,
-    ) -> Result<Vec<u8>, BackendError> {
-        self.subscribe(task_id).await?.wait(timeout, is_ready).await
-    }
 }
 
 /// A subscription to one task's state channel.
@@ -96,10 +93,10 @@ pub struct ResultSubscription {
 impl ResultSubscription {
     /// Wait the way a Python client does: read the key once (a result stored
     /// before the subscription), then listen until a ready state arrives.
-    pub async fn wait(mut self, timeout: Duration, is_ready: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, BackendError> {
-        if let Some(v) = self.backend.get(&self.task_id).await? {
-            if is_ready(&v) {
-                return Ok(v);
+    pub async fn wait(mut self, timeout: Duration) -> Result<ResultMeta, BackendError> {
+        if let Some(m) = self.backend.get(&self.task_id).await? {
+            if m.status.is_ready() {
+                return Ok(m);
             }
         }
         let mut stream = self.pubsub.on_message();
@@ -108,13 +105,17 @@ impl ResultSubscription {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => return Err(BackendError::Timeout(self.task_id.clone())),
                 Ok(None) => return Err(BackendError::Connection("result subscription closed".into())),
-                Ok(Some(msg)) => {
-                    let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-                    if is_ready(&payload) {
-                        return Ok(payload);
-                    }
-                }
+                Ok(Some(msg)) => match decode(msg.get_payload_bytes()) {
+                    Ok(m) if m.status.is_ready() => return Ok(m),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("ignoring unreadable state of {}: {e}", self.task_id),
+                },
             }
         }
     }
+}
+
+/// Decode a stored value (JSON or msgpack).
+fn decode(bytes: &[u8]) -> Result<ResultMeta, BackendError> {
+    ResultMeta::decode(bytes).map_err(|e| BackendError::Encode(e.to_string()))
 }

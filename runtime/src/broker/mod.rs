@@ -2,10 +2,97 @@
 //!
 //! Celery talks to a broker through kombu; Celeriac implements kombu's
 //! transports natively. [`redis`] is kombu's Redis transport (lists plus
-//! `unacked` bookkeeping). A [`Delivery`] is one received, not yet acknowledged
-//! message; the worker acknowledges it by tag, or puts it back with `restore`.
+//! `unacked` bookkeeping). [`Broker`] is the one type the worker and the CLI
+//! use, whatever the transport; a [`Delivery`] is one received, not yet
+//! acknowledged message, acknowledged by tag or put back with `restore`.
 
 pub mod redis;
+
+use std::collections::HashSet;
+
+use crate::config::TransportOptions;
+use crate::protocol::EncodedTask;
+
+/// A connected broker, whichever transport its URL names.
+#[derive(Clone)]
+pub enum Broker {
+    /// kombu's Redis transport.
+    Redis(redis::RedisBroker),
+}
+
+/// Whether a URL names a Redis server (`redis://`, `unix://`, `socket://`).
+pub fn is_redis_url(url: &str) -> bool {
+    ["redis://", "unix://", "socket://", "redis+socket://"].iter().any(|p| url.starts_with(p))
+}
+
+impl Broker {
+    /// Connect to the broker at `url`.
+    pub async fn connect(url: &str, opts: &TransportOptions) -> Result<Broker, BrokerError> {
+        if is_redis_url(url) {
+            return Ok(Broker::Redis(redis::RedisBroker::connect(url, opts.clone()).await?));
+        }
+        if url.starts_with("rediss://") {
+            return Err(BrokerError::Url(format!("{url}: TLS (rediss://) is not supported yet")));
+        }
+        Err(BrokerError::Url(format!("{url}: unsupported transport; use redis://host:port/db")))
+    }
+
+    /// The transport's name, for the banner.
+    pub fn transport(&self) -> &'static str {
+        match self {
+            Broker::Redis(_) => "redis",
+        }
+    }
+
+    /// Declare the queues the worker consumes.
+    pub async fn declare(&self, queues: &[String]) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(b) => b.declare(queues).await,
+        }
+    }
+
+    /// Receive up to `max` messages from `queues`, waiting up to about a second.
+    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.fetch(&b.consume_lists(queues), max).await,
+        }
+    }
+
+    /// Acknowledge messages by tag.
+    pub async fn ack(&self, tags: &[String]) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(b) => b.ack(tags).await,
+        }
+    }
+
+    /// Put an unacknowledged message back on its queue; false if it was gone.
+    pub async fn restore(&self, tag: &str) -> Result<bool, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.restore(tag).await,
+        }
+    }
+
+    /// Mark messages this worker still holds as alive.
+    pub async fn touch(&self, tags: &HashSet<String>) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(b) => b.touch(tags).await,
+        }
+    }
+
+    /// Restore other consumers' messages past the visibility timeout.
+    pub async fn restore_visible(&self, ours: &HashSet<String>) -> Result<usize, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.restore_visible(ours).await,
+        }
+    }
+
+    /// Publish an encoded task message to `queue`.
+    pub async fn publish(&self, queue: &str, task: &EncodedTask) -> Result<(), BrokerError> {
+        match self {
+            Broker::Redis(b) => b.publish(queue, task.priority.unwrap_or(0), &task.to_redis_bytes()).await,
+        }
+    }
+}
 
 /// Errors talking to a broker.
 #[derive(Debug, thiserror::Error)]

@@ -179,8 +179,9 @@ pub fn timed_out(site: &TraceSite<'_>, limit: Duration) -> TaskFailure {
 
 fn time_limit_exception(limit: Duration) -> (&'static str, &'static str, String) {
     (
+        // Where Celery's own worker says it lives (celery.exceptions re-exports it).
         "TimeLimitExceeded",
-        "celery.exceptions",
+        "billiard.exceptions",
         format!("task exceeded its time limit of {}s", trim_float(limit.as_secs_f64())),
     )
 }
@@ -434,6 +435,6 @@ mod tests {
         let site = TraceSite { file: "tasks.wasm", task: "tasks.sleep" };
         let f = timed_out(&site, Duration::from_millis(1500));
         assert_eq!(f.message, "task exceeded its time limit of 1.5s");
-        assert!(f.traceback.ends_with("celery.exceptions.TimeLimitExceeded: task exceeded its time limit of 1.5s\n"));
+        assert!(f.traceback.ends_with("billiard.exceptions.TimeLimitExceeded: task exceeded its time limit of 1.5s\n"));
     }
 }

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::backend::redis::RedisBackend;
-use crate::broker::redis::RedisBroker;
+use crate::backend::Backend;
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::{AcceptContent, Serializer};
 use crate::sandbox::Sandbox;
@@ -68,11 +68,10 @@ pub enum Phase {
 /// State shared by the consumer loop and every message handler.
 pub(crate) struct Shared {
     pub sandbox: Sandbox,
-    pub broker: RedisBroker,
-    pub backend: Option<RedisBackend>,
+    pub broker: Broker,
+    pub backend: Option<Backend>,
     pub settings: Settings,
     pub accept: AcceptContent,
-    pub result_serializer: Serializer,
     pub hostname: String,
     /// Run slots: at most `concurrency` tasks run at once.
     pub run_slots: Semaphore,
@@ -143,12 +142,6 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let broker_url = settings.broker_url.clone().unwrap_or_else(|| "redis://localhost:6379/0".into());
-    if !(broker_url.starts_with("redis://") || broker_url.starts_with("unix://") || broker_url.contains("socket://")) {
-        anyhow::bail!(
-            "unsupported broker URL {}: this worker speaks Redis (redis://, unix://, socket://)",
-            banner::mask_password(&broker_url)
-        );
-    }
     let result_serializer = Serializer::from_name(&settings.result_serializer)
         .ok_or_else(|| anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer))?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
@@ -159,20 +152,14 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         anyhow::bail!("no task could be loaded from {}", opts.app.display());
     }
 
-    let broker = connect_with_retry("broker", &broker_url, || {
-        RedisBroker::connect(&broker_url, settings.broker_transport_options.clone())
-    })
-    .await?;
+    let opts_t = settings.broker_transport_options.clone();
+    let broker = connect_with_retry("broker", &broker_url, || Broker::connect(&broker_url, &opts_t)).await?;
     let backend = match &settings.result_backend {
         None => None,
-        Some(url) if url.starts_with("redis://") || url.starts_with("unix://") || url.contains("socket://") => {
+        Some(url) => {
             let expires = settings.result_expires.0;
-            Some(connect_with_retry("result backend", url, || RedisBackend::connect(url, expires)).await?)
+            Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer)).await?)
         }
-        Some(url) => anyhow::bail!(
-            "unsupported result backend {}: this worker stores results in Redis (redis://)",
-            banner::mask_password(url)
-        ),
     };
 
     let concurrency = settings.concurrency();
@@ -186,7 +173,6 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         broker,
         backend,
         accept,
-        result_serializer,
         hostname: opts.hostname.clone(),
         run_slots: Semaphore::new(concurrency as usize),
         held: Mutex::new(HashSet::new()),
@@ -225,7 +211,7 @@ where
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() < deadline => {
+            Err(e) if tokio::time::Instant::now() < deadline && !is_config_error(&e.to_string()) => {
                 tracing::error!(
                     "Cannot connect to {what} {}: {e}. Trying again in {:.1} seconds...",
                     banner::mask_password(url),
@@ -237,6 +223,11 @@ where
             Err(e) => anyhow::bail!("cannot connect to {what} {}: {e}", banner::mask_password(url)),
         }
     }
+}
+
+/// Whether a connection error is a configuration mistake (retrying won't help).
+fn is_config_error(message: &str) -> bool {
+    message.starts_with("invalid ")
 }
 
 /// Turn SIGTERM/SIGINT into shutdown phases: warm first, cold on the second.
@@ -287,7 +278,6 @@ async fn housekeeping(shared: Arc<Shared>) {
 async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> tokio::task::JoinSet<()> {
     let prefetch = (shared.settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize;
     let room = Arc::new(Semaphore::new(prefetch));
-    let lists = shared.broker.consume_lists(queues);
     let mut handlers = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     let mut phase = shared.phase.clone();
@@ -304,7 +294,7 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             permits.push(p);
         }
         // Not cancelled on shutdown: a fetch dropped mid-flight could lose a message.
-        match shared.broker.fetch(&lists, permits.len()).await {
+        match shared.broker.fetch(queues, permits.len()).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
                 for d in deliveries {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::{Phase, Shared, retry};
+use crate::backend::Backend;
 use crate::broker::Delivery;
 use crate::protocol::result::ResultMeta;
 use crate::protocol::{Envelope, ExceptionInfo, ProtocolError, TaskMessage, exception_module, saferepr};
@@ -67,7 +68,7 @@ async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
     if let Some(id) = e.task_id() {
         if let Some(backend) = &s.backend {
             let meta = ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()));
-            store(s, backend, id, &meta).await;
+            store(backend, &meta).await;
         }
     }
     ack(s, d).await;
@@ -108,7 +109,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
         tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
         if !ignores_result(s, &msg) {
             if let Some(backend) = &s.backend {
-                store(s, backend, &msg.id, &base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
+                store(backend, &base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
             }
         }
         ack(s, d).await;
@@ -128,7 +129,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     if let Some(b) = backend {
         if annotation.track_started.unwrap_or(s.settings.task_track_started) {
             let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
-            store(s, b, &msg.id, &base_meta(&msg, meta)).await;
+            store(b, &base_meta(&msg, meta)).await;
         }
     }
 
@@ -137,7 +138,6 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     let writer = backend.map(|b| {
         let id = msg.id.clone();
         let meta_base = (msg.group.clone(), msg.parent_id.clone());
-        let serializer = s.result_serializer;
         let b = b.clone();
         tokio::spawn(async move {
             while updates.changed().await.is_ok() {
@@ -145,12 +145,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
                 let meta = ResultMeta::custom(&id, &u.state, u.meta)
                     .with_group_id(meta_base.0.clone())
                     .with_parent_id(meta_base.1.clone());
-                match meta.encode(serializer) {
-                    Ok(bytes) => {
-                        retry("store a task state", || b.store(&id, &bytes)).await;
-                    }
-                    Err(e) => tracing::error!("cannot encode state {} of {id}: {e}", u.state),
-                }
+                store(&b, &meta).await;
             }
         })
     });
@@ -192,7 +187,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
             tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
             if let Some(b) = backend {
                 let meta = base_meta(&msg, ResultMeta::success(&msg.id, value));
-                store(s, b, &msg.id, &meta).await;
+                store(b, &meta).await;
             }
         }
         Outcome::Failure(f) => {
@@ -238,18 +233,13 @@ async fn store_exception(s: &Shared, msg: &TaskMessage, exc: &ExceptionInfo, tra
         return;
     }
     if let Some(b) = &s.backend {
-        store(s, b, &msg.id, &base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
+        store(b, &base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
     }
 }
 
-/// Encode and store a meta, retrying through outages.
-async fn store(s: &Shared, backend: &crate::backend::redis::RedisBackend, id: &str, meta: &ResultMeta) {
-    match meta.encode(s.result_serializer) {
-        Ok(bytes) => {
-            retry("store a task result", || backend.store(id, &bytes)).await;
-        }
-        Err(e) => tracing::error!("cannot encode the result of {id}: {e}"),
-    }
+/// Store a meta, retrying through outages.
+async fn store(backend: &Backend, meta: &ResultMeta) {
+    retry("store a task state", || backend.store(meta)).await;
 }
 
 /// The request context the guest sees (`self.request`).

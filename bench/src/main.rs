@@ -1,0 +1,296 @@
+//! `celeriac-bench`: micro-benchmarks of Celeriac's own machinery, without
+//! Redis or Python in the way.
+//!
+//! Why this exists: the worker runs every task in a fresh WebAssembly instance,
+//! so the sandbox's per-call cost (a new `Store`, instantiation from the
+//! pre-linked component, the call, the result parse) is a floor under the
+//! worker's throughput and latency. This binary measures that floor the way
+//! the worker pays it — through the public `celeriac::sandbox::Sandbox::call`
+//! — one call after another on a single-threaded (`current_thread`) tokio
+//! runtime, i.e. on one core, for several engine configurations:
+//!
+//! * pooling allocator, fuel metering on (the worker's default),
+//! * pooling allocator, fuel metering off,
+//! * on-demand allocator (pooling off), fuel on and off, for comparison.
+//!
+//! Each configuration gets its own engine and a temporary compilation cache
+//! that is removed afterwards, so runs never share compiled artifacts. A
+//! warm-up (a tenth of `--n`) runs before the measured calls. Every result is
+//! checked (`add(i, i) == 2i`) so a broken sandbox cannot look fast.
+//!
+//! Nothing here asserts a time: it reports. `bench/bench.py` runs it with
+//! `--json` and folds the figures into its table.
+//!
+//! Usage: `cargo run --release -p celeriac-bench -- sandbox --n 20000`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use celeriac::sandbox::{Invocation, Outcome, Request, Sandbox, SandboxConfig};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+/// Benchmarks for Celeriac (the worker-vs-Celery harness is bench/run.sh).
+#[derive(Debug, Parser)]
+#[command(name = "celeriac-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Instantiate + call cost of one task, sequentially on one core.
+    Sandbox(SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SandboxArgs {
+    /// Measured calls per configuration (a tenth more run first as warm-up).
+    #[arg(long, default_value_t = 20_000)]
+    n: usize,
+    /// Directory of task components (or one .wasm file).
+    #[arg(short = 'A', long = "app", default_value = "target/tasks")]
+    app: PathBuf,
+    /// The task to call; it gets the arguments `[i, i]`.
+    #[arg(long, default_value = "tasks.add")]
+    task: String,
+    /// Configurations to run, comma-separated, from: pooling-fuel,
+    /// pooling-nofuel, ondemand-fuel, ondemand-nofuel.
+    #[arg(long, value_delimiter = ',', default_value = "pooling-fuel,pooling-nofuel,ondemand-fuel,ondemand-nofuel")]
+    configs: Vec<String>,
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One engine configuration under test.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    pooling: bool,
+    fuel: bool,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant { name: "pooling-fuel", pooling: true, fuel: true },
+    Variant { name: "pooling-nofuel", pooling: true, fuel: false },
+    Variant { name: "ondemand-fuel", pooling: false, fuel: true },
+    Variant { name: "ondemand-nofuel", pooling: false, fuel: false },
+];
+
+/// Figures for one configuration. Times are per call, in microseconds.
+#[derive(Debug, Serialize)]
+struct VariantReport {
+    config: &'static str,
+    pooling: bool,
+    fuel_metering: bool,
+    calls: usize,
+    /// Component load (compile into the empty temp cache), milliseconds.
+    load_ms: f64,
+    /// `Sandbox::call` as the worker pays it: store + instantiate + call + result parse.
+    mean_us: f64,
+    p50_us: f64,
+    p99_us: f64,
+    min_us: f64,
+    max_us: f64,
+    /// The sandbox's own `CallReport::wall` (instantiate + call only), mean.
+    inner_mean_us: f64,
+    /// CPU time (user + system) of the benchmark thread per call: steadier than
+    /// wall time when other work shares the machine.
+    cpu_us_per_call: f64,
+    /// Sequential calls per second on one core (1e6 / mean_us).
+    calls_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SandboxReport {
+    task: String,
+    app: String,
+    n: usize,
+    warmup: usize,
+    runtime: &'static str,
+    results: Vec<VariantReport>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sandbox(a) => sandbox(a),
+    }
+}
+
+fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
+    if a.n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let mut variants = Vec::new();
+    for name in &a.configs {
+        match VARIANTS.iter().find(|v| v.name == name.as_str()) {
+            Some(v) => variants.push(*v),
+            None => bail!("unknown config {name:?}; choose from {:?}", VARIANTS.map(|v| v.name)),
+        }
+    }
+    // One thread: the calls are awaited one after another, as one worker slot would.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let warmup = (a.n / 10).max(1);
+    let mut results = Vec::new();
+    for v in variants {
+        if !a.json {
+            eprintln!("sandbox: {} ({} calls + {} warm-up)...", v.name, a.n, warmup);
+        }
+        results.push(rt.block_on(run_variant(&a, v, warmup))?);
+    }
+    let report = SandboxReport {
+        task: a.task.clone(),
+        app: a.app.display().to_string(),
+        n: a.n,
+        warmup,
+        runtime: "tokio current_thread, sequential awaits (one core)",
+        results,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+/// A temporary directory removed on drop (also when a variant fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let dir = std::env::temp_dir().join(format!("celeriac-bench-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Result<VariantReport> {
+    let cache = TempDir::new(v.name)?;
+    let config = SandboxConfig {
+        fuel_metering: v.fuel,
+        pooling: v.pooling,
+        // The worker sizes its pool from -c; the benchmark needs one slot.
+        max_concurrent: 2,
+        cache_dir: Some(cache.0.clone()),
+        ..Default::default()
+    };
+    let mut sandbox = Sandbox::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    sandbox.load(&a.app).await;
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    if sandbox.task(&a.task).is_none() {
+        let errors: Vec<String> =
+            sandbox.load_errors().iter().map(|e| format!("{}: {}", e.path.display(), e.reason)).collect();
+        bail!(
+            "task {} not found under {} (build it with `make tasks`); load errors: {errors:?}",
+            a.task,
+            a.app.display()
+        );
+    }
+
+    for i in 0..warmup {
+        call_add(&sandbox, &a.task, i as i64).await?;
+    }
+
+    let mut samples: Vec<Duration> = Vec::with_capacity(a.n);
+    let mut inner = Duration::ZERO;
+    let cpu0 = thread_cpu_time();
+    for i in 0..a.n {
+        let t = Instant::now();
+        let wall = call_add(&sandbox, &a.task, i as i64).await?;
+        samples.push(t.elapsed());
+        inner += wall;
+    }
+    let cpu = thread_cpu_time().saturating_sub(cpu0);
+
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let total: Duration = samples.iter().sum();
+    let mean_us = us(total) / a.n as f64;
+    samples.sort_unstable();
+    Ok(VariantReport {
+        config: v.name,
+        pooling: v.pooling,
+        fuel_metering: v.fuel,
+        calls: a.n,
+        load_ms,
+        mean_us,
+        p50_us: us(percentile(&samples, 50.0)),
+        p99_us: us(percentile(&samples, 99.0)),
+        min_us: us(samples[0]),
+        max_us: us(samples[samples.len() - 1]),
+        inner_mean_us: us(inner) / a.n as f64,
+        cpu_us_per_call: us(cpu) / a.n as f64,
+        calls_per_sec: 1e6 / mean_us,
+    })
+}
+
+/// One `add(i, i)` call; checks the answer and returns the sandbox's own wall time.
+async fn call_add(sandbox: &Sandbox, task: &str, i: i64) -> anyhow::Result<Duration> {
+    let inv = Invocation {
+        args: format!("[{i},{i}]"),
+        kwargs: "{}".into(),
+        request: Request { name: task.to_string(), ..Request::default() },
+        ..Default::default()
+    };
+    let r = sandbox.call(task, inv).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    match r.outcome {
+        Outcome::Success(v) if v.as_i64() == Some(2 * i) => Ok(r.report.wall),
+        Outcome::Success(v) => bail!("{task}({i}, {i}) returned {v}, expected {}", 2 * i),
+        Outcome::Failure(f) => bail!("{task}({i}, {i}) failed: {} {}\n{}", f.exc_type, f.message, f.traceback),
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// User + system CPU time of the calling thread.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn print_table(r: &SandboxReport) {
+    println!("Sandbox micro-benchmark: {} x {} ({}), {}", r.n, r.task, r.app, r.runtime);
+    println!(
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>12} {:>9}",
+        "config", "mean µs", "p50 µs", "p99 µs", "min µs", "inner µs", "cpu µs", "calls/s", "load ms"
+    );
+    for v in &r.results {
+        println!(
+            "{:<16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>10.1} {:>12.0} {:>9.1}",
+            v.config,
+            v.mean_us,
+            v.p50_us,
+            v.p99_us,
+            v.min_us,
+            v.inner_mean_us,
+            v.cpu_us_per_call,
+            v.calls_per_sec,
+            v.load_ms
+        );
+    }
+    println!("(mean/p50/p99/min: Sandbox::call incl. store creation and result parse; inner: instantiate + call; cpu: thread CPU per call)");
+}
