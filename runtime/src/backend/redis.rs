@@ -15,6 +15,30 @@ use super::{BackendError, TASK_KEY_PREFIX};
 use crate::protocol::Serializer;
 use crate::protocol::result::ResultMeta;
 
+/// Record one chord header member and, if it completes the chord, claim the
+/// chord (only one worker wins) and return every member's entry in order.
+/// KEYS: .j .t .s .d .c taskset-meta; ARGV: member `id:index`, index, entry,
+/// ttl, claim token, size fallback (the body's `chord_size`).
+/// Same keys and semantics as Celery 5.7's own scripts (ZSET `.j` scored by
+/// group index, dedup SET `.d`, size `.s` + correction `.t`, claim `.c`).
+const CHORD_PART_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[5]) == 'done' then return false end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 then return false end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[1])
+local count = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ttl) end
+  redis.call('EXPIRE', KEYS[6], ttl)
+end
+local size = tonumber(redis.call('GET', KEYS[3]) or ARGV[6]) or 0
+local extra = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+if size <= 0 or count < size + extra then return false end
+if not redis.call('SET', KEYS[5], ARGV[5], 'NX', 'EX', 60) then return false end
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"#;
+
 /// A connection to a Redis result backend.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -71,6 +95,50 @@ impl RedisBackend {
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let mut c = self.conn.clone();
         c.del::<_, ()>(task_key(task_id)).await.map_err(BackendError::redis)
+    }
+
+    /// Record a finished chord header member (Celery's `on_chord_part_return`).
+    /// Returns the decoded `[1, id, state, result]` entries of all members, in
+    /// group order, when this call completed the chord and won its claim.
+    pub async fn chord_part_return(
+        &self,
+        group_id: &str,
+        task_id: &str,
+        index: u64,
+        state: &str,
+        result: &serde_json::Value,
+        chord_size: Option<u64>,
+    ) -> Result<Option<Vec<serde_json::Value>>, BackendError> {
+        let base = format!("celery-taskset-meta-{group_id}");
+        let entry = serde_json::json!([1, task_id, state, result]).to_string();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(CHORD_PART_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        for suffix in [".j", ".t", ".s", ".d", ".c", ""] {
+            inv.key(format!("{base}{suffix}"));
+        }
+        inv.arg(format!("{task_id}:{index}"))
+            .arg(index)
+            .arg(entry)
+            .arg(self.expires.unwrap_or(0))
+            .arg(token)
+            .arg(chord_size.unwrap_or(0));
+        let members: Option<Vec<String>> = inv.invoke_async(&mut c).await.map_err(BackendError::redis)?;
+        Ok(members.map(|m| m.iter().filter_map(|e| serde_json::from_str(e).ok()).collect()))
+    }
+
+    /// Mark a chord as done and drop its bookkeeping keys.
+    pub async fn chord_done(&self, group_id: &str) -> Result<(), BackendError> {
+        let base = format!("celery-taskset-meta-{group_id}");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&[format!("{base}.j"), format!("{base}.t"), format!("{base}.s"), format!("{base}.d")])
+            .ignore()
+            .set_ex(format!("{base}.c"), "done", 300)
+            .ignore();
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
     }
 
     /// Subscribe to `task_id`'s state channel. Subscribe before sending the

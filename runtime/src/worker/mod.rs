@@ -20,6 +20,7 @@
 //! messages are restored by the next sweep).
 
 mod banner;
+pub mod canvas;
 mod request;
 
 use std::collections::HashSet;
@@ -141,7 +142,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     for w in settings.warnings() {
         tracing::warn!("{w}");
     }
-    let broker_url = settings.broker_url.clone().unwrap_or_else(|| "redis://localhost:6379/0".into());
+    let broker_url = settings.effective_broker_url();
     let result_serializer = Serializer::from_name(&settings.result_serializer)
         .ok_or_else(|| anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer))?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
@@ -154,7 +155,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
 
     let opts_t = settings.broker_transport_options.clone();
     let broker = connect_with_retry("broker", &broker_url, || Broker::connect(&broker_url, &opts_t)).await?;
-    let backend = match &settings.result_backend {
+    let backend = match &settings.effective_result_backend() {
         None => None,
         Some(url) => {
             let expires = settings.result_expires.0;
@@ -166,6 +167,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
     print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
     broker.declare(&queues).await?;
+    if !broker.unsupported_features().is_empty() {
+        tracing::warn!(
+            "Not available on the {} transport: {}",
+            broker.transport(),
+            broker.unsupported_features().join(", ")
+        );
+    }
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared {

@@ -10,11 +10,11 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::{Phase, Shared, retry};
+use super::{Phase, Shared, canvas, retry};
 use crate::backend::Backend;
 use crate::broker::Delivery;
-use crate::protocol::result::ResultMeta;
-use crate::protocol::{Envelope, ExceptionInfo, ProtocolError, TaskMessage, exception_module, saferepr};
+use crate::protocol::result::{ResultMeta, child_tuple};
+use crate::protocol::{Envelope, ExceptionInfo, NewTask, ProtocolError, TaskMessage, exception_module, saferepr};
 use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
 use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 
@@ -182,26 +182,95 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
         result.report.fuel_consumed,
         result.report.peak_memory
     );
+    let (stored_state, stored_result);
     match result.outcome {
         Outcome::Success(value) => {
+            stored_state = "SUCCESS";
+            stored_result = value.clone();
             tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
+            // Continuations first, then the result naming them as children, as Celery does.
+            let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
             if let Some(b) = backend {
-                let meta = base_meta(&msg, ResultMeta::success(&msg.id, value));
+                let meta = base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children);
                 store(b, &meta).await;
             }
         }
         Outcome::Failure(f) => {
             let module = f.exc_module.clone().unwrap_or_else(|| exception_module(&f.exc_type, CELERIAC_EXC_MODULE).to_string());
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
+            stored_state = "FAILURE";
+            stored_result = exc.to_value();
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
+            publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if backend.is_some() {
                 store_exception(s, &msg, &exc, Some(f.traceback)).await;
             }
         }
     }
+    if let (Some(b), Some(group)) = (backend, msg.group.as_deref()) {
+        if msg.embed.chord.is_some() {
+            chord_part_return(s, b, group, &msg, &stored_state, &stored_result).await;
+        }
+    }
     if acks_late {
         ack(s, d).await;
     }
+}
+
+/// Count a finished chord header member; the worker that completes the chord
+/// sends (or fails) its body.
+async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &TaskMessage, state: &str, result: &Value) {
+    let Some(redis) = backend.as_redis() else {
+        tracing::error!("chord {group}: chords need the Redis result backend; the body will not run");
+        return;
+    };
+    let size = msg.embed.chord.as_ref().and_then(|c| c.get("chord_size")).and_then(Value::as_u64);
+    let index = msg.group_index.unwrap_or(0);
+    let Some(entries) =
+        retry("count a chord member", || redis.chord_part_return(group, &msg.id, index, state, result, size)).await.flatten()
+    else {
+        return;
+    };
+    match canvas::chord_body(msg, &entries, &s.settings) {
+        Ok(canvas::ChordOutcome::Publish(task)) => {
+            publish_all(s, vec![Ok(task)]).await;
+        }
+        Ok(canvas::ChordOutcome::Fail { body_id, message }) => {
+            tracing::error!("Chord {group} failed: {message}");
+            let exc = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
+            store(backend, &ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()))).await;
+        }
+        Err(e) => tracing::error!("chord {group}: cannot send its body: {e}"),
+    }
+    retry("clean up a chord", || redis.chord_done(group)).await;
+}
+
+/// Publish continuations; returns the `children` entries of the ones sent.
+async fn publish_all(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
+    if tasks.is_empty() {
+        return None;
+    }
+    let mut children = Vec::new();
+    for t in tasks {
+        let task = match t {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("cannot send a continuation: {e}");
+                continue;
+            }
+        };
+        let encoded = match task.encode() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!("cannot encode continuation {}[{}]: {e}", task.name, task.id);
+                continue;
+            }
+        };
+        if retry("publish a continuation", || s.broker.publish(&task.options.queue, &encoded)).await.is_some() {
+            children.push(child_tuple(&task.id));
+        }
+    }
+    Some(children)
 }
 
 /// Put a message that has not started back on its queue.

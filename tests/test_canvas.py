@@ -1,0 +1,78 @@
+"""Canvas: chains, links (callbacks and errbacks), groups and chords sent by a stock
+Python client; the Celeriac worker publishes the continuations itself."""
+
+import re
+
+from celery import chain, chord, group
+
+
+def test_chain_passes_each_result_on(worker, client):
+    w = worker()
+    result = chain(client.add.s(2, 2), client.add.s(4), client.mul.s(8))()
+    assert result.get(timeout=30) == 64
+    # Every step is its own task with its lineage: parent = previous step, root = first.
+    assert result.parent.get(timeout=10) == 8
+    first = result.parent.parent
+    assert first.get(timeout=10) == 4
+    meta = client.redis.meta(result.id)
+    assert meta["parent_id"] == result.parent.id
+    # The first step's stored result names the next step as its child.
+    assert client.redis.meta(first.id)["children"] == [[[result.parent.id, None], None]]
+    assert w.count(re.compile(r"Task tasks\.(add|mul)\[[^\]]+\] succeeded")) == 3
+
+
+def test_immutable_signatures_keep_their_arguments(worker, client):
+    worker()
+    assert (client.add.si(1, 1) | client.mul.si(3, 3))().get(timeout=30) == 9
+
+
+def test_link_callback_receives_the_result(worker, client):
+    worker()
+    result = client.add.apply_async((2, 2), link=client.mul.s(10))
+    assert result.get(timeout=30) == 4
+    child = result.children[0]
+    assert child.get(timeout=30) == 40
+    assert client.redis.meta(child.id)["parent_id"] == result.id
+
+
+def test_link_error_errback_gets_the_failed_task_id(worker, client):
+    w = worker()
+    # The errback is the old style: called with the failed task's id.
+    result = client.fail.apply_async(("bad",), link_error=client.app.signature("tasks.log"))
+    try:
+        result.get(timeout=30)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("fail() did not raise")
+    w.wait_for_log(rf"Task tasks\.log\[[^\]]+\] succeeded", timeout=30)
+    assert w.count(re.compile(rf"stdout: {re.escape(result.id)}")) == 1
+
+
+def test_group_results_in_order(worker, client):
+    worker()
+    assert group(client.add.s(i, i) for i in range(20))().get(timeout=60) == [2 * i for i in range(20)]
+
+
+def test_chord_body_gets_every_header_result(worker, client):
+    worker()
+    result = chord(client.add.s(i, i) for i in range(10))(client.xsum.s())
+    assert result.get(timeout=60) == sum(2 * i for i in range(10))
+
+
+def test_chord_with_a_failing_member_fails_its_body(worker, client):
+    w = worker()
+    header = [client.add.s(1, 1), client.fail.s("boom"), client.add.s(2, 2)]
+    result = chord(header)(client.xsum.s())
+    # Like Celery, get() re-raises the failed member's own error first...
+    try:
+        result.get(timeout=60)
+    except ValueError as e:
+        assert "boom" in str(e)
+    else:
+        raise AssertionError("the chord body ran although a member failed")
+    # ...and the body itself is stored as failed with a ChordError, without running.
+    meta = client.redis.wait_for_states([result.id], states=("FAILURE",), timeout=30)[0]
+    assert meta["result"]["exc_type"] == "ChordError"
+    assert meta["result"]["exc_module"] == "celery.exceptions"
+    assert w.count(re.compile(r"Task tasks\.xsum\[")) == 0
