@@ -320,14 +320,21 @@ class RedisServer:
         return out
 
     def wait_for_states(self, task_ids: list[str], states: Iterable[str] = ("SUCCESS",),
-                        timeout: float = 60.0) -> list[dict]:
-        """Poll db 1 until every task id has a stored result whose status is in ``states``."""
+                        timeout: float = 60.0, watch: Iterable["ManagedProcess"] = ()) -> list[dict]:
+        """Poll db 1 until every task id has a stored result whose status is in ``states``.
+
+        Fails early if a process in ``watch`` (e.g. the worker) exits."""
         states = set(states)
+        watch = list(watch)
         last: list[dict | None] = []
 
         def done() -> bool:
             nonlocal last
             last = self.metas(task_ids)
+            for proc in watch:
+                if not proc.alive:
+                    pytest.fail(f"{proc.name} exited (rc={proc.returncode}) while waiting for results\n"
+                                f"--- {proc.name} log tail ---\n{proc.tail()}", pytrace=False)
             return all(m is not None and m.get("status") in states for m in last)
 
         def describe() -> str:
@@ -596,12 +603,18 @@ def celery_app(redis_server):
 
     yield make
     for app in made:
-        try:
-            consumer = getattr(app.backend, "result_consumer", None)
-            if consumer is not None:
+        # Close the result listener and forget its subscriptions, so that
+        # AsyncResult.__del__ later (maybe after redis is gone) does nothing
+        # instead of retrying a reconnect.
+        consumer = getattr(app.backend, "result_consumer", None)
+        if consumer is not None:
+            try:
                 consumer.stop()
-        except Exception:
-            pass
+            except Exception:
+                pass
+            consumer._pubsub = None
+            consumer.subscribed_to.clear()
+            consumer._pending_unsubscribe.clear()
         try:
             app.close()
         except Exception:

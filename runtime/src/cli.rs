@@ -399,11 +399,10 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
 /// Connect to the result backend named by the settings.
 async fn result_backend(settings: &Settings) -> anyhow::Result<crate::backend::Backend> {
     let url = settings
-        .result_backend
-        .as_deref()
+        .effective_result_backend()
         .context("no result backend configured (use --result-backend or result_backend in the config)")?;
     let ser = Serializer::from_name(&settings.result_serializer).unwrap_or(Serializer::Json);
-    Ok(crate::backend::Backend::connect(url, settings.result_expires.0, ser).await?)
+    Ok(crate::backend::Backend::connect(&url, settings.result_expires.0, ser).await?)
 }
 
 /// Print a stored meta: the result JSON on stdout for SUCCESS, the traceback
@@ -448,7 +447,7 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     o.ignore_result = a.ignore_result;
     let ser = a.serializer.as_deref().unwrap_or(&settings.task_serializer);
     o.serializer = Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
-    let broker_url = settings.broker_url.clone().unwrap_or_else(|| "redis://localhost:6379/0".into());
+    let broker_url = settings.effective_broker_url();
     runtime()?.block_on(async {
         let broker = crate::broker::Broker::connect(&broker_url, &settings.broker_transport_options).await?;
         let encoded = task.encode()?;

@@ -102,6 +102,9 @@ pub struct TransportOptions {
     pub sep: String,
     /// Key prefix for all kombu keys (kombu's `global_keyprefix`).
     pub global_keyprefix: String,
+    /// Seconds between polls of an idle queue on a polling transport
+    /// (SQLite; default 0.05).
+    pub polling_interval: Option<f64>,
 }
 
 impl Default for TransportOptions {
@@ -112,6 +115,7 @@ impl Default for TransportOptions {
             priority_steps: vec![0, 3, 6, 9],
             sep: "\x06\x16".into(),
             global_keyprefix: String::new(),
+            polling_interval: None,
         }
     }
 }
@@ -284,7 +288,7 @@ fn suggest<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option<St
 /// tables whose keys are fixed), so the error names the closest valid key.
 fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     let nested: &[(&str, &[&str])] = &[
-        ("broker_transport_options", &["visibility_timeout", "unacked_restore_interval", "priority_steps", "sep", "global_keyprefix"]),
+        ("broker_transport_options", &["visibility_timeout", "unacked_restore_interval", "priority_steps", "sep", "global_keyprefix", "polling_interval"]),
         ("sandbox", &["fuel", "max_memory", "time_limit", "max_stack", "cache_dir", "fuel_metering"]),
     ];
     const ANNOTATION_KEYS: &[&str] = &[
@@ -333,7 +337,30 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The broker when none is configured: an SQLite file in the current directory.
+pub const DEFAULT_BROKER_URL: &str = "sqla+sqlite:///celeriac.sqlite";
+
 impl Settings {
+    /// The broker to use: `broker_url`, or the embedded SQLite file
+    /// ([`DEFAULT_BROKER_URL`]) when none is configured.
+    pub fn effective_broker_url(&self) -> String {
+        self.broker_url.clone().unwrap_or_else(|| DEFAULT_BROKER_URL.to_string())
+    }
+
+    /// The result backend to use: `result_backend`; else, when the broker is
+    /// the embedded SQLite one, Celery's database backend on the same file
+    /// (`db+sqlite:///<same path>`); else none (results disabled, as in Celery).
+    pub fn effective_result_backend(&self) -> Option<String> {
+        if let Some(r) = &self.result_backend {
+            return Some(r.clone());
+        }
+        let broker = self.effective_broker_url();
+        crate::broker::sqlite::BROKER_SCHEMES
+            .iter()
+            .find_map(|s| broker.strip_prefix(s))
+            .map(|rest| format!("db+sqlite://{rest}"))
+    }
+
     /// Parse settings from TOML text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Settings, ConfigError> {
         let table: toml::Table =
@@ -535,6 +562,20 @@ visibility_timeout = 5
         let s = Settings::load_with_env(None, env).unwrap();
         assert_eq!(s.broker_url.as_deref(), Some("redis://h:1/2"));
         assert!(s.task_acks_late);
+    }
+
+    #[test]
+    fn embedded_sqlite_is_the_default() {
+        let s = Settings::default();
+        assert_eq!(s.effective_broker_url(), "sqla+sqlite:///celeriac.sqlite");
+        assert_eq!(s.effective_result_backend().as_deref(), Some("db+sqlite:///celeriac.sqlite"));
+        let s = Settings::from_toml("broker_url = \"sqla+sqlite:////tmp/q.db\"", "t").unwrap();
+        assert_eq!(s.effective_result_backend().as_deref(), Some("db+sqlite:////tmp/q.db"));
+        let s = Settings::from_toml("broker_url = \"redis://h/0\"", "t").unwrap();
+        assert_eq!(s.effective_result_backend(), None);
+        let s = Settings::from_toml("result_backend = \"redis://h/1\"\n[broker_transport_options]\npolling_interval = 0.01", "t").unwrap();
+        assert_eq!(s.effective_result_backend().as_deref(), Some("redis://h/1"));
+        assert_eq!(s.broker_transport_options.polling_interval, Some(0.01));
     }
 
     #[test]

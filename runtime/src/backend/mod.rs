@@ -3,8 +3,12 @@
 //! [`redis`] is Celery's Redis backend: `celery-task-meta-<id>` keys written
 //! with `SETEX` and announced with `PUBLISH` in one transaction, because a
 //! waiting Python client never polls — it reads once and then listens.
-//! With no backend configured, results are disabled, as in Celery.
+//! [`database`] is Celery's database backend on SQLite (`db+sqlite:///file`),
+//! polled by clients. With no backend configured, results are disabled, as
+//! in Celery (except on the embedded SQLite broker, see
+//! `Settings::effective_result_backend`).
 
+pub mod database;
 pub mod redis;
 
 use std::time::Duration;
@@ -17,12 +21,16 @@ use crate::protocol::result::ResultMeta;
 pub enum Backend {
     /// Celery's Redis backend.
     Redis(redis::RedisBackend),
+    /// Celery's database backend on SQLite.
+    Database(database::DatabaseBackend),
 }
 
 /// Waits for one task's result; created before the task is sent.
 pub enum Waiter {
     /// Redis pub/sub subscription.
     Redis(redis::ResultSubscription),
+    /// Polling of a database row.
+    Database(database::PollWaiter),
 }
 
 impl Backend {
@@ -32,13 +40,28 @@ impl Backend {
         if crate::broker::is_redis_url(url) {
             return Ok(Backend::Redis(redis::RedisBackend::connect(url, expires, serializer).await?));
         }
-        Err(BackendError::Url(format!("{url}: unsupported result backend; use redis://host:port/db")))
+        if database::is_url(url) {
+            return Ok(Backend::Database(database::DatabaseBackend::connect(url, expires, serializer).await?));
+        }
+        if database::is_other_database_url(url) {
+            return Err(BackendError::Url(format!("{url}: only SQLite is supported by the database backend (db+sqlite:///file)")));
+        }
+        Err(BackendError::Url(format!("{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file")))
     }
 
     /// Store (and announce) a task state.
     pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
         match self {
             Backend::Redis(b) => b.store(meta).await,
+            Backend::Database(b) => b.store(meta).await,
+        }
+    }
+
+    /// Store several task states at once (one round trip where the backend allows).
+    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
+        match self {
+            Backend::Redis(b) => b.store_many(metas).await,
+            Backend::Database(b) => b.store_many(metas).await,
         }
     }
 
@@ -46,6 +69,7 @@ impl Backend {
     pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         match self {
             Backend::Redis(b) => b.get(task_id).await,
+            Backend::Database(b) => b.get(task_id).await,
         }
     }
 
@@ -53,6 +77,15 @@ impl Backend {
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         match self {
             Backend::Redis(b) => b.forget(task_id).await,
+            Backend::Database(b) => b.forget(task_id).await,
+        }
+    }
+
+    /// The chord-capable backend, if this one is (chords need Redis).
+    pub fn as_redis(&self) -> Option<&redis::RedisBackend> {
+        match self {
+            Backend::Redis(b) => Some(b),
+            _ => None,
         }
     }
 
@@ -60,6 +93,7 @@ impl Backend {
     pub async fn waiter(&self, task_id: &str) -> Result<Waiter, BackendError> {
         match self {
             Backend::Redis(b) => Ok(Waiter::Redis(b.subscribe(task_id).await?)),
+            Backend::Database(b) => Ok(Waiter::Database(b.waiter(task_id))),
         }
     }
 }
@@ -69,6 +103,7 @@ impl Waiter {
     pub async fn wait(self, timeout: Duration) -> Result<ResultMeta, BackendError> {
         match self {
             Waiter::Redis(w) => w.wait(timeout).await,
+            Waiter::Database(w) => w.wait(timeout).await,
         }
     }
 }

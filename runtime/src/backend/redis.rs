@@ -71,15 +71,23 @@ impl RedisBackend {
 
     /// Store `meta` as the state of its task and publish it.
     pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        let bytes = meta.encode(self.serializer).map_err(|e| BackendError::Encode(e.to_string()))?;
-        let key = task_key(&meta.task_id);
+        self.store_many(std::slice::from_ref(meta)).await
+    }
+
+    /// Store and publish several states in one `MULTI`/`EXEC` round trip
+    /// (`SETEX` then `PUBLISH` for each, in order).
+    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        match self.expires {
-            Some(ttl) => pipe.set_ex(&key, &bytes, ttl).ignore(),
-            None => pipe.set(&key, &bytes).ignore(),
-        };
-        pipe.publish(&key, &bytes).ignore();
+        for meta in metas {
+            let bytes = meta.encode(self.serializer).map_err(|e| BackendError::Encode(e.to_string()))?;
+            let key = task_key(&meta.task_id);
+            match self.expires {
+                Some(ttl) => pipe.set_ex(&key, &bytes, ttl).ignore(),
+                None => pipe.set(&key, &bytes).ignore(),
+            };
+            pipe.publish(&key, bytes).ignore();
+        }
         let mut c = self.conn.clone();
         pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
     }

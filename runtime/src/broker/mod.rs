@@ -2,11 +2,13 @@
 //!
 //! Celery talks to a broker through kombu; Celeriac implements kombu's
 //! transports natively. [`redis`] is kombu's Redis transport (lists plus
-//! `unacked` bookkeeping). [`Broker`] is the one type the worker and the CLI
+//! `unacked` bookkeeping); [`sqlite`] is kombu's SQLAlchemy transport on an
+//! SQLite file, the embedded default. [`Broker`] is the one type the worker and the CLI
 //! use, whatever the transport; a [`Delivery`] is one received, not yet
 //! acknowledged message, acknowledged by tag or put back with `restore`.
 
 pub mod redis;
+pub mod sqlite;
 
 use std::collections::HashSet;
 
@@ -18,6 +20,8 @@ use crate::protocol::EncodedTask;
 pub enum Broker {
     /// kombu's Redis transport.
     Redis(redis::RedisBroker),
+    /// kombu's SQLAlchemy transport on SQLite (`sqla+sqlite:///file`).
+    Sqlite(sqlite::SqliteBroker),
 }
 
 /// Whether a URL names a Redis server (`redis://`, `unix://`, `socket://`).
@@ -31,16 +35,39 @@ impl Broker {
         if is_redis_url(url) {
             return Ok(Broker::Redis(redis::RedisBroker::connect(url, opts.clone()).await?));
         }
+        if sqlite::is_broker_url(url) {
+            return Ok(Broker::Sqlite(sqlite::SqliteBroker::connect(url, opts.clone()).await?));
+        }
+        if url.starts_with("sqla+") || url.starts_with("sqlalchemy+") {
+            return Err(BrokerError::Url(format!("{url}: only SQLite is supported by the SQLAlchemy transport (sqla+sqlite:///file)")));
+        }
         if url.starts_with("rediss://") {
             return Err(BrokerError::Url(format!("{url}: TLS (rediss://) is not supported yet")));
         }
-        Err(BrokerError::Url(format!("{url}: unsupported transport; use redis://host:port/db")))
+        Err(BrokerError::Url(format!("{url}: unsupported transport; use redis://host:port/db or sqla+sqlite:///file")))
     }
 
     /// The transport's name, for the banner.
     pub fn transport(&self) -> &'static str {
         match self {
             Broker::Redis(_) => "redis",
+            Broker::Sqlite(_) => "sqlalchemy",
+        }
+    }
+
+    /// The database file of the SQLite transport.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Broker::Redis(_) => None,
+            Broker::Sqlite(b) => Some(b.path()),
+        }
+    }
+
+    /// Celery features this transport cannot carry, to report at start-up.
+    pub fn unsupported_features(&self) -> &'static [&'static str] {
+        match self {
+            Broker::Redis(_) => &[],
+            Broker::Sqlite(_) => sqlite::UNSUPPORTED,
         }
     }
 
@@ -48,6 +75,7 @@ impl Broker {
     pub async fn declare(&self, queues: &[String]) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(b) => b.declare(queues).await,
+            Broker::Sqlite(b) => b.declare(queues).await,
         }
     }
 
@@ -55,6 +83,7 @@ impl Broker {
     pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
         match self {
             Broker::Redis(b) => b.fetch(&b.consume_lists(queues), max).await,
+            Broker::Sqlite(b) => b.fetch(queues, max).await,
         }
     }
 
@@ -62,6 +91,7 @@ impl Broker {
     pub async fn ack(&self, tags: &[String]) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(b) => b.ack(tags).await,
+            Broker::Sqlite(b) => b.ack(tags).await,
         }
     }
 
@@ -69,6 +99,7 @@ impl Broker {
     pub async fn restore(&self, tag: &str) -> Result<bool, BrokerError> {
         match self {
             Broker::Redis(b) => b.restore(tag).await,
+            Broker::Sqlite(b) => b.restore(tag).await,
         }
     }
 
@@ -76,6 +107,7 @@ impl Broker {
     pub async fn touch(&self, tags: &HashSet<String>) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(b) => b.touch(tags).await,
+            Broker::Sqlite(b) => b.touch(tags).await,
         }
     }
 
@@ -83,6 +115,7 @@ impl Broker {
     pub async fn restore_visible(&self, ours: &HashSet<String>) -> Result<usize, BrokerError> {
         match self {
             Broker::Redis(b) => b.restore_visible(ours).await,
+            Broker::Sqlite(b) => b.restore_visible(ours).await,
         }
     }
 
@@ -90,6 +123,7 @@ impl Broker {
     pub async fn publish(&self, queue: &str, task: &EncodedTask) -> Result<(), BrokerError> {
         match self {
             Broker::Redis(b) => b.publish(queue, task.priority.unwrap_or(0), &task.to_redis_bytes()).await,
+            Broker::Sqlite(b) => b.publish(queue, task).await,
         }
     }
 }

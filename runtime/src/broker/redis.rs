@@ -10,9 +10,12 @@
 //!
 //! Where kombu pops with `BRPOP` and records the message with a second command
 //! (a crash in between loses the message), Celeriac pops and records in one Lua
-//! script, atomically and in batches; it only falls back to `BRPOP` to wait
-//! when every queue is empty, and then records the message it got at once.
+//! script, atomically and in batches, and a lost reply is replayed rather than
+//! lost (see `POP_SCRIPT`). It only falls back to `BRPOP` to wait when every
+//! queue is empty, and then records the message it got at once; that one
+//! message has kombu's window (popped, reply lost in a disconnect).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
@@ -43,12 +46,21 @@ local function record(unacked, index, now, m)
 end
 "#;
 
-/// Pop up to ARGV[1] messages from KEYS[3..] (in order) and record each.
+/// Pop up to ARGV[1] messages from KEYS[5..] (in order) and record each.
 /// Returns a flat list `queue, message, queue, message, ...`.
+///
+/// Idempotent per fetch id: what a call hands out is also saved under its
+/// fetch key (KEYS[3]); a call with the same fetch id (the worker retrying
+/// after the reply was lost, e.g. Redis restarting) returns that instead of
+/// popping more, so a lost reply never strands messages in `unacked`. The
+/// previous fetch's key (KEYS[4]) is deleted once the worker has its reply.
 const POP_SCRIPT: &str = r#"
+redis.call('DEL', KEYS[4])
+local saved = redis.call('GET', KEYS[3])
+if saved then return cjson.decode(saved) end
 local out = {}
 local max = tonumber(ARGV[1])
-for i = 3, #KEYS do
+for i = 5, #KEYS do
   while #out < max * 2 do
     local m = redis.call('RPOP', KEYS[i])
     if not m then break end
@@ -58,6 +70,7 @@ for i = 3, #KEYS do
   end
   if #out >= max * 2 then break end
 end
+if #out > 0 then redis.call('SET', KEYS[3], cjson.encode(out), 'EX', 3600) end
 return out
 "#;
 
@@ -96,6 +109,10 @@ pub struct RedisBroker {
     record: redis::Script,
     restore: redis::Script,
     unlock: redis::Script,
+    /// The fetch id to use next: kept after a failed fetch so the retry replays it.
+    next_fetch: Arc<Mutex<Option<String>>>,
+    /// The last fetch whose reply arrived (its saved copy is deleted next time).
+    done_fetch: Arc<Mutex<Option<String>>>,
 }
 
 /// Turn kombu-style URLs into ones the redis crate understands:
@@ -138,6 +155,11 @@ pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> Stri
     if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
 }
 
+/// Lock a mutex, ignoring poisoning (the data is a plain id).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn now_secs() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
@@ -156,6 +178,8 @@ impl RedisBroker {
             record: redis::Script::new(&format!("{RECORD_FN}{RECORD_SCRIPT}")),
             restore: redis::Script::new(RESTORE_SCRIPT),
             unlock: redis::Script::new(UNLOCK_SCRIPT),
+            next_fetch: Arc::default(),
+            done_fetch: Arc::default(),
         })
     }
 
@@ -205,13 +229,29 @@ impl RedisBroker {
             return Ok(Vec::new());
         }
         let mut c = self.conn.clone();
+        let fetch_id = lock(&self.next_fetch).take().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let done_id = lock(&self.done_fetch).take().unwrap_or_default();
         let mut inv = self.pop.prepare_invoke();
-        inv.key(self.key("unacked")).key(self.key("unacked_index")).arg(max).arg(now_secs());
+        inv.key(self.key("unacked"))
+            .key(self.key("unacked_index"))
+            .key(self.key(&format!("celeriac.fetch.{fetch_id}")))
+            .key(self.key(&format!("celeriac.fetch.{done_id}")))
+            .arg(max)
+            .arg(now_secs());
         for l in lists {
             inv.key(l);
         }
-        let flat: Vec<Vec<u8>> = inv.invoke_async(&mut c).await.map_err(BrokerError::redis)?;
+        let flat: Vec<Vec<u8>> = match inv.invoke_async(&mut c).await {
+            Ok(flat) => flat,
+            Err(e) => {
+                // The script may have run with its reply lost: retry with the same id.
+                *lock(&self.next_fetch) = Some(fetch_id);
+                *lock(&self.done_fetch) = Some(done_id).filter(|d| !d.is_empty());
+                return Err(BrokerError::redis(e));
+            }
+        };
         if !flat.is_empty() {
+            *lock(&self.done_fetch) = Some(fetch_id);
             return Ok(flat.chunks_exact(2).map(|p| Delivery::from_redis(&p[0], p[1].clone())).collect());
         }
         let mut b = self.blocking.clone();

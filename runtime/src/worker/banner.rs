@@ -18,10 +18,22 @@ pub fn mask_password(url: &str) -> String {
     format!("{}{}@{}", &url[..scheme_end + 3], masked, &rest[at + 1..])
 }
 
+/// A URL for display: password masked, and an SQLite URL followed by the
+/// absolute path of its file.
+fn with_file(url: &str) -> String {
+    let shown = mask_password(url);
+    if url.contains("sqlite://") {
+        if let Ok(p) = crate::broker::sqlite::url_path(url) {
+            return format!("{shown} ({})", p.display());
+        }
+    }
+    shown
+}
+
 /// The banner text.
 pub fn banner(opts: &WorkerOptions, sandbox: &Sandbox, settings: &Settings, queues: &[String], concurrency: u32) -> String {
-    let broker = settings.broker_url.as_deref().map(mask_password).unwrap_or_default();
-    let results = settings.result_backend.as_deref().map(mask_password).unwrap_or_else(|| "disabled://".into());
+    let broker = with_file(&settings.effective_broker_url());
+    let results = settings.effective_result_backend().map(|u| with_file(&u)).unwrap_or_else(|| "disabled://".into());
     let ntasks = sandbox.tasks().count();
     let ncomp = sandbox.components().len();
     let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");

@@ -20,6 +20,7 @@
 //! messages are restored by the next sweep).
 
 mod banner;
+mod batch;
 pub mod canvas;
 mod request;
 
@@ -33,6 +34,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::backend::Backend;
 use crate::broker::Broker;
 use crate::config::Settings;
+use crate::protocol::result::ResultMeta;
 use crate::protocol::{AcceptContent, Serializer};
 use crate::sandbox::Sandbox;
 
@@ -76,6 +78,10 @@ pub(crate) struct Shared {
     pub hostname: String,
     /// Run slots: at most `concurrency` tasks run at once.
     pub run_slots: Semaphore,
+    /// Acknowledgements, written in batches.
+    pub acks: batch::Batcher<String>,
+    /// Task states, written in batches (`None` when results are disabled).
+    pub results: Option<batch::Batcher<ResultMeta>>,
     /// Tags of messages this worker holds (received, not yet acknowledged).
     pub held: Mutex<HashSet<String>>,
     /// Current shutdown phase.
@@ -83,11 +89,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Acknowledge a message, retrying through broker outages: an ack that is
-    /// lost would make the task run twice after the visibility timeout.
-    pub async fn ack(&self, tag: &str) {
-        let tags = [tag.to_string()];
-        retry("acknowledge a message", || self.broker.ack(&tags)).await;
+    /// Acknowledge a message. The ack is queued and written with others in
+    /// the next batch (retried through broker outages: an ack that is lost
+    /// would make the task run twice after the visibility timeout).
+    pub fn ack(&self, tag: &str) {
+        self.acks.submit(tag.to_string());
         self.held_remove(tag);
     }
 
@@ -176,7 +182,26 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let acks = {
+        let broker = broker.clone();
+        batch::Batcher::spawn(move |tags: Vec<String>| {
+            let broker = broker.clone();
+            async move {
+                retry("acknowledge messages", || broker.ack(&tags)).await;
+            }
+        })
+    };
+    let results = backend.clone().map(|b| {
+        batch::Batcher::spawn(move |metas: Vec<ResultMeta>| {
+            let b = b.clone();
+            async move {
+                retry("store task states", || b.store_many(&metas)).await;
+            }
+        })
+    });
     let shared = Arc::new(Shared {
+        acks,
+        results,
         sandbox,
         broker,
         backend,
@@ -344,7 +369,13 @@ async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
         }
     };
     tokio::select! {
-        _ = wait_all => {}
+        _ = wait_all => {
+            // Everything the finished tasks queued must reach the servers before we exit.
+            if let Some(r) = &shared.results {
+                r.barrier().await;
+            }
+            shared.acks.barrier().await;
+        }
         _ = cold => tracing::warn!("cold shutdown: leaving running tasks; their messages stay unacknowledged"),
         _ = tokio::time::sleep(WARM_SHUTDOWN_TIMEOUT) => {
             tracing::warn!("warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; leaving running tasks")

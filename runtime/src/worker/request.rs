@@ -28,7 +28,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery) {
         Err(e) => {
             tracing::error!("Received invalid message: {e}; the message has been ignored and discarded: {}", preview(&d.payload));
             if let Some(tag) = &d.tag {
-                s.ack(tag).await;
+                s.ack(tag);
             }
             return;
         }
@@ -47,7 +47,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery) {
             msg.delivery.routing_key
         );
         store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
-        ack(s, &d).await;
+        ack(s, &d);
         return;
     }
     run(s, &d, msg).await;
@@ -66,17 +66,14 @@ async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
     };
     tracing::error!("Received invalid task message: {e}\nThe message has been ignored and discarded.");
     if let Some(id) = e.task_id() {
-        if let Some(backend) = &s.backend {
-            let meta = ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()));
-            store(backend, &meta).await;
-        }
+        store(s, ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()))).await;
     }
-    ack(s, d).await;
+    ack(s, d);
 }
 
-async fn ack(s: &Shared, d: &Delivery) {
+fn ack(s: &Shared, d: &Delivery) {
     if let Some(tag) = &d.tag {
-        s.ack(tag).await;
+        s.ack(tag);
     }
 }
 
@@ -108,11 +105,9 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     if msg.is_expired(Utc::now()) {
         tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
         if !ignores_result(s, &msg) {
-            if let Some(backend) = &s.backend {
-                store(backend, &base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
-            }
+            store(s, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
         }
-        ack(s, d).await;
+        ack(s, d);
         return;
     }
     let slot = tokio::select! {
@@ -121,21 +116,19 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     };
     let Ok(_slot) = slot else { return give_back(s, d).await };
     if !acks_late {
-        ack(s, d).await;
+        ack(s, d);
     }
 
     let ignore_result = ignores_result(s, &msg);
-    let backend = if ignore_result { None } else { s.backend.as_ref() };
-    if let Some(b) = backend {
-        if annotation.track_started.unwrap_or(s.settings.task_track_started) {
-            let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
-            store(b, &base_meta(&msg, meta)).await;
-        }
+    let results = if ignore_result { None } else { s.results.as_ref() };
+    if results.is_some() && annotation.track_started.unwrap_or(s.settings.task_track_started) {
+        let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
+        store(s, base_meta(&msg, meta)).await;
     }
 
     // Custom states from the guest, written as they come (latest wins).
     let (sink, mut updates) = watch::channel::<Option<StateUpdate>>(None);
-    let writer = backend.map(|b| {
+    let writer = results.map(|b| {
         let id = msg.id.clone();
         let meta_base = (msg.group.clone(), msg.parent_id.clone());
         let b = b.clone();
@@ -145,7 +138,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
                 let meta = ResultMeta::custom(&id, &u.state, u.meta)
                     .with_group_id(meta_base.0.clone())
                     .with_parent_id(meta_base.1.clone());
-                store(&b, &meta).await;
+                b.write(meta).await;
             }
         })
     });
@@ -172,7 +165,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
             // Only possible if the task vanished between the check and the call.
             tracing::error!("{e}");
             store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
-            ack(s, d).await;
+            ack(s, d);
             return;
         }
     };
@@ -190,9 +183,8 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
             tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
-            if let Some(b) = backend {
-                let meta = base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children);
-                store(b, &meta).await;
+            if results.is_some() {
+                store(s, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
             }
         }
         Outcome::Failure(f) => {
@@ -202,18 +194,18 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
             stored_result = exc.to_value();
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
-            if backend.is_some() {
+            if results.is_some() {
                 store_exception(s, &msg, &exc, Some(f.traceback)).await;
             }
         }
     }
-    if let (Some(b), Some(group)) = (backend, msg.group.as_deref()) {
+    if let (Some(b), Some(group), true) = (&s.backend, msg.group.as_deref(), results.is_some()) {
         if msg.embed.chord.is_some() {
-            chord_part_return(s, b, group, &msg, &stored_state, &stored_result).await;
+            chord_part_return(s, b, group, &msg, stored_state, &stored_result).await;
         }
     }
     if acks_late {
-        ack(s, d).await;
+        ack(s, d);
     }
 }
 
@@ -238,7 +230,7 @@ async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &Tas
         Ok(canvas::ChordOutcome::Fail { body_id, message }) => {
             tracing::error!("Chord {group} failed: {message}");
             let exc = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
-            store(backend, &ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()))).await;
+            store(s, ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()))).await;
         }
         Err(e) => tracing::error!("chord {group}: cannot send its body: {e}"),
     }
@@ -298,17 +290,16 @@ fn base_meta(msg: &TaskMessage, meta: ResultMeta) -> ResultMeta {
 
 /// Store a FAILURE (or NotRegistered...) for a message, if results are on for it.
 async fn store_exception(s: &Shared, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) {
-    if ignores_result(s, msg) {
-        return;
-    }
-    if let Some(b) = &s.backend {
-        store(b, &base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
+    if !ignores_result(s, msg) {
+        store(s, base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
     }
 }
 
-/// Store a meta, retrying through outages.
-async fn store(backend: &Backend, meta: &ResultMeta) {
-    retry("store a task state", || backend.store(meta)).await;
+/// Store a state (with the next batch) and wait until it is written.
+async fn store(s: &Shared, meta: ResultMeta) {
+    if let Some(r) = &s.results {
+        r.write(meta).await;
+    }
 }
 
 /// The request context the guest sees (`self.request`).

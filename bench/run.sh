@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# bench/run.sh — the one command that runs the Celeriac vs Celery benchmark.
+#
+# Why this exists: the harness (bench.py) needs redis-server/redis-benchmark
+# and a Python environment with Celery; this script provides both from a clean
+# clone, then hands over to bench.py with all the arguments:
+#   * installs redis-server with apt-get if it is missing (as root, Debian);
+#   * creates bench/.venv (git-ignored) and installs bench/requirements.txt
+#     into it, again only when that file changed;
+#   * exec's bench/.venv/bin/python bench/bench.py "$@" (so Ctrl-C reaches the
+#     harness directly, which stops everything it started).
+#
+# Examples:  bench/run.sh --quick      bench/run.sh      bench/run.sh --n 50000 --repeat 5
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$HERE/.venv"
+PYTHON="${PYTHON:-python3}"
+
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "redis-server is missing: install it (apt-get install -y redis-server) and rerun" >&2
+        exit 1
+    fi
+    echo "[bench] installing redis-server with apt-get" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # Debian's package may start a system-wide redis on 6379; the harness uses its own port anyway.
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[bench] creating $VENV" >&2
+    if ! "$PYTHON" -m venv "$VENV"; then
+        # Debian's own python3 ships venv separately.
+        rm -rf "$VENV"
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "cannot create a venv: install python3-venv and rerun" >&2
+            exit 1
+        fi
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        "$PYTHON" -m venv "$VENV"
+    fi
+fi
+want="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)"
+stamp="$VENV/.requirements.sha256"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    echo "[bench] installing bench/requirements.txt into $VENV" >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
+    echo "$want" > "$stamp"
+fi
+
+exec "$VENV/bin/python" "$HERE/bench.py" "$@"
