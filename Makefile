@@ -17,7 +17,12 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks clean-tasks guest-target FORCE
+.PHONY: tasks clean-tasks guest-target demo FORCE
+
+# The main job on a fresh machine: build everything, start a worker on the
+# embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh).
+demo:
+	bash scripts/demo.sh
 
 tasks: $(COMPONENTS)
 

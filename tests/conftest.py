@@ -66,8 +66,6 @@ if STANDIN not in ("", "python"):
 RESULT_KEY = "celery-task-meta-{}"
 ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
-# Tasks the wasm component serves; the client declares the same names.
-TASK_NAMES = ("add", "mul", "xsum", "div", "fail", "panic", "spin", "hog", "deep", "sleep", "progress")
 
 
 # --------------------------------------------------------------------------
@@ -612,9 +610,9 @@ def celery_app(redis_server):
                 consumer.stop()
             except Exception:
                 pass
+            for attr in ("subscribed_to", "_pending_unsubscribe"):  # celery 5.7 internals
+                getattr(consumer, attr, set()).clear()
             consumer._pubsub = None
-            consumer.subscribed_to.clear()
-            consumer._pending_unsubscribe.clear()
         try:
             app.close()
         except Exception:

@@ -46,6 +46,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// the timer (without one).
 const TIMER_GRACE: Duration = Duration::from_millis(50);
 
+/// Bytes of each pooled memory slot kept resident between calls (reset in
+/// place rather than returned to the kernel). Covers a typical compiled guest's
+/// whole working set (the Rust example uses ~1.1 MiB).
+const KEEP_RESIDENT: usize = 4 << 20;
+
 /// How many wasm frames a trap's backtrace keeps (innermost first).
 const BACKTRACE_FRAMES: usize = 100;
 
@@ -255,7 +260,14 @@ impl Sandbox {
                 .max_memories_per_component(8)
                 .max_tables_per_component(32)
                 .max_core_instances_per_component(64)
-                .max_memory_size(c.memory_ceiling() as usize);
+                .max_memory_size(c.memory_ceiling() as usize)
+                // Reset a freed slot by rewriting only its dirty pages (found with
+                // Linux's PAGEMAP_SCAN where available) instead of madvise: no page
+                // faults on reuse and no TLB shootdowns across the runtime's threads.
+                .pagemap_scan(wasmtime::Enabled::Auto)
+                .linear_memory_keep_resident(KEEP_RESIDENT)
+                .table_keep_resident(KEEP_RESIDENT / 16)
+                .decommit_batch_size(16);
             cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         Engine::new(&cfg)

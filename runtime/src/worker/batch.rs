@@ -35,7 +35,12 @@ impl<T> Clone for Batcher<T> {
 impl<T: Send + 'static> Batcher<T> {
     /// Start a batcher whose flushes call `flush(batch)`; `flush` is expected
     /// to retry on its own and only return once it gave up or succeeded.
-    pub fn spawn<F, Fut>(flush: F) -> Self
+    ///
+    /// Before each flush the batcher yields to the scheduler once, so items
+    /// from tasks that are ready to finish in the same tick join the batch at
+    /// no cost in latency; with `linger` it also waits that long for more
+    /// (for writes nobody waits on, such as acknowledgements).
+    pub fn spawn<F, Fut>(linger: Option<std::time::Duration>, flush: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send,
@@ -45,6 +50,10 @@ impl<T: Send + 'static> Batcher<T> {
             let mut items = Vec::with_capacity(MAX_BATCH);
             let mut waiters = Vec::new();
             while let Some(first) = rx.recv().await {
+                match linger {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => tokio::task::yield_now().await,
+                }
                 let mut next = Some(first);
                 while let Some(item) = next.take() {
                     match item {
@@ -100,7 +109,7 @@ mod tests {
     async fn items_are_flushed_in_order_and_batched_under_load() {
         let seen: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
         let s = seen.clone();
-        let b = Batcher::spawn(move |batch: Vec<u32>| {
+        let b = Batcher::spawn(None, move |batch: Vec<u32>| {
             let s = s.clone();
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;

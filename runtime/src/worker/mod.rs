@@ -1,7 +1,9 @@
 //! The worker: consumes task messages, runs them in the sandbox, stores results.
 //!
 //! One consumer loop receives messages from the broker while it has prefetch
-//! room (`worker_prefetch_multiplier` × concurrency); each message is handled by
+//! room (`worker_prefetch_multiplier` × concurrency unacknowledged messages, as
+//! Celery's QoS counts them: a slot frees when its message is acknowledged, or
+//! parked until its ETA); each message is handled by
 //! its own tokio task that waits for its ETA, then for one of `concurrency` run
 //! slots, runs the task in a fresh sandbox instance and stores the outcome. A
 //! long task never blocks the others: running guests yield to the runtime at
@@ -41,6 +43,14 @@ use crate::sandbox::Sandbox;
 /// How long a warm shutdown waits for running tasks before giving up.
 const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long acknowledgements wait to be sent together. Nothing waits on an
+/// ack; a crash inside this window means the task runs again after the
+/// visibility timeout (at-least-once, as with any early ack).
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
+/// Most finished tasks whose results may be waiting to be written at once.
+const RESULT_BACKLOG: usize = 1024;
+
 /// The Celery-level log line for a worker coming up, which tools wait for.
 pub const READY_LINE: &str = "ready.";
 
@@ -78,6 +88,9 @@ pub(crate) struct Shared {
     pub hostname: String,
     /// Run slots: at most `concurrency` tasks run at once.
     pub run_slots: Semaphore,
+    /// Tasks that ran and are waiting for their result to be written. Bounds
+    /// memory when the result backend is slower than the tasks.
+    pub backlog: Arc<Semaphore>,
     /// Acknowledgements, written in batches.
     pub acks: batch::Batcher<String>,
     /// Task states, written in batches (`None` when results are disabled).
@@ -184,7 +197,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let acks = {
         let broker = broker.clone();
-        batch::Batcher::spawn(move |tags: Vec<String>| {
+        batch::Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
             let broker = broker.clone();
             async move {
                 retry("acknowledge messages", || broker.ack(&tags)).await;
@@ -192,7 +205,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         })
     };
     let results = backend.clone().map(|b| {
-        batch::Batcher::spawn(move |metas: Vec<ResultMeta>| {
+        batch::Batcher::spawn(None, move |metas: Vec<ResultMeta>| {
             let b = b.clone();
             async move {
                 retry("store task states", || b.store_many(&metas)).await;
@@ -208,6 +221,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         accept,
         hostname: opts.hostname.clone(),
         run_slots: Semaphore::new(concurrency as usize),
+        backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
         held: Mutex::new(HashSet::new()),
         phase: phase_rx,
         settings,
@@ -322,6 +336,9 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             _ = phase.changed() => continue,
         };
         let Ok(first) = first else { break };
+        // Let handlers that are about to free their slots run first, so one
+        // fetch takes many messages under load (one round trip, not one each).
+        tokio::task::yield_now().await;
         let mut permits = vec![first];
         while let Ok(p) = room.clone().try_acquire_owned() {
             permits.push(p);
@@ -337,8 +354,9 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
                     }
                     let s = shared.clone();
                     handlers.spawn(async move {
-                        request::handle(&s, d).await;
-                        drop(permit);
+                        // The handler gives the prefetch slot back when the message is
+                        // acknowledged (or parked for its ETA), as Celery's QoS does.
+                        request::handle(&s, d, permit).await;
                     });
                 }
             }

@@ -7,7 +7,7 @@
 
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
 use super::{Phase, Shared, canvas, retry};
@@ -22,7 +22,7 @@ use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 const RAW_PREVIEW: usize = 200;
 
 /// Handle one delivery to the end.
-pub(crate) async fn handle(s: &Shared, d: Delivery) {
+pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
     let envelope = match Envelope::parse(&d.payload) {
         Ok(e) => e,
         Err(e) => {
@@ -50,7 +50,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery) {
         ack(s, &d);
         return;
     }
-    run(s, &d, msg).await;
+    run(s, &d, msg, prefetch).await;
 }
 
 /// A message that could not be decoded: log it, fail the task if its id is
@@ -87,7 +87,10 @@ async fn stopped(mut phase: watch::Receiver<Phase>) {
 }
 
 /// Run a decoded task message.
-async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
+async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphorePermit) {
+    // Held while the message counts against the prefetch window; then traded
+    // for a backlog slot, which bounds results not yet written.
+    let mut prefetch = Some(prefetch);
     let name = msg.display_name().to_string();
     tracing::info!("Task {name}[{}] received", msg.id);
     let annotation = s.settings.annotation(&msg.task);
@@ -96,6 +99,8 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     // Wait for the ETA, giving the message back if the worker stops first.
     if let Some(eta) = msg.eta {
         if let Ok(wait) = (eta - Utc::now()).to_std() {
+            // Celery does not count ETA tasks against the prefetch limit.
+            prefetch = None;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stopped(s.phase.clone()) => return give_back(s, d).await,
@@ -115,8 +120,11 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
         _ = stopped(s.phase.clone()) => return give_back(s, d).await,
     };
     let Ok(_slot) = slot else { return give_back(s, d).await };
+    let _backlog;
     if !acks_late {
         ack(s, d);
+        _backlog = s.backlog.clone().acquire_owned().await.ok();
+        prefetch = None;
     }
 
     let ignore_result = ignores_result(s, &msg);
@@ -207,6 +215,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage) {
     if acks_late {
         ack(s, d);
     }
+    drop(prefetch);
 }
 
 /// Count a finished chord header member; the worker that completes the chord
