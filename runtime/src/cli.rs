@@ -392,7 +392,9 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     settings.sandbox.cache_dir = Some(sb.cache_dir.clone().unwrap_or_default());
     let hostname = a.hostname.as_deref().unwrap_or("celeriac@%h").replace("%h", &host_name());
     let opts = crate::worker::WorkerOptions { settings, app: a.sandbox.app.clone(), queues: a.queues, hostname };
-    let rt = if std::env::var_os("CELERIAC_CT").is_some() { tokio::runtime::Builder::new_current_thread().enable_all().build()? } else { runtime()? };
+    // The main runtime only handles signals and housekeeping; the worker runs
+    // its own single-threaded event loops (see `worker`).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(crate::worker::run(opts))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,10 @@
 //! The worker: consumes task messages, runs them in the sandbox, stores results.
 //!
-//! One consumer loop receives messages from the broker while it has prefetch
+//! The worker runs one single-threaded event loop per core (at most one per
+//! concurrency slot), each with its own broker and backend connections, like
+//! one of Celery's prefork processes: no cross-thread wake-ups on the hot path,
+//! and CPU-bound tasks still run in parallel. Concurrency and prefetch are split
+//! between the loops. In each loop, a consumer receives messages while it has prefetch
 //! room (`worker_prefetch_multiplier` × concurrency unacknowledged messages, as
 //! Celery's QoS counts them: a slot frees when its message is acknowledged, or
 //! parked until its ETA); each message is handled by
@@ -80,7 +84,7 @@ pub enum Phase {
 
 /// State shared by the consumer loop and every message handler.
 pub(crate) struct Shared {
-    pub sandbox: Sandbox,
+    pub sandbox: Arc<Sandbox>,
     pub broker: Broker,
     pub backend: Option<Backend>,
     pub settings: Settings,
@@ -96,7 +100,7 @@ pub(crate) struct Shared {
     /// Task states, written in batches (`None` when results are disabled).
     pub results: Option<batch::Batcher<ResultMeta>>,
     /// Tags of messages this worker holds (received, not yet acknowledged).
-    pub held: Mutex<HashSet<String>>,
+    pub held: Arc<Mutex<HashSet<String>>>,
     /// Current shutdown phase.
     pub phase: watch::Receiver<Phase>,
 }
@@ -118,10 +122,6 @@ impl Shared {
 
     fn held_remove(&self, tag: &str) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tag);
-    }
-
-    fn held_snapshot(&self) -> HashSet<String> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Whether a warm or cold shutdown has begun.
@@ -171,16 +171,16 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     if sandbox.tasks().next().is_none() {
         anyhow::bail!("no task could be loaded from {}", opts.app.display());
     }
+    let sandbox = Arc::new(sandbox);
 
+    // The main connections: queue declaration, the restore sweep, housekeeping.
     let opts_t = settings.broker_transport_options.clone();
     let broker = connect_with_retry("broker", &broker_url, || Broker::connect(&broker_url, &opts_t)).await?;
-    let backend = match &settings.effective_result_backend() {
-        None => None,
-        Some(url) => {
-            let expires = settings.result_expires.0;
-            Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer)).await?)
-        }
-    };
+    let backend_url = settings.effective_result_backend();
+    if let Some(url) = &backend_url {
+        let expires = settings.result_expires.0;
+        connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer)).await?;
+    }
 
     let concurrency = settings.concurrency();
     let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
@@ -193,56 +193,128 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             broker.unsupported_features().join(", ")
         );
     }
-
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let acks = {
-        let broker = broker.clone();
-        batch::Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
-            let broker = broker.clone();
-            async move {
-                retry("acknowledge messages", || broker.ack(&tags)).await;
-            }
-        })
-    };
-    let results = backend.clone().map(|b| {
-        batch::Batcher::spawn(None, move |metas: Vec<ResultMeta>| {
-            let b = b.clone();
-            async move {
-                retry("store task states", || b.store_many(&metas)).await;
-            }
-        })
-    });
-    let shared = Arc::new(Shared {
-        acks,
-        results,
-        sandbox,
-        broker,
-        backend,
-        accept,
-        hostname: opts.hostname.clone(),
-        run_slots: Semaphore::new(concurrency as usize),
-        backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
-        held: Mutex::new(HashSet::new()),
-        phase: phase_rx,
-        settings,
-    });
-
     tracing::info!("Connected to {}", banner::mask_password(&broker_url));
-    let restored = shared.broker.restore_visible(&HashSet::new()).await.unwrap_or_else(|e| {
+    let restored = broker.restore_visible(&HashSet::new()).await.unwrap_or_else(|e| {
         tracing::warn!("restore sweep failed: {e}");
         0
     });
     if restored > 0 {
         tracing::info!("Restored {restored} unacknowledged message(s) older than the visibility timeout");
     }
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let loops = event_loops(concurrency);
+    let mut threads = Vec::with_capacity(loops as usize);
+    for i in 0..loops {
+        let ctx = LoopContext {
+            index: i,
+            slots: concurrency / loops + u32::from(i < concurrency % loops),
+            sandbox: sandbox.clone(),
+            settings: settings.clone(),
+            accept: accept.clone(),
+            result_serializer,
+            broker_url: broker_url.clone(),
+            backend_url: backend_url.clone(),
+            queues: queues.clone(),
+            hostname: opts.hostname.clone(),
+            held: held.clone(),
+            phase: phase_rx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("celeriac-loop-{i}"))
+            .spawn(move || event_loop(ctx))
+            .map_err(|e| anyhow::anyhow!("cannot start event loop thread: {e}"))?;
+        threads.push(thread);
+    }
     tracing::info!("{} {READY_LINE}", opts.hostname);
 
     tokio::spawn(signals(phase_tx));
-    let housekeeping = tokio::spawn(housekeeping(shared.clone()));
-    let handlers = consume(shared.clone(), &queues, concurrency).await;
+    let interval = settings.broker_transport_options.restore_interval();
+    let housekeeping = tokio::spawn(housekeeping(broker, held, interval));
+    let joined = tokio::task::spawn_blocking(move || {
+        threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an event loop panicked")))).collect::<Vec<_>>()
+    })
+    .await?;
     housekeeping.abort();
-    shutdown(shared, handlers).await;
-    Ok(())
+    joined.into_iter().collect()
+}
+
+/// How many event loops to run: one per core, but never more than the
+/// concurrency (each loop runs at least one task at a time).
+fn event_loops(concurrency: u32) -> u32 {
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    concurrency.clamp(1, cores.max(1))
+}
+
+/// Everything one event loop needs.
+struct LoopContext {
+    index: u32,
+    slots: u32,
+    sandbox: Arc<Sandbox>,
+    settings: Settings,
+    accept: AcceptContent,
+    result_serializer: Serializer,
+    broker_url: String,
+    backend_url: Option<String>,
+    queues: Vec<String>,
+    hostname: String,
+    held: Arc<Mutex<HashSet<String>>>,
+    phase: watch::Receiver<Phase>,
+}
+
+/// One single-threaded event loop, on its own thread: its own connections,
+/// consumer, batchers and share of the concurrency (like one of Celery's
+/// prefork processes, without cross-thread wake-ups on the hot path).
+fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let opts_t = ctx.settings.broker_transport_options.clone();
+        let url = &ctx.broker_url;
+        let broker = connect_with_retry("broker", url, || Broker::connect(url, &opts_t)).await?;
+        let backend = match &ctx.backend_url {
+            None => None,
+            Some(url) => {
+                let (expires, ser) = (ctx.settings.result_expires.0, ctx.result_serializer);
+                Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, ser)).await?)
+            }
+        };
+        let acks = {
+            let broker = broker.clone();
+            batch::Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
+                let broker = broker.clone();
+                async move {
+                    retry("acknowledge messages", || broker.ack(&tags)).await;
+                }
+            })
+        };
+        let results = backend.clone().map(|b| {
+            batch::Batcher::spawn(None, move |metas: Vec<ResultMeta>| {
+                let b = b.clone();
+                async move {
+                    retry("store task states", || b.store_many(&metas)).await;
+                }
+            })
+        });
+        let shared = Arc::new(Shared {
+            acks,
+            results,
+            sandbox: ctx.sandbox,
+            broker,
+            backend,
+            accept: ctx.accept,
+            hostname: ctx.hostname,
+            run_slots: Semaphore::new(ctx.slots as usize),
+            backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
+            held: ctx.held,
+            phase: ctx.phase,
+            settings: ctx.settings,
+        });
+        tracing::debug!("event loop {} consuming with {} run slots", ctx.index, ctx.slots);
+        let handlers = consume(shared.clone(), &ctx.queues, ctx.slots).await;
+        shutdown(shared, handlers).await;
+        Ok(())
+    })
 }
 
 /// Connect, retrying with back-off while the server is unreachable (it may
@@ -304,15 +376,14 @@ async fn signals(phase: watch::Sender<Phase>) {
 
 /// Periodic chores: refresh the receive time of held messages (so no sweep
 /// restores them) and restore other consumers' messages past the visibility timeout.
-async fn housekeeping(shared: Arc<Shared>) {
-    let interval = shared.settings.broker_transport_options.restore_interval();
+async fn housekeeping(broker: Broker, held: Arc<Mutex<HashSet<String>>>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
-        let held = shared.held_snapshot();
-        if let Err(e) = shared.broker.touch(&held).await {
+        let held = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Err(e) = broker.touch(&held).await {
             tracing::warn!("could not refresh held messages: {e}");
         }
-        match shared.broker.restore_visible(&held).await {
+        match broker.restore_visible(&held).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!("Restored {n} unacknowledged message(s) past the visibility timeout"),
             Err(e) => tracing::warn!("restore sweep failed: {e}"),
