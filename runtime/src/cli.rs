@@ -234,6 +234,8 @@ struct TasksArgs {
 
 /// Entry point of the `celeriac` binary.
 pub fn main() -> ExitCode {
+    // TLS (rediss://) uses rustls with the ring provider; install it once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Worker(a) => worker(a),

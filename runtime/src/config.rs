@@ -57,6 +57,8 @@ pub struct Annotation {
     pub max_table_elements: Option<usize>,
     /// Instances/tables/memories cap.
     pub max_instances: Option<usize>,
+    /// Wasm stack size, e.g. `"1MiB"`.
+    pub max_stack: Option<ByteSize>,
 }
 
 impl Annotation {
@@ -68,6 +70,7 @@ impl Annotation {
             time_limit: self.time_limit,
             max_table_elements: self.max_table_elements,
             max_instances: self.max_instances,
+            max_stack: self.max_stack,
         }
     }
 }
@@ -293,7 +296,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     ];
     const ANNOTATION_KEYS: &[&str] = &[
         "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result", "track_started", "fuel",
-        "max_memory", "max_table_elements", "max_instances",
+        "max_memory", "max_table_elements", "max_instances", "max_stack",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -426,7 +429,7 @@ impl Settings {
             macro_rules! overlay {
                 ($($f:ident),*) => { $( if t.$f.is_some() { a.$f = t.$f.clone(); } )* };
             }
-            overlay!(rate_limit, time_limit, soft_time_limit, acks_late, ignore_result, track_started, fuel, max_memory, max_table_elements, max_instances);
+            overlay!(rate_limit, time_limit, soft_time_limit, acks_late, ignore_result, track_started, fuel, max_memory, max_table_elements, max_instances, max_stack);
         }
         a
     }
@@ -528,6 +531,7 @@ queue = "wasm"
 [task_annotations."tasks.spin"]
 time_limit = 1
 max_memory = "16MiB"
+max_stack = "1MiB"
 [broker_transport_options]
 visibility_timeout = 5
 "#,
@@ -541,6 +545,8 @@ visibility_timeout = 5
         let cfg = s.sandbox_config();
         assert_eq!(cfg.limits_for("tasks.spin").time_limit, Duration::from_secs(1));
         assert_eq!(cfg.limits_for("tasks.spin").max_memory, 16 << 20);
+        assert_eq!(cfg.limits_for("tasks.spin").max_stack, 1 << 20);
+        assert_eq!(cfg.limits_for("tasks.add").max_stack, crate::sandbox::limits::DEFAULT_MAX_STACK);
         assert_eq!(s.broker_transport_options.visibility(), Duration::from_secs(5));
     }
 

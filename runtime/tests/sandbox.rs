@@ -342,3 +342,23 @@ async fn unknown_tasks_are_not_registered() {
     let err = sb.call("tasks.nope", Invocation::default()).await.unwrap_err();
     assert!(err.to_string().contains("tasks.nope"));
 }
+
+#[tokio::test]
+async fn a_task_can_have_its_own_stack_size() {
+    // Wasmtime fixes the stack per engine: a task with its own size runs on an engine of its own.
+    let (sb, _c) = sandbox_with(|c| {
+        let small = LimitsOverride { max_stack: Some(ByteSize(32 * 1024)), ..Default::default() };
+        c.task_limits.insert("tasks.deep".into(), small);
+    })
+    .await;
+    assert_eq!(sb.task("tasks.deep").unwrap().limits.max_stack, 32 * 1024);
+    assert_eq!(sb.task("tasks.add").unwrap().limits.max_stack, celeriac::sandbox::limits::DEFAULT_MAX_STACK);
+    // With 32 KiB the engine's own stack check fires before the guest's shadow stack runs out.
+    let f = failure(&call(&sb, "tasks.deep", json!([])).await).clone();
+    assert_eq!((f.kind, f.exc_type.as_str()), (FailureKind::StackOverflow, "RecursionError"));
+    assert!(f.message.contains("call stack exhausted"), "{}", f.message);
+    // Tasks on the default engine are unaffected, before and after.
+    assert_eq!(success(&call(&sb, "tasks.add", json!([1, 2])).await), &json!(3));
+    let f = failure(&call(&sb, "tasks.deep", json!([])).await).clone();
+    assert!(f.message.contains("call stack exhausted"), "{}", f.message);
+}

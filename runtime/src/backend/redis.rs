@@ -58,8 +58,7 @@ pub fn task_key(task_id: &str) -> String {
 impl RedisBackend {
     /// Connect to `url` (`redis://[:password@]host:port/db`, `unix:///path`).
     pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
-        let url = crate::broker::redis::normalize_url(url);
-        let client = redis::Client::open(url.as_str()).map_err(|e| BackendError::Url(format!("{url}: {e}")))?;
+        let client = crate::broker::redis::open_client(url).map_err(BackendError::Url)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(30)))

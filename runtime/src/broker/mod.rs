@@ -24,9 +24,9 @@ pub enum Broker {
     Sqlite(sqlite::SqliteBroker),
 }
 
-/// Whether a URL names a Redis server (`redis://`, `unix://`, `socket://`).
+/// Whether a URL names a Redis server (`redis://`, `rediss://`, `unix://`, `socket://`).
 pub fn is_redis_url(url: &str) -> bool {
-    ["redis://", "unix://", "socket://", "redis+socket://"].iter().any(|p| url.starts_with(p))
+    ["redis://", "rediss://", "unix://", "socket://", "redis+socket://"].iter().any(|p| url.starts_with(p))
 }
 
 impl Broker {
@@ -40,9 +40,6 @@ impl Broker {
         }
         if url.starts_with("sqla+") || url.starts_with("sqlalchemy+") {
             return Err(BrokerError::Url(format!("{url}: only SQLite is supported by the SQLAlchemy transport (sqla+sqlite:///file)")));
-        }
-        if url.starts_with("rediss://") {
-            return Err(BrokerError::Url(format!("{url}: TLS (rediss://) is not supported yet")));
         }
         Err(BrokerError::Url(format!("{url}: unsupported transport; use redis://host:port/db or sqla+sqlite:///file")))
     }

@@ -126,10 +126,63 @@ pub fn normalize_url(url: &str) -> String {
     url.to_string()
 }
 
+/// A client for a kombu-style Redis URL. `socket://` becomes `unix://`; for
+/// `rediss://` (TLS), kombu's query parameters map onto the redis crate's TLS
+/// options: `ssl_cert_reqs` (`required`, `optional`, `none`, or `CERT_*`;
+/// anything but `required` skips certificate verification), `ssl_ca_certs`
+/// (a PEM file of trusted roots instead of the system store), and
+/// `ssl_certfile` + `ssl_keyfile` (a client certificate).
+pub fn open_client(url: &str) -> Result<redis::Client, String> {
+    let url = normalize_url(url);
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url.as_str()).map_err(|e| format!("{}: {e}", mask(&url)));
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let mut keep = Vec::new();
+    let (mut verify, mut ca, mut cert, mut key) = (true, None, None, None);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "ssl_cert_reqs" => {
+                let v = v.to_ascii_lowercase();
+                verify = matches!(v.trim_start_matches("cert_"), "required");
+            }
+            "ssl_ca_certs" => ca = Some(v.to_string()),
+            "ssl_certfile" => cert = Some(v.to_string()),
+            "ssl_keyfile" => key = Some(v.to_string()),
+            _ => keep.push(pair),
+        }
+    }
+    let mut target = base.to_string();
+    if !keep.is_empty() {
+        target = format!("{target}?{}", keep.join("&"));
+    }
+    if !verify {
+        target.push_str("#insecure");
+    }
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
+    let client_tls = match (cert, key) {
+        (Some(c), Some(k)) => Some(redis::ClientTlsConfig { client_cert: read(&c)?, client_key: read(&k)? }),
+        (None, None) => None,
+        _ => return Err("ssl_certfile and ssl_keyfile must be given together".into()),
+    };
+    let root_cert = ca.as_deref().map(read).transpose()?;
+    let result = if client_tls.is_some() || root_cert.is_some() {
+        redis::Client::build_with_tls(target.as_str(), redis::TlsCertificates { client_tls, root_cert })
+    } else {
+        redis::Client::open(target.as_str())
+    };
+    result.map_err(|e| format!("{}: {e}", mask(&url)))
+}
+
+/// A URL for error messages, password hidden.
+fn mask(url: &str) -> String {
+    crate::worker::mask_password(url)
+}
+
 /// Connect a command connection and a blocking one to `url`.
 pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager, i64), BrokerError> {
-    let url = normalize_url(url);
-    let client = redis::Client::open(url.as_str()).map_err(|e| BrokerError::Url(format!("{url}: {e}")))?;
+    let client = open_client(url).map_err(BrokerError::Url)?;
     let db = client.get_connection_info().redis_settings().db();
     let base = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
@@ -459,5 +512,15 @@ mod tests {
     fn socket_urls_become_unix_urls() {
         assert_eq!(normalize_url("socket:///tmp/r.sock"), "unix:///tmp/r.sock");
         assert_eq!(normalize_url("redis://h:1/0"), "redis://h:1/0");
+    }
+
+    #[test]
+    fn kombu_tls_parameters_are_understood() {
+        // Verification off: the client is built (no connection is made here).
+        assert!(open_client("rediss://localhost:6380/0?ssl_cert_reqs=CERT_NONE").is_ok());
+        assert!(open_client("rediss://localhost:6380/0?ssl_cert_reqs=required").is_ok());
+        let err = open_client("rediss://localhost:6380/0?ssl_ca_certs=/nonexistent.pem").unwrap_err();
+        assert!(err.contains("cannot read /nonexistent.pem"), "{err}");
+        assert!(open_client("rediss://h/0?ssl_certfile=/x").unwrap_err().contains("together"));
     }
 }

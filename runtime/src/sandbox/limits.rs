@@ -40,6 +40,9 @@ pub struct Limits {
     pub max_table_elements: usize,
     /// Maximum number of core instances, tables and memories (each).
     pub max_instances: usize,
+    /// Wasm stack size in bytes. Wasmtime fixes it per engine, so the sandbox
+    /// keeps one engine per distinct stack size in use.
+    pub max_stack: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +53,7 @@ impl Default for Limits {
             time_limit: DEFAULT_TIME_LIMIT,
             max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
             max_instances: DEFAULT_MAX_INSTANCES,
+            max_stack: DEFAULT_MAX_STACK,
         }
     }
 }
@@ -71,6 +75,9 @@ impl Limits {
         }
         if let Some(i) = o.max_instances {
             self.max_instances = i;
+        }
+        if let Some(st) = o.max_stack {
+            self.max_stack = st.as_u64();
         }
         self
     }
@@ -103,6 +110,8 @@ pub struct LimitsOverride {
     pub max_table_elements: Option<usize>,
     /// Instances/tables/memories cap.
     pub max_instances: Option<usize>,
+    /// Wasm stack size, e.g. `"1MiB"`.
+    pub max_stack: Option<ByteSize>,
 }
 
 impl LimitsOverride {

@@ -10,7 +10,8 @@
 //!
 //! Limits ([`limits`]) are always on: fuel, linear memory (plus tables and
 //! instances), wall-clock time (epoch interruption for running code, a timer for
-//! code blocked in the host, e.g. sleeping) and stack size. A call never fails
+//! code blocked in the host, e.g. sleeping) and stack size (fixed per engine by
+//! wasmtime, so a task with its own stack size runs on an engine of its own). A call never fails
 //! the worker: whatever happens becomes an [`Outcome`].
 
 pub mod cache;
@@ -64,7 +65,8 @@ pub struct SandboxConfig {
     pub limits: Limits,
     /// Per-task limit overrides, by full task name; `"*"` applies to all tasks.
     pub task_limits: HashMap<String, LimitsOverride>,
-    /// Wasm stack size in bytes (engine-wide: wasmtime sets it per engine).
+    /// Default wasm stack size in bytes (tasks may override it; each distinct
+    /// size gets its own engine, created when a task first needs it).
     pub max_stack: u64,
     /// Whether fuel is metered (costs ~20% on tight loops; the fuel limit needs it).
     pub fuel_metering: bool,
@@ -93,7 +95,7 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// The effective limits of `task`: defaults, then `"*"`, then the task's own.
     pub fn limits_for(&self, task: &str) -> Limits {
-        let mut l = self.limits;
+        let mut l = Limits { max_stack: self.max_stack, ..self.limits };
         if let Some(o) = self.task_limits.get("*") {
             l = l.with(o);
         }
@@ -149,6 +151,10 @@ pub struct TaskEntry {
     pub component: Arc<LoadedComponent>,
     /// Its effective limits.
     pub limits: Limits,
+    /// The engine it runs on (by stack size).
+    engine: usize,
+    /// The component pre-linked on that engine.
+    pre: TaskComponentPre<TaskState>,
 }
 
 /// One task call to make.
@@ -177,24 +183,39 @@ pub struct CallResult {
     pub limits: Limits,
 }
 
-/// Increments the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Increments every engine's epoch every [`EPOCH_TICK`] until dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
+    engines: Arc<std::sync::Mutex<Vec<Engine>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> std::io::Result<Self> {
+    fn start() -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let engines: Arc<std::sync::Mutex<Vec<Engine>>> = Arc::default();
+        let (flag, list) = (stop.clone(), engines.clone());
         let thread = std::thread::Builder::new().name("celeriac-epoch".into()).spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
+                for e in list.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    e.increment_epoch();
+                }
             }
         })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+        Ok(EpochTicker { stop, engines, thread: Some(thread) })
     }
+
+    fn add(&self, engine: Engine) {
+        self.engines.lock().unwrap_or_else(|p| p.into_inner()).push(engine);
+    }
+}
+
+/// One wasmtime engine, with its linker, for one wasm stack size.
+struct EngineSet {
+    stack: u64,
+    engine: Engine,
+    linker: wasmtime::component::Linker<TaskState>,
 }
 
 impl Drop for EpochTicker {
@@ -206,10 +227,10 @@ impl Drop for EpochTicker {
     }
 }
 
-/// The engine, the linker and the loaded tasks.
+/// The engines, their linkers and the loaded tasks.
 pub struct Sandbox {
-    engine: Engine,
-    linker: wasmtime::component::Linker<TaskState>,
+    /// Index 0 has the default stack size; others are added on demand.
+    engines: Vec<EngineSet>,
     config: SandboxConfig,
     cache: cache::ArtifactCache,
     tasks: BTreeMap<String, TaskEntry>,
@@ -217,36 +238,53 @@ pub struct Sandbox {
     errors: Vec<LoadError>,
     /// Never more calls in flight than pool slots.
     slots: Arc<tokio::sync::Semaphore>,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl Sandbox {
-    /// Create the engine and linker. Loads nothing yet.
+    /// Create the default engine and linker. Loads nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
-        let engine = Self::engine(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let linker = host::linker(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(engine.clone()).map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let ticker = EpochTicker::start().map_err(|e| SandboxError::Engine(e.to_string()))?;
+        let set = Self::engine_set(&config, config.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        ticker.add(set.engine.clone());
         let cache = cache::ArtifactCache::new(config.cache_dir.clone());
         Ok(Sandbox {
-            engine,
-            linker,
+            engines: vec![set],
             cache,
             slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1) as usize)),
             config,
             tasks: BTreeMap::new(),
             components: Vec::new(),
             errors: Vec::new(),
-            _ticker: ticker,
+            ticker,
         })
     }
 
-    fn engine(c: &SandboxConfig) -> wasmtime::Result<Engine> {
+    /// An engine (and linker) whose wasm stack is `stack` bytes.
+    fn engine_set(c: &SandboxConfig, stack: u64) -> wasmtime::Result<EngineSet> {
+        let engine = Self::engine(c, stack)?;
+        let linker = host::linker(&engine)?;
+        Ok(EngineSet { stack, engine, linker })
+    }
+
+    /// The index of the engine for `stack`, created if this is its first use.
+    fn engine_for(&mut self, stack: u64) -> Result<usize, String> {
+        if let Some(i) = self.engines.iter().position(|e| e.stack == stack) {
+            return Ok(i);
+        }
+        let set = Self::engine_set(&self.config, stack).map_err(|e| format!("cannot create an engine with a {stack}-byte stack: {e:#}"))?;
+        self.ticker.add(set.engine.clone());
+        self.engines.push(set);
+        Ok(self.engines.len() - 1)
+    }
+
+    fn engine(c: &SandboxConfig, stack: u64) -> wasmtime::Result<Engine> {
         let mut cfg = Config::new();
         cfg.wasm_component_model(true)
             .consume_fuel(c.fuel_metering)
             .epoch_interruption(true)
-            .max_wasm_stack(c.max_stack as usize)
-            .async_stack_size((c.max_stack as usize + (1 << 20)).max(2 << 20))
+            .max_wasm_stack(stack as usize)
+            .async_stack_size((stack as usize + (1 << 20)).max(2 << 20))
             .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         if c.pooling {
@@ -313,10 +351,10 @@ impl Sandbox {
         let started = Instant::now();
         let (component, from_cache) = self
             .cache
-            .load_or_compile(&self.engine, &bytes)
+            .load_or_compile(&self.engines[0].engine, &bytes)
             .map_err(|e| format!("invalid component: {e:#}"))?;
         let load_time = started.elapsed();
-        let pre = self.prelink(&component)?;
+        let pre = self.prelink(0, &component)?;
         let loaded = Arc::new(LoadedComponent {
             path: c.path.clone(),
             display: c.display.clone(),
@@ -325,6 +363,9 @@ impl Sandbox {
             pre,
         });
         let names = self.list_tasks(&loaded).await?;
+        // Tasks with their own stack size run on another engine, for which the
+        // component is compiled (and cached) once per size.
+        let mut other_stacks: HashMap<u64, (usize, TaskComponentPre<TaskState>)> = HashMap::new();
         for export in names {
             if !loader::valid_task_name(&export) {
                 return Err(format!("declares an invalid task name {export:?}"));
@@ -338,7 +379,21 @@ impl Sandbox {
                 continue;
             }
             let limits = self.config.limits_for(&name);
-            self.tasks.insert(name.clone(), TaskEntry { name, export, component: loaded.clone(), limits });
+            let (engine, pre) = if limits.max_stack == self.engines[0].stack {
+                (0, loaded.pre.clone())
+            } else if let Some(found) = other_stacks.get(&limits.max_stack) {
+                found.clone()
+            } else {
+                let i = self.engine_for(limits.max_stack)?;
+                let (component, _) = self
+                    .cache
+                    .load_or_compile(&self.engines[i].engine, &bytes)
+                    .map_err(|e| format!("invalid component: {e:#}"))?;
+                let found = (i, self.prelink(i, &component)?);
+                other_stacks.insert(limits.max_stack, found.clone());
+                found
+            };
+            self.tasks.insert(name.clone(), TaskEntry { name, export, component: loaded.clone(), limits, engine, pre });
         }
         tracing::debug!(
             "loaded {} ({} in {:?})",
@@ -351,8 +406,8 @@ impl Sandbox {
     }
 
     /// Link the component against what the worker grants and check its exports.
-    fn prelink(&self, component: &Component) -> Result<TaskComponentPre<TaskState>, String> {
-        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+    fn prelink(&self, engine: usize, component: &Component) -> Result<TaskComponentPre<TaskState>, String> {
+        let pre = self.engines[engine].linker.instantiate_pre(component).map_err(|e| {
             format!("imports something this worker does not grant: {}", outcome_root(&e))
         })?;
         TaskComponentPre::new(pre).map_err(|e| {
@@ -367,7 +422,7 @@ impl Sandbox {
     async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<String>, String> {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
-        let mut store = self.store(limits, request, None);
+        let mut store = self.store(0, limits, request, None);
         let fut = async {
             let instance: TaskComponent = c.pre.instantiate_async(&mut store).await?;
             instance.celeriac_task_task().call_tasks(&mut store).await
@@ -380,8 +435,8 @@ impl Sandbox {
     }
 
     /// A fresh store for one call, with limits, fuel and the epoch deadline set.
-    fn store(&self, limits: Limits, request: Request, sink: Option<StateSink>) -> Store<TaskState> {
-        let mut store = Store::new(&self.engine, TaskState::new(limits, request, sink));
+    fn store(&self, engine: usize, limits: Limits, request: Request, sink: Option<StateSink>) -> Store<TaskState> {
+        let mut store = Store::new(&self.engines[engine].engine, TaskState::new(limits, request, sink));
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering {
             // Cannot fail: fuel metering is enabled on this engine.
@@ -427,12 +482,12 @@ impl Sandbox {
         // Captured now: a trap unwinding the guest's fiber can leave the
         // thread's current span changed, so output is logged under this one.
         let span = tracing::Span::current();
-        let mut store = self.store(limits, inv.request, inv.state_sink);
+        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink);
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
         let result = {
             let fut = async {
-                let instance: TaskComponent = entry.component.pre.instantiate_async(&mut store).await?;
+                let instance: TaskComponent = entry.pre.instantiate_async(&mut store).await?;
                 instance.celeriac_task_task().call_invoke(&mut store, &entry.export, &inv.args, &inv.kwargs).await
             };
             tokio::time::timeout(limits.time_limit + TIMER_GRACE, fut).await

@@ -51,7 +51,8 @@ pub fn banner(opts: &WorkerOptions, sandbox: &Sandbox, settings: &Settings, queu
     ));
     b.push_str(&format!("- ** ---------- .> transport:   {broker}\n"));
     b.push_str(&format!("- ** ---------- .> results:     {results}\n"));
-    b.push_str(&format!("- *** --- * --- .> concurrency: {concurrency} (wasm sandbox)\n"));
+    let loops = super::event_loops(concurrency);
+    b.push_str(&format!("- *** --- * --- .> concurrency: {concurrency} (wasm sandbox, {loops} event loops)\n"));
     b.push_str("-- ******* ---- .> task events: OFF (not implemented yet)\n");
     b.push_str("--- ***** ----- \n");
     b.push_str(" -------------- [queues]\n");

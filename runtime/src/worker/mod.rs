@@ -26,6 +26,7 @@
 //! messages are restored by the next sweep).
 
 mod banner;
+pub use banner::mask_password;
 mod batch;
 pub mod canvas;
 mod request;

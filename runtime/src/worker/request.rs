@@ -119,7 +119,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         p = s.run_slots.acquire() => p,
         _ = stopped(s.phase.clone()) => return give_back(s, d).await,
     };
-    let Ok(_slot) = slot else { return give_back(s, d).await };
+    let Ok(slot) = slot else { return give_back(s, d).await };
     let _backlog;
     if !acks_late {
         ack(s, d);
@@ -152,8 +152,8 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
     });
 
     let invocation = Invocation {
-        args: Value::Array(msg.args.clone()).to_string(),
-        kwargs: Value::Object(msg.kwargs.clone()).to_string(),
+        args: serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
+        kwargs: serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
         request: request_context(s, &msg),
         message_time_limit: msg.timelimit.hard,
         state_sink: Some(sink),
@@ -162,6 +162,8 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
     // as with Celery's task logger; the worker's lines are plain.
     let span = crate::logging::task_span(msg.display_name(), &msg.id);
     let result = s.sandbox.call(&msg.task, invocation).instrument(span).await;
+    // The slot is for running: storing the outcome must not hold up the next task.
+    drop(slot);
     if let Some(w) = writer {
         // The sink was moved into the call and is dropped now: the writer
         // stores the last update and ends, before the final state is written.
@@ -183,11 +185,12 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         result.report.fuel_consumed,
         result.report.peak_memory
     );
-    let (stored_state, stored_result);
+    // What a chord counts for this member (only computed for chord members).
+    let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
+    let chord_entry: Option<(&str, Value)>;
     match result.outcome {
         Outcome::Success(value) => {
-            stored_state = "SUCCESS";
-            stored_result = value.clone();
+            chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
             tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
@@ -198,8 +201,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         Outcome::Failure(f) => {
             let module = f.exc_module.clone().unwrap_or_else(|| exception_module(&f.exc_type, CELERIAC_EXC_MODULE).to_string());
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
-            stored_state = "FAILURE";
-            stored_result = exc.to_value();
+            chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
@@ -207,10 +209,10 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
             }
         }
     }
-    if let (Some(b), Some(group), true) = (&s.backend, msg.group.as_deref(), results.is_some()) {
-        if msg.embed.chord.is_some() {
-            chord_part_return(s, b, group, &msg, stored_state, &stored_result).await;
-        }
+    if let (Some(b), Some(group), Some((state, value)), true) =
+        (&s.backend, msg.group.as_deref(), &chord_entry, results.is_some())
+    {
+        chord_part_return(s, b, group, &msg, state, value).await;
     }
     if acks_late {
         ack(s, d);
