@@ -87,10 +87,9 @@ impl SandboxArgs {
     }
 }
 
+/// A task name and its arguments, as `run` and `call` take them.
 #[derive(Debug, Args)]
-struct RunArgs {
-    #[command(flatten)]
-    sandbox: SandboxArgs,
+struct TaskCall {
     /// The task name, e.g. tasks.add.
     task: String,
     /// Positional arguments, each a JSON value: 4, '"a"', '[1,2]'.
@@ -99,6 +98,21 @@ struct RunArgs {
     /// Keyword arguments as a JSON object.
     #[arg(long, value_name = "JSON")]
     kwargs: Option<String>,
+}
+
+impl TaskCall {
+    /// The arguments parsed as JSON.
+    fn parse(&self) -> anyhow::Result<(Vec<serde_json::Value>, serde_json::Map<String, serde_json::Value>)> {
+        Ok((parse_json_args(&self.args)?, parse_json_kwargs(self.kwargs.as_deref())?))
+    }
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sandbox: SandboxArgs,
+    #[command(flatten)]
+    call: TaskCall,
     /// Also print the call's wall time, fuel and peak memory (to stderr).
     #[arg(long)]
     report: bool,
@@ -165,14 +179,8 @@ struct WorkerArgs {
 struct CallArgs {
     #[command(flatten)]
     conn: ConnectionArgs,
-    /// The task name, e.g. tasks.add.
-    task: String,
-    /// Positional arguments, each a JSON value: 4, '"a"', '[1,2]'.
-    #[arg(allow_negative_numbers = true)]
-    args: Vec<String>,
-    /// Keyword arguments as a JSON object.
-    #[arg(long, value_name = "JSON")]
-    kwargs: Option<String>,
+    #[command(flatten)]
+    call: TaskCall,
     /// Queue to send to (default: task_routes, else task_default_queue).
     #[arg(long)]
     queue: Option<String>,
@@ -292,16 +300,16 @@ async fn load_sandbox(args: &SandboxArgs, max_concurrent: u32) -> anyhow::Result
 
 fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init(&a.loglevel).map_err(anyhow::Error::msg)?;
-    let args = parse_json_args(&a.args)?;
-    let kwargs = parse_json_kwargs(a.kwargs.as_deref())?;
+    let (args, kwargs) = a.call.parse()?;
+    let task = a.call.task.clone();
     runtime()?.block_on(async {
         let sandbox = load_sandbox(&a.sandbox, 1).await?;
-        if sandbox.task(&a.task).is_none() {
+        if sandbox.task(&task).is_none() {
             for e in sandbox.load_errors() {
                 eprintln!("warning: {e}");
             }
             let known: Vec<&str> = sandbox.tasks().map(|t| t.name.as_str()).collect();
-            bail!("task {} is not registered (known tasks: {})", a.task, if known.is_empty() { "none".into() } else { known.join(", ") });
+            bail!("task {task} is not registered (known tasks: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
         }
         let id = uuid::Uuid::new_v4().to_string();
         let inv = Invocation {
@@ -309,15 +317,15 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             kwargs: serde_json::Value::Object(kwargs).to_string(),
             request: Request {
                 id: id.clone(),
-                name: a.task.clone(),
+                name: task.clone(),
                 root_id: Some(id),
                 hostname: format!("celeriac@{}", host_name()),
                 ..Request::default()
             },
             ..Invocation::default()
         };
-        let span = crate::logging::task_span(&a.task, &inv.request.id);
-        let res = tracing::Instrument::instrument(sandbox.call(&a.task, inv), span).await?;
+        let span = crate::logging::task_span(&task, &inv.request.id);
+        let res = tracing::Instrument::instrument(sandbox.call(&task, inv), span).await?;
         if a.report {
             eprintln!("{}", serde_json::json!({"report": res.report, "limits": res.limits}));
         }
@@ -437,10 +445,9 @@ fn print_meta(meta: &ResultMeta) -> anyhow::Result<ExitCode> {
 fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("WARNING").map_err(anyhow::Error::msg)?;
     let settings = a.conn.settings()?;
-    let args = parse_json_args(&a.args)?;
-    let kwargs = parse_json_kwargs(a.kwargs.as_deref())?;
-    let mut task = NewTask::new(a.task.clone(), args, kwargs);
-    let route = settings.route(&a.task);
+    let (args, kwargs) = a.call.parse()?;
+    let mut task = NewTask::new(a.call.task.clone(), args, kwargs);
+    let route = settings.route(&a.call.task);
     let o = &mut task.options;
     o.queue = a.queue.clone().or(route.queue).unwrap_or_else(|| settings.task_default_queue.clone());
     o.priority = a.priority.or(route.priority);

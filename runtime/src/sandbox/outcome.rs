@@ -70,7 +70,7 @@ impl TaskFailure {
     /// The exception as Python's `repr` shows it in Celery's log line:
     /// `ZeroDivisionError('division by zero')`.
     pub fn repr(&self) -> String {
-        format!("{}({})", self.exc_type, py_str_repr(&self.message))
+        format!("{}({})", self.exc_type, crate::protocol::repr::py_str_repr(&self.message))
     }
 }
 
@@ -88,29 +88,6 @@ pub struct CallReport {
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
-}
-
-/// Python's `repr()` of a `str`, for log lines.
-pub fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push(quote);
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c == quote => {
-                out.push('\\');
-                out.push(c);
-            }
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push(quote);
-    out
 }
 
 /// The time limit ran out while the guest was running (raised by the epoch callback).
@@ -422,12 +399,6 @@ mod tests {
         assert!(f.traceback.contains("tasks.div"));
         assert!(f.traceback.ends_with("ZeroDivisionError: division by zero\n"));
         assert_eq!(f.repr(), "ZeroDivisionError('division by zero')");
-    }
-
-    #[test]
-    fn python_str_repr_escapes_like_python() {
-        assert_eq!(py_str_repr("it's"), "\"it's\"");
-        assert_eq!(py_str_repr("a\nb"), "'a\\nb'");
     }
 
     #[test]
