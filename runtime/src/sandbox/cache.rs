@@ -2,10 +2,11 @@
 //!
 //! Compiling a component with Cranelift costs from ~0.1 s (a small Rust guest) to
 //! 10-17 s (an interpreter such as componentize-py's CPython). The compiled
-//! artifact is stored under a key made of the component's SHA-256, the wasmtime
-//! version and the engine's compatibility hash (fuel and epoch settings change
-//! the machine code), so a restart deserialises in milliseconds instead of
-//! recompiling, and a changed engine never loads a stale artifact.
+//! artifact is stored under a key made of the component's SHA-256 and the
+//! engine's compatibility hash, which covers the wasmtime version and every
+//! code-generation setting (fuel and epoch settings change the machine code),
+//! so a restart deserialises in milliseconds instead of recompiling, and an
+//! upgraded or reconfigured engine never loads a stale artifact.
 //!
 //! Safety: deserialising trusts the artifact, so the cache directory must be
 //! writable only by the worker's own user (the default lives in the user's
