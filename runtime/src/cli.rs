@@ -452,9 +452,9 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     o.queue = a.queue.clone().or(route.queue).unwrap_or_else(|| settings.task_default_queue.clone());
     o.priority = a.priority.or(route.priority);
     let now = chrono::Utc::now();
-    let secs = |s: f64| chrono::Duration::milliseconds((s * 1000.0).round() as i64);
-    o.eta = a.countdown.map(|c| now + secs(c));
-    o.expires = a.expires.map(|e| now + secs(e));
+    let after = |s: f64| crate::protocol::time::after_seconds(now, s).with_context(|| format!("{s} seconds is out of range"));
+    o.eta = a.countdown.map(after).transpose()?;
+    o.expires = a.expires.map(after).transpose()?;
     o.timelimit.hard = a.time_limit;
     o.ignore_result = a.ignore_result;
     let ser = a.serializer.as_deref().unwrap_or(&settings.task_serializer);

@@ -362,3 +362,14 @@ async fn a_task_can_have_its_own_stack_size() {
     let f = failure(&call(&sb, "tasks.deep", json!([])).await).clone();
     assert!(f.message.contains("call stack exhausted"), "{}", f.message);
 }
+
+#[tokio::test]
+async fn an_oversized_result_is_refused_before_it_is_parsed() {
+    let (sb, _c) = sandbox().await;
+    let limit = celeriac::sandbox::MAX_RESULT_BYTES;
+    let ok = call(&sb, "tasks.repeat", json!(["x", 1000])).await;
+    assert_eq!(success(&ok).as_str().map(str::len), Some(1000));
+    let f = failure(&call(&sb, "tasks.repeat", json!(["x", limit + 1])).await).clone();
+    assert_eq!((f.kind, f.exc_type.as_str()), (FailureKind::BadResult, "EncodeError"));
+    assert!(f.message.contains("limit"), "{}", f.message);
+}

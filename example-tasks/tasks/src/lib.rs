@@ -42,6 +42,13 @@ fn counter() -> u64 {
     COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
 }
 
+/// `repeat(text, times)`: `text` repeated `times` times (a way to return a
+/// large result).
+#[task]
+fn repeat(text: String, times: usize) -> String {
+    text.repeat(times)
+}
+
 /// `div(a, b)`: `a / b`; raises `ZeroDivisionError` when `b` is 0.
 #[task]
 fn div(a: f64, b: f64) -> Result<f64, TaskError> {
@@ -145,4 +152,4 @@ fn log(msg: String) {
 }
 
 celeriac_sdk::export_tasks!(
-    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter);
+    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter, repeat);

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::{BackendError, TASK_KEY_PREFIX};
-use crate::protocol::Serializer;
+use crate::protocol::{ExceptionInfo, Serializer};
 use crate::protocol::result::ResultMeta;
 
 /// Record one chord header member and, if it completes the chord, claim the
@@ -79,7 +79,18 @@ impl RedisBackend {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for meta in metas {
-            let bytes = meta.encode(self.serializer).map_err(|e| BackendError::Encode(e.to_string()))?;
+            // One value that cannot be encoded fails its own task, not the batch.
+            let bytes = match meta.encode(self.serializer) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("cannot encode the state of {}: {e}; storing an EncodeError instead", meta.task_id);
+                    let exc = ExceptionInfo::new("EncodeError", vec![e.to_string().into()], "kombu.exceptions");
+                    ResultMeta::failure(&meta.task_id, &exc, None)
+                        .with_date_done(Some(chrono::Utc::now()))
+                        .encode(self.serializer)
+                        .map_err(|e| BackendError::Encode(e.to_string()))?
+                }
+            };
             let key = task_key(&meta.task_id);
             match self.expires {
                 Some(ttl) => pipe.set_ex(&key, &bytes, ttl).ignore(),

@@ -158,18 +158,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A delivery popped from a Redis list. The tag is read from the
-    /// envelope's `properties.delivery_tag`, as the pop script did.
-    pub(crate) fn from_redis(list: &[u8], payload: Vec<u8>) -> Self {
-        #[derive(serde::Deserialize)]
-        struct Props {
-            delivery_tag: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Env {
-            properties: Option<Props>,
-        }
-        let tag = serde_json::from_slice::<Env>(&payload).ok().and_then(|e| e.properties?.delivery_tag);
+    /// A delivery popped from a Redis list, with the tag the receiving script
+    /// recorded in `unacked` (empty: not recorded, nothing to acknowledge).
+    pub(crate) fn new(list: &[u8], payload: Vec<u8>, tag: &[u8]) -> Self {
+        let tag = (!tag.is_empty()).then(|| String::from_utf8_lossy(tag).into_owned());
         Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag }
     }
 }

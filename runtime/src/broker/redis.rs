@@ -31,9 +31,9 @@ use crate::config::TransportOptions;
 const RECORD_FN: &str = r#"
 local function record(unacked, index, now, m)
   local ok, env = pcall(cjson.decode, m)
-  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return false end
+  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then return '' end
   local tag = env.properties.delivery_tag
-  if type(tag) ~= 'string' then return false end
+  if type(tag) ~= 'string' or tag == '' then return '' end
   local ex, rk = '', ''
   local di = env.properties.delivery_info
   if type(di) == 'table' then
@@ -42,12 +42,14 @@ local function record(unacked, index, now, m)
   end
   redis.call('ZADD', index, now, tag)
   redis.call('HSET', unacked, tag, '[' .. m .. ', ' .. cjson.encode(ex) .. ', ' .. cjson.encode(rk) .. ']')
-  return true
+  return tag
 end
 "#;
 
 /// Pop up to ARGV[1] messages from KEYS[5..] (in order) and record each.
-/// Returns a flat list `queue, message, queue, message, ...`.
+/// Returns a flat list `queue, message, tag, queue, message, tag, ...`, where
+/// `tag` is the delivery tag recorded in `unacked` (`""` if the message could
+/// not be recorded): the tag the worker acknowledges is always the one recorded.
 ///
 /// Idempotent per fetch id: what a call hands out is also saved under its
 /// fetch key (KEYS[3]); a call with the same fetch id (the worker retrying
@@ -61,29 +63,31 @@ if saved then return cjson.decode(saved) end
 local out = {}
 local max = tonumber(ARGV[1])
 for i = 5, #KEYS do
-  while #out < max * 2 do
+  while #out < max * 3 do
     local m = redis.call('RPOP', KEYS[i])
     if not m then break end
-    record(KEYS[1], KEYS[2], ARGV[2], m)
     out[#out + 1] = KEYS[i]
     out[#out + 1] = m
+    out[#out + 1] = record(KEYS[1], KEYS[2], ARGV[2], m)
   end
-  if #out >= max * 2 then break end
+  if #out >= max * 3 then break end
 end
 if #out > 0 then redis.call('SET', KEYS[3], cjson.encode(out), 'EX', 3600) end
 return out
 "#;
 
 /// Record a message obtained with BRPOP. KEYS: unacked, unacked_index; ARGV: now, message.
-const RECORD_SCRIPT: &str = "return record(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) and 1 or 0";
+const RECORD_SCRIPT: &str = "return record(KEYS[1], KEYS[2], ARGV[1], ARGV[2])";
 
-/// Move an unacked message back to a queue if it is still the same unacked
-/// entry. KEYS: unacked, unacked_index, target list; ARGV: tag, expected entry, payload.
+/// Move an unacked message back to its queue(s) if it is still the same
+/// unacked entry. KEYS: unacked, unacked_index, target lists...; ARGV: tag,
+/// expected entry, payload. Like kombu, every queue bound to the message's
+/// exchange and routing key gets it back.
 const RESTORE_SCRIPT: &str = r#"
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('RPUSH', KEYS[3], ARGV[3])
+for i = 3, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[3]) end
 return 1
 "#;
 
@@ -305,15 +309,15 @@ impl RedisBroker {
         };
         if !flat.is_empty() {
             *lock(&self.done_fetch) = Some(fetch_id);
-            return Ok(flat.chunks_exact(2).map(|p| Delivery::from_redis(&p[0], p[1].clone())).collect());
+            return Ok(flat.chunks_exact(3).map(|p| Delivery::new(&p[0], p[1].clone(), &p[2])).collect());
         }
         let mut b = self.blocking.clone();
         let popped: Option<(Vec<u8>, Vec<u8>)> =
             b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
         let Some((list, payload)) = popped else { return Ok(Vec::new()) };
-        // Record it at once; if this fails the message is in our hands only,
-        // so it is still returned and handled.
-        let recorded: redis::RedisResult<i64> = self
+        // Record it at once; if this fails the message is in our hands only
+        // (no tag to ack), and is still handled.
+        let recorded: redis::RedisResult<Vec<u8>> = self
             .record
             .key(self.key("unacked"))
             .key(self.key("unacked_index"))
@@ -321,10 +325,11 @@ impl RedisBroker {
             .arg(&payload)
             .invoke_async(&mut c)
             .await;
-        if let Err(e) = recorded {
+        let tag = recorded.unwrap_or_else(|e| {
             tracing::warn!("could not record a received message as unacknowledged: {e}");
-        }
-        Ok(vec![Delivery::from_redis(&list, payload)])
+            Vec::new()
+        });
+        Ok(vec![Delivery::new(&list, payload, &tag)])
     }
 
     /// Acknowledge messages: remove them from the bookkeeping (one round trip).
@@ -373,25 +378,14 @@ impl RedisBroker {
             self.ack(&[tag.to_string()]).await?;
             return Ok(false);
         };
-        let mut restored = false;
-        for list in queues {
-            let n: i64 = self
-                .restore
-                .key(self.key("unacked"))
-                .key(self.key("unacked_index"))
-                .key(&list)
-                .arg(tag)
-                .arg(&entry)
-                .arg(&payload)
-                .invoke_async(&mut c)
-                .await
-                .map_err(BrokerError::redis)?;
-            restored |= n == 1;
-            if n != 1 {
-                break;
-            }
+        let mut inv = self.restore.prepare_invoke();
+        inv.key(self.key("unacked")).key(self.key("unacked_index"));
+        for list in &queues {
+            inv.key(list);
         }
-        Ok(restored)
+        inv.arg(tag).arg(&entry).arg(&payload);
+        let n: i64 = inv.invoke_async(&mut c).await.map_err(BrokerError::redis)?;
+        Ok(n == 1)
     }
 
     /// Rebuild the envelope of an unacked entry with `redelivered` set, and

@@ -125,3 +125,27 @@ mod tests {
         assert_eq!(display(&t), "2026-11-27T05:12:03.307704Z");
     }
 }
+
+/// `now` plus `seconds` (a Celery countdown), or `None` when the number is not
+/// finite or the time would be out of range (never panics on client input).
+pub fn after_seconds(now: chrono::DateTime<chrono::Utc>, seconds: f64) -> Option<chrono::DateTime<chrono::Utc>> {
+    if !seconds.is_finite() || seconds.abs() > 1e12 {
+        return None;
+    }
+    let delta = chrono::TimeDelta::try_milliseconds((seconds * 1000.0).round() as i64)?;
+    now.checked_add_signed(delta)
+}
+
+#[cfg(test)]
+mod after_tests {
+    use super::after_seconds;
+
+    #[test]
+    fn countdowns_never_overflow() {
+        let now = chrono::Utc::now();
+        assert_eq!(after_seconds(now, 1.5), Some(now + chrono::TimeDelta::milliseconds(1500)));
+        assert_eq!(after_seconds(now, 1e300), None);
+        assert_eq!(after_seconds(now, f64::NAN), None);
+        assert!(after_seconds(now, -30.0).is_some());
+    }
+}

@@ -52,6 +52,9 @@ const TIMER_GRACE: Duration = Duration::from_millis(50);
 /// whole working set (the Rust example uses ~1.1 MiB).
 const KEEP_RESIDENT: usize = 4 << 20;
 
+/// Largest result (JSON text) a task may return; a larger one is a failure.
+pub const MAX_RESULT_BYTES: usize = 8 << 20;
+
 /// How many wasm frames a trap's backtrace keeps (innermost first).
 const BACKTRACE_FRAMES: usize = 100;
 
@@ -503,6 +506,11 @@ impl Sandbox {
         let (stderr, dropped) = store.data().stderr.take();
         span.in_scope(|| forward_output(&stdout, &stderr, dropped));
         let outcome = match result {
+            // Bounded before parsing: a parsed JSON value takes many times its
+            // text's size, and the text may be as large as the guest's memory.
+            Ok(Ok(Ok(json))) if json.len() > MAX_RESULT_BYTES => {
+                Outcome::Failure(outcome::result_too_large(&site, json.len(), MAX_RESULT_BYTES))
+            }
             Ok(Ok(Ok(json))) => match serde_json::from_str(&json) {
                 Ok(v) => Outcome::Success(v),
                 Err(e) => Outcome::Failure(outcome::bad_result(&site, &e)),

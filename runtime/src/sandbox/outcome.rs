@@ -269,6 +269,14 @@ pub fn bad_result(site: &TraceSite<'_>, err: &serde_json::Error) -> TaskFailure 
     f
 }
 
+/// The guest returned a result larger than the worker accepts.
+pub fn result_too_large(site: &TraceSite<'_>, len: usize, max: usize) -> TaskFailure {
+    let message = format!("task returned a result of {len} bytes; the limit is {max} bytes");
+    let mut f = raised(site, "EncodeError".into(), Some("kombu.exceptions".into()), message, None);
+    f.kind = FailureKind::BadResult;
+    f
+}
+
 /// The innermost error message of a chain (the trap reason, not the backtrace).
 fn root_message(err: &wasmtime::Error) -> String {
     err.chain().last().map(|e| e.to_string()).unwrap_or_else(|| err.to_string())

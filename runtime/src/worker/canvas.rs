@@ -138,7 +138,9 @@ fn from_signature(
     o.timelimit.hard = opts.get("time_limit").and_then(Value::as_f64);
     o.timelimit.soft = opts.get("soft_time_limit").and_then(Value::as_f64);
     if let Some(c) = opts.get("countdown").and_then(Value::as_f64) {
-        o.eta = Some(Utc::now() + chrono::Duration::milliseconds((c * 1000.0) as i64));
+        o.eta = crate::protocol::time::after_seconds(Utc::now(), c)
+            .ok_or_else(|| CanvasError::Malformed(format!("countdown {c} is out of range")))
+            .map(Some)?;
     }
     o.serializer = parent.serializer;
     let list = |key: &str| opts.get(key).and_then(Value::as_array).cloned();
@@ -212,6 +214,12 @@ mod tests {
         }
         let failed = vec![json!([1, "a", "FAILURE", {"exc_type": "ValueError"}])];
         assert!(matches!(chord_body(&msg, &failed, &Settings::default()).unwrap(), ChordOutcome::Fail { .. }));
+    }
+
+    #[test]
+    fn an_absurd_countdown_is_an_error_not_a_panic() {
+        let msg = message_with_embed(json!({"callbacks": [sig("tasks.add", json!([1]), json!({"countdown": 1e300}))]}));
+        assert!(matches!(on_success(&msg, &json!(1), &Settings::default())[0], Err(CanvasError::Malformed(_))));
     }
 
     #[test]

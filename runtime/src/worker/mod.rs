@@ -405,7 +405,13 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
         while handlers.try_join_next().is_some() {}
         let first = tokio::select! {
             p = room.clone().acquire_owned() => p,
-            _ = phase.changed() => continue,
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    // No signal handling (the sender is gone): the phase never changes again.
+                    phase = watch::channel(Phase::Running).1;
+                }
+                continue;
+            }
         };
         let Ok(first) = first else { break };
         // Let handlers that are about to free their slots run first, so one
@@ -428,7 +434,16 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
                     handlers.spawn(async move {
                         // The handler gives the prefetch slot back when the message is
                         // acknowledged (or parked for its ETA), as Celery's QoS does.
-                        request::handle(&s, d, permit).await;
+                        let tag = d.tag.clone();
+                        let run = std::panic::AssertUnwindSafe(request::handle(&s, d, permit));
+                        if futures_util::FutureExt::catch_unwind(run).await.is_err() {
+                            // A bug, not bad input: drop the message rather than let
+                            // it come back forever.
+                            tracing::error!("internal error while handling message {tag:?}; it has been discarded");
+                            if let Some(tag) = tag {
+                                s.ack(&tag);
+                            }
+                        }
                     });
                 }
             }
@@ -458,14 +473,16 @@ async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
             }
         }
     };
-    tokio::select! {
-        _ = wait_all => {
-            // Everything the finished tasks queued must reach the servers before we exit.
-            if let Some(r) = &shared.results {
-                r.barrier().await;
-            }
-            shared.acks.barrier().await;
+    let finish = async {
+        wait_all.await;
+        // Everything the finished tasks queued must reach the servers before we exit.
+        if let Some(r) = &shared.results {
+            r.barrier().await;
         }
+        shared.acks.barrier().await;
+    };
+    tokio::select! {
+        _ = finish => {}
         _ = cold => tracing::warn!("cold shutdown: leaving running tasks; their messages stay unacknowledged"),
         _ = tokio::time::sleep(WARM_SHUTDOWN_TIMEOUT) => {
             tracing::warn!("warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; leaving running tasks")

@@ -102,8 +102,10 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
             // Celery does not count ETA tasks against the prefetch limit.
             prefetch = None;
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                // Biased: once the worker is stopping, never start (give back instead).
+                biased;
                 _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -116,8 +118,9 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         return;
     }
     let slot = tokio::select! {
-        p = s.run_slots.acquire() => p,
+        biased;
         _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+        p = s.run_slots.acquire() => p,
     };
     let Ok(slot) = slot else { return give_back(s, d).await };
     let _backlog;
@@ -199,7 +202,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
             }
         }
         Outcome::Failure(f) => {
-            let module = f.exc_module.clone().unwrap_or_else(|| exception_module(&f.exc_type, CELERIAC_EXC_MODULE).to_string());
+            let module = exception_module_for(&f.exc_type, f.exc_module.as_deref());
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
@@ -276,6 +279,18 @@ async fn publish_all(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>
     Some(children)
 }
 
+/// The module stored for a task's exception. A guest may name its own module,
+/// except for the Python exceptions that are not `Exception`s: a client
+/// re-raising `builtins.SystemExit` or `KeyboardInterrupt` from `.get()` would
+/// stop the client itself, so those become Celeriac's stand-in classes.
+fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
+    const NOT_EXCEPTIONS: &[&str] = &["BaseException", "BaseExceptionGroup", "SystemExit", "KeyboardInterrupt", "GeneratorExit"];
+    if NOT_EXCEPTIONS.contains(&exc_type) {
+        return CELERIAC_EXC_MODULE.to_string();
+    }
+    guest_module.map(str::to_string).unwrap_or_else(|| exception_module(exc_type, CELERIAC_EXC_MODULE).to_string())
+}
+
 /// Put a message that has not started back on its queue.
 async fn give_back(s: &Shared, d: &Delivery) {
     if let Some(tag) = &d.tag {
@@ -333,4 +348,18 @@ fn request_context(s: &Shared, msg: &TaskMessage) -> Request {
 fn preview(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_PREVIEW)]).into_owned();
     if bytes.len() > RAW_PREVIEW { format!("{text:?}...") } else { format!("{text:?}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exception_module_for;
+
+    #[test]
+    fn guests_cannot_make_clients_raise_system_exit() {
+        assert_eq!(exception_module_for("SystemExit", Some("builtins")), "celeriac.exceptions");
+        assert_eq!(exception_module_for("KeyboardInterrupt", None), "celeriac.exceptions");
+        assert_eq!(exception_module_for("ValueError", None), "builtins");
+        assert_eq!(exception_module_for("InvoiceMissing", Some("billing")), "billing");
+        assert_eq!(exception_module_for("InvoiceMissing", None), "celeriac.exceptions");
+    }
 }

@@ -18,6 +18,9 @@ const RESERVED: &[&str] = &["PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILUR
 /// Longest state name accepted.
 const MAX_STATE_LEN: usize = 64;
 
+/// Largest meta (JSON text) accepted; larger updates are dropped.
+const MAX_META_BYTES: usize = 256 * 1024;
+
 /// One custom state reported by a running task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateUpdate {
@@ -36,6 +39,10 @@ pub fn update_state(state: &TaskState, name: String, meta: String) {
     let id = &state.request.id;
     if name.is_empty() || name.len() > MAX_STATE_LEN || RESERVED.contains(&name.as_str()) {
         tracing::warn!(task_id = %id, "ignoring update_state to reserved or invalid state {name:?}");
+        return;
+    }
+    if meta.len() > MAX_META_BYTES {
+        tracing::warn!(task_id = %id, "ignoring update_state with {} bytes of meta (limit {MAX_META_BYTES})", meta.len());
         return;
     }
     let meta = serde_json::from_str(&meta).unwrap_or_else(|_| {
