@@ -15,6 +15,7 @@
 //! queue is empty, and then records the message it got at once; that one
 //! message has kombu's window (popped, reply lost in a disconnect).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -76,9 +77,6 @@ if #out > 0 then redis.call('SET', KEYS[3], cjson.encode(out), 'EX', 3600) end
 return out
 "#;
 
-/// Record a message obtained with BRPOP. KEYS: unacked, unacked_index; ARGV: now, message.
-const RECORD_SCRIPT: &str = "return record(KEYS[1], KEYS[2], ARGV[1], ARGV[2])";
-
 /// Move an unacked message back to its queue(s) if it is still the same
 /// unacked entry. KEYS: unacked, unacked_index, target lists...; ARGV: tag,
 /// expected entry, payload. Like kombu, every queue bound to the message's
@@ -110,7 +108,6 @@ pub struct RedisBroker {
     opts: TransportOptions,
     db: i64,
     pop: redis::Script,
-    record: redis::Script,
     restore: redis::Script,
     unlock: redis::Script,
     /// The fetch id to use next: kept after a failed fetch so the retry replays it.
@@ -212,6 +209,13 @@ pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> Stri
     if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
 }
 
+/// Warn about a received message that could not be recorded as unacknowledged.
+fn log_unrecorded(r: redis::RedisResult<()>) {
+    if let Err(e) = r {
+        tracing::warn!("could not record a received message as unacknowledged: {e}");
+    }
+}
+
 /// Lock a mutex, ignoring poisoning (the data is a plain id).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -232,7 +236,6 @@ impl RedisBroker {
             opts,
             db,
             pop: redis::Script::new(&format!("{RECORD_FN}{POP_SCRIPT}")),
-            record: redis::Script::new(&format!("{RECORD_FN}{RECORD_SCRIPT}")),
             restore: redis::Script::new(RESTORE_SCRIPT),
             unlock: redis::Script::new(UNLOCK_SCRIPT),
             next_fetch: Arc::default(),
@@ -315,21 +318,56 @@ impl RedisBroker {
         let popped: Option<(Vec<u8>, Vec<u8>)> =
             b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
         let Some((list, payload)) = popped else { return Ok(Vec::new()) };
-        // Record it at once; if this fails the message is in our hands only
-        // (no tag to ack), and is still handled.
-        let recorded: redis::RedisResult<Vec<u8>> = self
-            .record
-            .key(self.key("unacked"))
-            .key(self.key("unacked_index"))
-            .arg(now_secs())
-            .arg(&payload)
-            .invoke_async(&mut c)
-            .await;
-        let tag = recorded.unwrap_or_else(|e| {
-            tracing::warn!("could not record a received message as unacknowledged: {e}");
-            Vec::new()
-        });
-        Ok(vec![Delivery::new(&list, payload, &tag)])
+        let tag = self.record_received(&payload);
+        Ok(vec![Delivery::new(&list, payload, tag.as_deref().unwrap_or_default().as_bytes())])
+    }
+
+    /// Record a message obtained with BRPOP in the ack bookkeeping, as kombu
+    /// does (`MULTI; ZADD unacked_index; HSET unacked; EXEC`, with the tag and
+    /// routing read here), and return its tag (`None`: not an envelope we can
+    /// read; the worker rejects it anyway).
+    ///
+    /// The reply is not awaited: this is the idle path, where the round trip
+    /// would add to every task's latency. Polling once queues the transaction
+    /// on the command connection now, so Redis runs it before this message's
+    /// ack, which is sent later on the same connection.
+    fn record_received(&self, payload: &[u8]) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Info {
+            exchange: Option<String>,
+            routing_key: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Props {
+            delivery_tag: Option<String>,
+            delivery_info: Option<Info>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Env {
+            properties: Props,
+        }
+        let text = std::str::from_utf8(payload).ok()?;
+        let props = serde_json::from_str::<Env>(text).ok()?.properties;
+        let tag = props.delivery_tag.filter(|t| !t.is_empty())?;
+        let info = props.delivery_info.unwrap_or(Info { exchange: None, routing_key: None });
+        let quote = |s: Option<String>| serde_json::Value::String(s.unwrap_or_default()).to_string();
+        let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(self.key("unacked_index"), &tag, now_secs())
+            .ignore()
+            .hset(self.key("unacked"), &tag, entry)
+            .ignore();
+        let mut c = self.conn.clone();
+        let mut recording = Box::pin(async move { pipe.query_async::<()>(&mut c).await });
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match recording.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => log_unrecorded(r),
+            std::task::Poll::Pending => {
+                tokio::spawn(async move { log_unrecorded(recording.await) });
+            }
+        }
+        Some(tag)
     }
 
     /// Acknowledge messages: remove them from the bookkeeping (one round trip).
