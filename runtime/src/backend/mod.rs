@@ -49,14 +49,6 @@ impl Backend {
         Err(BackendError::Url(format!("{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file")))
     }
 
-    /// Store (and announce) a task state.
-    pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        match self {
-            Backend::Redis(b) => b.store(meta).await,
-            Backend::Database(b) => b.store(meta).await,
-        }
-    }
-
     /// Store several task states at once (one round trip where the backend allows).
     pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
         match self {

@@ -68,11 +68,6 @@ impl RedisBackend {
         Ok(RedisBackend { client, conn, expires, serializer })
     }
 
-    /// Store `meta` as the state of its task and publish it.
-    pub async fn store(&self, meta: &ResultMeta) -> Result<(), BackendError> {
-        self.store_many(std::slice::from_ref(meta)).await
-    }
-
     /// Store and publish several states in one `MULTI`/`EXEC` round trip
     /// (`SETEX` then `PUBLISH` for each, in order).
     pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {

@@ -106,7 +106,6 @@ pub struct RedisBroker {
     /// For `BRPOP`, which would block everything else on a shared connection.
     blocking: ConnectionManager,
     opts: TransportOptions,
-    db: i64,
     pop: redis::Script,
     restore: redis::Script,
     unlock: redis::Script,
@@ -182,9 +181,8 @@ fn mask(url: &str) -> String {
 }
 
 /// Connect a command connection and a blocking one to `url`.
-pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager, i64), BrokerError> {
+pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager), BrokerError> {
     let client = open_client(url).map_err(BrokerError::Url)?;
-    let db = client.get_connection_info().redis_settings().db();
     let base = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_number_of_retries(2)
@@ -199,7 +197,7 @@ pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionMan
         )
         .await
         .map_err(BrokerError::redis)?;
-    Ok((conn, blocking, db))
+    Ok((conn, blocking))
 }
 
 /// kombu's `_q_for_pri`: the list for `queue` at `priority`, which is rounded
@@ -229,23 +227,17 @@ impl RedisBroker {
     /// Connect to the broker at `url` (`redis://[:password@]host:port/db`,
     /// `unix:///path`, `socket:///path`).
     pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
-        let (conn, blocking, db) = connect_pair(url).await?;
+        let (conn, blocking) = connect_pair(url).await?;
         Ok(RedisBroker {
             conn,
             blocking,
             opts,
-            db,
             pop: redis::Script::new(&format!("{RECORD_FN}{POP_SCRIPT}")),
             restore: redis::Script::new(RESTORE_SCRIPT),
             unlock: redis::Script::new(UNLOCK_SCRIPT),
             next_fetch: Arc::default(),
             done_fetch: Arc::default(),
         })
-    }
-
-    /// The Redis database number of the broker (used by fanout prefixes).
-    pub fn db(&self) -> i64 {
-        self.db
     }
 
     fn key(&self, k: &str) -> String {
@@ -520,10 +512,6 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// The command connection (for the fanout/pub-sub users of the same server).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
 }
 
 #[cfg(test)]

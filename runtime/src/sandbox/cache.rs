@@ -42,11 +42,6 @@ impl ArtifactCache {
             .map(|d| d.join("celeriac"))
     }
 
-    /// The cache directory, if enabled.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
-    }
-
     /// The cache key of `wasm` for `engine`.
     fn key(engine: &Engine, wasm: &[u8]) -> String {
         let mut h = std::collections::hash_map::DefaultHasher::new();

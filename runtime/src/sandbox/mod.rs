@@ -319,11 +319,6 @@ impl Sandbox {
         &self.config
     }
 
-    /// The artifact cache directory, if enabled.
-    pub fn cache_dir(&self) -> Option<&Path> {
-        self.cache.dir()
-    }
-
     /// Load every component under `root` (a directory or one `.wasm` file).
     /// Bad files are recorded in [`Sandbox::load_errors`] and skipped.
     pub async fn load(&mut self, root: &Path) {

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::{Phase, Shared, canvas, retry};
 use crate::backend::Backend;
+use crate::config::Annotation;
 use crate::broker::Delivery;
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{Envelope, ExceptionInfo, NewTask, ProtocolError, TaskMessage, exception_module, saferepr};
@@ -111,7 +112,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
     }
     if msg.is_expired(Utc::now()) {
         tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
-        if !ignores_result(s, &msg) {
+        if !ignores_result(s, &msg, &annotation) {
             store(s, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
         }
         ack(s, d);
@@ -130,7 +131,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         prefetch = None;
     }
 
-    let ignore_result = ignores_result(s, &msg);
+    let ignore_result = ignores_result(s, &msg, &annotation);
     let results = if ignore_result { None } else { s.results.as_ref() };
     if results.is_some() && annotation.track_started.unwrap_or(s.settings.task_track_started) {
         let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
@@ -208,7 +209,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
-                store_exception(s, &msg, &exc, Some(f.traceback)).await;
+                store(s, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
             }
         }
     }
@@ -298,12 +299,9 @@ async fn give_back(s: &Shared, d: &Delivery) {
     }
 }
 
-/// Whether no result is stored for this message.
-fn ignores_result(s: &Shared, msg: &TaskMessage) -> bool {
-    s.backend.is_none()
-        || msg.ignore_result
-        || s.settings.task_ignore_result
-        || s.settings.annotation(&msg.task).ignore_result.unwrap_or(false)
+/// Whether no result is stored for this message (`annotation` is its task's).
+fn ignores_result(s: &Shared, msg: &TaskMessage, annotation: &Annotation) -> bool {
+    s.backend.is_none() || msg.ignore_result || s.settings.task_ignore_result || annotation.ignore_result.unwrap_or(false)
 }
 
 /// A meta with the message's lineage and `date_done` filled in.
@@ -316,7 +314,7 @@ fn base_meta(msg: &TaskMessage, meta: ResultMeta) -> ResultMeta {
 
 /// Store a FAILURE (or NotRegistered...) for a message, if results are on for it.
 async fn store_exception(s: &Shared, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) {
-    if !ignores_result(s, msg) {
+    if !ignores_result(s, msg, &s.settings.annotation(&msg.task)) {
         store(s, base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
     }
 }
