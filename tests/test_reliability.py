@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from conftest import wait_until
+
 RECEIVED = r"Task tasks\.\w+\[[0-9a-f-]+\] received"
 
 ACKS_LATE_CONFIG = """\
@@ -103,3 +105,62 @@ def test_warm_shutdown_finishes_the_running_task(worker, client):
     # worker finishes them (the old one must have restored any it prefetched).
     worker(concurrency=1)
     assert [r.get(timeout=30) for r in waiting] == [100, 101, 102]
+
+
+IDLE_CONFIG = """\
+task_acks_late = {acks_late}
+
+[broker_transport_options]
+visibility_timeout = 2
+"""
+
+
+def _idle(w, seconds: float = 1.5) -> None:
+    """Let a fresh worker settle into its blocking wait on the empty queues."""
+    time.sleep(seconds)
+    assert w.alive
+
+
+@pytest.mark.timeout(120)
+def test_idle_worker_records_an_acks_late_task_before_running_it(worker, client, redis_server):
+    """A message the idle worker got from its blocking wait is in ``unacked``
+    while an ``acks_late`` task runs, so kill -9 mid-run does not lose it."""
+    first = worker(concurrency=1, config=IDLE_CONFIG.format(acks_late="true"))
+    _idle(first)
+    r = client.sleep.delay(3)
+    first.wait_for_log(rf"Task tasks\.sleep\[{re.escape(r.id)}\] received", timeout=30)
+    wait_until(lambda: redis_server.client.hlen("unacked") == 1, timeout=5,
+               message="the running acks_late task in unacked")
+    first.kill()
+    time.sleep(2 + 1)  # > visibility_timeout: the next worker's startup sweep restores it
+    worker(concurrency=1, config=IDLE_CONFIG.format(acks_late="true"))
+    assert r.get(timeout=30) == 3
+    wait_until(lambda: redis_server.client.hlen("unacked") == 0, timeout=10, message="unacked to empty")
+
+
+@pytest.mark.timeout(120)
+def test_idle_worker_records_a_task_waiting_for_its_eta(worker, client, redis_server):
+    """A countdown task taken while idle is held until its ETA: it must be in
+    ``unacked`` meanwhile (even with early acks), so kill -9 does not lose it."""
+    first = worker(concurrency=1, config=IDLE_CONFIG.format(acks_late="false"))
+    _idle(first)
+    r = client.add.apply_async((20, 22), countdown=6)
+    first.wait_for_log(rf"Task tasks\.add\[{re.escape(r.id)}\] received", timeout=30)
+    wait_until(lambda: redis_server.client.hlen("unacked") == 1, timeout=5,
+               message="the task waiting for its ETA in unacked")
+    first.kill()
+    time.sleep(2 + 1)
+    worker(concurrency=1, config=IDLE_CONFIG.format(acks_late="false"))
+    assert r.get(timeout=30) == 42
+
+
+@pytest.mark.timeout(60)
+def test_idle_worker_early_ack_leaves_no_bookkeeping(worker, client, redis_server):
+    """With early acks, a task the idle worker starts at once is acknowledged as
+    it starts: nothing of it stays in ``unacked`` / ``unacked_index``."""
+    w = worker(concurrency=2)
+    _idle(w)
+    for i in range(20):
+        assert client.add.delay(i, i).get(timeout=10) == 2 * i
+    wait_until(lambda: redis_server.client.hlen("unacked") == 0
+               and redis_server.client.zcard("unacked_index") == 0, timeout=5, message="no bookkeeping left")

@@ -12,8 +12,10 @@
 //! (a crash in between loses the message), Celeriac pops and records in one Lua
 //! script, atomically and in batches, and a lost reply is replayed rather than
 //! lost (see `POP_SCRIPT`). It only falls back to `BRPOP` to wait when every
-//! queue is empty, and then records the message it got at once; that one
-//! message has kombu's window (popped, reply lost in a disconnect).
+//! queue is empty; the worker records a message it got that way as soon as
+//! it is going to hold on to it, and not at all when it acknowledges it as it
+//! starts, at once ([`RedisBroker::record`]). That one message has kombu's
+//! window (popped, not yet recorded: lost if the worker dies right then).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -207,6 +209,31 @@ pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> Stri
     if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
 }
 
+/// What recording a received message needs from its envelope's properties.
+#[derive(serde::Deserialize)]
+struct ReceivedProps {
+    delivery_tag: String,
+    delivery_info: Option<DeliveryInfo>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct DeliveryInfo {
+    exchange: Option<String>,
+    routing_key: Option<String>,
+}
+
+/// The envelope's text and the properties recording needs; `None` if it is
+/// not an envelope with a delivery tag (the worker rejects it anyway).
+fn received_props(payload: &[u8]) -> Option<(&str, ReceivedProps)> {
+    #[derive(serde::Deserialize)]
+    struct Env {
+        properties: ReceivedProps,
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let props = serde_json::from_str::<Env>(text).ok()?.properties;
+    (!props.delivery_tag.is_empty()).then_some((text, props))
+}
+
 /// Warn about a received message that could not be recorded as unacknowledged.
 fn log_unrecorded(r: redis::RedisResult<()>) {
     if let Err(e) = r {
@@ -304,51 +331,40 @@ impl RedisBroker {
         };
         if !flat.is_empty() {
             *lock(&self.done_fetch) = Some(fetch_id);
-            return Ok(flat.chunks_exact(3).map(|p| Delivery::new(&p[0], p[1].clone(), &p[2])).collect());
+            return Ok(flat.chunks_exact(3).map(|p| Delivery::recorded(&p[0], p[1].clone(), &p[2])).collect());
         }
         let mut b = self.blocking.clone();
         let popped: Option<(Vec<u8>, Vec<u8>)> =
             b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
         let Some((list, payload)) = popped else { return Ok(Vec::new()) };
-        let tag = self.record_received(&payload);
-        Ok(vec![Delivery::new(&list, payload, tag.as_deref().unwrap_or_default().as_bytes())])
+        let tag = received_props(&payload).map(|(_, p)| p.delivery_tag);
+        Ok(vec![Delivery::waited(&list, payload, tag)])
     }
 
     /// Record a message obtained with BRPOP in the ack bookkeeping, as kombu
-    /// does (`MULTI; ZADD unacked_index; HSET unacked; EXEC`, with the tag and
-    /// routing read here), and return its tag (`None`: not an envelope we can
-    /// read; the worker rejects it anyway).
+    /// does (`MULTI; ZADD unacked_index; HSET unacked; EXEC`, with the routing
+    /// read from the envelope).
     ///
-    /// The reply is not awaited: this is the idle path, where the round trip
-    /// would add to every task's latency. Polling once queues the transaction
-    /// on the command connection now, so Redis runs it before this message's
-    /// ack, which is sent later on the same connection.
-    fn record_received(&self, payload: &[u8]) -> Option<String> {
-        #[derive(serde::Deserialize)]
-        struct Info {
-            exchange: Option<String>,
-            routing_key: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Props {
-            delivery_tag: Option<String>,
-            delivery_info: Option<Info>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Env {
-            properties: Props,
-        }
-        let text = std::str::from_utf8(payload).ok()?;
-        let props = serde_json::from_str::<Env>(text).ok()?.properties;
-        let tag = props.delivery_tag.filter(|t| !t.is_empty())?;
-        let info = props.delivery_info.unwrap_or(Info { exchange: None, routing_key: None });
+    /// The worker calls this before it holds on to the message (an ETA to wait
+    /// for, no free run slot, `acks_late`); a message it acknowledges as it
+    /// starts, at once, is never recorded — kombu would record it and remove
+    /// it again a moment later, and a crash in that moment loses it either way
+    /// (popped, not yet recorded). That keeps two Redis transactions off the
+    /// idle path, where a client is waiting for the result.
+    ///
+    /// The reply is not awaited. Polling once queues the transaction on the
+    /// command connection now, so Redis runs it before this message's ack,
+    /// which is sent later on the same connection.
+    pub fn record(&self, tag: &str, payload: &[u8]) {
+        let Some((text, props)) = received_props(payload) else { return };
+        let info = props.delivery_info.unwrap_or_default();
         let quote = |s: Option<String>| serde_json::Value::String(s.unwrap_or_default()).to_string();
         let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .zadd(self.key("unacked_index"), &tag, now_secs())
+            .zadd(self.key("unacked_index"), tag, now_secs())
             .ignore()
-            .hset(self.key("unacked"), &tag, entry)
+            .hset(self.key("unacked"), tag, entry)
             .ignore();
         let mut c = self.conn.clone();
         let mut recording = Box::pin(async move { pipe.query_async::<()>(&mut c).await });
@@ -359,7 +375,6 @@ impl RedisBroker {
                 tokio::spawn(async move { log_unrecorded(recording.await) });
             }
         }
-        Some(tag)
     }
 
     /// Acknowledge messages: remove them from the bookkeeping (one round trip).

@@ -53,6 +53,11 @@ const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// visibility timeout (at-least-once, as with any early ack).
 const ACK_LINGER: Duration = Duration::from_millis(1);
 
+/// How many scheduler ticks the consumer gives a task received while idle
+/// before fetching again: one to run it, one for the result batcher to
+/// collect it, one for the connection to write it.
+const IDLE_RESULT_TICKS: usize = 3;
+
 /// Most finished tasks whose results may be waiting to be written at once.
 const RESULT_BACKLOG: usize = 1024;
 
@@ -118,6 +123,12 @@ impl Shared {
     /// Put a message back on its queue (warm shutdown, not started yet).
     pub async fn restore(&self, tag: &str) {
         retry("restore a message", || self.broker.restore(tag)).await;
+        self.held_remove(tag);
+    }
+
+    /// Let go of a message that was never recorded in the ack bookkeeping
+    /// (nothing to acknowledge on the broker).
+    pub fn release(&self, tag: &str) {
         self.held_remove(tag);
     }
 
@@ -425,6 +436,7 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
         match shared.broker.fetch(queues, permits.len()).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
+                let waited = deliveries.iter().any(|d| d.waited);
                 for d in deliveries {
                     let Some(permit) = permits.pop() else { break };
                     if let Some(tag) = &d.tag {
@@ -445,6 +457,16 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
                             }
                         }
                     });
+                }
+                if waited {
+                    // The worker was idle and a client is probably waiting on this
+                    // task: let it run and its result reach the backend's socket
+                    // before the next fetch goes out (ahead of it, Redis would run
+                    // the fetch first, and the client's first look for the result
+                    // would more often find nothing and wait for the publish).
+                    for _ in 0..IDLE_RESULT_TICKS {
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             Err(e) => {

@@ -23,7 +23,7 @@ use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 const RAW_PREVIEW: usize = 200;
 
 /// Handle one delivery to the end.
-pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
+pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphorePermit) {
     let envelope = match Envelope::parse(&d.payload) {
         Ok(e) => e,
         Err(e) => {
@@ -51,7 +51,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         ack(s, &d);
         return;
     }
-    run(s, &d, msg, prefetch).await;
+    run(s, &mut d, msg, prefetch).await;
 }
 
 /// A message that could not be decoded: log it, fail the task if its id is
@@ -72,9 +72,13 @@ async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
     ack(s, d);
 }
 
+/// Acknowledge a message (or just let go of it if it was never recorded:
+/// see [`Delivery::recorded`]).
 fn ack(s: &Shared, d: &Delivery) {
-    if let Some(tag) = &d.tag {
-        s.ack(tag);
+    match (&d.tag, d.recorded) {
+        (Some(tag), true) => s.ack(tag),
+        (Some(tag), false) => s.release(tag),
+        (None, _) => {}
     }
 }
 
@@ -88,7 +92,7 @@ async fn stopped(mut phase: watch::Receiver<Phase>) {
 }
 
 /// Run a decoded task message.
-async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphorePermit) {
+async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSemaphorePermit) {
     // Held while the message counts against the prefetch window; then traded
     // for a backlog slot, which bounds results not yet written.
     let mut prefetch = Some(prefetch);
@@ -102,6 +106,7 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         if let Ok(wait) = (eta - Utc::now()).to_std() {
             // Celery does not count ETA tasks against the prefetch limit.
             prefetch = None;
+            s.broker.record(d);
             tokio::select! {
                 // Biased: once the worker is stopping, never start (give back instead).
                 biased;
@@ -118,17 +123,30 @@ async fn run(s: &Shared, d: &Delivery, msg: TaskMessage, prefetch: OwnedSemaphor
         ack(s, d);
         return;
     }
-    let slot = tokio::select! {
-        biased;
-        _ = stopped(s.phase.clone()) => return give_back(s, d).await,
-        p = s.run_slots.acquire() => p,
+    if s.stopping() {
+        return give_back(s, d).await;
+    }
+    let slot = match s.run_slots.try_acquire() {
+        Ok(slot) => slot,
+        Err(_) => {
+            // Held while it waits for a slot: it must be in the bookkeeping.
+            s.broker.record(d);
+            let slot = tokio::select! {
+                biased;
+                _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+                p = s.run_slots.acquire() => p,
+            };
+            let Ok(slot) = slot else { return give_back(s, d).await };
+            slot
+        }
     };
-    let Ok(slot) = slot else { return give_back(s, d).await };
     let _backlog;
     if !acks_late {
         ack(s, d);
         _backlog = s.backlog.clone().acquire_owned().await.ok();
         prefetch = None;
+    } else {
+        s.broker.record(d);
     }
 
     let ignore_result = ignores_result(s, &msg, &annotation);
@@ -293,7 +311,8 @@ fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
 }
 
 /// Put a message that has not started back on its queue.
-async fn give_back(s: &Shared, d: &Delivery) {
+async fn give_back(s: &Shared, d: &mut Delivery) {
+    s.broker.record(d);
     if let Some(tag) = &d.tag {
         s.restore(tag).await;
     }
