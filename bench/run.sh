@@ -11,6 +11,7 @@
 #     harness directly, which stops everything it started).
 #
 # Examples:  bench/run.sh --quick      bench/run.sh      bench/run.sh --n 50000 --repeat 5
+#            bench/run.sh --callgrind    (instructions per task, bench/profile.py)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,4 +51,14 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 
+if [ "${1:-}" = "--callgrind" ]; then
+    # Instructions per task under callgrind instead of the comparison (bench/profile.py).
+    shift
+    if ! command -v valgrind >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+        echo "[bench] installing valgrind with apt-get" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+    fi
+    exec "$VENV/bin/python" "$HERE/profile.py" "$@"
+fi
 exec "$VENV/bin/python" "$HERE/bench.py" "$@"

@@ -443,7 +443,9 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
                         shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(tag.clone());
                     }
                     let s = shared.clone();
-                    handlers.spawn(async move {
+                    // Boxed: the handler's state is kilobytes, and tokio would
+                    // otherwise copy it several times on its way into the task.
+                    handlers.spawn(Box::pin(async move {
                         // The handler gives the prefetch slot back when the message is
                         // acknowledged (or parked for its ETA), as Celery's QoS does.
                         let tag = d.tag.clone();
@@ -456,7 +458,7 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
                                 s.ack(&tag);
                             }
                         }
-                    });
+                    }));
                 }
                 if waited {
                     // The worker was idle and a client is probably waiting on this

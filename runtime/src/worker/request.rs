@@ -36,7 +36,7 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
     };
     let msg = match TaskMessage::from_envelope(&envelope, &s.accept) {
         Ok(m) => m,
-        Err(e) => return reject(s, &d, e).await,
+        Err(e) => return Box::pin(reject(s, &d, e)).await,
     };
     if s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
@@ -47,7 +47,7 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
-        store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
+        Box::pin(store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None)).await;
         ack(s, &d);
         return;
     }
@@ -110,7 +110,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
             tokio::select! {
                 // Biased: once the worker is stopping, never start (give back instead).
                 biased;
-                _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+                _ = stopped(s.phase.clone()) => return Box::pin(give_back(s, d)).await,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -124,7 +124,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
         return;
     }
     if s.stopping() {
-        return give_back(s, d).await;
+        return Box::pin(give_back(s, d)).await;
     }
     let slot = match s.run_slots.try_acquire() {
         Ok(slot) => slot,
@@ -133,10 +133,10 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
             s.broker.record(d);
             let slot = tokio::select! {
                 biased;
-                _ = stopped(s.phase.clone()) => return give_back(s, d).await,
+                _ = stopped(s.phase.clone()) => return Box::pin(give_back(s, d)).await,
                 p = s.run_slots.acquire() => p,
             };
-            let Ok(slot) = slot else { return give_back(s, d).await };
+            let Ok(slot) = slot else { return Box::pin(give_back(s, d)).await };
             slot
         }
     };
@@ -196,7 +196,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
         Err(e) => {
             // Only possible if the task vanished between the check and the call.
             tracing::error!("{e}");
-            store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None).await;
+            Box::pin(store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None)).await;
             ack(s, d);
             return;
         }
@@ -234,7 +234,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
     if let (Some(b), Some(group), Some((state, value)), true) =
         (&s.backend, msg.group.as_deref(), &chord_entry, results.is_some())
     {
-        chord_part_return(s, b, group, &msg, state, value).await;
+        Box::pin(chord_part_return(s, b, group, &msg, state, value)).await;
     }
     if acks_late {
         ack(s, d);
@@ -271,10 +271,18 @@ async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &Tas
 }
 
 /// Publish continuations; returns the `children` entries of the ones sent.
+///
+/// The rare paths of a handler (continuations, chords, give-backs, bad input)
+/// are boxed where they are awaited: their futures are large, and inline they
+/// would make every in-flight task's state that large.
 async fn publish_all(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
     if tasks.is_empty() {
         return None;
     }
+    Box::pin(publish_each(s, tasks)).await
+}
+
+async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
     let mut children = Vec::new();
     for t in tasks {
         let task = match t {
