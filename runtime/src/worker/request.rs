@@ -282,6 +282,7 @@ async fn publish_all(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>
     Box::pin(publish_each(s, tasks)).await
 }
 
+/// [`publish_all`]'s work, behind its box.
 async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
     let mut children = Vec::new();
     for t in tasks {
