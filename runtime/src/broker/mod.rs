@@ -96,6 +96,15 @@ impl Broker {
         }
     }
 
+    /// Record a delivery that is not recorded yet and wait for the broker to
+    /// confirm it (the caller marks it recorded once this succeeds).
+    pub async fn record_confirmed(&self, d: &Delivery) -> Result<(), BrokerError> {
+        match (self, &d.tag, d.recorded) {
+            (Broker::Redis(b), Some(tag), false) => b.record_confirmed(tag, &d.payload).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Acknowledge messages by tag.
     pub async fn ack(&self, tags: &[String]) -> Result<(), BrokerError> {
         match self {

@@ -218,8 +218,8 @@ struct ReceivedProps {
 
 #[derive(serde::Deserialize, Default)]
 struct DeliveryInfo {
-    exchange: Option<String>,
-    routing_key: Option<String>,
+    exchange: Option<Value>,
+    routing_key: Option<Value>,
 }
 
 /// The envelope's text and the properties recording needs; `None` if it is
@@ -300,9 +300,9 @@ impl RedisBroker {
         pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
     }
 
-    /// Receive up to `max` messages from `lists`: take what is there at once,
-    /// or wait up to a second for one. Every message returned with a tag is in
-    /// the ack bookkeeping.
+    /// Receive up to `max` messages from `lists`: take what is there at once
+    /// (recorded in the ack bookkeeping), or wait up to a second for one (not
+    /// recorded yet: see [`RedisBroker::record`]).
     pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
         if max == 0 || lists.is_empty() {
             return Ok(Vec::new());
@@ -356,16 +356,7 @@ impl RedisBroker {
     /// command connection now, so Redis runs it before this message's ack,
     /// which is sent later on the same connection.
     pub fn record(&self, tag: &str, payload: &[u8]) {
-        let Some((text, props)) = received_props(payload) else { return };
-        let info = props.delivery_info.unwrap_or_default();
-        let quote = |s: Option<String>| serde_json::Value::String(s.unwrap_or_default()).to_string();
-        let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zadd(self.key("unacked_index"), tag, now_secs())
-            .ignore()
-            .hset(self.key("unacked"), tag, entry)
-            .ignore();
+        let Some(pipe) = self.record_pipeline(tag, payload) else { return };
         let mut c = self.conn.clone();
         let mut recording = Box::pin(async move { pipe.query_async::<()>(&mut c).await });
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -375,6 +366,31 @@ impl RedisBroker {
                 tokio::spawn(async move { log_unrecorded(recording.await) });
             }
         }
+    }
+
+    /// [`RedisBroker::record`], waiting for Redis to confirm it (before a
+    /// message is given back, which needs the record to be there).
+    pub async fn record_confirmed(&self, tag: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let Some(pipe) = self.record_pipeline(tag, payload) else { return Ok(()) };
+        let mut c = self.conn.clone();
+        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+    }
+
+    /// `MULTI; ZADD unacked_index; HSET unacked; EXEC` for a received message,
+    /// the entry written as kombu writes it (`None`: not an envelope).
+    fn record_pipeline(&self, tag: &str, payload: &[u8]) -> Option<redis::Pipeline> {
+        let (text, props) = received_props(payload)?;
+        let info = props.delivery_info.unwrap_or_default();
+        // As the Lua recorder (and kombu): anything but a string counts as "".
+        let quote = |v: Option<Value>| Value::String(v.as_ref().and_then(Value::as_str).unwrap_or_default().into()).to_string();
+        let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zadd(self.key("unacked_index"), tag, now_secs())
+            .ignore()
+            .hset(self.key("unacked"), tag, entry)
+            .ignore();
+        Some(pipe)
     }
 
     /// Acknowledge messages: remove them from the bookkeeping (one round trip).
@@ -541,6 +557,18 @@ mod tests {
         assert_eq!(priority_list(&o, "celery", 5), "celery\x06\x163");
         assert_eq!(priority_list(&o, "celery", 9), "celery\x06\x169");
         assert_eq!(priority_list(&o, "celery", 255), "celery\x06\x169");
+    }
+
+    #[test]
+    fn received_props_read_the_tag_whatever_the_routing_fields_hold() {
+        let env = br#"{"body": "", "properties": {"delivery_tag": "t1", "delivery_info": {"exchange": 5, "routing_key": "celery"}}}"#;
+        let (_, props) = received_props(env).expect("an envelope with a tag");
+        assert_eq!(props.delivery_tag, "t1");
+        let info = props.delivery_info.expect("delivery_info");
+        assert_eq!(info.exchange.as_ref().and_then(Value::as_str), None);
+        assert_eq!(info.routing_key.as_ref().and_then(Value::as_str), Some("celery"));
+        assert!(received_props(br#"{"properties": {"delivery_tag": ""}}"#).is_none());
+        assert!(received_props(b"not json").is_none());
     }
 
     #[test]

@@ -28,15 +28,17 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
         Ok(e) => e,
         Err(e) => {
             tracing::error!("Received invalid message: {e}; the message has been ignored and discarded: {}", preview(&d.payload));
-            if let Some(tag) = &d.tag {
-                s.ack(tag);
-            }
+            ack(s, &d);
             return;
         }
     };
     let msg = match TaskMessage::from_envelope(&envelope, &s.accept) {
         Ok(m) => m,
-        Err(e) => return Box::pin(reject(s, &d, e)).await,
+        Err(e) => {
+            // Held while its FAILURE is written (which may wait out a backend outage).
+            s.broker.record(&mut d);
+            return Box::pin(reject(s, &d, e)).await;
+        }
     };
     if s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
@@ -47,6 +49,7 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
+        s.broker.record(&mut d);
         Box::pin(store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None)).await;
         ack(s, &d);
         return;
@@ -118,6 +121,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
     if msg.is_expired(Utc::now()) {
         tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
         if !ignores_result(s, &msg, &annotation) {
+            s.broker.record(d);
             store(s, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
         }
         ack(s, d);
@@ -321,7 +325,11 @@ fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
 
 /// Put a message that has not started back on its queue.
 async fn give_back(s: &Shared, d: &mut Delivery) {
-    s.broker.record(d);
+    // The restore moves the recorded entry back to the queue: the record must
+    // be there, not merely sent (a failed one would lose the message).
+    if !d.recorded && retry("record a message to give it back", || s.broker.record_confirmed(d)).await.is_some() {
+        d.recorded = true;
+    }
     if let Some(tag) = &d.tag {
         s.restore(tag).await;
     }
