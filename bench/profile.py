@@ -112,7 +112,10 @@ def report(total: int, inclusive: dict[str, int], n: int) -> str:
     width = max(len(label) for label, _, _ in ROWS)
     for label, pattern, note in ROWS:
         rx = re.compile(pattern)
-        cost = max((v for fn, v in inclusive.items() if rx.search(fn)), default=0)
+        cost = max((v for fn, v in inclusive.items() if rx.search(fn)), default=None)
+        if cost is None:  # renamed or inlined away: say so rather than print a zero
+            lines.append(f"  {label:<{width}}  {'not found':>9}  (no function matches {pattern!r})")
+            continue
         suffix = f"   ({note})" if note else ""
         lines.append(f"  {label:<{width}}  {cost / n:>9,.0f}  {cost / total * 100:5.1f} %{suffix}")
     return "\n".join(lines)
