@@ -101,23 +101,8 @@ pub struct DatabaseBackend {
     last_cleanup: Arc<AtomicU64>,
 }
 
-/// One row's columns, as written.
-struct Columns {
-    task_id: String,
-    status: String,
-    result: Vec<u8>,
-    date_done: Option<String>,
-    traceback: Option<String>,
-    children: Option<Vec<u8>>,
-    name: Option<String>,
-    args: Option<Vec<u8>>,
-    kwargs: Option<Vec<u8>>,
-    worker: Option<String>,
-    retries: Option<i64>,
-    queue: Option<String>,
-}
-
-/// One row's columns, as read.
+/// One row's columns but `task_id`: what a store writes (`result` always
+/// set) and what a read returns.
 struct Row {
     status: String,
     result: Option<Vec<u8>>,
@@ -175,7 +160,7 @@ impl DatabaseBackend {
         if metas.is_empty() {
             return Ok(());
         }
-        let rows = metas.iter().map(|m| self.columns(m)).collect::<Result<Vec<_>, _>>()?;
+        let rows = metas.iter().map(|m| Ok((m.task_id.clone(), self.columns(m)?))).collect::<Result<Vec<_>, _>>()?;
         let cleanup_before = self.cleanup_due();
         self.db
             .run(move |c| {
@@ -189,9 +174,9 @@ impl DatabaseBackend {
                          traceback = ?5, children = ?6, name = ?7, args = ?8, kwargs = ?9, worker = ?10, \
                          retries = ?11, queue = ?12, stamps = NULL",
                     )?;
-                    for r in &rows {
+                    for (task_id, r) in &rows {
                         st.execute(params![
-                            r.task_id, r.status, r.result, r.date_done, r.traceback, r.children, r.name, r.args,
+                            task_id, r.status, r.result, r.date_done, r.traceback, r.children, r.name, r.args,
                             r.kwargs, r.worker, r.retries, r.queue
                         ])?;
                     }
@@ -207,12 +192,11 @@ impl DatabaseBackend {
     }
 
     /// The column values of a state, as Celery 5.7's worker writes them.
-    fn columns(&self, meta: &ResultMeta) -> Result<Columns, BackendError> {
+    fn columns(&self, meta: &ResultMeta) -> Result<Row, BackendError> {
         let x = meta.extended.as_ref();
-        Ok(Columns {
-            task_id: meta.task_id.clone(),
+        Ok(Row {
             status: meta.status.as_str().to_string(),
-            result: self.encode_result(&meta.result)?,
+            result: Some(self.encode_result(&meta.result)?),
             date_done: meta.date_done.as_ref().map(date_text),
             traceback: meta.traceback.clone(),
             children: match &meta.children {

@@ -176,11 +176,9 @@ pub struct Delivery {
     /// The delivery tag, if the envelope carried a readable one. A message
     /// without one was not recorded as unacknowledged and needs no ack.
     pub tag: Option<String>,
-    /// Whether it came from waiting on empty queues (the worker was idle), as
-    /// opposed to being taken from a backlog.
-    pub waited: bool,
     /// Whether it is in the broker's ack bookkeeping. On Redis, a message
-    /// taken by the blocking wait is not yet: the worker records it
+    /// taken by the blocking wait on empty queues (the worker was idle) is
+    /// not yet: the worker records it
     /// ([`Broker::record`]) before it holds on to it, and a message
     /// acknowledged as it starts, at once, needs neither record nor ack.
     pub recorded: bool,
@@ -191,12 +189,12 @@ impl Delivery {
     /// recorded in `unacked` (empty: not recorded, nothing to acknowledge).
     pub(crate) fn recorded(list: &[u8], payload: Vec<u8>, tag: &[u8]) -> Self {
         let tag = (!tag.is_empty()).then(|| String::from_utf8_lossy(tag).into_owned());
-        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, waited: false, recorded: true }
+        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, recorded: true }
     }
 
     /// A delivery the blocking wait popped, not recorded yet, with the tag its
     /// envelope carries (`None`: not an envelope we can read).
     pub(crate) fn waited(list: &[u8], payload: Vec<u8>, tag: Option<String>) -> Self {
-        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, waited: true, recorded: false }
+        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, recorded: false }
     }
 }

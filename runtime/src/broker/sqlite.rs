@@ -351,7 +351,7 @@ impl SqliteBroker {
                         "INSERT OR REPLACE INTO celeriac_claim (message_id, claimed_at, owner) VALUES (?, ?, ?)",
                         params![id, now, owner],
                     )?;
-                    out.push(Delivery { queue, payload, tag: Some(id.to_string()), waited: false, recorded: true });
+                    out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true });
                 }
                 tx.commit()?;
                 Ok(out)

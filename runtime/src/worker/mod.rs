@@ -117,22 +117,18 @@ impl Shared {
     /// would make the task run twice after the visibility timeout).
     pub fn ack(&self, tag: &str) {
         self.acks.submit(tag.to_string());
-        self.held_remove(tag);
+        self.release(tag);
     }
 
     /// Put a message back on its queue (warm shutdown, not started yet).
     pub async fn restore(&self, tag: &str) {
         retry("restore a message", || self.broker.restore(tag)).await;
-        self.held_remove(tag);
+        self.release(tag);
     }
 
-    /// Let go of a message that was never recorded in the ack bookkeeping
-    /// (nothing to acknowledge on the broker).
+    /// Stop holding a message: after its ack or restore, or at once for one
+    /// never recorded in the ack bookkeeping (nothing to acknowledge).
     pub fn release(&self, tag: &str) {
-        self.held_remove(tag);
-    }
-
-    fn held_remove(&self, tag: &str) {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tag);
     }
 
@@ -436,7 +432,8 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
         match shared.broker.fetch(queues, permits.len()).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
-                let waited = deliveries.iter().any(|d| d.waited);
+                // Not recorded yet: taken by the blocking wait, so the worker was idle.
+                let waited = deliveries.iter().any(|d| !d.recorded);
                 for d in deliveries {
                     let Some(permit) = permits.pop() else { break };
                     if let Some(tag) = &d.tag {
