@@ -72,12 +72,10 @@ impl SandboxArgs {
             fuel: self.fuel,
             max_memory: self.max_memory,
             time_limit: self.time_limit,
+            max_stack: self.max_stack,
             ..Default::default()
         };
         cfg.limits = cfg.limits.with(&o);
-        if let Some(s) = self.max_stack {
-            cfg.max_stack = s.as_u64();
-        }
         if let Some(d) = &self.cache_dir {
             cfg.cache_dir = Some(d.clone());
         }
@@ -398,7 +396,7 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     settings.sandbox.fuel = Some(sb.limits.fuel);
     settings.sandbox.max_memory = Some(ByteSize(sb.limits.max_memory));
     settings.sandbox.time_limit = Some(sb.limits.time_limit.as_secs_f64());
-    settings.sandbox.max_stack = Some(ByteSize(sb.max_stack));
+    settings.sandbox.max_stack = Some(ByteSize(sb.limits.max_stack));
     settings.sandbox.cache_dir = Some(sb.cache_dir.clone().unwrap_or_default());
     let hostname = a.hostname.as_deref().unwrap_or("celeriac@%h").replace("%h", &host_name());
     let opts = crate::worker::WorkerOptions { settings, app: a.sandbox.app.clone(), queues: a.queues, hostname };

@@ -463,11 +463,9 @@ impl Settings {
             fuel: s.fuel,
             max_memory: s.max_memory,
             time_limit: s.time_limit.or(self.task_time_limit),
+            max_stack: s.max_stack,
             ..Default::default()
         });
-        if let Some(st) = s.max_stack {
-            cfg.max_stack = st.as_u64();
-        }
         if let Some(d) = &s.cache_dir {
             cfg.cache_dir = if d.as_os_str().is_empty() { None } else { Some(d.clone()) };
         }

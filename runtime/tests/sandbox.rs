@@ -186,7 +186,7 @@ async fn unbounded_recursion_is_a_recursion_error() {
     assert!(f.traceback.contains("Previous line repeated"), "{}", f.traceback);
     assert!(f.traceback.contains("tasks::recurse"), "{}", f.traceback);
     // ...and with a small wasm stack the engine's own stack-overflow trap fires first.
-    let (sb, _c) = sandbox_with(|c| c.max_stack = ByteSize(32 * 1024).as_u64()).await;
+    let (sb, _c) = sandbox_with(|c| c.limits.max_stack = ByteSize(32 * 1024).as_u64()).await;
     let f = failure(&call(&sb, "tasks.deep", json!([])).await).clone();
     assert_eq!((f.kind, f.exc_type.as_str()), (FailureKind::StackOverflow, "RecursionError"));
     assert!(f.message.contains("call stack exhausted"), "{}", f.message);

@@ -68,9 +68,6 @@ pub struct SandboxConfig {
     pub limits: Limits,
     /// Per-task limit overrides, by full task name; `"*"` applies to all tasks.
     pub task_limits: HashMap<String, LimitsOverride>,
-    /// Default wasm stack size in bytes (tasks may override it; each distinct
-    /// size gets its own engine, created when a task first needs it).
-    pub max_stack: u64,
     /// Whether fuel is metered (costs ~20% on tight loops; the fuel limit needs it).
     pub fuel_metering: bool,
     /// How many calls may run at once (pool slots).
@@ -86,7 +83,6 @@ impl Default for SandboxConfig {
         SandboxConfig {
             limits: Limits::default(),
             task_limits: HashMap::new(),
-            max_stack: limits::DEFAULT_MAX_STACK,
             fuel_metering: true,
             max_concurrent: 16,
             pooling: true,
@@ -98,7 +94,7 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// The effective limits of `task`: defaults, then `"*"`, then the task's own.
     pub fn limits_for(&self, task: &str) -> Limits {
-        let mut l = Limits { max_stack: self.max_stack, ..self.limits };
+        let mut l = self.limits;
         if let Some(o) = self.task_limits.get("*") {
             l = l.with(o);
         }
@@ -248,7 +244,7 @@ impl Sandbox {
     /// Create the default engine and linker. Loads nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let ticker = EpochTicker::start().map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let set = Self::engine_set(&config, config.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let set = Self::engine_set(&config, config.limits.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         ticker.add(set.engine.clone());
         let cache = cache::ArtifactCache::new(config.cache_dir.clone());
         Ok(Sandbox {
