@@ -30,7 +30,8 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
 use super::BackendError;
-use crate::broker::sqlite::{Db, now_secs, url_path};
+use crate::broker::sqlite::{Db, url_path};
+use crate::protocol::time::now_secs;
 use crate::protocol::Serializer;
 use crate::protocol::result::{ExtendedMeta, ResultMeta, TaskState};
 use crate::protocol::time::parse_datetime;

@@ -39,6 +39,9 @@ if not redis.call('SET', KEYS[5], ARGV[5], 'NX', 'EX', 60) then return false end
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#;
 
+/// The chord counting script, hashed once.
+static CHORD_PART: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(CHORD_PART_SCRIPT));
+
 /// A connection to a Redis result backend.
 #[derive(Clone)]
 pub struct RedisBackend {
@@ -126,8 +129,7 @@ impl RedisBackend {
         let entry = serde_json::json!([1, task_id, state, result]).to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut c = self.conn.clone();
-        let script = redis::Script::new(CHORD_PART_SCRIPT);
-        let mut inv = script.prepare_invoke();
+        let mut inv = CHORD_PART.prepare_invoke();
         for suffix in [".j", ".t", ".s", ".d", ".c", ""] {
             inv.key(format!("{base}{suffix}"));
         }

@@ -76,11 +76,22 @@ impl Broker {
         }
     }
 
-    /// Receive up to `max` messages from `queues`, waiting up to about a second.
-    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    /// What [`Broker::fetch`] reads for `queues`: on Redis the lists, in
+    /// kombu's polling order (one per queue and priority step); on SQLite the
+    /// queue names. A consumer works this out once.
+    pub fn sources(&self, queues: &[String]) -> Vec<String> {
         match self {
-            Broker::Redis(b) => b.fetch(&b.consume_lists(queues), max).await,
-            Broker::Sqlite(b) => b.fetch(queues, max).await,
+            Broker::Redis(b) => b.consume_lists(queues),
+            Broker::Sqlite(_) => queues.to_vec(),
+        }
+    }
+
+    /// Receive up to `max` messages from `sources` ([`Broker::sources`]),
+    /// waiting up to about a second.
+    pub async fn fetch(&self, sources: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        match self {
+            Broker::Redis(b) => b.fetch(sources, max).await,
+            Broker::Sqlite(b) => b.fetch(sources, max).await,
         }
     }
 

@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -27,6 +27,7 @@ use serde_json::Value;
 
 use super::{BrokerError, Delivery};
 use crate::config::TransportOptions;
+use crate::protocol::time::now_secs;
 
 /// Lua shared by the pop scripts: record one message in the ack bookkeeping.
 /// Writes `[<envelope>, "<exchange>", "<routing_key>"]` exactly as kombu does,
@@ -244,10 +245,6 @@ fn log_unrecorded(r: redis::RedisResult<()>) {
 /// Lock a mutex, ignoring poisoning (the data is a plain id).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 impl RedisBroker {

@@ -36,12 +36,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{BrokerError, Delivery};
 use crate::config::TransportOptions;
+use crate::protocol::time::now_secs;
 use crate::protocol::{EncodedTask, Envelope};
 
 /// URL schemes of kombu's SQLAlchemy transport on SQLite.
@@ -115,11 +116,6 @@ pub fn url_path(url: &str) -> Result<PathBuf, String> {
     }
     let p = Path::new(path);
     Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) })
-}
-
-/// Seconds since the epoch.
-pub(crate) fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A small pool of connections to one SQLite file; every call runs on
@@ -321,7 +317,8 @@ impl SqliteBroker {
                     placeholders(queues.len())
                 );
                 let any: Option<i64> = c
-                    .query_row(&format!("SELECT m.id {from} LIMIT 1"), rusqlite::params_from_iter(&queues), |r| r.get(0))
+                    .prepare_cached(&format!("SELECT m.id {from} LIMIT 1"))?
+                    .query_row(rusqlite::params_from_iter(&queues), |r| r.get(0))
                     .optional()?;
                 if any.is_none() {
                     return Ok(Vec::new());
@@ -339,19 +336,20 @@ impl SqliteBroker {
                 let now = now_secs();
                 let stamp = claim_timestamp();
                 let mut out = Vec::with_capacity(rows.len());
-                for (id, payload, version, queue) in rows {
-                    let n = tx.execute(
+                {
+                    let mut take = tx.prepare_cached(
                         "UPDATE kombu_message SET visible = 0, timestamp = ?, version = ? WHERE id = ? AND version = ?",
-                        params![stamp, version + 1, id, version],
                     )?;
-                    if n != 1 {
-                        continue;
-                    }
-                    tx.execute(
+                    let mut note = tx.prepare_cached(
                         "INSERT OR REPLACE INTO celeriac_claim (message_id, claimed_at, owner) VALUES (?, ?, ?)",
-                        params![id, now, owner],
                     )?;
-                    out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true });
+                    for (id, payload, version, queue) in rows {
+                        if take.execute(params![stamp, version + 1, id, version])? != 1 {
+                            continue;
+                        }
+                        note.execute(params![id, now, owner])?;
+                        out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true });
+                    }
                 }
                 tx.commit()?;
                 Ok(out)

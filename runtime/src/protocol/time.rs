@@ -58,6 +58,11 @@ pub fn display(dt: &DateTime<Utc>) -> String {
     dt.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Seconds since the Unix epoch, as kombu and Celery stamp times.
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

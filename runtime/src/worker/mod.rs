@@ -403,6 +403,7 @@ async fn housekeeping(broker: Broker, held: Arc<Mutex<HashSet<String>>>, interva
 /// Returns the set of running handler tasks.
 async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> tokio::task::JoinSet<()> {
     let prefetch = (shared.settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize;
+    let sources = shared.broker.sources(queues);
     let room = Arc::new(Semaphore::new(prefetch));
     let mut handlers = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
@@ -429,7 +430,7 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             permits.push(p);
         }
         // Not cancelled on shutdown: a fetch dropped mid-flight could lose a message.
-        match shared.broker.fetch(queues, permits.len()).await {
+        match shared.broker.fetch(&sources, permits.len()).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
                 // Not recorded yet: taken by the blocking wait, so the worker was idle.
