@@ -133,10 +133,8 @@ fn sandbox(a: SandboxArgs) -> anyhow::Result<()> {
         }
     }
     // One thread: the calls are awaited one after another, as one worker slot would.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the tokio runtime")?;
     let warmup = (a.n / 10).max(1);
     let mut results = Vec::new();
     for v in variants {
@@ -292,5 +290,7 @@ fn print_table(r: &SandboxReport) {
             v.load_ms
         );
     }
-    println!("(mean/p50/p99/min: Sandbox::call incl. store creation and result parse; inner: instantiate + call; cpu: thread CPU per call)");
+    println!(
+        "(mean/p50/p99/min: Sandbox::call incl. store creation and result parse; inner: instantiate + call; cpu: thread CPU per call)"
+    );
 }

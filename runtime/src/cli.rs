@@ -307,7 +307,10 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {e}");
             }
             let known: Vec<&str> = sandbox.tasks().map(|t| t.name.as_str()).collect();
-            bail!("task {task} is not registered (known tasks: {})", if known.is_empty() { "none".into() } else { known.join(", ") });
+            bail!(
+                "task {task} is not registered (known tasks: {})",
+                if known.is_empty() { "none".into() } else { known.join(", ") }
+            );
         }
         let id = uuid::Uuid::new_v4().to_string();
         let inv = Invocation {
@@ -376,7 +379,6 @@ pub fn task_listing(sandbox: &Sandbox) -> String {
 pub fn host_name() -> String {
     hostname::get().map(|h| h.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into())
 }
-
 
 fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init(&a.loglevel).map_err(anyhow::Error::msg)?;
@@ -450,13 +452,15 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     o.queue = a.queue.clone().or(route.queue).unwrap_or_else(|| settings.task_default_queue.clone());
     o.priority = a.priority.or(route.priority);
     let now = chrono::Utc::now();
-    let after = |s: f64| crate::protocol::time::after_seconds(now, s).with_context(|| format!("{s} seconds is out of range"));
+    let after =
+        |s: f64| crate::protocol::time::after_seconds(now, s).with_context(|| format!("{s} seconds is out of range"));
     o.eta = a.countdown.map(after).transpose()?;
     o.expires = a.expires.map(after).transpose()?;
     o.timelimit.hard = a.time_limit;
     o.ignore_result = a.ignore_result;
     let ser = a.serializer.as_deref().unwrap_or(&settings.task_serializer);
-    o.serializer = Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
+    o.serializer =
+        Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
     let broker_url = settings.effective_broker_url();
     runtime()?.block_on(async {
         let broker = crate::broker::Broker::connect(&broker_url, &settings.broker_transport_options).await?;

@@ -291,12 +291,31 @@ fn suggest<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option<St
 /// tables whose keys are fixed), so the error names the closest valid key.
 fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     let nested: &[(&str, &[&str])] = &[
-        ("broker_transport_options", &["visibility_timeout", "unacked_restore_interval", "priority_steps", "sep", "global_keyprefix", "polling_interval"]),
+        (
+            "broker_transport_options",
+            &[
+                "visibility_timeout",
+                "unacked_restore_interval",
+                "priority_steps",
+                "sep",
+                "global_keyprefix",
+                "polling_interval",
+            ],
+        ),
         ("sandbox", &["fuel", "max_memory", "time_limit", "max_stack", "cache_dir", "fuel_metering"]),
     ];
     const ANNOTATION_KEYS: &[&str] = &[
-        "rate_limit", "time_limit", "soft_time_limit", "acks_late", "ignore_result", "track_started", "fuel",
-        "max_memory", "max_table_elements", "max_instances", "max_stack",
+        "rate_limit",
+        "time_limit",
+        "soft_time_limit",
+        "acks_late",
+        "ignore_result",
+        "track_started",
+        "fuel",
+        "max_memory",
+        "max_table_elements",
+        "max_instances",
+        "max_stack",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -366,8 +385,9 @@ impl Settings {
 
     /// Parse settings from TOML text.
     pub fn from_toml(text: &str, origin: &str) -> Result<Settings, ConfigError> {
-        let table: toml::Table =
-            text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
         check_keys(&table, origin)?;
         Settings::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })
@@ -429,7 +449,19 @@ impl Settings {
             macro_rules! overlay {
                 ($($f:ident),*) => { $( if t.$f.is_some() { a.$f = t.$f.clone(); } )* };
             }
-            overlay!(rate_limit, time_limit, soft_time_limit, acks_late, ignore_result, track_started, fuel, max_memory, max_table_elements, max_instances, max_stack);
+            overlay!(
+                rate_limit,
+                time_limit,
+                soft_time_limit,
+                acks_late,
+                ignore_result,
+                track_started,
+                fuel,
+                max_memory,
+                max_table_elements,
+                max_instances,
+                max_stack
+            );
         }
         a
     }
@@ -577,7 +609,11 @@ visibility_timeout = 5
         assert_eq!(s.effective_result_backend().as_deref(), Some("db+sqlite:////tmp/q.db"));
         let s = Settings::from_toml("broker_url = \"redis://h/0\"", "t").unwrap();
         assert_eq!(s.effective_result_backend(), None);
-        let s = Settings::from_toml("result_backend = \"redis://h/1\"\n[broker_transport_options]\npolling_interval = 0.01", "t").unwrap();
+        let s = Settings::from_toml(
+            "result_backend = \"redis://h/1\"\n[broker_transport_options]\npolling_interval = 0.01",
+            "t",
+        )
+        .unwrap();
         assert_eq!(s.effective_result_backend().as_deref(), Some("redis://h/1"));
         assert_eq!(s.broker_transport_options.polling_interval, Some(0.01));
     }

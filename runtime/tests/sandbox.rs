@@ -16,18 +16,15 @@ fn tasks_dir() -> PathBuf {
     let dir = std::env::var_os("CELERIAC_TASKS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tasks"));
-    assert!(
-        dir.join("tasks.wasm").is_file(),
-        "{}/tasks.wasm is missing: run `make tasks` first",
-        dir.display()
-    );
+    assert!(dir.join("tasks.wasm").is_file(), "{}/tasks.wasm is missing: run `make tasks` first", dir.display());
     dir
 }
 
 /// A sandbox with the example component loaded; `f` adjusts the config.
 async fn sandbox_with(f: impl FnOnce(&mut SandboxConfig)) -> (Sandbox, tempfile::TempDir) {
     let cache = tempfile::tempdir().unwrap();
-    let mut cfg = SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), max_concurrent: 4, ..Default::default() };
+    let mut cfg =
+        SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), max_concurrent: 4, ..Default::default() };
     f(&mut cfg);
     let mut sb = Sandbox::new(cfg).unwrap();
     sb.load(&tasks_dir()).await;
@@ -87,7 +84,10 @@ async fn add_returns_its_result_and_a_report() {
 async fn guest_errors_keep_their_exception_type() {
     let (sb, _c) = sandbox().await;
     let f = failure(&call(&sb, "tasks.div", json!([1, 0])).await).clone();
-    assert_eq!((f.kind, f.exc_type.as_str(), f.message.as_str()), (FailureKind::Raised, "ZeroDivisionError", "division by zero"));
+    assert_eq!(
+        (f.kind, f.exc_type.as_str(), f.message.as_str()),
+        (FailureKind::Raised, "ZeroDivisionError", "division by zero")
+    );
     assert!(f.traceback.contains("tasks.div"), "{}", f.traceback);
     assert!(f.traceback.ends_with("ZeroDivisionError: division by zero\n"), "{}", f.traceback);
 
@@ -137,12 +137,8 @@ async fn an_infinite_loop_is_stopped_at_its_time_limit() {
 #[tokio::test]
 async fn a_message_time_limit_only_tightens() {
     let (sb, _c) = sandbox().await;
-    let inv = Invocation {
-        args: "[]".into(),
-        kwargs: "{}".into(),
-        message_time_limit: Some(0.3),
-        ..Invocation::default()
-    };
+    let inv =
+        Invocation { args: "[]".into(), kwargs: "{}".into(), message_time_limit: Some(0.3), ..Invocation::default() };
     let r = sb.call("tasks.spin", inv).await.unwrap();
     assert_eq!(failure(&r).kind, FailureKind::TimeLimit);
     assert_eq!(r.limits.time_limit, Duration::from_millis(300));

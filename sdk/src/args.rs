@@ -50,14 +50,10 @@ impl<'a> Bound<'a> {
         for (key, value) in kwargs {
             match params.iter().position(|p| p.name == key) {
                 None => {
-                    return Err(TaskError::type_error(format!(
-                        "{task}() got an unexpected keyword argument '{key}'"
-                    )));
+                    return Err(TaskError::type_error(format!("{task}() got an unexpected keyword argument '{key}'")));
                 }
                 Some(i) if values[i].is_some() => {
-                    return Err(TaskError::type_error(format!(
-                        "{task}() got multiple values for argument '{key}'"
-                    )));
+                    return Err(TaskError::type_error(format!("{task}() got multiple values for argument '{key}'")));
                 }
                 Some(i) => values[i] = Some(value),
             }
@@ -65,12 +61,8 @@ impl<'a> Bound<'a> {
         if args.len() > params.len() {
             return Err(TaskError::type_error(too_many_positional(task, params, args.len())));
         }
-        let missing: Vec<&str> = params
-            .iter()
-            .zip(&values)
-            .filter(|(p, v)| v.is_none() && !p.optional)
-            .map(|(p, _)| p.name)
-            .collect();
+        let missing: Vec<&str> =
+            params.iter().zip(&values).filter(|(p, v)| v.is_none() && !p.optional).map(|(p, _)| p.name).collect();
         if !missing.is_empty() {
             return Err(TaskError::type_error(format!(
                 "{task}() missing {} required positional argument{}: {}",
@@ -89,13 +81,8 @@ impl<'a> Bound<'a> {
         let value: &'a Value = self.values[index].unwrap_or(&NULL);
         T::deserialize(value).map_err(|e| {
             let param = &self.params[index];
-            let mut msg = format!(
-                "{}() argument '{}' must be {}, not {}",
-                self.task,
-                param.name,
-                param.ty,
-                describe(value)
-            );
+            let mut msg =
+                format!("{}() argument '{}' must be {}, not {}", self.task, param.name, param.ty, describe(value));
             let detail = e.to_string();
             let redundant = matches!(value, Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_))
                 && (detail.starts_with("invalid type") || detail.starts_with("invalid value"));
@@ -199,14 +186,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const ADD: &[Param] = &[
-        Param { name: "x", ty: "i64", optional: false },
-        Param { name: "y", ty: "i64", optional: false },
-    ];
-    const OPT: &[Param] = &[
-        Param { name: "a", ty: "String", optional: false },
-        Param { name: "b", ty: "i64 or None", optional: true },
-    ];
+    const ADD: &[Param] =
+        &[Param { name: "x", ty: "i64", optional: false }, Param { name: "y", ty: "i64", optional: false }];
+    const OPT: &[Param] =
+        &[Param { name: "a", ty: "String", optional: false }, Param { name: "b", ty: "i64 or None", optional: true }];
     const NONE: &[Param] = &[];
     const XS: &[Param] = &[Param { name: "numbers", ty: "Vec<f64>", optional: false }];
     const THREE: &[Param] = &[
@@ -215,17 +198,8 @@ mod tests {
         Param { name: "z", ty: "i64", optional: false },
     ];
 
-    fn call<'a>(
-        params: &'static [Param],
-        args: &'a Value,
-        kwargs: &'a Value,
-    ) -> Result<Bound<'a>, TaskError> {
-        Bound::bind(
-            "add",
-            params,
-            args.as_array().unwrap(),
-            kwargs.as_object().unwrap(),
-        )
+    fn call<'a>(params: &'static [Param], args: &'a Value, kwargs: &'a Value) -> Result<Bound<'a>, TaskError> {
+        Bound::bind("add", params, args.as_array().unwrap(), kwargs.as_object().unwrap())
     }
 
     fn err(params: &'static [Param], args: Value, kwargs: Value) -> String {
@@ -268,10 +242,7 @@ mod tests {
     fn too_many() {
         assert_eq!(err(ADD, json!([1, 2, 3]), json!({})), "add() takes 2 positional arguments but 3 were given");
         assert_eq!(err(NONE, json!([1]), json!({})), "add() takes 0 positional arguments but 1 was given");
-        assert_eq!(
-            err(&ADD[..1], json!([1, 2]), json!({})),
-            "add() takes 1 positional argument but 2 were given"
-        );
+        assert_eq!(err(&ADD[..1], json!([1, 2]), json!({})), "add() takes 1 positional argument but 2 were given");
         assert_eq!(
             err(OPT, json!(["s", 1, 2]), json!({})),
             "add() takes from 1 to 2 positional arguments but 3 were given"
@@ -291,16 +262,10 @@ mod tests {
 
     #[test]
     fn unexpected_and_multiple() {
-        assert_eq!(
-            err(ADD, json!([1, 2]), json!({"z": 3})),
-            "add() got an unexpected keyword argument 'z'"
-        );
+        assert_eq!(err(ADD, json!([1, 2]), json!({"z": 3})), "add() got an unexpected keyword argument 'z'");
         assert_eq!(err(ADD, json!([1, 2]), json!({"x": 3})), "add() got multiple values for argument 'x'");
         // CPython checks keywords before the positional count.
-        assert_eq!(
-            err(ADD, json!([1, 2, 3]), json!({"z": 3})),
-            "add() got an unexpected keyword argument 'z'"
-        );
+        assert_eq!(err(ADD, json!([1, 2, 3]), json!({"z": 3})), "add() got an unexpected keyword argument 'z'");
     }
 
     #[test]

@@ -51,12 +51,7 @@ impl TaskError {
     /// An exception of class `exc_type` with `message`, e.g.
     /// `TaskError::new("ZeroDivisionError", "division by zero")`.
     pub fn new(exc_type: impl Into<String>, message: impl Into<String>) -> Self {
-        TaskError {
-            exc_type: exc_type.into(),
-            exc_module: None,
-            message: message.into(),
-            traceback: None,
-        }
+        TaskError { exc_type: exc_type.into(), exc_module: None, message: message.into(), traceback: None }
     }
 
     /// A Python `ValueError(message)`.

@@ -123,9 +123,9 @@ pub mod __private {
         });
     }
 
-    pub use bindings::exports::celeriac::task::task::Guest;
     /// The WIT `task-error` record.
     pub use bindings::celeriac::task::types::TaskError as WitTaskError;
+    pub use bindings::exports::celeriac::task::task::Guest;
 
     /// The wrapper `#[task]` generates: binds `args`/`kwargs`, calls the task,
     /// encodes its result.

@@ -64,13 +64,9 @@ mod nested {
 celeriac_sdk::export_tasks!(add, div, greet, flip, nothing, parse, stringly, io, nested::sub);
 
 fn call(name: &str, args: &str, kwargs: &str) -> Result<String, TaskError> {
-    <__CeleriacComponent as celeriac_sdk::__private::Guest>::invoke(name.into(), args.into(), kwargs.into())
-        .map_err(|e| TaskError {
-            exc_type: e.exc_type,
-            exc_module: e.exc_module,
-            message: e.message,
-            traceback: e.traceback,
-        })
+    <__CeleriacComponent as celeriac_sdk::__private::Guest>::invoke(name.into(), args.into(), kwargs.into()).map_err(
+        |e| TaskError { exc_type: e.exc_type, exc_module: e.exc_module, message: e.message, traceback: e.traceback },
+    )
 }
 
 fn type_error(name: &str, args: &str, kwargs: &str) -> String {
@@ -125,10 +121,7 @@ fn type_errors() {
     assert_eq!(type_error("add", "[1, 2]", r#"{"z": 3}"#), "add() got an unexpected keyword argument 'z'");
     assert_eq!(type_error("add", "[1, 2]", r#"{"x": 3}"#), "add() got multiple values for argument 'x'");
     assert_eq!(type_error("add", r#"[1, "a"]"#, "{}"), r#"add() argument 'y' must be i64, not str "a""#);
-    assert_eq!(
-        type_error("greeting", "[1]", "{}"),
-        "greeting() argument 'name' must be &str, not int 1"
-    );
+    assert_eq!(type_error("greeting", "[1]", "{}"), "greeting() argument 'name' must be &str, not int 1");
     assert_eq!(
         type_error("greeting", r#"["a", 5]"#, "{}"),
         "greeting() argument 'greeting' must be String or None, not int 5"

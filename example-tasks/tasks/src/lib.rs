@@ -152,4 +152,5 @@ fn log(msg: String) {
 }
 
 celeriac_sdk::export_tasks!(
-    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter, repeat);
+    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter, repeat
+);

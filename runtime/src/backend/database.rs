@@ -31,9 +31,9 @@ use serde_json::{Map, Value};
 
 use super::BackendError;
 use crate::broker::sqlite::{Db, url_path};
-use crate::protocol::time::now_secs;
 use crate::protocol::Serializer;
 use crate::protocol::result::{ExtendedMeta, ResultMeta, TaskState};
+use crate::protocol::time::now_secs;
 use crate::protocol::time::parse_datetime;
 
 /// URL scheme of Celery's database backend on SQLite.
@@ -177,8 +177,18 @@ impl DatabaseBackend {
                     )?;
                     for (task_id, r) in &rows {
                         st.execute(params![
-                            task_id, r.status, r.result, r.date_done, r.traceback, r.children, r.name, r.args,
-                            r.kwargs, r.worker, r.retries, r.queue
+                            task_id,
+                            r.status,
+                            r.result,
+                            r.date_done,
+                            r.traceback,
+                            r.children,
+                            r.name,
+                            r.args,
+                            r.kwargs,
+                            r.worker,
+                            r.retries,
+                            r.queue
                         ])?;
                     }
                 }
@@ -671,7 +681,10 @@ mod tests {
             .unwrap()
         };
         let (status, result, date_done, tb, children, ty) = row("t1");
-        assert_eq!((status.as_str(), result.as_slice(), tb, children, ty.as_str()), ("SUCCESS", &b"8"[..], None, None, "blob"));
+        assert_eq!(
+            (status.as_str(), result.as_slice(), tb, children, ty.as_str()),
+            ("SUCCESS", &b"8"[..], None, None, "blob")
+        );
         let d = date_done.unwrap();
         assert_eq!(d.len(), "2026-11-27 05:23:38.538507".len());
         assert!(!d.contains('T') && !d.contains('+'));

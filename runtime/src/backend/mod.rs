@@ -44,9 +44,13 @@ impl Backend {
             return Ok(Backend::Database(database::DatabaseBackend::connect(url, expires, serializer).await?));
         }
         if database::is_other_database_url(url) {
-            return Err(BackendError::Url(format!("{url}: only SQLite is supported by the database backend (db+sqlite:///file)")));
+            return Err(BackendError::Url(format!(
+                "{url}: only SQLite is supported by the database backend (db+sqlite:///file)"
+            )));
         }
-        Err(BackendError::Url(format!("{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file")))
+        Err(BackendError::Url(format!(
+            "{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file"
+        )))
     }
 
     /// Store several task states at once (one round trip where the backend allows).

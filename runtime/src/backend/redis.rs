@@ -12,8 +12,8 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::{BackendError, TASK_KEY_PREFIX};
-use crate::protocol::{ExceptionInfo, Serializer};
 use crate::protocol::result::ResultMeta;
+use crate::protocol::{ExceptionInfo, Serializer};
 
 /// Record one chord header member and, if it completes the chord, claim the
 /// chord (only one worker wins) and return every member's entry in order.
@@ -40,7 +40,8 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 "#;
 
 /// The chord counting script, hashed once.
-static CHORD_PART: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(CHORD_PART_SCRIPT));
+static CHORD_PART: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CHORD_PART_SCRIPT));
 
 /// A connection to a Redis result backend.
 #[derive(Clone)]
@@ -163,7 +164,6 @@ impl RedisBackend {
         pubsub.subscribe(task_key(task_id)).await.map_err(BackendError::redis)?;
         Ok(ResultSubscription { backend: self.clone(), task_id: task_id.to_string(), pubsub })
     }
-
 }
 
 /// A subscription to one task's state channel.

@@ -39,7 +39,9 @@ impl Broker {
             return Ok(Broker::Sqlite(sqlite::SqliteBroker::connect(url, opts.clone()).await?));
         }
         if url.starts_with("sqla+") || url.starts_with("sqlalchemy+") {
-            return Err(BrokerError::Url(format!("{url}: only SQLite is supported by the SQLAlchemy transport (sqla+sqlite:///file)")));
+            return Err(BrokerError::Url(format!(
+                "{url}: only SQLite is supported by the SQLAlchemy transport (sqla+sqlite:///file)"
+            )));
         }
         Err(BrokerError::Url(format!("{url}: unsupported transport; use redis://host:port/db or sqla+sqlite:///file")))
     }

@@ -331,8 +331,7 @@ impl RedisBroker {
             return Ok(flat.chunks_exact(3).map(|p| Delivery::recorded(&p[0], p[1].clone(), &p[2])).collect());
         }
         let mut b = self.blocking.clone();
-        let popped: Option<(Vec<u8>, Vec<u8>)> =
-            b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
+        let popped: Option<(Vec<u8>, Vec<u8>)> = b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
         let Some((list, payload)) = popped else { return Ok(Vec::new()) };
         let tag = received_props(&payload).map(|(_, p)| p.delivery_tag);
         Ok(vec![Delivery::waited(&list, payload, tag)])
@@ -379,7 +378,8 @@ impl RedisBroker {
         let (text, props) = received_props(payload)?;
         let info = props.delivery_info.unwrap_or_default();
         // As the Lua recorder (and kombu): anything but a string counts as "".
-        let quote = |v: Option<Value>| Value::String(v.as_ref().and_then(Value::as_str).unwrap_or_default().into()).to_string();
+        let quote =
+            |v: Option<Value>| Value::String(v.as_ref().and_then(Value::as_str).unwrap_or_default().into()).to_string();
         let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -529,7 +529,8 @@ impl RedisBroker {
             Ok::<usize, BrokerError>(n)
         }
         .await;
-        let _: redis::RedisResult<i64> = self.unlock.key(self.key("unacked_mutex")).arg(&token).invoke_async(&mut c).await;
+        let _: redis::RedisResult<i64> =
+            self.unlock.key(self.key("unacked_mutex")).arg(&token).invoke_async(&mut c).await;
         result
     }
 
@@ -539,7 +540,6 @@ impl RedisBroker {
         let _: i64 = c.lpush(self.list_for(queue, priority), envelope).await.map_err(BrokerError::redis)?;
         Ok(())
     }
-
 }
 
 #[cfg(test)]

@@ -49,11 +49,8 @@ use crate::protocol::{EncodedTask, Envelope};
 pub const BROKER_SCHEMES: &[&str] = &["sqla+sqlite://", "sqlalchemy+sqlite://"];
 
 /// The features this transport cannot carry (reported once at start-up).
-pub const UNSUPPORTED: &[&str] = &[
-    "remote control (celery inspect/control: no fanout)",
-    "task events (-E, Flower)",
-    "message priorities",
-];
+pub const UNSUPPORTED: &[&str] =
+    &["remote control (celery inspect/control: no fanout)", "task events (-E, Flower)", "message priorities"];
 
 /// How long `fetch` waits for a message before returning empty-handed.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
@@ -109,13 +106,20 @@ pub fn url_path(url: &str) -> Result<PathBuf, String> {
     let rest = url.split_once("://").map(|(_, r)| r).ok_or_else(|| format!("{url}: not a URL"))?;
     let rest = rest.split_once('?').map(|(p, _)| p).unwrap_or(rest);
     let Some(path) = rest.strip_prefix('/') else {
-        return Err(format!("{url}: expected {}///<file> (a host is not allowed)", url.split("://").next().unwrap_or("")));
+        return Err(format!(
+            "{url}: expected {}///<file> (a host is not allowed)",
+            url.split("://").next().unwrap_or("")
+        ));
     };
     if path.is_empty() || path == ":memory:" {
         return Err(format!("{url}: an in-memory database cannot be shared between processes; name a file"));
     }
     let p = Path::new(path);
-    Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()) })
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    })
 }
 
 /// A small pool of connections to one SQLite file; every call runs on
@@ -369,7 +373,10 @@ impl SqliteBroker {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 for chunk in ids.chunks(500) {
                     let ph = placeholders(chunk.len());
-                    tx.execute(&format!("DELETE FROM kombu_message WHERE id IN ({ph})"), rusqlite::params_from_iter(chunk))?;
+                    tx.execute(
+                        &format!("DELETE FROM kombu_message WHERE id IN ({ph})"),
+                        rusqlite::params_from_iter(chunk),
+                    )?;
                     tx.execute(
                         &format!("DELETE FROM celeriac_claim WHERE message_id IN ({ph})"),
                         rusqlite::params_from_iter(chunk),
@@ -416,7 +423,8 @@ impl SqliteBroker {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let now = now_secs();
                 {
-                    let mut st = tx.prepare("UPDATE celeriac_claim SET claimed_at = ? WHERE message_id = ? AND owner = ?")?;
+                    let mut st =
+                        tx.prepare("UPDATE celeriac_claim SET claimed_at = ? WHERE message_id = ? AND owner = ?")?;
                     for id in ids {
                         st.execute(params![now, id, owner])?;
                     }
@@ -435,7 +443,8 @@ impl SqliteBroker {
         self.db
             .run(move |c| {
                 let stale = |c: &Connection| -> rusqlite::Result<Vec<i64>> {
-                    let mut st = c.prepare("SELECT message_id FROM celeriac_claim WHERE claimed_at < ? ORDER BY message_id")?;
+                    let mut st =
+                        c.prepare("SELECT message_id FROM celeriac_claim WHERE claimed_at < ? ORDER BY message_id")?;
                     let ids = st.query_map([ceiling], |r| r.get::<_, i64>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
                     Ok(ids.into_iter().filter(|id| !ours.contains(id)).take(SWEEP_LIMIT).collect())
                 };
@@ -546,8 +555,11 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].queue, "celery");
         assert_eq!(got[0].payload, payload.as_bytes());
-        let (visible, ts, version): (i64, Option<String>, i64) =
-            c.query_row("SELECT visible, timestamp, version FROM kombu_message", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap();
+        let (visible, ts, version): (i64, Option<String>, i64) = c
+            .query_row("SELECT visible, timestamp, version FROM kombu_message", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
         assert_eq!((visible, version), (0, 2));
         assert_eq!(ts.unwrap().len(), "2026-11-27 05:23:38.458094".len());
         assert!(b.fetch(&["celery".into()], 10).await.unwrap().is_empty());
@@ -621,7 +633,8 @@ mod tests {
         let b = SqliteBroker::connect(&url(&dir), opts(1.0)).await.unwrap();
         publish_add(&b, "celery", 1).await;
         let c = raw(b.path());
-        c.execute("UPDATE kombu_message SET visible = 0, timestamp = '2000-01-01 00:00:00.000000', version = 2", []).unwrap();
+        c.execute("UPDATE kombu_message SET visible = 0, timestamp = '2000-01-01 00:00:00.000000', version = 2", [])
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(b.restore_visible(&HashSet::new()).await.unwrap(), 0);
         assert!(b.claim(&["celery".into()], 5).await.unwrap().is_empty());

@@ -11,25 +11,20 @@ use super::content::{AcceptContent, Serializer};
 use super::envelope::Envelope;
 use super::error::{Partial, ProtocolError};
 use super::exception::ExceptionInfo;
-use super::message::{
-    DeliveryInfo, Embed, NewTask, ProtocolVersion, RawMessage, TaskMessage, TimeLimit,
-};
+use super::message::{DeliveryInfo, Embed, NewTask, ProtocolVersion, RawMessage, TaskMessage, TimeLimit};
 use super::pyjson;
 use super::result::{ResultMeta, TaskState, child_tuple, taskset_meta_value};
 use super::time::parse_datetime;
 
 fn wire_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/celery-wire")
-        .join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/celery-wire").join(rel)
 }
 
 fn load(rel: &str) -> Value {
     let path = wire_path(rel);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("capture {} is missing or unreadable: {e}", path.display()));
-    serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("capture {} is not JSON: {e}", path.display()))
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("capture {} is not JSON: {e}", path.display()))
 }
 
 /// One captured list item: the LPUSHed bytes plus the capture's own decoding.
@@ -80,9 +75,7 @@ const VARIANTS: &[&str] = &[
 fn all_variant_items() -> Vec<Item> {
     let mut items = Vec::new();
     for v in VARIANTS {
-        items.extend(variant_items(&format!(
-            "redis/02-message-variants/{v}.json"
-        )));
+        items.extend(variant_items(&format!("redis/02-message-variants/{v}.json")));
     }
     items
 }
@@ -120,10 +113,7 @@ fn add_delay_4_4_decodes() {
     assert_eq!((m.eta, m.expires, m.retries), (None, None, 0));
     assert_eq!(m.timelimit, TimeLimit::default());
     assert_eq!(m.root_id.as_deref(), Some(m.id.as_str()));
-    assert_eq!(
-        (m.parent_id.as_deref(), m.group.as_deref(), m.group_index),
-        (None, None, None)
-    );
+    assert_eq!((m.parent_id.as_deref(), m.group.as_deref(), m.group_index), (None, None, None));
     assert!(!m.ignore_result);
     assert_eq!(m.shadow, None);
     assert_eq!(m.argsrepr.as_deref(), Some("(4, 4)"));
@@ -147,10 +137,7 @@ fn add_delay_4_4_decodes() {
         }
     );
     assert_eq!(item.queue, "celery");
-    assert_eq!(
-        env.delivery_tag(),
-        Some("97145b7e-cd6b-49a8-96bd-0277cbb019a8")
-    );
+    assert_eq!(env.delivery_tag(), Some("97145b7e-cd6b-49a8-96bd-0277cbb019a8"));
     assert_eq!(env.body_encoding(), Some("base64"));
     // The body the capture decoded with Python.
     assert_eq!(Value::Array(m.args.clone()), item.decoded_body[0]);
@@ -174,10 +161,7 @@ fn add_delay_4_4_encodes_byte_for_byte() {
     let ours: Vec<&String> = enc.headers.keys().collect();
     let theirs: Vec<&String> = amqp_headers.keys().collect();
     assert_eq!(ours, theirs, "header key order");
-    assert_eq!(
-        enc.body,
-        amqp["body_raw"].as_str().expect("body_raw").as_bytes()
-    );
+    assert_eq!(enc.body, amqp["body_raw"].as_str().expect("body_raw").as_bytes());
     assert_eq!(enc.content_type(), "application/json");
     assert_eq!(enc.content_encoding(), "utf-8");
 }
@@ -199,19 +183,11 @@ fn header_key_order_matches_captures() {
 fn every_variant_roundtrips_and_decodes() {
     let mut items = all_variant_items();
     items.push(add_delay());
-    assert!(
-        items.len() >= 20,
-        "expected all captured messages, got {}",
-        items.len()
-    );
+    assert!(items.len() >= 20, "expected all captured messages, got {}", items.len());
     for item in &items {
         let (env, m) = decode(&item.raw);
         let ctx = format!("{} / {}", item.file, item.queue);
-        assert_eq!(
-            String::from_utf8(env.to_bytes()).expect("utf8"),
-            item.raw,
-            "envelope bytes {ctx}"
-        );
+        assert_eq!(String::from_utf8(env.to_bytes()).expect("utf8"), item.raw, "envelope bytes {ctx}");
         match m.protocol {
             ProtocolVersion::V2 => {
                 let body = item.decoded_body.as_array().expect("v2 body");
@@ -221,11 +197,7 @@ fn every_variant_roundtrips_and_decodes() {
                 assert_eq!(m.headers, env.headers, "{ctx}");
             }
             ProtocolVersion::V1 => {
-                assert_eq!(
-                    Value::Array(m.args.clone()),
-                    item.decoded_body["args"],
-                    "{ctx}"
-                );
+                assert_eq!(Value::Array(m.args.clone()), item.decoded_body["args"], "{ctx}");
                 assert_eq!(m.id, item.decoded_body["id"], "{ctx}");
             }
         }
@@ -245,15 +217,8 @@ fn every_v2_variant_reencodes_byte_for_byte() {
             continue;
         }
         let mut t = m.to_new_task();
-        t.options.expiration_ms = env
-            .properties
-            .get("expiration")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok());
-        let out = t
-            .encode()
-            .expect("encode")
-            .to_envelope(env.delivery_tag().map(str::to_owned));
+        t.options.expiration_ms = env.properties.get("expiration").and_then(Value::as_str).and_then(|s| s.parse().ok());
+        let out = t.encode().expect("encode").to_envelope(env.delivery_tag().map(str::to_owned));
         assert_eq!(
             String::from_utf8(out.to_bytes()).expect("utf8"),
             item.raw,
@@ -290,20 +255,15 @@ fn expires_and_expiration() {
     t.options.reply_to = m.delivery.reply_to.clone();
     t.options.expires = Some(expires);
     t.options.expiration_ms = Some(120_000);
-    let out = t
-        .encode()
-        .expect("encode")
-        .to_envelope(env.delivery_tag().map(str::to_owned));
+    let out = t.encode().expect("encode").to_envelope(env.delivery_tag().map(str::to_owned));
     assert_eq!(String::from_utf8(out.to_bytes()).expect("utf8"), item.raw);
 }
 
 #[test]
 fn priority_queue_and_routes() {
     let items = variant_items("redis/02-message-variants/priority.json");
-    let mut seen: Vec<(String, Option<u8>)> = items
-        .iter()
-        .map(|i| (i.queue.clone(), decode(&i.raw).1.delivery.priority))
-        .collect();
+    let mut seen: Vec<(String, Option<u8>)> =
+        items.iter().map(|i| (i.queue.clone(), decode(&i.raw).1.delivery.priority)).collect();
     seen.sort();
     assert_eq!(
         seen,
@@ -315,13 +275,7 @@ fn priority_queue_and_routes() {
     );
     for item in variant_items("redis/02-message-variants/queue-lowpriority.json") {
         let (_, m) = decode(&item.raw);
-        assert_eq!(
-            (
-                m.delivery.exchange.as_str(),
-                m.delivery.routing_key.as_str()
-            ),
-            ("", "low-priority")
-        );
+        assert_eq!((m.delivery.exchange.as_str(), m.delivery.routing_key.as_str()), ("", "low-priority"));
     }
 }
 
@@ -331,10 +285,7 @@ fn link_chain_group_chord() {
     let cb = m.embed.callbacks.as_ref().expect("callbacks");
     assert_eq!(cb[0]["task"], "tasks.add");
     assert_eq!(cb[0]["args"], json!([10]));
-    assert_eq!(
-        m.embed.errbacks.as_ref().expect("errbacks")[0]["task"],
-        "tasks.on_error"
-    );
+    assert_eq!(m.embed.errbacks.as_ref().expect("errbacks")[0]["task"], "tasks.on_error");
 
     let (_, m) = decode(&variant_items("redis/02-message-variants/chain3.json")[0].raw);
     let chain = m.embed.chain.as_ref().expect("chain");
@@ -342,23 +293,14 @@ fn link_chain_group_chord() {
     // Reversed: the next step is the last element.
     assert_eq!(chain[1]["args"], json!([2]));
     assert_eq!(chain[0]["immutable"], json!(true));
-    assert_eq!(
-        chain[0]["options"]["task_id"],
-        "7d7d7fb3-8e2b-4fe3-a2aa-3f6af3fbfebc"
-    );
+    assert_eq!(chain[0]["options"]["task_id"], "7d7d7fb3-8e2b-4fe3-a2aa-3f6af3fbfebc");
 
     let items = variant_items("redis/02-message-variants/group.json");
-    let mut idx: Vec<u64> = items
-        .iter()
-        .map(|i| decode(&i.raw).1.group_index.expect("group_index"))
-        .collect();
+    let mut idx: Vec<u64> = items.iter().map(|i| decode(&i.raw).1.group_index.expect("group_index")).collect();
     idx.sort_unstable();
     assert_eq!(idx, [0, 1, 2]);
     for i in &items {
-        assert_eq!(
-            decode(&i.raw).1.group.as_deref(),
-            Some("a15099f1-ae92-4c6a-9738-60bb66195047")
-        );
+        assert_eq!(decode(&i.raw).1.group.as_deref(), Some("a15099f1-ae92-4c6a-9738-60bb66195047"));
     }
 
     for i in variant_items("redis/02-message-variants/chord.json") {
@@ -379,16 +321,11 @@ fn msgpack_body() {
     assert_eq!(m.args, vec![json!(4), json!(4)]);
     assert_eq!(m.embed.to_value(), item.decoded_body[2]);
     // Our msgpack encoding of the same body is byte-identical to Python's.
-    let body = Serializer::Msgpack
-        .encode(&item.decoded_body)
-        .expect("encode");
+    let body = Serializer::Msgpack.encode(&item.decoded_body).expect("encode");
     assert_eq!(body, env.decoded_body().expect("body"));
     // A JSON-only worker refuses it before decoding, but knows which task it was.
     let err = TaskMessage::from_envelope(&env, &AcceptContent::default()).expect_err("refused");
-    assert!(
-        matches!(err, ProtocolError::ContentDisallowed { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ProtocolError::ContentDisallowed { .. }), "{err}");
     assert_eq!(err.task_id(), Some("99e84ad9-713f-4652-ae78-cfea2c064f03"));
     assert_eq!(err.task_name(), Some("tasks.add"));
 }
@@ -418,40 +355,22 @@ fn protocol1_body() {
 fn kwargs_shadow_timelimits_custom_header() {
     let item = &variant_items("redis/02-message-variants/kwargs-shadow.json")[0];
     let (env, m) = decode(&item.raw);
-    assert_eq!(
-        m.kwargs,
-        json!({"x": 1, "y": 2}).as_object().cloned().expect("obj")
-    );
+    assert_eq!(m.kwargs, json!({"x": 1, "y": 2}).as_object().cloned().expect("obj"));
     assert!(m.args.is_empty());
     assert_eq!(m.shadow.as_deref(), Some("myname"));
     assert_eq!(m.display_name(), "myname");
-    assert_eq!(
-        m.timelimit,
-        TimeLimit {
-            hard: Some(30.0),
-            soft: Some(20.0)
-        }
-    );
+    assert_eq!(m.timelimit, TimeLimit { hard: Some(30.0), soft: Some(20.0) });
     assert_eq!(m.kwargsrepr.as_deref(), Some("{'x': 1, 'y': 2}"));
-    assert_eq!(
-        m.custom_headers(),
-        json!({"custom": "hdr"}).as_object().cloned().expect("obj")
-    );
+    assert_eq!(m.custom_headers(), json!({"custom": "hdr"}).as_object().cloned().expect("obj"));
 
     let mut t = NewTask::new("tasks.add", vec![], m.kwargs.clone());
     t.id = m.id.clone();
     t.options.origin = m.origin.clone();
     t.options.reply_to = m.delivery.reply_to.clone();
     t.options.shadow = Some("myname".into());
-    t.options.timelimit = TimeLimit {
-        hard: Some(30.0),
-        soft: Some(20.0),
-    };
+    t.options.timelimit = TimeLimit { hard: Some(30.0), soft: Some(20.0) };
     t.options.headers.insert("custom".into(), json!("hdr"));
-    let out = t
-        .encode()
-        .expect("encode")
-        .to_envelope(env.delivery_tag().map(str::to_owned));
+    let out = t.encode().expect("encode").to_envelope(env.delivery_tag().map(str::to_owned));
     assert_eq!(String::from_utf8(out.to_bytes()).expect("utf8"), item.raw);
 }
 
@@ -479,10 +398,7 @@ fn retry_republish_with_property_origin() {
     t.options.eta = second.eta;
     t.options.parent_id = Some(first.id.clone());
     t.options.property_origin = Some("gen8908@vm".into());
-    let out = t
-        .encode()
-        .expect("encode")
-        .to_envelope(env2.delivery_tag().map(str::to_owned));
+    let out = t.encode().expect("encode").to_envelope(env2.delivery_tag().map(str::to_owned));
     assert_eq!(String::from_utf8(out.to_bytes()).expect("utf8"), pushes[1]);
 }
 
@@ -491,57 +407,34 @@ fn restore_unacked_like_kombu() {
     // Warm shutdown: HSET unacked <tag> [envelope, "", "celery"], then RPUSH of
     // the envelope with the redelivered marks.
     let decoded = load("redis/raw/07-worker-warm-shutdown-with-reserved.decoded.json");
-    let cmds: Vec<&Value> = decoded
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|e| &e["cmd"])
-        .collect();
+    let cmds: Vec<&Value> = decoded.as_array().expect("list").iter().map(|e| &e["cmd"]).collect();
     let tag = "282b9e51-9ccf-428f-9f16-c04817f147aa";
-    let lpush = cmds
-        .iter()
-        .filter(|c| c[0] == "LPUSH")
-        .filter_map(|c| c[2].as_str())
-        .find(|s| s.contains(tag))
-        .expect("LPUSH");
+    let lpush =
+        cmds.iter().filter(|c| c[0] == "LPUSH").filter_map(|c| c[2].as_str()).find(|s| s.contains(tag)).expect("LPUSH");
     let hset = cmds
         .iter()
         .find(|c| c[0] == "HSET" && c[1] == "unacked" && c[2] == tag)
         .and_then(|c| c[3].as_str())
         .expect("HSET");
-    let rpush = cmds
-        .iter()
-        .find(|c| c[0] == "RPUSH")
-        .and_then(|c| c[2].as_str())
-        .expect("RPUSH");
+    let rpush = cmds.iter().find(|c| c[0] == "RPUSH").and_then(|c| c[2].as_str()).expect("RPUSH");
 
     let env = Envelope::parse(lpush.as_bytes()).expect("envelope");
-    assert_eq!(
-        String::from_utf8(env.to_unacked_entry()).expect("utf8"),
-        hset
-    );
+    assert_eq!(String::from_utf8(env.to_unacked_entry()).expect("utf8"), hset);
 
-    let (mut back, exchange, routing_key) =
-        Envelope::parse_unacked_entry(hset.as_bytes()).expect("entry");
+    let (mut back, exchange, routing_key) = Envelope::parse_unacked_entry(hset.as_bytes()).expect("entry");
     assert_eq!((exchange.as_str(), routing_key.as_str()), ("", "celery"));
     back.mark_redelivered();
     assert_eq!(String::from_utf8(back.to_bytes()).expect("utf8"), rpush);
     let m = TaskMessage::from_envelope(&back, &AcceptContent::default()).expect("decode");
     assert!(m.delivery.redelivered);
-    assert!(
-        m.custom_headers().is_empty(),
-        "redelivered is not a custom header"
-    );
+    assert!(m.custom_headers().is_empty(), "redelivered is not a custom header");
 }
 
 #[test]
 fn worker_published_callbacks_and_chain_steps() {
     // Messages the Python worker itself published (link callback, chain
     // steps, old-style errback in a one-element group).
-    for file in [
-        "redis/raw/10-link-run.decoded.json",
-        "redis/raw/12-errback-oldstyle-noexpire.decoded.json",
-    ] {
+    for file in ["redis/raw/10-link-run.decoded.json", "redis/raw/12-errback-oldstyle-noexpire.decoded.json"] {
         let decoded = load(file);
         for e in decoded.as_array().expect("list") {
             if e["cmd"][0] != "LPUSH" || e["cmd"][1] != "celery" {
@@ -549,16 +442,8 @@ fn worker_published_callbacks_and_chain_steps() {
             }
             let raw = e["cmd"][2].as_str().expect("str");
             let (env, m) = decode(raw);
-            let out = m
-                .to_new_task()
-                .encode()
-                .expect("encode")
-                .to_envelope(env.delivery_tag().map(str::to_owned));
-            assert_eq!(
-                String::from_utf8(out.to_bytes()).expect("utf8"),
-                raw,
-                "{file}"
-            );
+            let out = m.to_new_task().encode().expect("encode").to_envelope(env.delivery_tag().map(str::to_owned));
+            assert_eq!(String::from_utf8(out.to_bytes()).expect("utf8"), raw, "{file}");
         }
     }
 }
@@ -581,46 +466,24 @@ fn foreign_producer_minimal_messages() {
     let accept = AcceptContent::default();
     let h = json!({"task": "tasks.add", "id": "tid"});
     // A: full minimal message.
-    let m = TaskMessage::from_envelope(
-        &envelope(h.clone(), json!([[2, 3], {}, emb]), props.clone()),
-        &accept,
-    )
-    .expect("A");
+    let m =
+        TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, emb]), props.clone()), &accept).expect("A");
     assert_eq!(m.args, vec![json!(2), json!(3)]);
     // B: 2-element body (kills a Python worker): an error that names the task.
-    let err = TaskMessage::from_envelope(
-        &envelope(h.clone(), json!([[2, 3], {}]), props.clone()),
-        &accept,
-    )
-    .expect_err("B");
+    let err =
+        TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}]), props.clone()), &accept).expect_err("B");
     assert!(matches!(err, ProtocolError::BodyShape { .. }));
-    assert_eq!(
-        err.partial(),
-        Some(&Partial {
-            id: Some("tid".into()),
-            task: Some("tasks.add".into())
-        })
-    );
+    assert_eq!(err.partial(), Some(&Partial { id: Some("tid".into()), task: Some("tasks.add".into()) }));
     // C: embed {}.
-    assert!(
-        TaskMessage::from_envelope(
-            &envelope(h.clone(), json!([[2, 3], {}, {}]), props.clone()),
-            &accept
-        )
-        .is_ok()
-    );
+    assert!(TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, {}]), props.clone()), &accept).is_ok());
     // D/E: no delivery_tag / delivery_info: decodable, the broker decides what to do.
     let mut p = props.clone();
     p.as_object_mut().expect("obj").shift_remove("delivery_tag");
-    let m = TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, emb]), p), &accept)
-        .expect("D");
+    let m = TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, emb]), p), &accept).expect("D");
     assert_eq!(m.delivery.delivery_tag, None);
     let mut p = props.clone();
-    p.as_object_mut()
-        .expect("obj")
-        .shift_remove("delivery_info");
-    let m = TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, emb]), p), &accept)
-        .expect("E");
+    p.as_object_mut().expect("obj").shift_remove("delivery_info");
+    let m = TaskMessage::from_envelope(&envelope(h.clone(), json!([[2, 3], {}, emb]), p), &accept).expect("E");
     assert_eq!(m.delivery.routing_key, "");
     // F: foreign callbacks.
     let f = json!([[2, 3], {}, {"callbacks": [{"task": "tasks.add", "args": [100], "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false}], "errbacks": null, "chain": null, "chord": null}]);
@@ -628,26 +491,15 @@ fn foreign_producer_minimal_messages() {
     assert_eq!(m.embed.callbacks.as_ref().map(Vec::len), Some(1));
     // G: no id at all.
     let err = TaskMessage::from_envelope(
-        &envelope(
-            json!({"task": "tasks.add"}),
-            json!([[2, 3], {}, emb]),
-            props.clone(),
-        ),
+        &envelope(json!({"task": "tasks.add"}), json!([[2, 3], {}, emb]), props.clone()),
         &accept,
     )
     .expect_err("G");
-    assert!(matches!(
-        err,
-        ProtocolError::MissingField { field: "id", .. }
-    ));
+    assert!(matches!(err, ProtocolError::MissingField { field: "id", .. }));
     assert_eq!(err.task_name(), Some("tasks.add"));
     // H: protocol-1 dict with empty headers.
     let m = TaskMessage::from_envelope(
-        &envelope(
-            json!({}),
-            json!({"task": "tasks.add", "id": "tid", "args": [2, 3], "kwargs": {}}),
-            props,
-        ),
+        &envelope(json!({}), json!({"task": "tasks.add", "id": "tid", "args": [2, 3], "kwargs": {}}), props),
         &accept,
     )
     .expect("H");
@@ -659,10 +511,7 @@ fn malformed_redis_inputs() {
     let item = add_delay();
     let accept = AcceptContent::default();
     // Bad JSON envelope.
-    assert!(matches!(
-        Envelope::parse(&item.raw.as_bytes()[..40]),
-        Err(ProtocolError::EnvelopeJson(_))
-    ));
+    assert!(matches!(Envelope::parse(&item.raw.as_bytes()[..40]), Err(ProtocolError::EnvelopeJson(_))));
     // Bad base64: the id and name survive.
     let mut env = Envelope::parse(item.raw.as_bytes()).expect("env");
     env.body = "%%%".into();
@@ -673,8 +522,7 @@ fn malformed_redis_inputs() {
     let mut env = Envelope::parse(item.raw.as_bytes()).expect("env");
     env.content_type = Some("application/x-python-serialize".into());
     env.content_encoding = Some("binary".into());
-    let err = TaskMessage::from_envelope(&env, &AcceptContent::new(["json", "pickle"]))
-        .expect_err("pickle");
+    let err = TaskMessage::from_envelope(&env, &AcceptContent::new(["json", "pickle"])).expect_err("pickle");
     assert!(
         matches!(&err, ProtocolError::ContentDisallowed { content_type, .. } if content_type == "application/x-python-serialize")
     );
@@ -684,18 +532,12 @@ fn malformed_redis_inputs() {
     let mut env = Envelope::parse(item.raw.as_bytes()).expect("env");
     env.headers = Map::new();
     let err = TaskMessage::from_envelope(&env, &accept).expect_err("no headers");
-    assert!(
-        matches!(err, ProtocolError::MissingField { field: "task", .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ProtocolError::MissingField { field: "task", .. }), "{err}");
     assert_eq!(err.task_id(), Some("588ccb57-48d8-4922-aae9-4f1fe979a189"));
     // Body that is valid base64 but not JSON.
     let mut env = Envelope::parse(item.raw.as_bytes()).expect("env");
     env.body = "bm90IGpzb24=".into();
-    assert!(matches!(
-        TaskMessage::from_envelope(&env, &accept),
-        Err(ProtocolError::BodyDecode { .. })
-    ));
+    assert!(matches!(TaskMessage::from_envelope(&env, &accept), Err(ProtocolError::BodyDecode { .. })));
 }
 
 #[test]
@@ -712,74 +554,37 @@ fn amqp_messages_decode_from_properties() {
     names.sort();
     assert!(names.len() >= 10);
     for path in names {
-        let rel = format!(
-            "amqp/task_messages/{}",
-            path.file_name().and_then(|n| n.to_str()).expect("name")
-        );
+        let rel = format!("amqp/task_messages/{}", path.file_name().and_then(|n| n.to_str()).expect("name"));
         let doc = load(&rel);
         let props = &doc["properties"];
         let raw = RawMessage {
             headers: props["headers"].as_object().cloned().expect("headers"),
-            body: doc["body_raw"]
-                .as_str()
-                .expect("body_raw")
-                .as_bytes()
-                .to_vec(),
+            body: doc["body_raw"].as_str().expect("body_raw").as_bytes().to_vec(),
             content_type: props["content_type"].as_str().map(str::to_owned),
             content_encoding: props["content_encoding"].as_str().map(str::to_owned),
             delivery: DeliveryInfo {
                 delivery_tag: Some("1".into()),
-                exchange: doc["method_args"]["exchange"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                routing_key: doc["method_args"]["routing_key"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                priority: props["priority"]
-                    .as_u64()
-                    .and_then(|p| u8::try_from(p).ok()),
+                exchange: doc["method_args"]["exchange"].as_str().unwrap_or("").to_owned(),
+                routing_key: doc["method_args"]["routing_key"].as_str().unwrap_or("").to_owned(),
+                priority: props["priority"].as_u64().and_then(|p| u8::try_from(p).ok()),
                 redelivered: false,
                 reply_to: props["reply_to"].as_str().map(str::to_owned),
                 correlation_id: props["correlation_id"].as_str().map(str::to_owned),
             },
         };
-        let m = TaskMessage::decode(raw, &AcceptContent::default())
-            .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let m = TaskMessage::decode(raw, &AcceptContent::default()).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert_eq!(m.id, props["correlation_id"], "{rel}");
         // Re-encoding gives the same header map and body bytes.
         let enc = m.to_new_task().encode().expect("encode");
-        assert_eq!(
-            Value::Object(enc.headers.clone()),
-            props["headers"],
-            "{rel}"
-        );
-        assert_eq!(
-            enc.body,
-            doc["body_raw"].as_str().expect("body").as_bytes(),
-            "{rel}"
-        );
+        assert_eq!(Value::Object(enc.headers.clone()), props["headers"], "{rel}");
+        assert_eq!(enc.body, doc["body_raw"].as_str().expect("body").as_bytes(), "{rel}");
         // `expiration` is recomputed from `expires`, so only its presence can match.
-        assert_eq!(
-            enc.properties.contains_key("expiration"),
-            props.get("expiration").is_some(),
-            "{rel}"
-        );
+        assert_eq!(enc.properties.contains_key("expiration"), props.get("expiration").is_some(), "{rel}");
         if rel.ends_with("timelimit_30_soft20.5.json") {
-            assert_eq!(
-                m.timelimit,
-                TimeLimit {
-                    hard: Some(30.0),
-                    soft: Some(20.5)
-                }
-            );
+            assert_eq!(m.timelimit, TimeLimit { hard: Some(30.0), soft: Some(20.5) });
         }
         if rel.ends_with("bigint_args.json") {
-            assert_eq!(
-                m.args,
-                vec![json!(4611686018427387904u64), json!(4611686018427387904u64)]
-            );
+            assert_eq!(m.args, vec![json!(4611686018427387904u64), json!(4611686018427387904u64)]);
         }
         if rel.ends_with("chain_step2_published_by_worker.json") {
             assert_eq!(m.embed.chain, Some(vec![]));
@@ -800,15 +605,7 @@ fn worker_values() -> Vec<(String, String)> {
     let doc = load("redis/03-result-backend/worker-written-values.json");
     let values = doc["values"].as_object().expect("values");
     assert!(values.len() >= 15);
-    values
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v["raw_value"].as_str().expect("raw_value").to_owned(),
-            )
-        })
-        .collect()
+    values.iter().map(|(k, v)| (k.clone(), v["raw_value"].as_str().expect("raw_value").to_owned())).collect()
 }
 
 #[test]
@@ -831,9 +628,7 @@ fn worker_written_values_roundtrip_byte_for_byte() {
 fn result_builders_match_worker_values() {
     let values: std::collections::HashMap<String, String> = worker_values().into_iter().collect();
     let parsed = |k: &str| ResultMeta::decode(values[k].as_bytes()).expect("parse");
-    let bytes = |m: &ResultMeta| {
-        String::from_utf8(m.encode(Serializer::Json).expect("encode")).expect("utf8")
-    };
+    let bytes = |m: &ResultMeta| String::from_utf8(m.encode(Serializer::Json).expect("encode")).expect("utf8");
 
     let p = parsed("STARTED");
     let m = ResultMeta::started(&p.task_id, 6994, "w1@vm");
@@ -854,17 +649,8 @@ fn result_builders_match_worker_values() {
     assert_eq!(p.exception(), Some(exc));
 
     let p = parsed("FAILURE:MyCustomError");
-    let exc = ExceptionInfo::new(
-        "MyCustomError",
-        vec![json!("custom boom"), json!(42)],
-        "tasks",
-    );
-    assert!(
-        p.traceback
-            .as_deref()
-            .expect("tb")
-            .ends_with(&format!("{}\n", exc.format_exception_only()))
-    );
+    let exc = ExceptionInfo::new("MyCustomError", vec![json!("custom boom"), json!(42)], "tasks");
+    assert!(p.traceback.as_deref().expect("tb").ends_with(&format!("{}\n", exc.format_exception_only())));
     let m = ResultMeta::failure(&p.task_id, &exc, p.traceback.clone()).with_date_done(p.date_done);
     assert_eq!(bytes(&m), values["FAILURE:MyCustomError"]);
 
@@ -876,9 +662,7 @@ fn result_builders_match_worker_values() {
     assert_eq!(bytes(&m), values["RETRY:extra=parent_id:with-children"]);
 
     let p = parsed("REVOKED:['revoked']");
-    let m = ResultMeta::revoked(&p.task_id, "revoked")
-        .with_children(None)
-        .with_date_done(p.date_done);
+    let m = ResultMeta::revoked(&p.task_id, "revoked").with_children(None).with_date_done(p.date_done);
     assert_eq!(bytes(&m), values["REVOKED:['revoked']"]);
     let p = parsed("REVOKED:['terminated']");
     let m = ResultMeta::revoked(&p.task_id, "terminated").with_date_done(p.date_done);
@@ -897,9 +681,7 @@ fn result_builders_match_worker_values() {
     let p = parsed(k);
     let m = ResultMeta::success(&p.task_id, json!(8))
         .with_date_done(p.date_done)
-        .with_children(Some(vec![child_tuple(
-            "312a8c2f-d938-418c-84b9-e56c91d57dd1",
-        )]));
+        .with_children(Some(vec![child_tuple("312a8c2f-d938-418c-84b9-e56c91d57dd1")]));
     assert_eq!(bytes(&m), values[k]);
 }
 
@@ -932,16 +714,9 @@ fn chord_db_values_and_group_save() {
         let raw = entry["raw"].as_str().expect("raw");
         if key.starts_with("celery-task-meta-") {
             let meta = ResultMeta::decode(raw.as_bytes()).expect("meta");
-            assert_eq!(
-                String::from_utf8(meta.encode(Serializer::Json).expect("enc")).expect("utf8"),
-                raw,
-                "{key}"
-            );
+            assert_eq!(String::from_utf8(meta.encode(Serializer::Json).expect("enc")).expect("utf8"), raw, "{key}");
             assert_eq!(format!("celery-task-meta-{}", meta.task_id), *key);
-        } else if let Some(gid) = key
-            .strip_prefix("celery-taskset-meta-")
-            .filter(|g| !g.contains('.'))
-        {
+        } else if let Some(gid) = key.strip_prefix("celery-taskset-meta-").filter(|g| !g.contains('.')) {
             let members: Vec<String> = entry["json"]["result"][1]
                 .as_array()
                 .expect("members")
@@ -968,19 +743,12 @@ fn rpc_result_bodies_parse() {
         let doc = load(&format!("amqp/results_rpc/{name}.json"));
         let raw = doc["body_raw"].as_str().expect("body_raw");
         let meta = ResultMeta::decode(raw.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            String::from_utf8(meta.encode(Serializer::Json).expect("enc")).expect("utf8"),
-            raw,
-            "{name}"
-        );
+        assert_eq!(String::from_utf8(meta.encode(Serializer::Json).expect("enc")).expect("utf8"), raw, "{name}");
         if name == "success_bigint" {
             assert_eq!(meta.result, json!(9223372036854775808u64));
         }
         if name == "failure_valueerror" {
-            assert_eq!(
-                meta.exception().and_then(|e| e.exc_module),
-                Some("builtins".to_owned())
-            );
+            assert_eq!(meta.exception().and_then(|e| e.exc_module), Some("builtins".to_owned()));
         }
     }
 }

@@ -79,12 +79,8 @@ impl Serializer {
     /// registers are accepted too (`application/x-json`, `application/msgpack`...).
     pub fn from_name(name: &str) -> Option<Serializer> {
         match normalize(name).as_str() {
-            "json" | "application/json" | "application/x-json" | "text/json" => {
-                Some(Serializer::Json)
-            }
-            "msgpack" | "application/x-msgpack" | "application/msgpack" | "x-msgpack" => {
-                Some(Serializer::Msgpack)
-            }
+            "json" | "application/json" | "application/x-json" | "text/json" => Some(Serializer::Json),
+            "msgpack" | "application/x-msgpack" | "application/msgpack" | "x-msgpack" => Some(Serializer::Msgpack),
             _ => None,
         }
     }
@@ -96,12 +92,8 @@ impl Serializer {
             Serializer::Json => Ok(pyjson::to_vec(value)),
             Serializer::Msgpack => {
                 let mut out = Vec::new();
-                rmpv::encode::write_value(&mut out, &json_to_msgpack(value)).map_err(|e| {
-                    ProtocolError::Encode {
-                        serializer: "msgpack",
-                        reason: e.to_string(),
-                    }
-                })?;
+                rmpv::encode::write_value(&mut out, &json_to_msgpack(value))
+                    .map_err(|e| ProtocolError::Encode { serializer: "msgpack", reason: e.to_string() })?;
                 Ok(out)
             }
         }
@@ -116,10 +108,7 @@ impl Serializer {
                 let mut cursor = bytes;
                 let value = rmpv::decode::read_value(&mut cursor).map_err(|e| e.to_string())?;
                 if !cursor.is_empty() {
-                    return Err(format!(
-                        "{} unexpected bytes after the msgpack value",
-                        cursor.len()
-                    ));
+                    return Err(format!("{} unexpected bytes after the msgpack value", cursor.len()));
                 }
                 msgpack_to_json(value)
             }
@@ -135,12 +124,7 @@ impl std::fmt::Display for Serializer {
 
 /// Lowercase, strip MIME parameters and whitespace.
 fn normalize(content_type: &str) -> String {
-    content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 /// True for the names and MIME types of serializers that can execute code
@@ -148,11 +132,7 @@ fn normalize(content_type: &str) -> String {
 pub fn is_unsafe_serializer(name: &str) -> bool {
     matches!(
         normalize(name).as_str(),
-        "pickle"
-            | "application/x-python-serialize"
-            | "yaml"
-            | "application/x-yaml"
-            | "application/yaml"
+        "pickle" | "application/x-python-serialize" | "yaml" | "application/x-yaml" | "application/yaml"
     )
 }
 
@@ -172,10 +152,7 @@ pub struct AcceptContent {
 impl Default for AcceptContent {
     /// Celery's default: `["json"]`.
     fn default() -> Self {
-        AcceptContent {
-            allowed: vec![Serializer::Json],
-            ignored: Vec::new(),
-        }
+        AcceptContent { allowed: vec![Serializer::Json], ignored: Vec::new() }
     }
 }
 
@@ -204,10 +181,7 @@ impl AcceptContent {
                             "accept_content lists an unsafe serializer; Celeriac never deserializes it"
                         );
                     } else {
-                        tracing::warn!(
-                            serializer = name,
-                            "accept_content lists an unknown serializer; ignored"
-                        );
+                        tracing::warn!(serializer = name, "accept_content lists an unknown serializer; ignored");
                     }
                     ignored.push(name.to_owned());
                 }
@@ -218,10 +192,7 @@ impl AcceptContent {
 
     /// Accept every serializer Celeriac implements (json and msgpack).
     pub fn all() -> Self {
-        AcceptContent {
-            allowed: vec![Serializer::Json, Serializer::Msgpack],
-            ignored: Vec::new(),
-        }
+        AcceptContent { allowed: vec![Serializer::Json, Serializer::Msgpack], ignored: Vec::new() }
     }
 
     /// The serializers that will be decoded.
@@ -238,10 +209,7 @@ impl AcceptContent {
     /// content type that is refused. A missing content type is treated as
     /// kombu does, as `application/data`, which no serializer decodes.
     pub fn check(&self, content_type: Option<&str>) -> Result<Serializer, String> {
-        let ct = content_type
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .unwrap_or(CONTENT_TYPE_DATA);
+        let ct = content_type.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(CONTENT_TYPE_DATA);
         if is_unsafe_serializer(ct) {
             return Err(ct.to_owned());
         }
@@ -270,9 +238,7 @@ pub fn json_to_msgpack(value: &Value) -> rmpv::Value {
         Value::String(s) => rmpv::Value::String(s.as_str().into()),
         Value::Array(items) => rmpv::Value::Array(items.iter().map(json_to_msgpack).collect()),
         Value::Object(map) => rmpv::Value::Map(
-            map.iter()
-                .map(|(k, v)| (rmpv::Value::String(k.as_str().into()), json_to_msgpack(v)))
-                .collect(),
+            map.iter().map(|(k, v)| (rmpv::Value::String(k.as_str().into()), json_to_msgpack(v))).collect(),
         ),
     }
 }
@@ -312,12 +278,7 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, String> {
             }
             Value::Object(marker)
         }
-        rmpv::Value::Array(items) => Value::Array(
-            items
-                .into_iter()
-                .map(msgpack_to_json)
-                .collect::<Result<_, _>>()?,
-        ),
+        rmpv::Value::Array(items) => Value::Array(items.into_iter().map(msgpack_to_json).collect::<Result<_, _>>()?),
         rmpv::Value::Map(pairs) => {
             let mut map = Map::with_capacity(pairs.len());
             for (k, v) in pairs {
@@ -339,9 +300,7 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, String> {
 }
 
 fn float(f: f64) -> Result<Value, String> {
-    Number::from_f64(f)
-        .map(Value::Number)
-        .ok_or_else(|| format!("non-finite float {f} has no JSON form"))
+    Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("non-finite float {f} has no JSON form"))
 }
 
 #[cfg(test)]
@@ -352,15 +311,9 @@ mod tests {
     #[test]
     fn names_and_types() {
         assert_eq!(Serializer::from_name("json"), Some(Serializer::Json));
-        assert_eq!(
-            Serializer::from_name("Application/JSON; charset=utf-8"),
-            Some(Serializer::Json)
-        );
+        assert_eq!(Serializer::from_name("Application/JSON; charset=utf-8"), Some(Serializer::Json));
         assert_eq!(Serializer::from_name("msgpack"), Some(Serializer::Msgpack));
-        assert_eq!(
-            Serializer::from_name("application/x-msgpack"),
-            Some(Serializer::Msgpack)
-        );
+        assert_eq!(Serializer::from_name("application/x-msgpack"), Some(Serializer::Msgpack));
         assert_eq!(Serializer::from_name("pickle"), None);
         assert_eq!(Serializer::Msgpack.content_encoding(), "binary");
         assert_eq!(Serializer::Json.to_string(), "json");
@@ -368,29 +321,14 @@ mod tests {
 
     #[test]
     fn accept_content_refuses_pickle_even_when_listed() {
-        let accept = AcceptContent::new([
-            "json",
-            "pickle",
-            "application/x-python-serialize",
-            "yaml",
-            "bogus",
-        ]);
+        let accept = AcceptContent::new(["json", "pickle", "application/x-python-serialize", "yaml", "bogus"]);
         assert_eq!(accept.allowed(), &[Serializer::Json]);
         assert_eq!(accept.ignored().len(), 4);
         assert_eq!(accept.check(Some("application/json")), Ok(Serializer::Json));
-        assert_eq!(
-            accept.check(Some(CONTENT_TYPE_PICKLE)),
-            Err(CONTENT_TYPE_PICKLE.to_owned())
-        );
-        assert_eq!(
-            accept.check(Some(CONTENT_TYPE_MSGPACK)),
-            Err(CONTENT_TYPE_MSGPACK.to_owned())
-        );
+        assert_eq!(accept.check(Some(CONTENT_TYPE_PICKLE)), Err(CONTENT_TYPE_PICKLE.to_owned()));
+        assert_eq!(accept.check(Some(CONTENT_TYPE_MSGPACK)), Err(CONTENT_TYPE_MSGPACK.to_owned()));
         assert_eq!(accept.check(None), Err(CONTENT_TYPE_DATA.to_owned()));
-        assert_eq!(
-            AcceptContent::all().check(Some(CONTENT_TYPE_MSGPACK)),
-            Ok(Serializer::Msgpack)
-        );
+        assert_eq!(AcceptContent::all().check(Some(CONTENT_TYPE_MSGPACK)), Ok(Serializer::Msgpack));
         assert_eq!(AcceptContent::default().allowed(), &[Serializer::Json]);
     }
 
@@ -404,10 +342,7 @@ mod tests {
         let mut buf = Vec::new();
         rmpv::encode::write_value(
             &mut buf,
-            &rmpv::Value::Array(vec![
-                rmpv::Value::Binary(b"hi".to_vec()),
-                rmpv::Value::Binary(vec![0xff, 0x00]),
-            ]),
+            &rmpv::Value::Array(vec![rmpv::Value::Binary(b"hi".to_vec()), rmpv::Value::Binary(vec![0xff, 0x00])]),
         )
         .unwrap();
         assert_eq!(
@@ -419,17 +354,8 @@ mod tests {
     #[test]
     fn msgpack_rejects_what_json_cannot_hold() {
         let mut buf = Vec::new();
-        rmpv::encode::write_value(
-            &mut buf,
-            &rmpv::Value::Map(vec![(rmpv::Value::from(1), rmpv::Value::Nil)]),
-        )
-        .unwrap();
-        assert!(
-            Serializer::Msgpack
-                .decode(&buf)
-                .unwrap_err()
-                .contains("map key must be a string")
-        );
+        rmpv::encode::write_value(&mut buf, &rmpv::Value::Map(vec![(rmpv::Value::from(1), rmpv::Value::Nil)])).unwrap();
+        assert!(Serializer::Msgpack.decode(&buf).unwrap_err().contains("map key must be a string"));
         buf.clear();
         rmpv::encode::write_value(&mut buf, &rmpv::Value::Ext(5, vec![1])).unwrap();
         assert!(Serializer::Msgpack.decode(&buf).is_err());
@@ -447,9 +373,6 @@ mod tests {
         assert!(Serializer::Json.decode(b"[1, NaN]").is_err());
         assert!(Serializer::Json.decode(b"\xff").is_err());
         assert_eq!(Serializer::Json.decode(b"[1, 2]").unwrap(), json!([1, 2]));
-        assert_eq!(
-            Serializer::Json.encode(&json!({"a": [1]})).unwrap(),
-            b"{\"a\": [1]}"
-        );
+        assert_eq!(Serializer::Json.encode(&json!({"a": [1]})).unwrap(), b"{\"a\": [1]}");
     }
 }

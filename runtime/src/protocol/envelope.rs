@@ -64,32 +64,19 @@ impl Envelope {
     /// Build from an already parsed JSON value.
     pub fn from_value(value: Value) -> Result<Envelope, ProtocolError> {
         let Value::Object(mut obj) = value else {
-            return Err(ProtocolError::EnvelopeNotObject {
-                found: describe(&value),
-            });
+            return Err(ProtocolError::EnvelopeNotObject { found: describe(&value) });
         };
         let body = match obj.shift_remove("body") {
             Some(Value::String(s)) => s,
             _ => {
-                return Err(ProtocolError::EnvelopeField {
-                    field: "body",
-                    expected: "a string",
-                });
+                return Err(ProtocolError::EnvelopeField { field: "body", expected: "a string" });
             }
         };
         let content_type = opt_string(obj.shift_remove("content-type"), "content-type")?;
-        let content_encoding =
-            opt_string(obj.shift_remove("content-encoding"), "content-encoding")?;
+        let content_encoding = opt_string(obj.shift_remove("content-encoding"), "content-encoding")?;
         let headers = opt_object(obj.shift_remove("headers"), "headers")?;
         let properties = opt_object(obj.shift_remove("properties"), "properties")?;
-        Ok(Envelope {
-            body,
-            content_type,
-            content_encoding,
-            headers,
-            properties,
-            extra: obj,
-        })
+        Ok(Envelope { body, content_type, content_encoding, headers, properties, extra: obj })
     }
 
     /// Build an envelope for publishing: base64-encodes `body` and sets
@@ -117,19 +104,10 @@ impl Envelope {
     pub fn to_value(&self) -> Value {
         let mut m = Map::with_capacity(5 + self.extra.len());
         m.insert("body".to_owned(), Value::String(self.body.clone()));
-        m.insert(
-            "content-encoding".to_owned(),
-            opt_value(self.content_encoding.as_deref()),
-        );
-        m.insert(
-            "content-type".to_owned(),
-            opt_value(self.content_type.as_deref()),
-        );
+        m.insert("content-encoding".to_owned(), opt_value(self.content_encoding.as_deref()));
+        m.insert("content-type".to_owned(), opt_value(self.content_type.as_deref()));
         m.insert("headers".to_owned(), Value::Object(self.headers.clone()));
-        m.insert(
-            "properties".to_owned(),
-            Value::Object(self.properties.clone()),
-        );
+        m.insert("properties".to_owned(), Value::Object(self.properties.clone()));
         for (k, v) in &self.extra {
             m.insert(k.clone(), v.clone());
         }
@@ -156,9 +134,7 @@ impl Envelope {
     pub fn parse_unacked_entry(bytes: &[u8]) -> Result<(Envelope, String, String), ProtocolError> {
         let value: Value = serde_json::from_slice(bytes).map_err(ProtocolError::EnvelopeJson)?;
         let Value::Array(items) = value else {
-            return Err(ProtocolError::EnvelopeNotObject {
-                found: describe(&value),
-            });
+            return Err(ProtocolError::EnvelopeNotObject { found: describe(&value) });
         };
         let mut it = items.into_iter();
         let (Some(env), Some(Value::String(ex)), Some(Value::String(rk)), None) =
@@ -175,12 +151,8 @@ impl Envelope {
     /// Mark the message as redelivered, as kombu's restore does:
     /// `headers.redelivered = true` and `properties.delivery_info.redelivered = true`.
     pub fn mark_redelivered(&mut self) {
-        self.headers
-            .insert("redelivered".to_owned(), Value::Bool(true));
-        let info = self
-            .properties
-            .entry("delivery_info")
-            .or_insert_with(|| Value::Object(Map::new()));
+        self.headers.insert("redelivered".to_owned(), Value::Bool(true));
+        let info = self.properties.entry("delivery_info").or_insert_with(|| Value::Object(Map::new()));
         if !info.is_object() {
             *info = Value::Object(Map::new());
         }
@@ -194,9 +166,7 @@ impl Envelope {
     }
 
     fn delivery_info_field(&self, key: &str) -> Option<&Value> {
-        self.properties
-            .get("delivery_info")
-            .and_then(|d| d.get(key))
+        self.properties.get("delivery_info").and_then(|d| d.get(key))
     }
 
     /// `properties.delivery_tag` (a uuid4 string on Redis).
@@ -211,28 +181,18 @@ impl Envelope {
 
     /// `properties.delivery_info.routing_key` (the queue, for the default exchange).
     pub fn routing_key(&self) -> Option<&str> {
-        self.delivery_info_field("routing_key")
-            .and_then(Value::as_str)
+        self.delivery_info_field("routing_key").and_then(Value::as_str)
     }
 
     /// `properties.delivery_info.redelivered` (or `headers.redelivered`).
     pub fn redelivered(&self) -> bool {
-        self.delivery_info_field("redelivered")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-            || self
-                .headers
-                .get("redelivered")
-                .and_then(Value::as_bool)
-                .unwrap_or(false)
+        self.delivery_info_field("redelivered").and_then(Value::as_bool).unwrap_or(false)
+            || self.headers.get("redelivered").and_then(Value::as_bool).unwrap_or(false)
     }
 
     /// `properties.priority` when it is an integer in 0..=255.
     pub fn priority(&self) -> Option<u8> {
-        self.properties
-            .get("priority")
-            .and_then(Value::as_u64)
-            .and_then(|p| u8::try_from(p).ok())
+        self.properties.get("priority").and_then(Value::as_u64).and_then(|p| u8::try_from(p).ok())
     }
 
     /// `properties.body_encoding` (`base64` for everything kombu writes).
@@ -265,16 +225,9 @@ impl Envelope {
 
     /// What the headers / properties reveal about the task, for errors.
     fn partial(&self) -> Partial {
-        let header = |k: &str| {
-            self.headers
-                .get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        };
+        let header = |k: &str| self.headers.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
         Partial {
-            id: header("id")
-                .or_else(|| self.correlation_id())
-                .map(str::to_owned),
+            id: header("id").or_else(|| self.correlation_id()).map(str::to_owned),
             task: header("task").map(str::to_owned),
         }
     }
@@ -284,15 +237,11 @@ impl Envelope {
         match self.body_encoding() {
             Some(enc) if enc.eq_ignore_ascii_case("base64") => B64
                 .decode(self.body.as_bytes())
-                .map_err(|source| ProtocolError::BadBase64 {
-                    source,
-                    partial: self.partial(),
-                }),
+                .map_err(|source| ProtocolError::BadBase64 { source, partial: self.partial() }),
             None => Ok(self.body.as_bytes().to_vec()),
-            Some(other) => Err(ProtocolError::UnsupportedBodyEncoding {
-                encoding: other.to_owned(),
-                partial: self.partial(),
-            }),
+            Some(other) => {
+                Err(ProtocolError::UnsupportedBodyEncoding { encoding: other.to_owned(), partial: self.partial() })
+            }
         }
     }
 
@@ -317,10 +266,7 @@ fn opt_string(v: Option<Value>, field: &'static str) -> Result<Option<String>, P
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ProtocolError::EnvelopeField {
-            field,
-            expected: "a string or null",
-        }),
+        Some(_) => Err(ProtocolError::EnvelopeField { field, expected: "a string or null" }),
     }
 }
 
@@ -328,10 +274,7 @@ fn opt_object(v: Option<Value>, field: &'static str) -> Result<Map<String, Value
     match v {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(m)) => Ok(m),
-        Some(_) => Err(ProtocolError::EnvelopeField {
-            field,
-            expected: "an object or null",
-        }),
+        Some(_) => Err(ProtocolError::EnvelopeField { field, expected: "an object or null" }),
     }
 }
 
@@ -367,31 +310,19 @@ mod tests {
 
     #[test]
     fn malformed_envelopes() {
-        assert!(matches!(
-            Envelope::parse(b"{not json"),
-            Err(ProtocolError::EnvelopeJson(_))
-        ));
-        assert!(matches!(
-            Envelope::parse(b"[1]"),
-            Err(ProtocolError::EnvelopeNotObject { .. })
-        ));
+        assert!(matches!(Envelope::parse(b"{not json"), Err(ProtocolError::EnvelopeJson(_))));
+        assert!(matches!(Envelope::parse(b"[1]"), Err(ProtocolError::EnvelopeNotObject { .. })));
         assert!(matches!(
             Envelope::parse(br#"{"headers": {}}"#),
             Err(ProtocolError::EnvelopeField { field: "body", .. })
         ));
         assert!(matches!(
             Envelope::parse(br#"{"body": "", "headers": []}"#),
-            Err(ProtocolError::EnvelopeField {
-                field: "headers",
-                ..
-            })
+            Err(ProtocolError::EnvelopeField { field: "headers", .. })
         ));
         assert!(matches!(
             Envelope::parse(br#"{"body": "", "content-type": 5}"#),
-            Err(ProtocolError::EnvelopeField {
-                field: "content-type",
-                ..
-            })
+            Err(ProtocolError::EnvelopeField { field: "content-type", .. })
         ));
         // Minimal: only a body, nothing else.
         let env = Envelope::parse(br#"{"body": "[]"}"#).unwrap();
@@ -408,10 +339,7 @@ mod tests {
         assert!(matches!(err, ProtocolError::BadBase64 { .. }), "{err}");
         assert_eq!(err.task_id(), Some("abc"));
         assert_eq!(err.task_name(), Some("tasks.add"));
-        assert!(
-            err.to_string().contains("(task tasks.add, id abc)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("(task tasks.add, id abc)"), "{err}");
     }
 
     #[test]
@@ -426,10 +354,7 @@ mod tests {
     fn missing_padding_is_tolerated() {
         let mut v = sample();
         v["body"] = json!("W1s0LCA0XSwge30sIHt9XQ");
-        assert_eq!(
-            Envelope::from_value(v).unwrap().decoded_body().unwrap(),
-            b"[[4, 4], {}, {}]"
-        );
+        assert_eq!(Envelope::from_value(v).unwrap().decoded_body().unwrap(), b"[[4, 4], {}, {}]");
     }
 
     #[test]
@@ -441,23 +366,10 @@ mod tests {
         assert!(env.redelivered());
         let out = env.to_value();
         assert_eq!(out["headers"]["redelivered"], json!(true));
-        assert_eq!(
-            out["properties"]["delivery_info"]["redelivered"],
-            json!(true)
-        );
+        assert_eq!(out["properties"]["delivery_info"]["redelivered"], json!(true));
         assert_eq!(out["zzz"], json!(1));
         let keys: Vec<_> = out.as_object().unwrap().keys().cloned().collect();
-        assert_eq!(
-            keys,
-            [
-                "body",
-                "content-encoding",
-                "content-type",
-                "headers",
-                "properties",
-                "zzz"
-            ]
-        );
+        assert_eq!(keys, ["body", "content-encoding", "content-type", "headers", "properties", "zzz"]);
     }
 
     #[test]
@@ -475,13 +387,7 @@ mod tests {
     fn new_envelope_base64_and_order() {
         let mut props = Map::new();
         props.insert("delivery_tag".into(), json!("t"));
-        let env = Envelope::new(
-            b"[[], {}, {}]",
-            "application/json",
-            "utf-8",
-            Map::new(),
-            props,
-        );
+        let env = Envelope::new(b"[[], {}, {}]", "application/json", "utf-8", Map::new(), props);
         assert_eq!(env.body, "W1tdLCB7fSwge31d");
         assert_eq!(env.body_encoding(), Some("base64"));
         assert_eq!(

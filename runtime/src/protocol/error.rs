@@ -27,10 +27,7 @@ pub struct Partial {
 impl Partial {
     /// Nothing is known.
     pub const fn none() -> Self {
-        Partial {
-            id: None,
-            task: None,
-        }
+        Partial { id: None, task: None }
     }
 
     /// True when neither id nor name is known.
@@ -95,9 +92,7 @@ pub enum ProtocolError {
 
     /// The content type is not in `accept_content` (or is pickle, which is
     /// never accepted). The body was NOT deserialised.
-    #[error(
-        "refusing to deserialize content of type `{content_type}`: not in accept_content{partial}"
-    )]
+    #[error("refusing to deserialize content of type `{content_type}`: not in accept_content{partial}")]
     ContentDisallowed {
         /// The content type of the message (`application/data` when absent).
         content_type: String,

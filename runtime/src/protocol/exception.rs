@@ -134,10 +134,7 @@ pub fn exception_module<'a>(name: &str, default: &'a str) -> &'a str {
     if is_builtin_exception(name) {
         return BUILTINS;
     }
-    CELERY_EXCEPTIONS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(default, |(_, m)| m)
+    CELERY_EXCEPTIONS.iter().find(|(n, _)| *n == name).map_or(default, |(_, m)| m)
 }
 
 /// A serialised exception: `{"exc_type", "exc_message", "exc_module"}`.
@@ -156,74 +153,38 @@ pub struct ExceptionInfo {
 impl ExceptionInfo {
     /// An exception with an explicit module.
     pub fn new(exc_type: impl Into<String>, args: Vec<Value>, module: impl Into<String>) -> Self {
-        ExceptionInfo {
-            exc_type: exc_type.into(),
-            exc_message: args,
-            exc_module: Some(module.into()),
-        }
+        ExceptionInfo { exc_type: exc_type.into(), exc_message: args, exc_module: Some(module.into()) }
     }
 
     /// An exception whose module is picked by [`exception_module`].
-    pub fn with_default_module(
-        exc_type: impl Into<String>,
-        args: Vec<Value>,
-        default_module: &str,
-    ) -> Self {
+    pub fn with_default_module(exc_type: impl Into<String>, args: Vec<Value>, default_module: &str) -> Self {
         let exc_type = exc_type.into();
         let module = exception_module(&exc_type, default_module).to_owned();
-        ExceptionInfo {
-            exc_type,
-            exc_message: args,
-            exc_module: Some(module),
-        }
+        ExceptionInfo { exc_type, exc_message: args, exc_module: Some(module) }
     }
 
     /// Shorthand for the common one-string-argument exception.
-    pub fn with_message(
-        exc_type: impl Into<String>,
-        message: impl Into<String>,
-        default_module: &str,
-    ) -> Self {
-        Self::with_default_module(
-            exc_type,
-            vec![Value::String(message.into())],
-            default_module,
-        )
+    pub fn with_message(exc_type: impl Into<String>, message: impl Into<String>, default_module: &str) -> Self {
+        Self::with_default_module(exc_type, vec![Value::String(message.into())], default_module)
     }
 
     /// `TaskRevokedError(reason)` from `celery.exceptions`; `reason` is
     /// `revoked`, `terminated` or `expired`.
     pub fn task_revoked(reason: &str) -> Self {
-        Self::new(
-            "TaskRevokedError",
-            vec![Value::from(reason)],
-            "celery.exceptions",
-        )
+        Self::new("TaskRevokedError", vec![Value::from(reason)], "celery.exceptions")
     }
 
     /// `NotRegistered(<task name>)`, as Celery reports an unknown task.
     pub fn not_registered(task_name: &str) -> Self {
-        Self::new(
-            "NotRegistered",
-            vec![Value::from(task_name)],
-            "celery.exceptions",
-        )
+        Self::new("NotRegistered", vec![Value::from(task_name)], "celery.exceptions")
     }
 
     /// The stored form, keys in Celery's order.
     pub fn to_value(&self) -> Value {
         let mut m = Map::new();
         m.insert("exc_type".to_owned(), Value::String(self.exc_type.clone()));
-        m.insert(
-            "exc_message".to_owned(),
-            Value::Array(self.exc_message.clone()),
-        );
-        m.insert(
-            "exc_module".to_owned(),
-            self.exc_module
-                .as_ref()
-                .map_or(Value::Null, |s| Value::String(s.clone())),
-        );
+        m.insert("exc_message".to_owned(), Value::Array(self.exc_message.clone()));
+        m.insert("exc_module".to_owned(), self.exc_module.as_ref().map_or(Value::Null, |s| Value::String(s.clone())));
         Value::Object(m)
     }
 
@@ -231,30 +192,21 @@ impl ExceptionInfo {
     /// `exc_message` may be a single value instead of a list, `exc_module`
     /// may be missing. `exc_type` must be a string.
     pub fn from_value(value: &Value) -> Result<Self, ProtocolError> {
-        let obj = value.as_object().ok_or_else(|| {
-            ProtocolError::InvalidResult("exception result must be an object".to_owned())
-        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ProtocolError::InvalidResult("exception result must be an object".to_owned()))?;
         let exc_type = obj
             .get("exc_type")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ProtocolError::InvalidResult("exception has no string `exc_type`".to_owned())
-            })?
+            .ok_or_else(|| ProtocolError::InvalidResult("exception has no string `exc_type`".to_owned()))?
             .to_owned();
         let exc_message = match obj.get("exc_message") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::Array(a)) => a.clone(),
             Some(other) => vec![other.clone()],
         };
-        let exc_module = obj
-            .get("exc_module")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        Ok(ExceptionInfo {
-            exc_type,
-            exc_message,
-            exc_module,
-        })
+        let exc_module = obj.get("exc_module").and_then(Value::as_str).map(str::to_owned);
+        Ok(ExceptionInfo { exc_type, exc_message, exc_module })
     }
 
     /// Python `repr(exc)`: `TypeError('boom')`, `MyError('a', 42)`, `E()`.
@@ -287,11 +239,7 @@ impl ExceptionInfo {
             Some(m) => format!("{m}.{}", self.exc_type),
         };
         let msg = self.message();
-        if msg.is_empty() {
-            name
-        } else {
-            format!("{name}: {msg}")
-        }
+        if msg.is_empty() { name } else { format!("{name}: {msg}") }
     }
 }
 
@@ -319,29 +267,14 @@ mod tests {
             assert_eq!(exception_module(b, DEF), "builtins", "{b}");
         }
         assert_eq!(exception_module("NotRegistered", DEF), "celery.exceptions");
-        assert_eq!(
-            exception_module("TaskRevokedError", DEF),
-            "celery.exceptions"
-        );
+        assert_eq!(exception_module("TaskRevokedError", DEF), "celery.exceptions");
         assert_eq!(exception_module("Retry", DEF), "celery.exceptions");
         assert_eq!(exception_module("Reject", DEF), "celery.exceptions");
         assert_eq!(exception_module("Ignore", DEF), "celery.exceptions");
-        assert_eq!(
-            exception_module("TimeLimitExceeded", DEF),
-            "billiard.exceptions"
-        );
-        assert_eq!(
-            exception_module("SoftTimeLimitExceeded", DEF),
-            "billiard.exceptions"
-        );
-        assert_eq!(
-            exception_module("WorkerLostError", DEF),
-            "billiard.exceptions"
-        );
-        assert_eq!(
-            exception_module("ContentDisallowed", DEF),
-            "kombu.exceptions"
-        );
+        assert_eq!(exception_module("TimeLimitExceeded", DEF), "billiard.exceptions");
+        assert_eq!(exception_module("SoftTimeLimitExceeded", DEF), "billiard.exceptions");
+        assert_eq!(exception_module("WorkerLostError", DEF), "billiard.exceptions");
+        assert_eq!(exception_module("ContentDisallowed", DEF), "kombu.exceptions");
         assert_eq!(exception_module("WasmTrap", DEF), DEF);
         assert_eq!(exception_module("typeerror", DEF), DEF);
         assert_eq!(PYTHON_BUILTIN_EXCEPTIONS.len(), 70);
@@ -349,11 +282,7 @@ mod tests {
 
     #[test]
     fn serialised_form_and_key_order() {
-        let e = ExceptionInfo::with_message(
-            "TypeError",
-            "unsupported operand type(s) for +: 'int' and 'str'",
-            "x",
-        );
+        let e = ExceptionInfo::with_message("TypeError", "unsupported operand type(s) for +: 'int' and 'str'", "x");
         assert_eq!(
             super::super::pyjson::to_string(&e.to_value()),
             r#"{"exc_type": "TypeError", "exc_message": ["unsupported operand type(s) for +: 'int' and 'str'"], "exc_module": "builtins"}"#
@@ -367,10 +296,7 @@ mod tests {
 
     #[test]
     fn from_value_is_lenient() {
-        let e = ExceptionInfo::from_value(
-            &json!({"exc_type": "TypeError", "exc_message": "boom as string"}),
-        )
-        .unwrap();
+        let e = ExceptionInfo::from_value(&json!({"exc_type": "TypeError", "exc_message": "boom as string"})).unwrap();
         assert_eq!(e.exc_message, vec![json!("boom as string")]);
         assert_eq!(e.exc_module, None);
         assert_eq!(e.to_value()["exc_module"], Value::Null);
@@ -383,16 +309,9 @@ mod tests {
         let e = ExceptionInfo::with_message("TypeError", "unsupported operand", "m");
         assert_eq!(e.repr(), "TypeError('unsupported operand')");
         assert_eq!(e.format_exception_only(), "TypeError: unsupported operand");
-        let c = ExceptionInfo::new(
-            "MyCustomError",
-            vec![json!("custom boom"), json!(42)],
-            "tasks",
-        );
+        let c = ExceptionInfo::new("MyCustomError", vec![json!("custom boom"), json!(42)], "tasks");
         assert_eq!(c.repr(), "MyCustomError('custom boom', 42)");
-        assert_eq!(
-            c.format_exception_only(),
-            "tasks.MyCustomError: ('custom boom', 42)"
-        );
+        assert_eq!(c.format_exception_only(), "tasks.MyCustomError: ('custom boom', 42)");
         let t = ExceptionInfo::new("TimeLimitExceeded", vec![json!(30)], "billiard.exceptions");
         assert_eq!(t.repr(), "TimeLimitExceeded(30)");
         let empty = ExceptionInfo::new("ValueError", vec![], "builtins");
@@ -404,9 +323,6 @@ mod tests {
         assert_eq!(q.repr(), "ValueError(\"it's\")");
         let nr = ExceptionInfo::not_registered("tasks.nope");
         assert_eq!(nr.exc_message, vec![json!("tasks.nope")]);
-        assert_eq!(
-            nr.format_exception_only(),
-            "celery.exceptions.NotRegistered: 'tasks.nope'"
-        );
+        assert_eq!(nr.format_exception_only(), "celery.exceptions.NotRegistered: 'tasks.nope'");
     }
 }

@@ -128,16 +128,10 @@ impl TimeLimit {
                             Some(f) if f >= 0.0 => Ok(Some(f)),
                             _ => Err(format!("limit {n} is not a non-negative number")),
                         },
-                        Some(other) => Err(format!(
-                            "limit must be a number or null, got {}",
-                            describe(other)
-                        )),
+                        Some(other) => Err(format!("limit must be a number or null, got {}", describe(other))),
                     }
                 };
-                Ok(TimeLimit {
-                    hard: get(0)?,
-                    soft: get(1)?,
-                })
+                Ok(TimeLimit { hard: get(0)?, soft: get(1)? })
             }
             other => Err(format!("must be [hard, soft], got {}", describe(other))),
         }
@@ -173,16 +167,12 @@ pub struct Embed {
 impl Embed {
     /// `{"callbacks", "errbacks", "chain", "chord"}` in Celery's order.
     pub fn to_value(&self) -> Value {
-        let list =
-            |l: &Option<Vec<Value>>| l.as_ref().map_or(Value::Null, |v| Value::Array(v.clone()));
+        let list = |l: &Option<Vec<Value>>| l.as_ref().map_or(Value::Null, |v| Value::Array(v.clone()));
         let mut m = Map::new();
         m.insert("callbacks".to_owned(), list(&self.callbacks));
         m.insert("errbacks".to_owned(), list(&self.errbacks));
         m.insert("chain".to_owned(), list(&self.chain));
-        m.insert(
-            "chord".to_owned(),
-            self.chord.clone().unwrap_or(Value::Null),
-        );
+        m.insert("chord".to_owned(), self.chord.clone().unwrap_or(Value::Null));
         Value::Object(m)
     }
 
@@ -197,10 +187,7 @@ impl Embed {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::Array(a)) => Ok(Some(a.clone())),
-                Some(other) => Err(format!(
-                    "`{key}` must be a list of signatures, got {}",
-                    describe(other)
-                )),
+                Some(other) => Err(format!("`{key}` must be a list of signatures, got {}", describe(other))),
             }
         };
         Ok(Embed {
@@ -276,33 +263,19 @@ impl TaskMessage {
     /// Decode a transport-neutral message. The content type is checked
     /// against `accept` before the body is deserialised.
     pub fn decode(raw: RawMessage, accept: &AcceptContent) -> Result<TaskMessage, ProtocolError> {
-        let RawMessage {
-            mut headers,
-            body,
-            content_type,
-            content_encoding: _,
-            delivery,
-        } = raw;
+        let RawMessage { mut headers, body, content_type, content_encoding: _, delivery } = raw;
         let mut partial = partial_from(&headers, delivery.correlation_id.as_deref());
 
         let serializer = accept
             .check(content_type.as_deref())
-            .map_err(|content_type| ProtocolError::ContentDisallowed {
-                content_type,
-                partial: partial.clone(),
-            })?;
-        let payload = serializer
-            .decode(&body)
-            .map_err(|reason| ProtocolError::BodyDecode {
-                content_type: serializer.content_type().to_owned(),
-                reason,
-                partial: partial.clone(),
-            })?;
+            .map_err(|content_type| ProtocolError::ContentDisallowed { content_type, partial: partial.clone() })?;
+        let payload = serializer.decode(&body).map_err(|reason| ProtocolError::BodyDecode {
+            content_type: serializer.content_type().to_owned(),
+            reason,
+            partial: partial.clone(),
+        })?;
 
-        let is_v2 = headers
-            .get("task")
-            .and_then(Value::as_str)
-            .is_some_and(|t| !t.is_empty());
+        let is_v2 = headers.get("task").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
         let (protocol, args, kwargs, embed) = if is_v2 {
             let (args, kwargs, embed) = split_v2_body(payload, &partial)?;
             (ProtocolVersion::V2, args, kwargs, embed)
@@ -315,16 +288,10 @@ impl TaskMessage {
                     (ProtocolVersion::V1, args, kwargs, embed)
                 }
                 Value::Array(_) => {
-                    return Err(ProtocolError::MissingField {
-                        field: "task",
-                        partial,
-                    });
+                    return Err(ProtocolError::MissingField { field: "task", partial });
                 }
                 other => {
-                    return Err(ProtocolError::BodyShape {
-                        found: describe(&other),
-                        partial,
-                    });
+                    return Err(ProtocolError::BodyShape { found: describe(&other), partial });
                 }
             }
         };
@@ -332,19 +299,13 @@ impl TaskMessage {
         let args = match args {
             Value::Array(a) => a,
             other => {
-                return Err(ProtocolError::ArgsNotList {
-                    found: describe(&other),
-                    partial,
-                });
+                return Err(ProtocolError::ArgsNotList { found: describe(&other), partial });
             }
         };
         let kwargs = match kwargs {
             Value::Object(m) => m,
             other => {
-                return Err(ProtocolError::KwargsNotObject {
-                    found: describe(&other),
-                    partial,
-                });
+                return Err(ProtocolError::KwargsNotObject { found: describe(&other), partial });
             }
         };
         let embed = Embed::from_value(&embed).map_err(|reason| ProtocolError::InvalidField {
@@ -353,17 +314,14 @@ impl TaskMessage {
             partial: partial.clone(),
         })?;
 
-        let h = Fields {
-            headers: &headers,
-            partial: &partial,
-        };
+        let h = Fields { headers: &headers, partial: &partial };
         let id = h.required("id")?;
         let task = h.required("task")?;
         let eta = h.datetime("eta")?;
         let expires = h.datetime("expires")?;
-        let retries = h.uint("retries")?.map_or(Ok(0), |r| {
-            u32::try_from(r).map_err(|_| h.invalid("retries", format!("{r} is too large")))
-        })?;
+        let retries = h
+            .uint("retries")?
+            .map_or(Ok(0), |r| u32::try_from(r).map_err(|_| h.invalid("retries", format!("{r} is too large"))))?;
         let timelimit = match headers.get("timelimit") {
             None => TimeLimit::default(),
             Some(v) => TimeLimit::from_value(v).map_err(|reason| h.invalid("timelimit", reason))?,
@@ -376,10 +334,7 @@ impl TaskMessage {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(other) => {
-                return Err(h.invalid(
-                    "ignore_result",
-                    format!("must be a boolean, got {}", describe(other)),
-                ));
+                return Err(h.invalid("ignore_result", format!("must be a boolean, got {}", describe(other))));
             }
         };
         let shadow = h.display("shadow");
@@ -415,19 +370,13 @@ impl TaskMessage {
     }
 
     /// Decode a task message from a kombu Redis envelope.
-    pub fn from_envelope(
-        envelope: &Envelope,
-        accept: &AcceptContent,
-    ) -> Result<TaskMessage, ProtocolError> {
+    pub fn from_envelope(envelope: &Envelope, accept: &AcceptContent) -> Result<TaskMessage, ProtocolError> {
         Self::decode(envelope.to_raw_message()?, accept)
     }
 
     /// The name to show in logs: `shadow` when set, else the task name.
     pub fn display_name(&self) -> &str {
-        self.shadow
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .unwrap_or(&self.task)
+        self.shadow.as_deref().filter(|s| !s.is_empty()).unwrap_or(&self.task)
     }
 
     /// True when `expires` is set and is not after `now`.
@@ -441,9 +390,7 @@ impl TaskMessage {
         self.headers
             .iter()
             .filter(|(k, _)| !STANDARD_HEADERS.contains(&k.as_str()) && k.as_str() != "redelivered")
-            .filter(|(k, _)| {
-                self.protocol == ProtocolVersion::V2 || !V1_SYNTH_HEADERS.contains(&k.as_str())
-            })
+            .filter(|(k, _)| self.protocol == ProtocolVersion::V2 || !V1_SYNTH_HEADERS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -475,16 +422,9 @@ impl TaskMessage {
             property_origin: None,
             argsrepr: self.argsrepr.clone(),
             kwargsrepr: self.kwargsrepr.clone(),
-            replaced_task_nesting: h
-                .get("replaced_task_nesting")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            replaced_task_nesting: h.get("replaced_task_nesting").and_then(Value::as_u64).unwrap_or(0),
             stamped_headers: h.get("stamped_headers").filter(|v| !v.is_null()).cloned(),
-            stamps: h
-                .get("stamps")
-                .and_then(Value::as_object)
-                .cloned()
-                .unwrap_or_default(),
+            stamps: h.get("stamps").and_then(Value::as_object).cloned().unwrap_or_default(),
             serializer: self.serializer,
             delivery_mode: 2,
         };
@@ -502,39 +442,21 @@ impl TaskMessage {
 const V1_SYNTH_HEADERS: &[&str] = &["meth"];
 
 fn partial_from(headers: &Map<String, Value>, correlation_id: Option<&str>) -> Partial {
-    let get = |k: &str| {
-        headers
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-    };
-    Partial {
-        id: get("id").or_else(|| correlation_id.map(str::to_owned)),
-        task: get("task"),
-    }
+    let get = |k: &str| headers.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+    Partial { id: get("id").or_else(|| correlation_id.map(str::to_owned)), task: get("task") }
 }
 
 /// Split a v2 body into (args, kwargs, embed).
-fn split_v2_body(
-    payload: Value,
-    partial: &Partial,
-) -> Result<(Value, Value, Value), ProtocolError> {
+fn split_v2_body(payload: Value, partial: &Partial) -> Result<(Value, Value, Value), ProtocolError> {
     match payload {
         Value::Array(items) if items.len() == 3 => {
             let mut it = items.into_iter();
             match (it.next(), it.next(), it.next()) {
                 (Some(a), Some(k), Some(e)) => Ok((a, k, e)),
-                _ => Err(ProtocolError::BodyShape {
-                    found: "a short list".to_owned(),
-                    partial: partial.clone(),
-                }),
+                _ => Err(ProtocolError::BodyShape { found: "a short list".to_owned(), partial: partial.clone() }),
             }
         }
-        other => Err(ProtocolError::BodyShape {
-            found: describe(&other),
-            partial: partial.clone(),
-        }),
+        other => Err(ProtocolError::BodyShape { found: describe(&other), partial: partial.clone() }),
     }
 }
 
@@ -550,57 +472,27 @@ fn hybrid_to_proto2(
     let args = take("args").unwrap_or_else(|| Value::Array(Vec::new()));
     let kwargs = take("kwargs").unwrap_or_else(|| Value::Object(Map::new()));
     let mut embed = Map::new();
-    embed.insert(
-        "callbacks".to_owned(),
-        take("callbacks").unwrap_or(Value::Null),
-    );
-    embed.insert(
-        "errbacks".to_owned(),
-        take("errbacks").unwrap_or(Value::Null),
-    );
+    embed.insert("callbacks".to_owned(), take("callbacks").unwrap_or(Value::Null));
+    embed.insert("errbacks".to_owned(), take("errbacks").unwrap_or(Value::Null));
     embed.insert("chord".to_owned(), take("chord").unwrap_or(Value::Null));
     embed.insert("chain".to_owned(), Value::Null);
 
     let mut headers = Map::new();
-    for key in [
-        "lang",
-        "task",
-        "id",
-        "root_id",
-        "parent_id",
-        "group",
-        "meth",
-        "shadow",
-        "eta",
-        "expires",
-    ] {
-        headers.insert(
-            key.to_owned(),
-            body.get(key).cloned().unwrap_or(Value::Null),
-        );
+    for key in ["lang", "task", "id", "root_id", "parent_id", "group", "meth", "shadow", "eta", "expires"] {
+        headers.insert(key.to_owned(), body.get(key).cloned().unwrap_or(Value::Null));
     }
     if headers.get("group").is_none_or(Value::is_null)
         && let Some(ts) = body.get("taskset").filter(|v| !v.is_null())
     {
         headers.insert("group".to_owned(), ts.clone());
     }
-    headers.insert(
-        "retries".to_owned(),
-        body.get("retries")
-            .cloned()
-            .unwrap_or_else(|| Value::from(0)),
-    );
+    headers.insert("retries".to_owned(), body.get("retries").cloned().unwrap_or_else(|| Value::from(0)));
     headers.insert(
         "timelimit".to_owned(),
-        body.get("timelimit")
-            .cloned()
-            .unwrap_or_else(|| Value::Array(vec![Value::Null, Value::Null])),
+        body.get("timelimit").cloned().unwrap_or_else(|| Value::Array(vec![Value::Null, Value::Null])),
     );
     for key in ["argsrepr", "kwargsrepr", "origin"] {
-        headers.insert(
-            key.to_owned(),
-            body.get(key).cloned().unwrap_or(Value::Null),
-        );
+        headers.insert(key.to_owned(), body.get(key).cloned().unwrap_or(Value::Null));
     }
     if let Some(gi) = body.get("group_index") {
         headers.insert("group_index".to_owned(), gi.clone());
@@ -619,28 +511,18 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn invalid(&self, field: &str, reason: String) -> ProtocolError {
-        ProtocolError::InvalidField {
-            field: field.to_owned(),
-            reason,
-            partial: self.partial.clone(),
-        }
+        ProtocolError::InvalidField { field: field.to_owned(), reason, partial: self.partial.clone() }
     }
 
     /// A non-empty string that must be present (`id`, `task`).
     fn required(&self, field: &'static str) -> Result<String, ProtocolError> {
         match self.headers.get(field) {
-            None | Some(Value::Null) => Err(ProtocolError::MissingField {
-                field,
-                partial: self.partial.clone(),
-            }),
-            Some(Value::String(s)) if s.is_empty() => Err(ProtocolError::MissingField {
-                field,
-                partial: self.partial.clone(),
-            }),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => {
-                Err(self.invalid(field, format!("must be a string, got {}", describe(other))))
+            None | Some(Value::Null) => Err(ProtocolError::MissingField { field, partial: self.partial.clone() }),
+            Some(Value::String(s)) if s.is_empty() => {
+                Err(ProtocolError::MissingField { field, partial: self.partial.clone() })
             }
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(self.invalid(field, format!("must be a string, got {}", describe(other)))),
         }
     }
 
@@ -650,19 +532,13 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("must be a string or null, got {}", describe(other)),
-            )),
+            Some(other) => Err(self.invalid(field, format!("must be a string or null, got {}", describe(other)))),
         }
     }
 
     /// A display-only string; anything that is not a string is ignored.
     fn display(&self, field: &str) -> Option<String> {
-        self.headers
-            .get(field)
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+        self.headers.get(field).and_then(Value::as_str).map(str::to_owned)
     }
 
     /// An optional non-negative integer.
@@ -673,10 +549,7 @@ impl Fields<'_> {
                 Some(u) => Ok(Some(u)),
                 None => Err(self.invalid(field, format!("{n} is not a non-negative integer"))),
             },
-            Some(other) => Err(self.invalid(
-                field,
-                format!("must be an integer, got {}", describe(other)),
-            )),
+            Some(other) => Err(self.invalid(field, format!("must be an integer, got {}", describe(other)))),
         }
     }
 
@@ -685,13 +558,10 @@ impl Fields<'_> {
         match self.headers.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => parse_datetime(s)
-                .map(Some)
-                .ok_or_else(|| self.invalid(field, format!("{s:?} is not an ISO-8601 time"))),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("must be an ISO-8601 string, got {}", describe(other)),
-            )),
+            Some(Value::String(s)) => {
+                parse_datetime(s).map(Some).ok_or_else(|| self.invalid(field, format!("{s:?} is not an ISO-8601 time")))
+            }
+            Some(other) => Err(self.invalid(field, format!("must be an ISO-8601 string, got {}", describe(other)))),
         }
     }
 }
@@ -825,17 +695,9 @@ impl NewTask {
     /// The protocol-2 headers, in Celery 5.7's order, custom headers last.
     pub fn headers(&self) -> Map<String, Value> {
         let o = &self.options;
-        let opt_str =
-            |s: &Option<String>| s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
-        let opt_time = |t: &Option<DateTime<Utc>>| {
-            t.as_ref()
-                .map_or(Value::Null, |t| Value::String(isoformat(t)))
-        };
-        let root_id = o
-            .root_id
-            .as_ref()
-            .filter(|r| !r.is_empty())
-            .unwrap_or(&self.id);
+        let opt_str = |s: &Option<String>| s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
+        let opt_time = |t: &Option<DateTime<Utc>>| t.as_ref().map_or(Value::Null, |t| Value::String(isoformat(t)));
+        let root_id = o.root_id.as_ref().filter(|r| !r.is_empty()).unwrap_or(&self.id);
         let mut h = Map::new();
         h.insert("lang".to_owned(), Value::from("py"));
         h.insert("task".to_owned(), Value::String(self.name.clone()));
@@ -844,39 +706,20 @@ impl NewTask {
         h.insert("eta".to_owned(), opt_time(&o.eta));
         h.insert("expires".to_owned(), opt_time(&o.expires));
         h.insert("group".to_owned(), opt_str(&o.group));
-        h.insert(
-            "group_index".to_owned(),
-            o.group_index.map_or(Value::Null, Value::from),
-        );
+        h.insert("group_index".to_owned(), o.group_index.map_or(Value::Null, Value::from));
         h.insert("retries".to_owned(), Value::from(o.retries));
         h.insert("timelimit".to_owned(), o.timelimit.to_value());
         h.insert("root_id".to_owned(), Value::String(root_id.clone()));
         h.insert("parent_id".to_owned(), opt_str(&o.parent_id));
-        h.insert(
-            "argsrepr".to_owned(),
-            Value::String(o.argsrepr.clone().unwrap_or_else(|| args_repr(&self.args))),
-        );
+        h.insert("argsrepr".to_owned(), Value::String(o.argsrepr.clone().unwrap_or_else(|| args_repr(&self.args))));
         h.insert(
             "kwargsrepr".to_owned(),
-            Value::String(
-                o.kwargsrepr
-                    .clone()
-                    .unwrap_or_else(|| kwargs_repr(&self.kwargs)),
-            ),
+            Value::String(o.kwargsrepr.clone().unwrap_or_else(|| kwargs_repr(&self.kwargs))),
         );
-        h.insert(
-            "origin".to_owned(),
-            Value::String(o.origin.clone().unwrap_or_else(default_origin)),
-        );
+        h.insert("origin".to_owned(), Value::String(o.origin.clone().unwrap_or_else(default_origin)));
         h.insert("ignore_result".to_owned(), Value::Bool(o.ignore_result));
-        h.insert(
-            "replaced_task_nesting".to_owned(),
-            Value::from(o.replaced_task_nesting),
-        );
-        h.insert(
-            "stamped_headers".to_owned(),
-            o.stamped_headers.clone().unwrap_or(Value::Null),
-        );
+        h.insert("replaced_task_nesting".to_owned(), Value::from(o.replaced_task_nesting));
+        h.insert("stamped_headers".to_owned(), o.stamped_headers.clone().unwrap_or(Value::Null));
         h.insert("stamps".to_owned(), Value::Object(o.stamps.clone()));
         for (k, v) in &o.headers {
             h.insert(k.clone(), v.clone());
@@ -900,18 +743,14 @@ impl NewTask {
         let o = &self.options;
         let mut p = Map::new();
         p.insert("correlation_id".to_owned(), Value::String(self.id.clone()));
-        p.insert(
-            "reply_to".to_owned(),
-            Value::String(o.reply_to.clone().unwrap_or_default()),
-        );
+        p.insert("reply_to".to_owned(), Value::String(o.reply_to.clone().unwrap_or_default()));
         if let Some(origin) = &o.property_origin {
             p.insert("origin".to_owned(), Value::String(origin.clone()));
         }
         p.insert("delivery_mode".to_owned(), Value::from(o.delivery_mode));
-        let expiration = o.expiration_ms.or_else(|| {
-            o.expires
-                .map(|e| u64::try_from((e - Utc::now()).num_milliseconds()).unwrap_or(0))
-        });
+        let expiration = o
+            .expiration_ms
+            .or_else(|| o.expires.map(|e| u64::try_from((e - Utc::now()).num_milliseconds()).unwrap_or(0)));
         if let Some(ms) = expiration {
             p.insert("expiration".to_owned(), Value::String(ms.to_string()));
         }
@@ -972,27 +811,15 @@ impl EncodedTask {
         let mut props = self.properties.clone();
         let mut info = Map::new();
         info.insert("exchange".to_owned(), Value::String(self.exchange.clone()));
-        info.insert(
-            "routing_key".to_owned(),
-            Value::String(self.routing_key.clone()),
-        );
+        info.insert("routing_key".to_owned(), Value::String(self.routing_key.clone()));
         props.insert("delivery_info".to_owned(), Value::Object(info));
-        props.insert(
-            "priority".to_owned(),
-            Value::from(self.priority.unwrap_or(0)),
-        );
+        props.insert("priority".to_owned(), Value::from(self.priority.unwrap_or(0)));
         props.insert("body_encoding".to_owned(), Value::from("base64"));
         props.insert(
             "delivery_tag".to_owned(),
             Value::String(delivery_tag.unwrap_or_else(|| uuid::Uuid::new_v4().to_string())),
         );
-        Envelope::new(
-            &self.body,
-            self.content_type(),
-            self.content_encoding(),
-            self.headers.clone(),
-            props,
-        )
+        Envelope::new(&self.body, self.content_type(), self.content_encoding(), self.headers.clone(), props)
     }
 
     /// The bytes to LPUSH on Redis (with a fresh delivery tag).
@@ -1023,10 +850,7 @@ mod tests {
             body: body.to_vec(),
             content_type: Some("application/json".to_owned()),
             content_encoding: Some("utf-8".to_owned()),
-            delivery: DeliveryInfo {
-                correlation_id: Some("cid".to_owned()),
-                ..DeliveryInfo::default()
-            },
+            delivery: DeliveryInfo { correlation_id: Some("cid".to_owned()), ..DeliveryInfo::default() },
         }
     }
 
@@ -1036,10 +860,7 @@ mod tests {
 
     #[test]
     fn minimal_v2_message() {
-        let raw = v2_raw(
-            json!({"task": "tasks.add", "id": "abc"}),
-            b"[[1, 2], {}, {}]",
-        );
+        let raw = v2_raw(json!({"task": "tasks.add", "id": "abc"}), b"[[1, 2], {}, {}]");
         let m = TaskMessage::decode(raw, &accept()).unwrap();
         assert_eq!((m.id.as_str(), m.task.as_str()), ("abc", "tasks.add"));
         assert_eq!(m.args, vec![json!(1), json!(2)]);
@@ -1074,11 +895,7 @@ mod tests {
         ];
         for (body, want) in cases {
             let err = TaskMessage::decode(v2_raw(h.clone(), body), &accept()).unwrap_err();
-            assert!(
-                format!("{err:?}").starts_with(want),
-                "{err:?} for {}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(format!("{err:?}").starts_with(want), "{err:?} for {}", String::from_utf8_lossy(body));
             assert_eq!(err.task_id(), Some("i"));
         }
     }
@@ -1086,27 +903,15 @@ mod tests {
     #[test]
     fn missing_id_and_task() {
         // No id header: the correlation id is still reported as the likely id.
-        let err = TaskMessage::decode(v2_raw(json!({"task": "t"}), b"[[], {}, {}]"), &accept())
-            .unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::MissingField { field: "id", .. }),
-            "{err}"
-        );
+        let err = TaskMessage::decode(v2_raw(json!({"task": "t"}), b"[[], {}, {}]"), &accept()).unwrap_err();
+        assert!(matches!(err, ProtocolError::MissingField { field: "id", .. }), "{err}");
         assert_eq!(err.task_id(), Some("cid"));
         // No task header and a list body: not v1, so the task name is missing.
-        let err = TaskMessage::decode(v2_raw(json!({"id": "i"}), b"[[], {}, {}]"), &accept())
-            .unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::MissingField { field: "task", .. }),
-            "{err}"
-        );
+        let err = TaskMessage::decode(v2_raw(json!({"id": "i"}), b"[[], {}, {}]"), &accept()).unwrap_err();
+        assert!(matches!(err, ProtocolError::MissingField { field: "task", .. }), "{err}");
         assert_eq!(err.task_id(), Some("i"));
         // Wrong types.
-        let err = TaskMessage::decode(
-            v2_raw(json!({"task": "t", "id": 5}), b"[[], {}, {}]"),
-            &accept(),
-        )
-        .unwrap_err();
+        let err = TaskMessage::decode(v2_raw(json!({"task": "t", "id": 5}), b"[[], {}, {}]"), &accept()).unwrap_err();
         assert!(matches!(err, ProtocolError::InvalidField { .. }), "{err}");
     }
 
@@ -1126,10 +931,7 @@ mod tests {
             let mut h = json!({"task": "t", "id": "i"});
             h[k] = v.clone();
             let err = TaskMessage::decode(v2_raw(h, b"[[], {}, {}]"), &accept()).unwrap_err();
-            assert!(
-                matches!(&err, ProtocolError::InvalidField { field, .. } if field == k),
-                "{k}={v}: {err}"
-            );
+            assert!(matches!(&err, ProtocolError::InvalidField { field, .. } if field == k), "{k}={v}: {err}");
         }
     }
 
@@ -1141,13 +943,7 @@ mod tests {
         assert_eq!(m.eta, None);
         assert_eq!(m.parent_id, None);
         assert_eq!(m.argsrepr, None);
-        assert_eq!(
-            m.timelimit,
-            TimeLimit {
-                hard: Some(10.0),
-                soft: None
-            }
-        );
+        assert_eq!(m.timelimit, TimeLimit { hard: Some(10.0), soft: None });
         assert!(m.embed.is_empty());
     }
 
@@ -1158,31 +954,16 @@ mod tests {
         let all = AcceptContent::new(["json", "msgpack", "pickle"]);
         let err = TaskMessage::decode(raw, &all).unwrap_err();
         match &err {
-            ProtocolError::ContentDisallowed {
-                content_type,
-                partial,
-            } => {
+            ProtocolError::ContentDisallowed { content_type, partial } => {
                 assert_eq!(content_type, "application/x-python-serialize");
-                assert_eq!(
-                    partial,
-                    &Partial {
-                        id: Some("abc".into()),
-                        task: Some("tasks.add".into())
-                    }
-                );
+                assert_eq!(partial, &Partial { id: Some("abc".into()), task: Some("tasks.add".into()) });
             }
             other => panic!("unexpected {other:?}"),
         }
         // msgpack not in the accepted list.
-        let mut raw = v2_raw(
-            json!({"task": "tasks.add", "id": "abc"}),
-            b"\x93\x90\x80\x80",
-        );
+        let mut raw = v2_raw(json!({"task": "tasks.add", "id": "abc"}), b"\x93\x90\x80\x80");
         raw.content_type = Some("application/x-msgpack".to_owned());
-        assert!(matches!(
-            TaskMessage::decode(raw.clone(), &accept()),
-            Err(ProtocolError::ContentDisallowed { .. })
-        ));
+        assert!(matches!(TaskMessage::decode(raw.clone(), &accept()), Err(ProtocolError::ContentDisallowed { .. })));
         assert!(TaskMessage::decode(raw, &AcceptContent::all()).is_ok());
     }
 
@@ -1195,15 +976,9 @@ mod tests {
         );
         let m = TaskMessage::decode(raw, &accept()).unwrap();
         assert_eq!(m.protocol, ProtocolVersion::V1);
-        assert_eq!(
-            (m.id.as_str(), m.task.as_str(), m.retries),
-            ("v1id", "tasks.add", 2)
-        );
+        assert_eq!((m.id.as_str(), m.task.as_str(), m.retries), ("v1id", "tasks.add", 2));
         assert_eq!(m.group.as_deref(), Some("g1"));
-        assert_eq!(
-            m.eta.map(|t| isoformat(&t)).as_deref(),
-            Some("2030-01-02T03:04:05+00:00")
-        );
+        assert_eq!(m.eta.map(|t| isoformat(&t)).as_deref(), Some("2030-01-02T03:04:05+00:00"));
         assert_eq!(m.embed.callbacks, Some(vec![json!({"task": "x"})]));
         assert_eq!(m.embed.chain, None);
         assert_eq!(m.headers["custom"], json!(1));
@@ -1212,50 +987,24 @@ mod tests {
 
     #[test]
     fn v1_errors_carry_body_id() {
-        let raw = v2_raw(
-            json!({}),
-            br#"{"task": "tasks.add", "id": "v1id", "args": [1], "kwargs": []}"#,
-        );
+        let raw = v2_raw(json!({}), br#"{"task": "tasks.add", "id": "v1id", "args": [1], "kwargs": []}"#);
         let err = TaskMessage::decode(raw, &accept()).unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::KwargsNotObject { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ProtocolError::KwargsNotObject { .. }), "{err}");
         assert_eq!(err.task_id(), Some("v1id"));
         assert_eq!(err.task_name(), Some("tasks.add"));
         let raw = v2_raw(json!({}), br#"{"id": "v1id"}"#);
         let err = TaskMessage::decode(raw, &accept()).unwrap_err();
-        assert!(
-            matches!(err, ProtocolError::MissingField { field: "task", .. }),
-            "{err}"
-        );
+        assert!(matches!(err, ProtocolError::MissingField { field: "task", .. }), "{err}");
     }
 
     #[test]
     fn timelimit_values() {
-        assert_eq!(
-            TimeLimit {
-                hard: Some(30.0),
-                soft: Some(20.0)
-            }
-            .to_value(),
-            json!([30, 20])
-        );
-        assert_eq!(
-            TimeLimit {
-                hard: Some(30.0),
-                soft: Some(20.5)
-            }
-            .to_value(),
-            json!([30, 20.5])
-        );
+        assert_eq!(TimeLimit { hard: Some(30.0), soft: Some(20.0) }.to_value(), json!([30, 20]));
+        assert_eq!(TimeLimit { hard: Some(30.0), soft: Some(20.5) }.to_value(), json!([30, 20.5]));
         assert_eq!(TimeLimit::default().to_value(), json!([null, null]));
         assert_eq!(
             TimeLimit::from_value(&json!([30, 20.5])).unwrap(),
-            TimeLimit {
-                hard: Some(30.0),
-                soft: Some(20.5)
-            }
+            TimeLimit { hard: Some(30.0), soft: Some(20.5) }
         );
         assert!(TimeLimit::from_value(&json!([-1, null])).is_err());
         assert!(TimeLimit::from_value(&json!({})).is_err());
@@ -1269,17 +1018,11 @@ mod tests {
         assert_eq!(enc.headers["root_id"], json!(t.id));
         assert_eq!(enc.headers["argsrepr"], json!("(4, 4)"));
         assert_eq!(enc.properties["reply_to"], json!(""));
-        assert_eq!(
-            enc.body,
-            br#"[[4, 4], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#
-        );
+        assert_eq!(enc.body, br#"[[4, 4], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]"#);
         let env = enc.to_envelope(None);
         assert_eq!(env.priority(), Some(0));
         assert_eq!(env.routing_key(), Some("celery"));
-        assert_eq!(
-            uuid::Uuid::parse_str(env.delivery_tag().unwrap()).map(|u| u.get_version_num()),
-            Ok(4)
-        );
+        assert_eq!(uuid::Uuid::parse_str(env.delivery_tag().unwrap()).map(|u| u.get_version_num()), Ok(4));
         assert!(default_origin().starts_with("gen"));
     }
 
@@ -1287,11 +1030,7 @@ mod tests {
     fn expiration_computed_from_expires() {
         let mut t = NewTask::new("t", vec![], Map::new());
         t.options.expires = Some(Utc::now() + chrono::Duration::seconds(120));
-        let ms: u64 = t.properties()["expiration"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let ms: u64 = t.properties()["expiration"].as_str().unwrap().parse().unwrap();
         assert!((119_000..=120_000).contains(&ms), "{ms}");
         t.options.expires = Some(Utc::now() - chrono::Duration::seconds(5));
         assert_eq!(t.properties()["expiration"], json!("0"));
@@ -1310,10 +1049,7 @@ mod tests {
 
     #[test]
     fn expiry_check() {
-        let raw = v2_raw(
-            json!({"task": "t", "id": "i", "expires": "2026-01-01T00:00:00+00:00"}),
-            b"[[], {}, {}]",
-        );
+        let raw = v2_raw(json!({"task": "t", "id": "i", "expires": "2026-01-01T00:00:00+00:00"}), b"[[], {}, {}]");
         let m = TaskMessage::decode(raw, &accept()).unwrap();
         let exp = m.expires.unwrap();
         assert!(m.is_expired(exp));

@@ -54,8 +54,8 @@ pub use envelope::Envelope;
 pub use error::{Partial, ProtocolError};
 pub use exception::{ExceptionInfo, exception_module, is_builtin_exception};
 pub use message::{
-    DeliveryInfo, Embed, EncodedTask, NewTask, ProtocolVersion, RawMessage, TaskMessage,
-    TaskOptions, TimeLimit, default_origin,
+    DeliveryInfo, Embed, EncodedTask, NewTask, ProtocolVersion, RawMessage, TaskMessage, TaskOptions, TimeLimit,
+    default_origin,
 };
 pub use repr::{args_repr, kwargs_repr, py_repr, saferepr};
 pub use result::{ExtendedMeta, ResultMeta, TaskState, child_tuple, group_tuple, result_key};

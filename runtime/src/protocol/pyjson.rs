@@ -41,19 +41,11 @@ pub fn to_string(value: &Value) -> String {
 pub struct PyFormatter;
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
 
@@ -69,11 +61,7 @@ impl serde_json::ser::Formatter for PyFormatter {
         w.write_all(json_float(f64::from(value)).as_bytes())
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
         // serde_json already escaped `"`, `\` and control characters; what is
         // left to do is ensure_ascii for DEL and everything non-ASCII.
         let bytes = fragment.as_bytes();
@@ -98,11 +86,7 @@ fn json_float(value: f64) -> String {
     if value.is_nan() {
         "NaN".to_owned()
     } else if value.is_infinite() {
-        if value > 0.0 {
-            "Infinity".to_owned()
-        } else {
-            "-Infinity".to_owned()
-        }
+        if value > 0.0 { "Infinity".to_owned() } else { "-Infinity".to_owned() }
     } else {
         py_float_repr(value)
     }
@@ -116,11 +100,7 @@ pub fn py_float_repr(value: f64) -> String {
         return "nan".to_owned();
     }
     if value.is_infinite() {
-        return if value > 0.0 {
-            "inf".to_owned()
-        } else {
-            "-inf".to_owned()
-        };
+        return if value > 0.0 { "inf".to_owned() } else { "-inf".to_owned() };
     }
     // Rust's `{:e}` gives the shortest round-trip digits, e.g. "1.5e-7", "1e16", "0e0".
     let sci = format!("{:e}", value.abs());
@@ -145,11 +125,7 @@ pub fn py_float_repr(value: f64) -> String {
         format!("{sign}{body}")
     } else {
         let (first, rest) = digits.split_at(1.min(digits.len()));
-        let frac = if rest.is_empty() {
-            String::new()
-        } else {
-            format!(".{rest}")
-        };
+        let frac = if rest.is_empty() { String::new() } else { format!(".{rest}") };
         let esign = if exp < 0 { '-' } else { '+' };
         format!("{sign}{first}{frac}e{esign}{:02}", exp.unsigned_abs())
     }
@@ -163,23 +139,13 @@ mod tests {
     #[test]
     fn separators_and_order() {
         let v = json!({"b": [1, 2, {"x": null}], "a": {}, "c": []});
-        assert_eq!(
-            to_string(&v),
-            r#"{"b": [1, 2, {"x": null}], "a": {}, "c": []}"#
-        );
+        assert_eq!(to_string(&v), r#"{"b": [1, 2, {"x": null}], "a": {}, "c": []}"#);
     }
 
     #[test]
     fn ensure_ascii_escapes() {
         // Expected strings produced by CPython 3.11 json.dumps.
-        let v = json!([
-            "é",
-            "日本",
-            "😀",
-            "\u{7f}",
-            "a\"b\\c\n\t\r\u{1}\u{8}\u{c}",
-            "/"
-        ]);
+        let v = json!(["é", "日本", "😀", "\u{7f}", "a\"b\\c\n\t\r\u{1}\u{8}\u{c}", "/"]);
         assert_eq!(
             to_string(&v),
             r#"["\u00e9", "\u65e5\u672c", "\ud83d\ude00", "\u007f", "a\"b\\c\n\t\r\u0001\b\f", "/"]"#

@@ -88,13 +88,7 @@ fn write_repr(value: &Value, out: &mut String) {
 
 /// Python `str(int)` / `repr(float)` of a JSON number.
 fn number_str(n: &serde_json::Number) -> String {
-    if n.is_f64() {
-        n.as_f64()
-            .map(py_float_repr)
-            .unwrap_or_else(|| n.to_string())
-    } else {
-        n.to_string()
-    }
+    if n.is_f64() { n.as_f64().map(py_float_repr).unwrap_or_else(|| n.to_string()) } else { n.to_string() }
 }
 
 /// Python `repr()` of a `str`.
@@ -106,11 +100,7 @@ fn number_str(n: &serde_json::Number) -> String {
 /// Unicode separators, format characters and private-use areas); unassigned
 /// code points are shown as-is, where CPython would escape them.
 pub fn py_str_repr(s: &str) -> String {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
-    } else {
-        '\''
-    };
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
     let mut out = String::with_capacity(s.len() + 2);
     out.push(quote);
     for ch in s.chars() {
@@ -160,14 +150,7 @@ fn is_printable(c: char) -> bool {
 /// written into the `argsrepr` header: `(4, 4)`, `(7,)`, `()`.
 pub fn args_repr(args: &[Value]) -> String {
     let mut toks = Vec::new();
-    push_seq(
-        &mut toks,
-        args.iter(),
-        "(",
-        if args.len() == 1 { ",)" } else { ")" },
-        0,
-        REPR_MAXLEVELS,
-    );
+    push_seq(&mut toks, args.iter(), "(", if args.len() == 1 { ",)" } else { ")" }, 0, REPR_MAXLEVELS);
     render(&toks, Some(REPR_MAXSIZE))
 }
 
@@ -195,11 +178,7 @@ pub fn saferepr(value: &Value, maxlen: Option<usize>, maxlevels: usize) -> Strin
 enum Tok {
     /// Literal text. `truncate == false` marks brackets that are kept when
     /// the output is cut; `dir` is +1 for an opening, -1 for a closing one.
-    Lit {
-        text: String,
-        truncate: bool,
-        dir: i8,
-    },
+    Lit { text: String, truncate: bool, dir: i8 },
     /// A string (value or dict key), rendered quoted.
     Quoted(String),
     /// Any other scalar, already rendered.
@@ -207,11 +186,7 @@ enum Tok {
 }
 
 fn lit(text: &str, truncate: bool, dir: i8) -> Tok {
-    Tok::Lit {
-        text: text.to_owned(),
-        truncate,
-        dir,
-    }
+    Tok::Lit { text: text.to_owned(), truncate, dir }
 }
 
 fn push_value(toks: &mut Vec<Tok>, value: &Value, level: usize, maxlevels: usize) {
@@ -298,12 +273,7 @@ fn render(toks: &[Tok], maxlen: Option<usize>) -> String {
             // Close the containers that were opened before the cut.
             let mut depth: i64 = 0;
             for rest in &toks[i..] {
-                if let Tok::Lit {
-                    text,
-                    truncate: false,
-                    dir,
-                } = rest
-                {
+                if let Tok::Lit { text, truncate: false, dir } = rest {
                     depth += i64::from(*dir);
                     if depth < 0 {
                         depth = 0;
@@ -338,20 +308,11 @@ mod tests {
         assert_eq!(py_repr(&json!(42)), "42");
         assert_eq!(py_repr(&json!(-7)), "-7");
         assert_eq!(py_repr(&json!(1.0)), "1.0");
-        assert_eq!(
-            py_repr(&json!(18446744073709551615u64)),
-            "18446744073709551615"
-        );
-        assert_eq!(
-            py_repr(&json!({"a": [1, "b", null], "c": {}})),
-            "{'a': [1, 'b', None], 'c': {}}"
-        );
+        assert_eq!(py_repr(&json!(18446744073709551615u64)), "18446744073709551615");
+        assert_eq!(py_repr(&json!({"a": [1, "b", null], "c": {}})), "{'a': [1, 'b', None], 'c': {}}");
         assert_eq!(py_tuple_repr(&[]), "()");
         assert_eq!(py_tuple_repr(&[json!(7)]), "(7,)");
-        assert_eq!(
-            py_tuple_repr(&[json!("custom boom"), json!(42)]),
-            "('custom boom', 42)"
-        );
+        assert_eq!(py_tuple_repr(&[json!("custom boom"), json!(42)]), "('custom boom', 42)");
     }
 
     #[test]
@@ -362,10 +323,7 @@ mod tests {
         assert_eq!(py_str_repr("both ' and \""), "'both \\' and \"'");
         assert_eq!(py_str_repr("say \"hi\""), "'say \"hi\"'");
         assert_eq!(py_str_repr("a\\b\nc\td\re"), "'a\\\\b\\nc\\td\\re'");
-        assert_eq!(
-            py_str_repr("\u{0}\u{1b}\u{7f}\u{85}\u{a0}"),
-            "'\\x00\\x1b\\x7f\\x85\\xa0'"
-        );
+        assert_eq!(py_str_repr("\u{0}\u{1b}\u{7f}\u{85}\u{a0}"), "'\\x00\\x1b\\x7f\\x85\\xa0'");
         assert_eq!(py_str_repr("é日本😀"), "'é日本😀'");
         assert_eq!(py_str_repr("\u{2028}\u{feff}"), "'\\u2028\\ufeff'");
         assert_eq!(py_str_repr("\u{f0000}"), "'\\U000f0000'");
@@ -401,40 +359,22 @@ mod tests {
     #[test]
     fn saferepr_matches_celery() {
         // Not Python repr: always single quotes, only ' escaped, newlines raw.
-        assert_eq!(
-            args_repr(&[json!("it's"), json!("a\nb"), json!("x\"y")]),
-            "('it\\'s', 'a\nb', 'x\"y')"
-        );
-        assert_eq!(
-            args_repr(&[json!(null), json!(true), json!(1.5)]),
-            "(None, True, 1.5)"
-        );
+        assert_eq!(args_repr(&[json!("it's"), json!("a\nb"), json!("x\"y")]), "('it\\'s', 'a\nb', 'x\"y')");
+        assert_eq!(args_repr(&[json!(null), json!(true), json!(1.5)]), "(None, True, 1.5)");
         // maxlevels=3: the 4th level is elided.
         assert_eq!(args_repr(&[json!([[[1]]])]), "([[[...]]],)");
-        assert_eq!(
-            args_repr(&[json!({"a": {"b": {"c": 1}}})]),
-            "({'a': {'b': {...}}},)"
-        );
+        assert_eq!(args_repr(&[json!({"a": {"b": {"c": 1}}})]), "({'a': {'b': {...}}},)");
         let long = "x".repeat(2000);
-        assert_eq!(
-            args_repr(&[json!(long)]),
-            format!("('{}...',)", "x".repeat(1023))
-        );
+        assert_eq!(args_repr(&[json!(long)]), format!("('{}...',)", "x".repeat(1023)));
         // Celery's truncation quirks, reproduced on purpose: a separator already
         // written is followed by ", ...".
         let words = json!("hello world this is a long text");
         assert_eq!(saferepr(&words, Some(12), 3), "'hello world...'");
         let many: Vec<Value> = (0..10).map(|i| json!(i)).collect();
-        assert_eq!(
-            saferepr(&Value::Array(many), Some(10), 3),
-            "[0, 1, 2, , ...]"
-        );
+        assert_eq!(saferepr(&Value::Array(many), Some(10), 3), "[0, 1, 2, , ...]");
         let nested = json!([[1, 2, 3], [4, 5, 6], 7]);
         assert_eq!(saferepr(&nested, Some(8), 3), "[[1, 2, , ...]]");
         assert_eq!(saferepr(&nested, Some(4), 3), "[[1, , ...]]");
-        assert_eq!(
-            saferepr(&json!({"k": "v", "k2": "v2"}), Some(6), 3),
-            "{'k': , ...}"
-        );
+        assert_eq!(saferepr(&json!({"k": "v", "k2": "v2"}), Some(6), 3), "{'k': , ...}");
     }
 }

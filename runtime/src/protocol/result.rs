@@ -95,19 +95,13 @@ impl TaskState {
 
     /// Celery's `READY_STATES`: SUCCESS, FAILURE, REVOKED (`date_done` is set).
     pub fn is_ready(&self) -> bool {
-        matches!(
-            self,
-            TaskState::Success | TaskState::Failure | TaskState::Revoked
-        )
+        matches!(self, TaskState::Success | TaskState::Failure | TaskState::Revoked)
     }
 
     /// Celery's `EXCEPTION_STATES`: RETRY, FAILURE, REVOKED (`result` is an
     /// exception).
     pub fn is_exception(&self) -> bool {
-        matches!(
-            self,
-            TaskState::Retry | TaskState::Failure | TaskState::Revoked
-        )
+        matches!(self, TaskState::Retry | TaskState::Failure | TaskState::Revoked)
     }
 }
 
@@ -191,31 +185,19 @@ impl ResultMeta {
     }
 
     /// FAILURE with the exception and its traceback text.
-    pub fn failure(
-        task_id: impl Into<String>,
-        exc: &ExceptionInfo,
-        traceback: Option<String>,
-    ) -> ResultMeta {
+    pub fn failure(task_id: impl Into<String>, exc: &ExceptionInfo, traceback: Option<String>) -> ResultMeta {
         Self::new(task_id, TaskState::Failure, exc.to_value()).with_traceback(traceback)
     }
 
     /// RETRY with the exception that caused it.
-    pub fn retry(
-        task_id: impl Into<String>,
-        exc: &ExceptionInfo,
-        traceback: Option<String>,
-    ) -> ResultMeta {
+    pub fn retry(task_id: impl Into<String>, exc: &ExceptionInfo, traceback: Option<String>) -> ResultMeta {
         Self::new(task_id, TaskState::Retry, exc.to_value()).with_traceback(traceback)
     }
 
     /// REVOKED with `TaskRevokedError(reason)`; `reason` is `revoked`,
     /// `terminated` or `expired`.
     pub fn revoked(task_id: impl Into<String>, reason: &str) -> ResultMeta {
-        Self::new(
-            task_id,
-            TaskState::Revoked,
-            ExceptionInfo::task_revoked(reason).to_value(),
-        )
+        Self::new(task_id, TaskState::Revoked, ExceptionInfo::task_revoked(reason).to_value())
     }
 
     /// A custom state (`update_state(state="PROGRESS", meta={...})`).
@@ -264,19 +246,9 @@ impl ResultMeta {
         let mut m = Map::new();
         m.insert("status".to_owned(), Value::from(self.status.as_str()));
         m.insert("result".to_owned(), self.result.clone());
-        m.insert(
-            "traceback".to_owned(),
-            self.traceback.clone().map_or(Value::Null, Value::String),
-        );
-        m.insert(
-            "children".to_owned(),
-            self.children.clone().map_or(Value::Null, Value::Array),
-        );
-        m.insert(
-            "date_done".to_owned(),
-            self.date_done
-                .map_or(Value::Null, |d| Value::String(isoformat(&d))),
-        );
+        m.insert("traceback".to_owned(), self.traceback.clone().map_or(Value::Null, Value::String));
+        m.insert("children".to_owned(), self.children.clone().map_or(Value::Null, Value::Array));
+        m.insert("date_done".to_owned(), self.date_done.map_or(Value::Null, |d| Value::String(isoformat(&d))));
         if let Some(g) = &self.group_id {
             m.insert("group_id".to_owned(), Value::String(g.clone()));
         }
@@ -289,10 +261,7 @@ impl ResultMeta {
             m.insert("args".to_owned(), x.args.clone());
             m.insert("kwargs".to_owned(), x.kwargs.clone());
             m.insert("worker".to_owned(), s(&x.worker));
-            m.insert(
-                "retries".to_owned(),
-                x.retries.map_or(Value::Null, Value::from),
-            );
+            m.insert("retries".to_owned(), x.retries.map_or(Value::Null, Value::from));
             m.insert("queue".to_owned(), s(&x.queue));
         }
         m.insert("task_id".to_owned(), Value::String(self.task_id.clone()));
@@ -313,9 +282,7 @@ impl ResultMeta {
             Some(b'{') => Serializer::Json,
             Some(0x80..=0x8f | 0xde | 0xdf) => Serializer::Msgpack,
             _ => {
-                return Err(ProtocolError::InvalidResult(
-                    "neither a JSON object nor a msgpack map".to_owned(),
-                ));
+                return Err(ProtocolError::InvalidResult("neither a JSON object nor a msgpack map".to_owned()));
             }
         };
         Self::decode_with(bytes, serializer)
@@ -323,9 +290,7 @@ impl ResultMeta {
 
     /// Parse a stored value with a known serializer.
     pub fn decode_with(bytes: &[u8], serializer: Serializer) -> Result<ResultMeta, ProtocolError> {
-        let value = serializer
-            .decode(bytes)
-            .map_err(ProtocolError::InvalidResult)?;
+        let value = serializer.decode(bytes).map_err(ProtocolError::InvalidResult)?;
         Self::from_value(&value)
     }
 
@@ -333,36 +298,30 @@ impl ResultMeta {
     /// is required; `date_done` that is not a recognisable timestamp reads
     /// as `None`.
     pub fn from_value(value: &Value) -> Result<ResultMeta, ProtocolError> {
-        let obj = value.as_object().ok_or_else(|| {
-            ProtocolError::InvalidResult(format!("expected an object, got {}", describe(value)))
-        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ProtocolError::InvalidResult(format!("expected an object, got {}", describe(value))))?;
         let status = obj
             .get("status")
             .and_then(Value::as_str)
             .ok_or_else(|| ProtocolError::InvalidResult("no string `status`".to_owned()))?;
         let string = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
         let extended_keys = ["name", "args", "kwargs", "worker", "retries", "queue"];
-        let extended = extended_keys
-            .iter()
-            .any(|k| obj.contains_key(*k))
-            .then(|| ExtendedMeta {
-                name: string("name"),
-                args: obj.get("args").cloned().unwrap_or(Value::Null),
-                kwargs: obj.get("kwargs").cloned().unwrap_or(Value::Null),
-                worker: string("worker"),
-                retries: obj.get("retries").and_then(Value::as_u64),
-                queue: string("queue"),
-            });
+        let extended = extended_keys.iter().any(|k| obj.contains_key(*k)).then(|| ExtendedMeta {
+            name: string("name"),
+            args: obj.get("args").cloned().unwrap_or(Value::Null),
+            kwargs: obj.get("kwargs").cloned().unwrap_or(Value::Null),
+            worker: string("worker"),
+            retries: obj.get("retries").and_then(Value::as_u64),
+            queue: string("queue"),
+        });
         Ok(ResultMeta {
             task_id: string("task_id").unwrap_or_default(),
             status: TaskState::parse(status),
             result: obj.get("result").cloned().unwrap_or(Value::Null),
             traceback: string("traceback"),
             children: obj.get("children").and_then(Value::as_array).cloned(),
-            date_done: obj
-                .get("date_done")
-                .and_then(Value::as_str)
-                .and_then(parse_datetime),
+            date_done: obj.get("date_done").and_then(Value::as_str).and_then(parse_datetime),
             group_id: string("group_id"),
             parent_id: string("parent_id"),
             extended,
@@ -372,21 +331,14 @@ impl ResultMeta {
     /// The exception of a FAILURE / RETRY / REVOKED result, if `result`
     /// holds one.
     pub fn exception(&self) -> Option<ExceptionInfo> {
-        if self.status.is_exception() {
-            ExceptionInfo::from_value(&self.result).ok()
-        } else {
-            None
-        }
+        if self.status.is_exception() { ExceptionInfo::from_value(&self.result).ok() } else { None }
     }
 }
 
 /// `AsyncResult(id).as_tuple()`: `[[id, null], null]`, the form stored in a
 /// parent's `children`.
 pub fn child_tuple(task_id: &str) -> Value {
-    Value::Array(vec![
-        Value::Array(vec![Value::from(task_id), Value::Null]),
-        Value::Null,
-    ])
+    Value::Array(vec![Value::Array(vec![Value::from(task_id), Value::Null]), Value::Null])
 }
 
 /// `GroupResult(id, members).as_tuple()`:
@@ -414,16 +366,12 @@ mod tests {
     #[test]
     fn states() {
         for s in [
-            "PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED",
-            "IGNORED", "PROGRESS",
+            "PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED", "IGNORED",
+            "PROGRESS",
         ] {
             assert_eq!(TaskState::parse(s).as_str(), s);
         }
-        assert!(
-            TaskState::Success.is_ready()
-                && TaskState::Revoked.is_ready()
-                && TaskState::Failure.is_ready()
-        );
+        assert!(TaskState::Success.is_ready() && TaskState::Revoked.is_ready() && TaskState::Failure.is_ready());
         assert!(!TaskState::Retry.is_ready() && !TaskState::Started.is_ready());
         assert!(!TaskState::Custom("PROGRESS".into()).is_ready());
         assert!(TaskState::Retry.is_exception() && !TaskState::Success.is_exception());
@@ -436,11 +384,7 @@ mod tests {
         assert!(ResultMeta::started("i", 1, "h").date_done.is_none());
         let exc = ExceptionInfo::with_message("ValueError", "x", "m");
         assert!(ResultMeta::retry("i", &exc, None).date_done.is_none());
-        assert!(
-            ResultMeta::custom("i", "PROGRESS", json!({"done": 3}))
-                .date_done
-                .is_none()
-        );
+        assert!(ResultMeta::custom("i", "PROGRESS", json!({"done": 3})).date_done.is_none());
     }
 
     #[test]
@@ -493,40 +437,29 @@ mod tests {
         let m = ResultMeta::decode(br#"{"status": "SUCCESS", "result": 8}"#).unwrap();
         assert_eq!((m.task_id.as_str(), m.result.clone()), ("", json!(8)));
         assert_eq!(m.children, None);
+        let m =
+            ResultMeta::decode(br#"{"status": "SUCCESS", "result": 8, "date_done": 12345, "task_id": "x"}"#).unwrap();
+        assert_eq!(m.date_done, None);
         let m = ResultMeta::decode(
-            br#"{"status": "SUCCESS", "result": 8, "date_done": 12345, "task_id": "x"}"#,
+            br#"{"status": "SUCCESS", "result": 8, "date_done": "2026-01-01T00:00:00Z", "task_id": "x"}"#,
         )
         .unwrap();
-        assert_eq!(m.date_done, None);
-        let m = ResultMeta::decode(br#"{"status": "SUCCESS", "result": 8, "date_done": "2026-01-01T00:00:00Z", "task_id": "x"}"#).unwrap();
-        assert_eq!(
-            m.date_done.map(|d| isoformat(&d)).as_deref(),
-            Some("2026-01-01T00:00:00+00:00")
-        );
+        assert_eq!(m.date_done.map(|d| isoformat(&d)).as_deref(), Some("2026-01-01T00:00:00+00:00"));
         assert!(ResultMeta::decode(b"").is_err());
         assert!(ResultMeta::decode(b"[1]").is_err());
         assert!(ResultMeta::decode(br#"{"result": 1}"#).is_err());
         assert!(ResultMeta::decode(br#"{"status": 1}"#).is_err());
         assert!(ResultMeta::decode(b"{broken").is_err());
         // A FAILURE whose result is not an exception dict: no exception, no panic.
-        let m = ResultMeta::decode(
-            br#"{"status": "FAILURE", "result": "just a string", "task_id": "x"}"#,
-        )
-        .unwrap();
+        let m = ResultMeta::decode(br#"{"status": "FAILURE", "result": "just a string", "task_id": "x"}"#).unwrap();
         assert_eq!(m.exception(), None);
     }
 
     #[test]
     fn tuples() {
         assert_eq!(child_tuple("c"), json!([["c", null], null]));
-        assert_eq!(
-            group_tuple("g", &["a", "b"]),
-            json!([["g", null], [[["a", null], null], [["b", null], null]]])
-        );
-        assert_eq!(
-            taskset_meta_value("g", &["a"]),
-            json!({"result": [["g", null], [[["a", null], null]]]})
-        );
+        assert_eq!(group_tuple("g", &["a", "b"]), json!([["g", null], [[["a", null], null], [["b", null], null]]]));
+        assert_eq!(taskset_meta_value("g", &["a"]), json!({"result": [["g", null], [[["a", null], null]]]}));
         assert_eq!(result_key("abc"), "celery-task-meta-abc");
     }
 }

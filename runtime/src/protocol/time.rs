@@ -14,11 +14,7 @@ use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
 pub fn isoformat(dt: &DateTime<Utc>) -> String {
     let micros = dt.nanosecond() / 1_000 % 1_000_000;
     let base = dt.format("%Y-%m-%dT%H:%M:%S");
-    if micros == 0 {
-        format!("{base}+00:00")
-    } else {
-        format!("{base}.{micros:06}+00:00")
-    }
+    if micros == 0 { format!("{base}+00:00") } else { format!("{base}.{micros:06}+00:00") }
 }
 
 /// Parse an ISO-8601 timestamp as Celery peers write it. Returns `None` when
@@ -32,20 +28,12 @@ pub fn parse_datetime(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.with_timezone(&Utc));
     }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f%z",
-        "%Y-%m-%d %H:%M:%S%.f%z",
-        "%Y-%m-%dT%H:%M%z",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f%z", "%Y-%m-%d %H:%M:%S%.f%z", "%Y-%m-%dT%H:%M%z"] {
         if let Ok(dt) = DateTime::parse_from_str(s, fmt) {
             return Some(dt.with_timezone(&Utc));
         }
     }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(naive.and_utc());
         }
@@ -69,24 +57,14 @@ mod tests {
     use chrono::TimeZone;
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32, us: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
-            + chrono::Duration::microseconds(i64::from(us))
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap() + chrono::Duration::microseconds(i64::from(us))
     }
 
     #[test]
     fn isoformat_like_python() {
-        assert_eq!(
-            isoformat(&utc(2026, 11, 27, 5, 11, 0, 770297)),
-            "2026-11-27T05:11:00.770297+00:00"
-        );
-        assert_eq!(
-            isoformat(&utc(2030, 1, 2, 3, 4, 5, 0)),
-            "2030-01-02T03:04:05+00:00"
-        );
-        assert_eq!(
-            isoformat(&utc(2026, 1, 1, 0, 0, 0, 50)),
-            "2026-01-01T00:00:00.000050+00:00"
-        );
+        assert_eq!(isoformat(&utc(2026, 11, 27, 5, 11, 0, 770297)), "2026-11-27T05:11:00.770297+00:00");
+        assert_eq!(isoformat(&utc(2030, 1, 2, 3, 4, 5, 0)), "2030-01-02T03:04:05+00:00");
+        assert_eq!(isoformat(&utc(2026, 1, 1, 0, 0, 0, 50)), "2026-01-01T00:00:00.000050+00:00");
         // Nanoseconds are truncated, not rounded (Python has no nanoseconds).
         let ns = utc(2026, 1, 1, 0, 0, 0, 0) + chrono::Duration::nanoseconds(999);
         assert_eq!(isoformat(&ns), "2026-01-01T00:00:00+00:00");
@@ -106,18 +84,9 @@ mod tests {
         ] {
             assert_eq!(parse_datetime(s), Some(want), "{s}");
         }
-        assert_eq!(
-            parse_datetime("2030-01-02T03:04:05+00:00"),
-            Some(utc(2030, 1, 2, 3, 4, 5, 0))
-        );
-        assert_eq!(
-            parse_datetime("2030-01-02T03:04:05"),
-            Some(utc(2030, 1, 2, 3, 4, 5, 0))
-        );
-        assert_eq!(
-            parse_datetime("2026-01-01T00:00:00.000000+00:00"),
-            Some(utc(2026, 1, 1, 0, 0, 0, 0))
-        );
+        assert_eq!(parse_datetime("2030-01-02T03:04:05+00:00"), Some(utc(2030, 1, 2, 3, 4, 5, 0)));
+        assert_eq!(parse_datetime("2030-01-02T03:04:05"), Some(utc(2030, 1, 2, 3, 4, 5, 0)));
+        assert_eq!(parse_datetime("2026-01-01T00:00:00.000000+00:00"), Some(utc(2026, 1, 1, 0, 0, 0, 0)));
         assert_eq!(parse_datetime("not a date"), None);
         assert_eq!(parse_datetime(""), None);
         assert_eq!(parse_datetime("2026-13-45T00:00:00"), None);

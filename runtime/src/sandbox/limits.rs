@@ -207,30 +207,17 @@ impl Limiter {
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.memory_total - current.min(self.memory_total) + desired;
         if total as u64 > self.limits.max_memory {
-            return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                desired: total,
-                limit: self.limits.max_memory,
-            }));
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired: total, limit: self.limits.max_memory }));
         }
         self.memory_total = total;
         self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= self.limits.max_table_elements)
     }
 

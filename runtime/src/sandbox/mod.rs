@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
+use host::TaskState;
+use host::bindings::{TaskComponent, TaskComponentPre};
 pub use host::context::Request;
 pub use host::state::{StateSink, StateUpdate};
-use host::bindings::{TaskComponent, TaskComponentPre};
-use host::TaskState;
 pub use limits::{ByteSize, Limits, LimitsOverride};
 pub use loader::LoadError;
-pub use outcome::{CallReport, FailureKind, Outcome, TaskFailure};
 use outcome::TraceSite;
+pub use outcome::{CallReport, FailureKind, Outcome, TaskFailure};
 
 /// How often the epoch ticks: the granularity of time limits and of the
 /// cooperative yields that keep a busy guest from starving the async runtime.
@@ -106,7 +106,10 @@ impl SandboxConfig {
 
     /// The largest memory cap any task may have (sizes the pool's memory slots).
     fn memory_ceiling(&self) -> u64 {
-        self.task_limits.values().filter_map(|o| o.max_memory.map(ByteSize::as_u64)).fold(self.limits.max_memory, u64::max)
+        self.task_limits
+            .values()
+            .filter_map(|o| o.max_memory.map(ByteSize::as_u64))
+            .fold(self.limits.max_memory, u64::max)
     }
 }
 
@@ -244,7 +247,8 @@ impl Sandbox {
     /// Create the default engine and linker. Loads nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let ticker = EpochTicker::start().map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let set = Self::engine_set(&config, config.limits.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let set =
+            Self::engine_set(&config, config.limits.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         ticker.add(set.engine.clone());
         let cache = cache::ArtifactCache::new(config.cache_dir.clone());
         Ok(Sandbox {
@@ -271,7 +275,8 @@ impl Sandbox {
         if let Some(i) = self.engines.iter().position(|e| e.stack == stack) {
             return Ok(i);
         }
-        let set = Self::engine_set(&self.config, stack).map_err(|e| format!("cannot create an engine with a {stack}-byte stack: {e:#}"))?;
+        let set = Self::engine_set(&self.config, stack)
+            .map_err(|e| format!("cannot create an engine with a {stack}-byte stack: {e:#}"))?;
         self.ticker.add(set.engine.clone());
         self.engines.push(set);
         Ok(self.engines.len() - 1)
@@ -349,13 +354,8 @@ impl Sandbox {
             .map_err(|e| format!("invalid component: {e:#}"))?;
         let load_time = started.elapsed();
         let pre = self.prelink(0, &component)?;
-        let loaded = Arc::new(LoadedComponent {
-            path: c.path.clone(),
-            display: c.display.clone(),
-            from_cache,
-            load_time,
-            pre,
-        });
+        let loaded =
+            Arc::new(LoadedComponent { path: c.path.clone(), display: c.display.clone(), from_cache, load_time, pre });
         let names = self.list_tasks(&loaded).await?;
         // Tasks with their own stack size run on another engine, for which the
         // component is compiled (and cached) once per size.
@@ -401,9 +401,10 @@ impl Sandbox {
 
     /// Link the component against what the worker grants and check its exports.
     fn prelink(&self, engine: usize, component: &Component) -> Result<TaskComponentPre<TaskState>, String> {
-        let pre = self.engines[engine].linker.instantiate_pre(component).map_err(|e| {
-            format!("imports something this worker does not grant: {}", outcome_root(&e))
-        })?;
+        let pre = self.engines[engine]
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| format!("imports something this worker does not grant: {}", outcome_root(&e)))?;
         TaskComponentPre::new(pre).map_err(|e| {
             format!(
                 "does not target the celeriac:task/task-component world (it must export celeriac:task/task@0.1.0): {}",
@@ -487,11 +488,8 @@ impl Sandbox {
             tokio::time::timeout(limits.time_limit + TIMER_GRACE, fut).await
         };
         let wall = started.elapsed();
-        let fuel_consumed = if self.config.fuel_metering {
-            limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0))
-        } else {
-            0
-        };
+        let fuel_consumed =
+            if self.config.fuel_metering { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
         let report = CallReport { wall, fuel_consumed, peak_memory: store.data().limiter.peak_memory };
         let (stdout, _) = store.data().stdout.take();
         let (stderr, dropped) = store.data().stderr.take();
@@ -506,7 +504,9 @@ impl Sandbox {
                 Ok(v) => Outcome::Success(v),
                 Err(e) => Outcome::Failure(outcome::bad_result(&site, &e)),
             },
-            Ok(Ok(Err(e))) => Outcome::Failure(outcome::raised(&site, e.exc_type, e.exc_module, e.message, e.traceback)),
+            Ok(Ok(Err(e))) => {
+                Outcome::Failure(outcome::raised(&site, e.exc_type, e.exc_module, e.message, e.traceback))
+            }
             Ok(Err(err)) => {
                 tracing::debug!("trap: {err:?}");
                 Outcome::Failure(outcome::trapped(&site, &err, &stderr, limits.fuel, limits.time_limit))

@@ -243,13 +243,7 @@ pub fn trapped(
     }
     tb.push_str(&exception_line(exc_type, Some(module), &message));
     tb.push('\n');
-    TaskFailure {
-        kind,
-        exc_type: exc_type.to_string(),
-        exc_module: Some(module.to_string()),
-        message,
-        traceback: tb,
-    }
+    TaskFailure { kind, exc_type: exc_type.to_string(), exc_module: Some(module.to_string()), message, traceback: tb }
 }
 
 /// Whether a backtrace's innermost frames are one function calling itself:

@@ -31,7 +31,13 @@ fn with_file(url: &str) -> String {
 }
 
 /// The banner text.
-pub fn banner(opts: &WorkerOptions, sandbox: &Sandbox, settings: &Settings, queues: &[String], concurrency: u32) -> String {
+pub fn banner(
+    opts: &WorkerOptions,
+    sandbox: &Sandbox,
+    settings: &Settings,
+    queues: &[String],
+    concurrency: u32,
+) -> String {
     let broker = with_file(&settings.effective_broker_url());
     let results = settings.effective_result_backend().map(|u| with_file(&u)).unwrap_or_else(|| "disabled://".into());
     let ntasks = sandbox.tasks().count();

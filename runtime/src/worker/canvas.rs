@@ -29,13 +29,8 @@ pub enum CanvasError {
 
 /// The messages to publish after `msg` succeeded with `value`.
 pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Settings) -> Vec<Result<NewTask, CanvasError>> {
-    let mut out: Vec<Result<NewTask, CanvasError>> = msg
-        .embed
-        .callbacks
-        .iter()
-        .flatten()
-        .map(|sig| from_signature(sig, Some(value), msg, settings))
-        .collect();
+    let mut out: Vec<Result<NewTask, CanvasError>> =
+        msg.embed.callbacks.iter().flatten().map(|sig| from_signature(sig, Some(value), msg, settings)).collect();
     if let Some(chain) = msg.embed.chain.as_ref().filter(|c| !c.is_empty()) {
         let mut rest = chain.clone();
         // The next step is the LAST element: Celery stores the chain reversed.
@@ -193,7 +188,8 @@ mod tests {
     fn immutable_signatures_keep_their_args_and_errbacks_get_the_task_id() {
         let mut s = sig("tasks.add", json!([1, 2]), json!({}));
         s["immutable"] = json!(true);
-        let msg = message_with_embed(json!({"callbacks": [s.clone()], "errbacks": [sig("tasks.log", json!([]), json!({}))]}));
+        let msg =
+            message_with_embed(json!({"callbacks": [s.clone()], "errbacks": [sig("tasks.log", json!([]), json!({}))]}));
         let t = on_success(&msg, &json!(99), &Settings::default()).remove(0).unwrap();
         assert_eq!(t.args, vec![json!(1), json!(2)]);
         let e = on_failure(&msg, &Settings::default()).remove(0).unwrap();

@@ -170,8 +170,9 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let broker_url = settings.effective_broker_url();
-    let result_serializer = Serializer::from_name(&settings.result_serializer)
-        .ok_or_else(|| anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer))?;
+    let result_serializer = Serializer::from_name(&settings.result_serializer).ok_or_else(|| {
+        anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer)
+    })?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
 
     let mut sandbox = Sandbox::new(settings.sandbox_config())?;
@@ -241,7 +242,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let interval = settings.broker_transport_options.restore_interval();
     let housekeeping = tokio::spawn(housekeeping(broker, held, interval));
     let joined = tokio::task::spawn_blocking(move || {
-        threads.into_iter().map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an event loop panicked")))).collect::<Vec<_>>()
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err(anyhow::anyhow!("an event loop panicked"))))
+            .collect::<Vec<_>>()
     })
     .await?;
     housekeeping.abort();
@@ -485,9 +489,7 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
 /// Wait for running tasks (bounded), unless a cold shutdown cuts it short.
 async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
     let mut phase = shared.phase.clone();
-    let wait_all = async {
-        while handlers.join_next().await.is_some() {}
-    };
+    let wait_all = async { while handlers.join_next().await.is_some() {} };
     let cold = async {
         while *phase.borrow_and_update() != Phase::Cold {
             if phase.changed().await.is_err() {

@@ -12,8 +12,8 @@ use tracing::Instrument;
 
 use super::{Phase, Shared, canvas, retry};
 use crate::backend::Backend;
-use crate::config::Annotation;
 use crate::broker::Delivery;
+use crate::config::Annotation;
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{Envelope, ExceptionInfo, NewTask, ProtocolError, TaskMessage, exception_module, saferepr};
 use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
@@ -27,7 +27,10 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
     let envelope = match Envelope::parse(&d.payload) {
         Ok(e) => e,
         Err(e) => {
-            tracing::error!("Received invalid message: {e}; the message has been ignored and discarded: {}", preview(&d.payload));
+            tracing::error!(
+                "Received invalid message: {e}; the message has been ignored and discarded: {}",
+                preview(&d.payload)
+            );
             ack(s, &d);
             return;
         }
@@ -206,11 +209,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
         }
     };
     let secs = result.report.wall.as_secs_f64();
-    tracing::debug!(
-        "fuel consumed: {}, peak memory: {} bytes",
-        result.report.fuel_consumed,
-        result.report.peak_memory
-    );
+    tracing::debug!("fuel consumed: {}, peak memory: {} bytes", result.report.fuel_consumed, result.report.peak_memory);
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
     let chord_entry: Option<(&str, Value)>;
@@ -256,7 +255,9 @@ async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &Tas
     let size = msg.embed.chord.as_ref().and_then(|c| c.get("chord_size")).and_then(Value::as_u64);
     let index = msg.group_index.unwrap_or(0);
     let Some(entries) =
-        retry("count a chord member", || redis.chord_part_return(group, &msg.id, index, state, result, size)).await.flatten()
+        retry("count a chord member", || redis.chord_part_return(group, &msg.id, index, state, result, size))
+            .await
+            .flatten()
     else {
         return;
     };
@@ -316,7 +317,8 @@ async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError
 /// re-raising `builtins.SystemExit` or `KeyboardInterrupt` from `.get()` would
 /// stop the client itself, so those become Celeriac's stand-in classes.
 fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
-    const NOT_EXCEPTIONS: &[&str] = &["BaseException", "BaseExceptionGroup", "SystemExit", "KeyboardInterrupt", "GeneratorExit"];
+    const NOT_EXCEPTIONS: &[&str] =
+        &["BaseException", "BaseExceptionGroup", "SystemExit", "KeyboardInterrupt", "GeneratorExit"];
     if NOT_EXCEPTIONS.contains(&exc_type) {
         return CELERIAC_EXC_MODULE.to_string();
     }
@@ -337,15 +339,16 @@ async fn give_back(s: &Shared, d: &mut Delivery) {
 
 /// Whether no result is stored for this message (`annotation` is its task's).
 fn ignores_result(s: &Shared, msg: &TaskMessage, annotation: &Annotation) -> bool {
-    s.backend.is_none() || msg.ignore_result || s.settings.task_ignore_result || annotation.ignore_result.unwrap_or(false)
+    s.backend.is_none()
+        || msg.ignore_result
+        || s.settings.task_ignore_result
+        || annotation.ignore_result.unwrap_or(false)
 }
 
 /// A meta with the message's lineage and `date_done` filled in.
 fn base_meta(msg: &TaskMessage, meta: ResultMeta) -> ResultMeta {
     let ready = meta.status.is_ready();
-    meta.with_group_id(msg.group.clone())
-        .with_parent_id(msg.parent_id.clone())
-        .with_date_done(ready.then(Utc::now))
+    meta.with_group_id(msg.group.clone()).with_parent_id(msg.parent_id.clone()).with_date_done(ready.then(Utc::now))
 }
 
 /// Store a FAILURE (or NotRegistered...) for a message, if results are on for it.
