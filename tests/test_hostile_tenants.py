@@ -474,15 +474,36 @@ class CallWorkers:
                          "hostile.log": {"time_limit": ATTACK_TIME_LIMIT}})
         return self.current
 
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.proc.stop(grace=5)
+            if self.current.monitor is not None:
+                self.current.monitor.stop()
+            self.current = None
+
+
+#: The live CallWorkers (at most one): stopped before any test that starts a worker of its own, since
+#: every worker consumes the same `celery` queue (a second one would answer that test's messages).
+_CALL_WORKERS: list[CallWorkers] = []
+
 
 @pytest.fixture(scope="module")
 def call_workers(module_worker_factory, tmp_path_factory):
     if STANDIN == "python":
         pytest.skip("needs the celeriac binary")
     workers = CallWorkers(module_worker_factory, tmp_path_factory.mktemp("hostile-calls"))
+    _CALL_WORKERS.append(workers)
     yield workers
-    if workers.current is not None and workers.current.monitor is not None:
-        workers.current.monitor.stop()
+    workers.stop()
+    _CALL_WORKERS.remove(workers)
+
+
+@pytest.fixture(autouse=True)
+def _one_worker_at_a_time(request):
+    if "worker" in request.fixturenames:
+        for workers in _CALL_WORKERS:
+            workers.stop()
+    yield
 
 
 @pytest.fixture
@@ -714,14 +735,19 @@ def test_a_newline_in_guest_text_cannot_forge_a_worker_log_line(attack, client):
     time.sleep(0.3)
     written = w.raw_log()[before:]
     assert nonce.encode() in written, "the guest's text was not logged at all (expected it escaped)"
-    n = nonce.encode()
+    n, tag = nonce.encode(), f"[{r.id}]".encode()
     for line in written.split(b"\n"):
         if n in line:
             assert not line.startswith(b"[1999-"), f"a guest forged a worker log line: {line[:160]!r}"
-            # The guest's text stays on one line, after something the worker wrote.
+            # Guest text never starts a line: either the line is the worker's own, tagged with the task
+            # before the guest's text (stdout/stderr are logged a line at a time), or the guest's newline
+            # was escaped and its text goes on after the worker's own words.
+            tagged = re.match(rb"\[[^\]\n]*\] ", line) and tag in line.split(n)[0]
             start = line.find(b"innocent")
-            assert 0 < start < line.index(n), \
-                f"guest text was split across lines or starts a line: {line[:160]!r}"
+            assert tagged or 0 < start < line.index(n), f"guest text starts a log line: {line[:160]!r}"
+    one_line = [ln for ln in written.split(b"\n") if b"innocent" in ln and n in ln
+                and b"stdout:" not in ln and b"stderr:" not in ln]
+    assert one_line, "the host log line / exception message was split at the guest's newline (not escaped)"
     for ch in (b"\x1b", b"\r", b"\x07", b"\x08"):
         assert ch not in written, f"raw control character {ch!r} from the guest reached the log"
     assert "\\n" in written.decode("utf-8", "replace"), "newlines must be shown escaped (backslash-n)"
