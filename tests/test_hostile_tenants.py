@@ -75,8 +75,10 @@ CANNOT_LOAD = r"ERROR.*cannot load (?:\S*/)?{name}: "
 RSS_BOUND = 512 << 20
 #: Watchdog: a worker above this is killed at once (protects the shared machine).
 RSS_KILL = 3 << 30
-#: Settings written under [sandbox] for the compile-bomb tests.
+#: Settings written under [sandbox] for the compile-bomb tests: the time budget, and (second case) a
+#: memory budget that trips long before a generous time budget does.
 BOMB_SANDBOX = {"compile_timeout": 5}
+BOMB_MEMORY_SANDBOX = {"compile_timeout": 60, "compile_memory": "768MiB"}
 #: Settings for the "still compiling" test (a budget the slow component fits in).
 SLOW_SANDBOX = {"compile_timeout": 120}
 #: Wall-clock limit of the hostile sleep/spin tasks (``[task_annotations]``).
@@ -897,16 +899,18 @@ def test_a_task_prefix_with_two_owners_is_refused_for_both(worker, tmp_path, cli
 
 @celeriac_only
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("bomb", ["ifs60k", "funcs999k"])
+@pytest.mark.parametrize("bomb,budget", [("ifs60k", BOMB_SANDBOX), ("funcs999k", BOMB_SANDBOX),
+                                         ("funcs999k", BOMB_MEMORY_SANDBOX)],
+                         ids=["ifs60k-time", "funcs999k-time", "funcs999k-memory"])
 def test_a_compile_bomb_is_refused_within_its_budget_without_holding_start_up(worker, tmp_path, client, celery_app,
-                                                                             redis_server, bomb):
-    h = start_hostile(worker, tmp_path, {"bomb.wasm": artifact(f"bombs/{bomb}.wasm")}, sandbox=BOMB_SANDBOX,
+                                                                             redis_server, bomb, budget):
+    h = start_hostile(worker, tmp_path, {"bomb.wasm": artifact(f"bombs/{bomb}.wasm")}, sandbox=budget,
                       wait_ready=False)
     h.wait_ready()
     with GoodTraffic(celery_app, redis_server) as good:
         value, exc = outcome(client.add.delay(2, 2))
         assert exc is None and value == 4, exc
-        print(f"\n[{bomb}] {h.wait_refused('bomb.wasm', timeout=BOMB_SANDBOX['compile_timeout'] + REFUSAL_TIMEOUT)[:300]}")
+        print(f"\n[{bomb}] {h.wait_refused('bomb.wasm', timeout=budget['compile_timeout'] + REFUSAL_TIMEOUT)[:300]}")
         assert_not_registered(client, "bomb.add")
     good.check(bomb)
     h.assert_healthy(f"compile bomb {bomb}")
