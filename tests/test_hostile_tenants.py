@@ -83,6 +83,9 @@ BOMB_MEMORY_SANDBOX = {"compile_timeout": 60, "compile_memory": "768MiB"}
 SLOW_SANDBOX = {"compile_timeout": 120}
 #: Wall-clock limit of the hostile sleep/spin tasks (``[task_annotations]``).
 ATTACK_TIME_LIMIT = 3
+#: Wall-clock limit of the hostile log task: long enough that an uncapped worker shows the volume
+#: (the flood test runs until this limit when output is never cut).
+LOG_TIME_LIMIT = 10
 #: Limit of the attacker in the head-of-line test (the issue's case is 10 s).
 HOL_TIME_LIMIT = 6
 #: How long the worker may take to say ready (a slow component must not hold it).
@@ -473,7 +476,7 @@ class CallWorkers:
             self.factory, self.tmp, {"hostile.wasm": artifact("hostile.wasm")},
             annotations={"hostile.sleep": {"time_limit": ATTACK_TIME_LIMIT},
                          "hostile.spin": {"time_limit": ATTACK_TIME_LIMIT},
-                         "hostile.log": {"time_limit": ATTACK_TIME_LIMIT}})
+                         "hostile.log": {"time_limit": LOG_TIME_LIMIT}})
         return self.current
 
     def stop(self) -> None:
@@ -516,6 +519,8 @@ def attack(call_workers, client, celery_app, redis_server):
     CURRENT[:] = [w]
     with GoodTraffic(celery_app, redis_server) as good:
         yield w, good
+    if w.monitor is not None:
+        print(f"\n[attack] worker peak RSS {mib(w.peak())}{'' if w.alive else ' (worker dead)'}")
     good.check("good traffic")
 
 
@@ -618,6 +623,19 @@ def test_a_guest_exception_the_client_must_not_trust_becomes_a_catchable_stand_i
     value, later = outcome(client.add.delay(20, 22))
     assert later is None and value == 42, f"a later unrelated get() raised {later!r}"
     w.assert_healthy(f"exception {module}.{exc_type!r}")
+
+
+@celeriac_only
+def test_a_long_multibyte_exception_message_is_cut_on_character_boundaries(attack, client):
+    w, _ = attack
+    text = "\U0001F600" * 300_000 + "end"          # 1.2 MB of 4-byte characters
+    exc = failure(send(client, "raise_as", None, "ValueError", text))
+    assert type(exc) is ValueError
+    msg = str(exc)
+    assert len(msg.encode()) <= MAX_ERROR_SIZE + ERROR_SLACK and MARK_TRUNCATED in msg
+    assert msg.startswith("\U0001F600") and msg.endswith("end"), (msg[:20], msg[-20:])
+    assert "\ufffd" not in msg, "a character was split by the cut"
+    w.assert_healthy("multibyte exception message")
 
 
 #: Exceptions that stay real: (module, type, the class the client must raise).
@@ -723,7 +741,8 @@ def test_a_call_writing_log_lines_until_its_time_limit_logs_at_most_the_cap(atta
 
 def forged_text(nonce: str) -> str:
     return (f"innocent\n[1999-01-01 00:00:00,000: INFO/MainProcess] Task tasks.add[{nonce}] succeeded in "
-            f"0.001s: 8\r\x1b[2K\x1b[31mred\x1b[0m\x07\x08 end")
+            f"0.001s: 8\r\x1b[2K\x1b[31mred\x1b[0m\x07\x08\u2028[1999-01-02 00:00:00,000: INFO/MainProcess] x"
+            f"\u202eevil\u202c end")
 
 
 @celeriac_only
@@ -750,7 +769,7 @@ def test_a_newline_in_guest_text_cannot_forge_a_worker_log_line(attack, client):
     one_line = [ln for ln in written.split(b"\n") if b"innocent" in ln and n in ln
                 and b"stdout:" not in ln and b"stderr:" not in ln]
     assert one_line, "the host log line / exception message was split at the guest's newline (not escaped)"
-    for ch in (b"\x1b", b"\r", b"\x07", b"\x08"):
+    for ch in (b"\x1b", b"\r", b"\x07", b"\x08", "\u2028".encode(), "\u202e".encode()):
         assert ch not in written, f"raw control character {ch!r} from the guest reached the log"
     assert "\\n" in written.decode("utf-8", "replace"), "newlines must be shown escaped (backslash-n)"
 
