@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -444,6 +445,11 @@ class GoodTraffic(threading.Thread):
         assert missing == 0, f"{what}: {missing} of {len(self.sent)} good tasks.add calls never completed"
         wrong = [(self.sent[t][0], d) for t, d in self.done.items() if d[0] != "SUCCESS" or d[1] != 2 * self.sent[t][0]]
         assert not wrong, f"{what}: good calls failed or were wrong: {wrong[:5]}"
+
+
+def done_at(redis_server, task_id: str) -> datetime:
+    """The stored ``date_done`` of a result, parsed (string order is not time order for every format)."""
+    return datetime.fromisoformat(redis_server.meta(task_id)["date_done"])
 
 
 def task_lines(raw: bytes, task_id: str) -> list[bytes]:
@@ -948,8 +954,8 @@ def test_tasks_of_a_component_still_compiling_wait_for_it_while_others_are_serve
     assert exc is None and value == 2, exc
     value, exc = outcome(slow, timeout=180)
     assert exc is None and value == 5, f"a task of a component still compiling must wait for it, got {exc!r}"
-    t_good = redis_server.meta(good.id)["date_done"]
-    t_slow = redis_server.meta(slow.id)["date_done"]
+    t_good = done_at(redis_server, good.id)
+    t_slow = done_at(redis_server, slow.id)
     print(f"\n[slow compile] tasks.add done {t_good}, slow.add done {t_slow}")
     assert t_good < t_slow, "tasks.add waited for another component's compilation"
     h.assert_healthy("a slow component compiling")
@@ -975,8 +981,8 @@ def test_a_call_running_until_its_limit_does_not_strand_good_tasks(worker, tmp_p
         assert exc is None and value == 2 * i, exc
     exc = failure(bad, timeout=HOL_TIME_LIMIT * 4)
     assert type(exc).__name__ == "TimeLimitExceeded", repr(exc)
-    t_bad = redis_server.meta(bad.id)["date_done"]
-    late = [i for i, r in goods if redis_server.meta(r.id)["date_done"] > t_bad]
+    t_bad = done_at(redis_server, bad.id)
+    late = [i for i, r in goods if done_at(redis_server, r.id) > t_bad]
     print(f"\n[{attacker}] {len(goods)} good calls, {len(late)} completed only after the attacker hit its limit")
     assert not late, (f"{len(late)} good tasks (#{late[:8]}) waited for the {attacker} call to reach its "
                       f"{HOL_TIME_LIMIT}s limit")
