@@ -30,14 +30,13 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
 use super::BackendError;
-use crate::broker::sqlite::{Db, url_path};
+use crate::connection::UrlError;
+use crate::connection::sqlite::Db;
+use crate::connection::url::sqlite_path;
 use crate::protocol::Serializer;
 use crate::protocol::result::{ExtendedMeta, ResultMeta, TaskState};
 use crate::protocol::time::now_secs;
 use crate::protocol::time::parse_datetime;
-
-/// URL scheme of Celery's database backend on SQLite.
-pub const SCHEME: &str = "db+sqlite://";
 
 /// Celery's tables, with the DDL SQLAlchemy emits.
 const SCHEMA: &str = "
@@ -76,16 +75,6 @@ const POLL_MIN: Duration = Duration::from_millis(20);
 /// ...and grows to this.
 const POLL_MAX: Duration = Duration::from_millis(250);
 
-/// Whether `url` names Celery's database backend on SQLite.
-pub fn is_url(url: &str) -> bool {
-    url.starts_with(SCHEME)
-}
-
-/// Whether `url` names Celery's database backend on another database.
-pub fn is_other_database_url(url: &str) -> bool {
-    url.starts_with("db+") && !is_url(url)
-}
-
 /// Celery's `date_done` column: naive UTC with microseconds.
 fn date_text(d: &DateTime<Utc>) -> String {
     d.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
@@ -121,19 +110,19 @@ struct Row {
 impl DatabaseBackend {
     /// Open (and if needed create) the database named by `url`.
     pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
-        let path = url_path(url).map_err(BackendError::Url)?;
+        let path = sqlite_path(url)?;
         let mut pickle_results = false;
         for (k, v) in url.split_once('?').map(|(_, q)| q).unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
             match (k, v) {
                 ("result_format", "pickle") => pickle_results = true,
                 ("result_format", "json" | "serializer") => pickle_results = false,
                 ("result_format", other) => {
-                    return Err(BackendError::Url(format!("{url}: result_format={other}: use pickle or serializer")));
+                    return Err(UrlError(format!("{url}: result_format={other}: use pickle or serializer")).into());
                 }
                 _ => {}
             }
         }
-        let db = Db::open(path, SCHEMA.to_string()).await.map_err(BackendError::Connection)?;
+        let db = Db::open(path, SCHEMA.to_string()).await?;
         Ok(DatabaseBackend { db, expires, serializer, pickle_results, last_cleanup: Arc::new(AtomicU64::new(0)) })
     }
 
@@ -157,11 +146,14 @@ impl DatabaseBackend {
     }
 
     /// Store several states in one transaction (one fsync), in order.
-    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
-        if metas.is_empty() {
+    pub async fn store_many<'a>(&self, metas: impl IntoIterator<Item = &'a ResultMeta>) -> Result<(), BackendError> {
+        let rows = metas
+            .into_iter()
+            .map(|m| Ok((m.task_id.clone(), self.columns(m)?)))
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = metas.iter().map(|m| Ok((m.task_id.clone(), self.columns(m)?))).collect::<Result<Vec<_>, _>>()?;
         let cleanup_before = self.cleanup_due();
         self.db
             .run(move |c| {
@@ -199,7 +191,7 @@ impl DatabaseBackend {
                 tx.commit()
             })
             .await
-            .map_err(BackendError::Connection)
+            .map_err(BackendError::from)
     }
 
     /// The column values of a state, as Celery 5.7's worker writes them.
@@ -271,7 +263,7 @@ impl DatabaseBackend {
                 .optional()
             })
             .await
-            .map_err(BackendError::Connection)?;
+            .map_err(BackendError::from)?;
         row.map(|r| self.meta_from_row(task_id, r)).transpose()
     }
 
@@ -312,7 +304,7 @@ impl DatabaseBackend {
         self.db
             .run(move |c| c.execute("DELETE FROM celery_taskmeta WHERE task_id = ?", [&id]).map(|_| ()))
             .await
-            .map_err(BackendError::Connection)
+            .map_err(BackendError::from)
     }
 
     /// A waiter for `task_id` (polls the row, as Celery's client does).
@@ -672,7 +664,9 @@ mod tests {
         .await
         .unwrap();
         let c = Connection::open(b.path()).unwrap();
-        let row = |id: &str| -> (String, Vec<u8>, Option<String>, Option<String>, Option<Vec<u8>>, String) {
+        /// status, result, date_done, traceback, children, typeof(result).
+        type Columns = (String, Vec<u8>, Option<String>, Option<String>, Option<Vec<u8>>, String);
+        let row = |id: &str| -> Columns {
             c.query_row(
                 "SELECT status, result, date_done, traceback, children, typeof(result) FROM celery_taskmeta WHERE task_id = ?",
                 [id],
