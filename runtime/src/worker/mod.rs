@@ -30,6 +30,8 @@ mod banner;
 pub mod canvas;
 mod listing;
 mod request;
+#[cfg(test)]
+mod tests;
 
 pub use listing::task_listing;
 
