@@ -29,7 +29,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
-use super::BackendError;
+use super::{BackendError, Reply, ResultBackend, Waiter};
+use crate::broker::BoxFuture;
 use crate::connection::UrlError;
 use crate::connection::sqlite::Db;
 use crate::connection::url::sqlite_path;
@@ -310,6 +311,35 @@ impl DatabaseBackend {
     /// A waiter for `task_id` (polls the row, as Celery's client does).
     pub fn waiter(&self, task_id: &str) -> PollWaiter {
         PollWaiter { backend: self.clone(), task_id: task_id.to_string() }
+    }
+}
+
+impl ResultBackend for DatabaseBackend {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(DatabaseBackend::store_many(self, replies.iter().map(|r| &r.meta)))
+    }
+
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(DatabaseBackend::get(self, task_id))
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(DatabaseBackend::forget(self, task_id))
+    }
+
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>> {
+        let waiter = DatabaseBackend::waiter(self, task_id);
+        Box::pin(async move { Ok(Box::new(waiter) as Box<dyn Waiter>) })
+    }
+}
+
+impl Waiter for PollWaiter {
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>> {
+        Box::pin(PollWaiter::wait(*self, timeout))
     }
 }
 

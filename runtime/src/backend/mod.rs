@@ -8,16 +8,19 @@
 //! in Celery (except on the embedded SQLite broker, see
 //! `Settings::effective_result_backend`).
 //!
-//! A backend connects with access to the broker's connection (Celery's
+//! [`Backend`] is a connected [`ResultBackend`], whatever its URL names;
+//! adding one is a module and a line in [`Backend::connect`]. A backend
+//! connects with access to the broker's connection (Celery's
 //! `rpc://` backend publishes results through it) and stores each state with
 //! its [`Routing`] (`reply_to`, `correlation_id`, taken from the task
 //! message; unused by Redis and the database). What only some backends can do
-//! is a capability: [`Backend::chords`] returns a [`ChordCounter`] on a
+//! is a capability: [`ResultBackend::chords`] returns a [`ChordCounter`] on a
 //! backend that counts chord members (Redis).
 
 pub mod database;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -29,21 +32,46 @@ use crate::connection::url;
 use crate::protocol::result::ResultMeta;
 use crate::protocol::{DeliveryInfo, Serializer};
 
-/// A connected result backend, whichever kind its URL names.
-#[derive(Clone)]
-pub enum Backend {
-    /// Celery's Redis backend (boxed: it is several times the other's size).
-    Redis(Box<redis::RedisBackend>),
-    /// Celery's database backend on SQLite.
-    Database(database::DatabaseBackend),
+/// One of Celery's result backends, connected.
+pub trait ResultBackend: Send + Sync + 'static {
+    /// Celery's name of the backend (`redis`, `database`), for logs.
+    fn name(&self) -> &'static str;
+
+    /// Store several task states at once (one round trip where the backend
+    /// allows), in order.
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The stored state of `task_id`, if any.
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>>;
+
+    /// Delete the stored state of `task_id` (Celery's `forget`).
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Start waiting for `task_id` (before sending it, so nothing is missed).
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>>;
+
+    /// The chord counter of a backend that can count chord members (Redis).
+    fn chords(&self) -> Option<&dyn ChordCounter> {
+        None
+    }
 }
 
 /// Waits for one task's result; created before the task is sent.
-pub enum Waiter {
-    /// Redis pub/sub subscription (boxed: it is several times the other's size).
-    Redis(Box<redis::ResultSubscription>),
-    /// Polling of a database row.
-    Database(database::PollWaiter),
+pub trait Waiter: Send {
+    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes.
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>>;
+}
+
+/// A connected result backend, whichever kind its URL names.
+#[derive(Clone)]
+pub struct Backend(Arc<dyn ResultBackend>);
+
+impl std::ops::Deref for Backend {
+    type Target = dyn ResultBackend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl Backend {
@@ -60,10 +88,10 @@ impl Backend {
         // Neither Redis nor the database sends through the broker.
         let _ = broker;
         if url::is_redis_url(url) {
-            return Ok(Backend::Redis(Box::new(redis::RedisBackend::connect(url, expires, serializer).await?)));
+            return Ok(Backend::new(redis::RedisBackend::connect(url, expires, serializer).await?));
         }
         if url::is_sqlite_backend_url(url) {
-            return Ok(Backend::Database(database::DatabaseBackend::connect(url, expires, serializer).await?));
+            return Ok(Backend::new(database::DatabaseBackend::connect(url, expires, serializer).await?));
         }
         if url::is_other_database_url(url) {
             return Err(BackendError::Url(UrlError(format!(
@@ -75,56 +103,9 @@ impl Backend {
         ))))
     }
 
-    /// Store several task states at once (one round trip where the backend
-    /// allows), in order.
-    pub async fn store_many(&self, replies: &[Reply]) -> Result<(), BackendError> {
-        let metas = replies.iter().map(|r| &r.meta);
-        match self {
-            Backend::Redis(b) => b.store_many(metas).await,
-            Backend::Database(b) => b.store_many(metas).await,
-        }
-    }
-
-    /// The stored state of `task_id`, if any.
-    pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
-        match self {
-            Backend::Redis(b) => b.get(task_id).await,
-            Backend::Database(b) => b.get(task_id).await,
-        }
-    }
-
-    /// Delete the stored state of `task_id`.
-    pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
-        match self {
-            Backend::Redis(b) => b.forget(task_id).await,
-            Backend::Database(b) => b.forget(task_id).await,
-        }
-    }
-
-    /// The chord counter of a backend that can count chord members (Redis).
-    pub fn chords(&self) -> Option<&dyn ChordCounter> {
-        match self {
-            Backend::Redis(b) => Some(&**b),
-            Backend::Database(_) => None,
-        }
-    }
-
-    /// Start waiting for `task_id` (before sending it, so nothing is missed).
-    pub async fn waiter(&self, task_id: &str) -> Result<Waiter, BackendError> {
-        match self {
-            Backend::Redis(b) => Ok(Waiter::Redis(Box::new(b.subscribe(task_id).await?))),
-            Backend::Database(b) => Ok(Waiter::Database(b.waiter(task_id))),
-        }
-    }
-}
-
-impl Waiter {
-    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes.
-    pub async fn wait(self, timeout: Duration) -> Result<ResultMeta, BackendError> {
-        match self {
-            Waiter::Redis(w) => w.wait(timeout).await,
-            Waiter::Database(w) => w.wait(timeout).await,
-        }
+    /// A backend over `backend`.
+    pub fn new(backend: impl ResultBackend) -> Backend {
+        Backend(Arc::new(backend))
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::{BackendError, ChordCounter, ChordMember, TASK_KEY_PREFIX};
+use super::{BackendError, ChordCounter, ChordMember, Reply, ResultBackend, TASK_KEY_PREFIX, Waiter};
 use crate::broker::BoxFuture;
 use crate::connection::redis as redis_conn;
 use crate::protocol::result::ResultMeta;
@@ -160,6 +160,38 @@ impl RedisBackend {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(task_key(task_id)).await?;
         Ok(ResultSubscription { backend: self.clone(), task_id: task_id.to_string(), pubsub })
+    }
+}
+
+impl ResultBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::store_many(self, replies.iter().map(|r| &r.meta)))
+    }
+
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(RedisBackend::get(self, task_id))
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::forget(self, task_id))
+    }
+
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>> {
+        Box::pin(async move { Ok(Box::new(self.subscribe(task_id).await?) as Box<dyn Waiter>) })
+    }
+
+    fn chords(&self) -> Option<&dyn ChordCounter> {
+        Some(self)
+    }
+}
+
+impl Waiter for ResultSubscription {
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>> {
+        Box::pin(ResultSubscription::wait(*self, timeout))
     }
 }
 

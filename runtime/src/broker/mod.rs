@@ -22,7 +22,17 @@
 //!
 //! [`redis`] is kombu's Redis transport; [`sqlite`] is kombu's SQLAlchemy
 //! transport on an SQLite file, the embedded default; [`memory`] keeps
-//! messages in the process, for tests of the worker.
+//! messages in the process, for tests of the worker. All three are kombu
+//! "virtual" transports and share [`qos`].
+//!
+//! A transport with real acknowledgements (AMQP) implements [`Transport`],
+//! [`Consumer`] and [`AckHandle`] directly and uses none of [`qos`]: its
+//! deliveries carry the channel and the delivery tag (`ack` → `basic.ack`,
+//! possibly batched; `requeue` → `basic.nack(requeue=true)`; `hold` → nothing,
+//! the server keeps an unacknowledged message for as long as the channel
+//! lives), its consumer sets `basic.qos` from the prefetch window it is
+//! given, it builds the [`RawMessage`] from the frame's properties and
+//! headers, and it needs no housekeeping.
 
 pub mod memory;
 pub mod qos;
