@@ -7,101 +7,164 @@
 //! polled by clients. With no backend configured, results are disabled, as
 //! in Celery (except on the embedded SQLite broker, see
 //! `Settings::effective_result_backend`).
+//!
+//! [`Backend`] is a connected [`ResultBackend`], whatever its URL names;
+//! adding one is a module and a line in [`Backend::connect`]. A backend
+//! connects with access to the broker's connection (Celery's
+//! `rpc://` backend publishes results through it) and stores each state with
+//! its [`Routing`] (`reply_to`, `correlation_id`, taken from the task
+//! message; unused by Redis and the database). What only some backends can do
+//! is a capability: [`ResultBackend::chords`] returns a [`ChordCounter`] on a
+//! backend that counts chord members (Redis).
 
 pub mod database;
 pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::protocol::Serializer;
-use crate::protocol::result::ResultMeta;
+use serde_json::Value;
 
-/// A connected result backend, whichever kind its URL names.
-#[derive(Clone)]
-pub enum Backend {
-    /// Celery's Redis backend.
-    Redis(redis::RedisBackend),
-    /// Celery's database backend on SQLite.
-    Database(database::DatabaseBackend),
+use crate::broker::{BoxFuture, Broker};
+use crate::connection::UrlError;
+use crate::connection::sqlite::DbError;
+use crate::connection::url;
+use crate::protocol::result::ResultMeta;
+use crate::protocol::{DeliveryInfo, Serializer};
+
+/// One of Celery's result backends, connected.
+pub trait ResultBackend: Send + Sync + 'static {
+    /// Celery's name of the backend (`redis`, `database`), for logs.
+    fn name(&self) -> &'static str;
+
+    /// Store several task states at once (one round trip where the backend
+    /// allows), in order.
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// The stored state of `task_id`, if any.
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>>;
+
+    /// Delete the stored state of `task_id` (Celery's `forget`).
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Start waiting for `task_id` (before sending it, so nothing is missed).
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>>;
+
+    /// The chord counter of a backend that can count chord members (Redis).
+    fn chords(&self) -> Option<&dyn ChordCounter> {
+        None
+    }
 }
 
 /// Waits for one task's result; created before the task is sent.
-pub enum Waiter {
-    /// Redis pub/sub subscription.
-    Redis(redis::ResultSubscription),
-    /// Polling of a database row.
-    Database(database::PollWaiter),
+pub trait Waiter: Send {
+    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes.
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>>;
+}
+
+/// A connected result backend, whichever kind its URL names.
+#[derive(Clone)]
+pub struct Backend(Arc<dyn ResultBackend>);
+
+impl std::ops::Deref for Backend {
+    type Target = dyn ResultBackend;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 impl Backend {
     /// Connect to the backend at `url`; results live `expires` seconds
-    /// (`None`: forever) and are written with `serializer`.
-    pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Backend, BackendError> {
-        if crate::broker::is_redis_url(url) {
-            return Ok(Backend::Redis(redis::RedisBackend::connect(url, expires, serializer).await?));
+    /// (`None`: forever) and are written with `serializer`. `broker` is the
+    /// worker's (or client's) broker connection, for a backend that sends
+    /// results through it; `None` where there is none (`celeriac result`).
+    pub async fn connect(
+        url: &str,
+        expires: Option<u64>,
+        serializer: Serializer,
+        broker: Option<&Broker>,
+    ) -> Result<Backend, BackendError> {
+        // Neither Redis nor the database sends through the broker.
+        let _ = broker;
+        if url::is_redis_url(url) {
+            return Ok(Backend::new(redis::RedisBackend::connect(url, expires, serializer).await?));
         }
-        if database::is_url(url) {
-            return Ok(Backend::Database(database::DatabaseBackend::connect(url, expires, serializer).await?));
+        if url::is_sqlite_backend_url(url) {
+            return Ok(Backend::new(database::DatabaseBackend::connect(url, expires, serializer).await?));
         }
-        if database::is_other_database_url(url) {
-            return Err(BackendError::Url(format!(
+        if url::is_other_database_url(url) {
+            return Err(BackendError::Url(UrlError(format!(
                 "{url}: only SQLite is supported by the database backend (db+sqlite:///file)"
-            )));
+            ))));
         }
-        Err(BackendError::Url(format!(
+        Err(BackendError::Url(UrlError(format!(
             "{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file"
-        )))
+        ))))
     }
 
-    /// Store several task states at once (one round trip where the backend allows).
-    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
-        match self {
-            Backend::Redis(b) => b.store_many(metas).await,
-            Backend::Database(b) => b.store_many(metas).await,
-        }
-    }
-
-    /// The stored state of `task_id`, if any.
-    pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
-        match self {
-            Backend::Redis(b) => b.get(task_id).await,
-            Backend::Database(b) => b.get(task_id).await,
-        }
-    }
-
-    /// Delete the stored state of `task_id`.
-    pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
-        match self {
-            Backend::Redis(b) => b.forget(task_id).await,
-            Backend::Database(b) => b.forget(task_id).await,
-        }
-    }
-
-    /// The chord-capable backend, if this one is (chords need Redis).
-    pub fn as_redis(&self) -> Option<&redis::RedisBackend> {
-        match self {
-            Backend::Redis(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    /// Start waiting for `task_id` (before sending it, so nothing is missed).
-    pub async fn waiter(&self, task_id: &str) -> Result<Waiter, BackendError> {
-        match self {
-            Backend::Redis(b) => Ok(Waiter::Redis(b.subscribe(task_id).await?)),
-            Backend::Database(b) => Ok(Waiter::Database(b.waiter(task_id))),
-        }
+    /// A backend over `backend`.
+    pub fn new(backend: impl ResultBackend) -> Backend {
+        Backend(Arc::new(backend))
     }
 }
 
-impl Waiter {
-    /// Wait until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passes.
-    pub async fn wait(self, timeout: Duration) -> Result<ResultMeta, BackendError> {
-        match self {
-            Waiter::Redis(w) => w.wait(timeout).await,
-            Waiter::Database(w) => w.wait(timeout).await,
-        }
+/// Where a result goes besides its key: the task message's `reply_to` and
+/// `correlation_id`, which Celery's `rpc://` backend publishes the result to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// The client's reply queue (`properties.reply_to`).
+    pub reply_to: Option<String>,
+    /// The id the client matches replies with (`properties.correlation_id`: the task id).
+    pub correlation_id: Option<String>,
+}
+
+impl Routing {
+    /// The routing a task message asks for.
+    pub fn of(delivery: &DeliveryInfo) -> Self {
+        Routing { reply_to: delivery.reply_to.clone(), correlation_id: delivery.correlation_id.clone() }
     }
+}
+
+/// A task state to store, with its routing.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The state.
+    pub meta: ResultMeta,
+    /// Where it goes besides its key.
+    pub routing: Routing,
+}
+
+/// A backend that counts chord header members (Celery's
+/// `on_chord_part_return`): the worker that completes a chord sends its body.
+pub trait ChordCounter: Send + Sync {
+    /// Record a finished header member. Returns the `[1, id, state, result]`
+    /// entries of all members, in group order, when this call completed the
+    /// chord and won its claim.
+    fn chord_part_return<'a>(
+        &'a self,
+        member: ChordMember<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<Value>>, BackendError>>;
+
+    /// Mark a chord as done and drop its bookkeeping.
+    fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+}
+
+/// One finished chord header member, as [`ChordCounter::chord_part_return`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChordMember<'a> {
+    /// The chord's group id.
+    pub group_id: &'a str,
+    /// The member's task id.
+    pub task_id: &'a str,
+    /// Its position in the group.
+    pub index: u64,
+    /// `SUCCESS` or `FAILURE`.
+    pub state: &'a str,
+    /// Its result (or exception).
+    pub result: &'a Value,
+    /// The body's `chord_size`, when the message carries it.
+    pub chord_size: Option<u64>,
 }
 
 /// Errors talking to a result backend.
@@ -109,10 +172,16 @@ impl Waiter {
 pub enum BackendError {
     /// The backend URL cannot be used.
     #[error("invalid result backend URL {0}")]
-    Url(String),
-    /// The connection failed or a command was refused.
+    Url(#[from] UrlError),
+    /// Redis refused a command or could not be reached.
     #[error("result backend error: {0}")]
-    Connection(String),
+    Redis(#[from] ::redis::RedisError),
+    /// The SQLite file could not be used.
+    #[error("result backend error: {0}")]
+    Database(#[from] DbError),
+    /// A result subscription ended before the result came.
+    #[error("result backend error: result subscription closed")]
+    SubscriptionClosed,
     /// A value could not be encoded or decoded.
     #[error("result encoding error: {0}")]
     Encode(String),
@@ -122,8 +191,10 @@ pub enum BackendError {
 }
 
 impl BackendError {
-    pub(crate) fn redis(e: ::redis::RedisError) -> Self {
-        BackendError::Connection(e.to_string())
+    /// Whether the backend could not be reached or refused a command: trying
+    /// again later may succeed.
+    pub fn is_connection_error(&self) -> bool {
+        matches!(self, BackendError::Redis(_) | BackendError::Database(_) | BackendError::SubscriptionClosed)
     }
 }
 
