@@ -950,14 +950,20 @@ def test_tasks_of_a_component_still_compiling_wait_for_it_while_others_are_serve
     h.wait_ready()
     slow = client.app.send_task("slow.add", args=(2, 3))
     good = client.add.delay(1, 1)
+    # A name no loading component could serve does not wait for the compile.
+    unknown = client.app.send_task("nowhere.add", args=(1, 2))
     value, exc = outcome(good)
     assert exc is None and value == 2, exc
+    value, exc = outcome(unknown)
+    assert type(exc).__name__ == "NotRegistered", f"expected NotRegistered at once, got {exc!r}"
     value, exc = outcome(slow, timeout=180)
     assert exc is None and value == 5, f"a task of a component still compiling must wait for it, got {exc!r}"
     t_good = done_at(redis_server, good.id)
     t_slow = done_at(redis_server, slow.id)
-    print(f"\n[slow compile] tasks.add done {t_good}, slow.add done {t_slow}")
+    t_unknown = done_at(redis_server, unknown.id)
+    print(f"\n[slow compile] tasks.add done {t_good}, nowhere.add failed {t_unknown}, slow.add done {t_slow}")
     assert t_good < t_slow, "tasks.add waited for another component's compilation"
+    assert t_unknown < t_slow, "an unknown task waited for an unrelated component's compilation"
     h.assert_healthy("a slow component compiling")
 
 

@@ -558,7 +558,7 @@ impl Settings {
         b.max_log_bytes = size(s.max_log_bytes, b.max_log_bytes);
         b.max_tasks_per_component = s.max_tasks_per_component.unwrap_or(b.max_tasks_per_component).min(TASKS_CEILING);
         b.max_component_size = s.max_component_size.map_or(b.max_component_size, ByteSize::as_u64);
-        if let Some(t) = s.compile_timeout {
+        if let Some(t) = s.compile_timeout.filter(|t| t.is_finite()) {
             b.compile_timeout = Duration::from_secs_f64(t.clamp(0.1, 86_400.0));
         }
         b.compile_memory = s.compile_memory.map_or(b.compile_memory, ByteSize::as_u64);

@@ -169,7 +169,9 @@ pub fn safe_guest_exception(
         return stand_in(name);
     }
     let builtin = is_builtin_exception(&name) && !BASE_ONLY_BUILTINS.contains(&name.as_str());
-    let celery = CELERY_EXCEPTIONS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m);
+    // A client raising `SecurityError` is what this guards against; a guest
+    // does not get to raise it by name either.
+    let celery = CELERY_EXCEPTIONS.iter().find(|(n, _)| *n == name && *n != "SecurityError").map(|(_, m)| *m);
     match module {
         None | Some(BUILTINS) if builtin => (name, BUILTINS.to_owned()),
         None => match celery {
@@ -318,6 +320,8 @@ mod tests {
             ("NotRegistered", Some("builtins")),
             ("InvoiceMissing", Some("billing")),
             ("InvoiceMissing", None),
+            ("SecurityError", Some("celery.exceptions")),
+            ("SecurityError", None),
         ] {
             assert_eq!(safe(t, m), (t.to_owned(), "celeriac.exceptions".to_owned()), "{t} {m:?}");
         }

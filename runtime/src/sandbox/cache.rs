@@ -55,8 +55,6 @@ impl ArtifactCache {
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Load the compiled form of `wasm` from the cache, or compile it (and store
-    /// it). Returns the component and whether it came from the cache.
     /// Where the artifact of `wasm` for `engine` lives; `None` when the cache
     /// is disabled.
     pub fn path_for(&self, engine: &Engine, wasm: &[u8]) -> Option<PathBuf> {
@@ -72,12 +70,23 @@ impl ArtifactCache {
         // engine with the same compatibility hash (part of the key), into a
         // directory only this user writes; wasmtime checks the header and
         // engine settings again and refuses a mismatch.
-        match unsafe { Component::deserialize_file(engine, path) } {
+        // Read, not mapped: a noexec mount would refuse to map it executable.
+        let bytes = std::fs::read(path).ok()?;
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("ignoring unusable cached artifact {}: {e:#}", path.display());
                 None
             }
+        }
+    }
+
+    /// Store a compiled artifact at `path` (from [`ArtifactCache::path_for`]);
+    /// a cache that cannot be written is only warned about.
+    pub fn store(&self, path: &Path, compiled: &[u8]) {
+        let tag = uuid::Uuid::new_v4().to_string();
+        if let Err(e) = super::compile::write_atomically(path, compiled, &tag) {
+            tracing::warn!("could not write compiled artifact to {}: {e}", path.display());
         }
     }
 }

@@ -49,6 +49,11 @@ impl Compiler {
     /// The running executable (the `celeriac` binary) as the compiler process;
     /// in-process if it cannot be found.
     pub fn this_executable() -> Compiler {
+        // /proc/self/exe still runs this very binary after it was replaced on disk (an upgrade).
+        let proc_exe = PathBuf::from("/proc/self/exe");
+        if proc_exe.exists() {
+            return Compiler::Isolated(proc_exe);
+        }
         match std::env::current_exe() {
             Ok(exe) => Compiler::Isolated(exe),
             Err(e) => {
@@ -98,7 +103,7 @@ pub async fn compile_to_file(
     compiler: &Compiler,
     engine: &Engine,
     (fuel_metering, stack): (bool, u64),
-    wasm: std::sync::Arc<[u8]>,
+    wasm: std::sync::Arc<Vec<u8>>,
     out: &Path,
     (timeout, memory): (Duration, u64),
 ) -> Result<(), CompileError> {
@@ -160,9 +165,15 @@ async fn isolated(
             // A child that dies early closes the pipe; its exit status says why.
             let _ = s.write_all(wasm).await;
         }
+        // Read to the end (a child blocked on a full pipe would look like a
+        // timeout), keeping only the first bytes.
         let mut err = Vec::new();
         if let Some(s) = stderr.as_mut() {
-            let _ = s.take(STDERR_KEPT as u64 * 4).read_to_end(&mut err).await;
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                let room = (STDERR_KEPT * 4).saturating_sub(err.len());
+                err.extend_from_slice(&chunk[..n.min(room)]);
+            }
         }
         let status = child.wait().await;
         (status, err)
@@ -201,7 +212,7 @@ async fn isolated(
 /// Exits 0 when the artifact is written, 2 when the component is invalid.
 pub fn child_main(args: &[String]) -> ExitCode {
     let fail = |code: u8, msg: String| {
-        eprintln!("{msg}");
+        eprintln!("{}", crate::sandbox::bounds::truncate_end(&msg, STDERR_KEPT));
         ExitCode::from(code)
     };
     let [fuel, stack, out] = args else {

@@ -23,15 +23,18 @@ use wasmtime::component::{Component, ComponentExportIndex, ComponentType, Instan
 use super::bounds;
 
 /// Most bytes of a success result copied out of a guest (`max_result_size`
-/// cannot be set higher); a longer result is measured, not copied.
-pub const RESULT_CEILING: usize = 64 << 20;
+/// can only be set lower); a longer result is measured, not copied.
+pub const RESULT_CEILING: usize = bounds::DEFAULT_MAX_RESULT_SIZE;
 /// Most bytes of an exception message or traceback copied out of a guest
 /// (head and tail; `max_error_size` cannot be set higher).
 pub const ERROR_CEILING: usize = 1 << 20;
 /// Most task names a component's `tasks()` may return (`max_tasks_per_component`
 /// cannot be set higher); a longer list is refused unread.
-pub const TASKS_CEILING: usize = 100_000;
-/// Most bytes of one task name, exception type or module name copied out.
+pub const TASKS_CEILING: usize = 10_000;
+/// Most bytes of one task name copied out (one more than a name may have, so
+/// a longer one is seen as such).
+const TASK_NAME_CEILING: usize = bounds::MAX_TASK_NAME_LEN + 1;
+/// Most bytes of an exception type or module name copied out.
 const NAME_CEILING: usize = 1024;
 
 /// The interface every task component exports.
@@ -71,14 +74,30 @@ impl<const MAX: usize, const ENDS: bool> GuestText<MAX, ENDS> {
         }
     }
 
+    /// The head of the text (all of it if it was copied whole).
+    pub fn into_head(self) -> String {
+        match self {
+            GuestText::Whole(s) => s,
+            GuestText::Cut { head, .. } => head,
+        }
+    }
+
     /// Copy the string at `ptr`/`len` (the canonical ABI's pointer pair).
     fn lift(cx: &mut LiftContext<'_>, ty: InterfaceType, ptr: usize, len: usize) -> wasmtime::Result<Self> {
-        let utf8 = format!("{:?}", cx.options().string_encoding) == "Utf8";
-        if !utf8 {
+        use wasmtime::component::__internal::wasmtime_environ::component::StringEncoding;
+        /// Set in a compact-UTF-16 length when the string is UTF-16, not Latin-1.
+        const UTF16_TAG: usize = 1 << 31;
+        let bytes_len = match cx.options().string_encoding {
+            StringEncoding::Utf8 => len,
+            StringEncoding::Utf16 => len.saturating_mul(2),
+            StringEncoding::CompactUtf16 if len & UTF16_TAG != 0 => (len ^ UTF16_TAG).saturating_mul(2),
+            StringEncoding::CompactUtf16 => len,
+        };
+        if !matches!(cx.options().string_encoding, StringEncoding::Utf8) {
             // UTF-16 / Latin-1 guests (rare): wasmtime decodes them; only short
             // strings are copied, long ones are measured.
-            if len > MAX {
-                return Ok(GuestText::Cut { len, head: String::new(), tail: String::new() });
+            if bytes_len > MAX {
+                return Ok(GuestText::Cut { len: bytes_len, head: String::new(), tail: String::new() });
             }
             let lower = [ValRaw::u32(ptr as u32), ValRaw::u32(len as u32)];
             return Ok(GuestText::Whole(String::linear_lift_from_flat(cx, ty, &lower)?));
@@ -144,8 +163,8 @@ unsafe impl<const MAX: usize, const ENDS: bool> Lift for GuestText<MAX, ENDS> {
 
 /// A guest `list<string>` of task names: refused unread past `MAX` entries.
 pub enum GuestNames<const MAX: usize> {
-    /// The names (each copied up to [`NAME_CEILING`] bytes).
-    Names(Vec<GuestText<NAME_CEILING, false>>),
+    /// The names (each copied up to [`TASK_NAME_CEILING`] bytes).
+    Names(Vec<GuestText<TASK_NAME_CEILING, false>>),
     /// A list of this many entries, longer than `MAX`.
     TooMany(usize),
 }
@@ -201,9 +220,9 @@ unsafe impl<const MAX: usize> Lift for GuestNames<MAX> {
 #[component(record)]
 struct RawTaskError {
     #[component(name = "exc-type")]
-    exc_type: GuestText<NAME_CEILING, false>,
+    exc_type: GuestText<NAME_CEILING, true>,
     #[component(name = "exc-module")]
-    exc_module: Option<GuestText<NAME_CEILING, false>>,
+    exc_module: Option<GuestText<NAME_CEILING, true>>,
     message: GuestText<ERROR_CEILING, true>,
     traceback: Option<GuestText<ERROR_CEILING, true>>,
 }
@@ -234,7 +253,8 @@ pub enum Returned {
     /// A success result longer than the bound; only its length was read.
     TooLarge(usize),
     /// The guest's error (message and traceback already cut to their bound,
-    /// type and module names to [`NAME_CEILING`]; still to be mapped and
+    /// type and module names to their first [`NAME_CEILING`] / 2 bytes if
+    /// longer than [`NAME_CEILING`]; still to be mapped and
     /// escaped, see `outcome::raised`).
     Raised { exc_type: String, exc_module: Option<String>, message: String, traceback: Option<String> },
 }
@@ -250,6 +270,7 @@ pub async fn invoke<T: Send + 'static>(
     max_result: usize,
     max_error: usize,
 ) -> wasmtime::Result<Returned> {
+    let max_error = max_error.min(ERROR_CEILING);
     type Ret = Result<GuestText<RESULT_CEILING, false>, RawTaskError>;
     let func = instance.get_typed_func::<(&str, &str, &str), (Ret,)>(&mut store, exports.invoke)?;
     let (ret,) = func.call_async(&mut store, (name, args, kwargs)).await?;
@@ -257,8 +278,9 @@ pub async fn invoke<T: Send + 'static>(
         Ok(GuestText::Whole(json)) if json.len() <= max_result => Returned::Json(json),
         Ok(too_large) => Returned::TooLarge(too_large.guest_len()),
         Err(e) => Returned::Raised {
-            exc_type: e.exc_type.into_bounded(NAME_CEILING),
-            exc_module: e.exc_module.map(|m| m.into_bounded(NAME_CEILING)),
+            // Cut names keep their head: a longer name becomes a stand-in anyway.
+            exc_type: e.exc_type.into_head(),
+            exc_module: e.exc_module.map(GuestText::into_head),
             message: e.message.into_bounded(max_error),
             traceback: e.traceback.map(|t| t.into_bounded(max_error)),
         },

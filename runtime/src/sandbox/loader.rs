@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::bounds::MAX_TASK_NAME_LEN;
+use super::bounds::{MAX_TASK_NAME_LEN, escape_controls};
 
 /// A file that could not be loaded, and why.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -21,8 +21,10 @@ pub struct LoadError {
 }
 
 impl std::fmt::Display for LoadError {
+    /// One line: the path (a file name can hold a newline) and the reason, escaped.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.reason)
+        let path = self.path.display().to_string();
+        write!(f, "{}: {}", escape_controls(&path), escape_controls(&self.reason))
     }
 }
 
@@ -134,14 +136,15 @@ pub fn read_component(path: &Path, root: &Path, max: u64) -> Result<Vec<u8>, Str
     use std::io::Read;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let inside = |target: &Path| if root.is_dir() { target.starts_with(&root) } else { target == root };
+    let outside = |target: &Path| format!("is a symbolic link to {} outside the task directory", target.display());
     let link = std::fs::symlink_metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
     if link.file_type().is_symlink() {
         let target =
             std::fs::canonicalize(path).map_err(|e| format!("is a symbolic link that cannot be followed: {e}"))?;
-        let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        let inside = if root.is_dir() { target.starts_with(&root) } else { target == root };
-        if !inside {
-            return Err(format!("is a symbolic link to {} outside the task directory", target.display()));
+        if !inside(&target) {
+            return Err(outside(&target));
         }
     }
     let file = std::fs::OpenOptions::new()
@@ -149,6 +152,14 @@ pub fn read_component(path: &Path, root: &Path, max: u64) -> Result<Vec<u8>, Str
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .map_err(|e| format!("cannot read file: {e}"))?;
+    // Checked again on what was opened: a link re-pointed between the check
+    // above and the open is caught here (Linux: the descriptor's own path).
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
+    if let Ok(target) = opened
+        && !inside(&target)
+    {
+        return Err(outside(&target));
+    }
     let meta = file.metadata().map_err(|e| format!("cannot read file: {e}"))?;
     let t = meta.file_type();
     if !t.is_file() {

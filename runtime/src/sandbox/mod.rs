@@ -27,7 +27,7 @@ pub mod limits;
 pub mod loader;
 pub mod outcome;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -279,8 +279,9 @@ struct Registry {
     tasks: BTreeMap<String, Arc<TaskEntry>>,
     components: Vec<Arc<LoadedComponent>>,
     errors: Vec<LoadError>,
-    /// Components (by display name) still being read, compiled or listed.
-    pending: BTreeSet<String>,
+    /// Components still being read, compiled or listed: display name → the
+    /// task-name prefix they will serve.
+    pending: BTreeMap<String, String>,
 }
 
 /// The engines, their linkers and the loaded tasks.
@@ -413,14 +414,19 @@ impl Sandbox {
         }
         let mut r = self.write();
         r.errors.extend(errors);
-        r.pending.extend(candidates.iter().map(|c| c.display.clone()));
+        r.pending.extend(candidates.iter().map(|c| (c.display.clone(), c.prefix.clone())));
         candidates
     }
 
     async fn load_all(&self, root: &Path, candidates: Vec<loader::Candidate>) {
         futures_util::stream::iter(candidates)
             .for_each_concurrent(LOAD_PARALLELISM, |c| async move {
-                let loaded = self.load_one(root, &c).await;
+                // A panic while loading (a bug) must still end the wait of
+                // messages for this component.
+                let loaded =
+                    futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(self.load_one(root, &c)))
+                        .await
+                        .unwrap_or_else(|_| Err("internal error while loading it".to_string()));
                 let mut r = self.write();
                 r.pending.remove(&c.display);
                 let refused = match loaded {
@@ -446,9 +452,9 @@ impl Sandbox {
                     Err(reason) => Some(reason),
                 };
                 if let Some(reason) = refused {
-                    let reason = bounds::escape_controls(&reason).into_owned();
-                    tracing::error!("cannot load {}: {reason}", c.path.display());
-                    r.errors.push(LoadError { path: c.path.clone(), reason });
+                    let e = LoadError { path: c.path.clone(), reason };
+                    tracing::error!("cannot load {e}");
+                    r.errors.push(e);
                 }
                 drop(r);
                 self.changed.send_modify(|n| *n += 1);
@@ -462,7 +468,7 @@ impl Sandbox {
         root: &Path,
         c: &loader::Candidate,
     ) -> Result<(Arc<LoadedComponent>, Vec<TaskEntry>), String> {
-        let bytes: Arc<[u8]> = loader::read_component(&c.path, root, self.config.bounds.max_component_size)?.into();
+        let bytes = Arc::new(loader::read_component(&c.path, root, self.config.bounds.max_component_size)?);
         match loader::binary_kind(&bytes) {
             loader::BinaryKind::NotWasm => return Err("not a WebAssembly file (bad magic header)".into()),
             loader::BinaryKind::CoreModule => {
@@ -523,17 +529,18 @@ impl Sandbox {
 
     /// The compiled component for `wasm` on engine `engine`: from the on-disk
     /// cache, or compiled within the compile budget.
-    async fn compile(&self, engine: usize, wasm: Arc<[u8]>) -> Result<(Component, bool), String> {
+    async fn compile(&self, engine: usize, wasm: Arc<Vec<u8>>) -> Result<(Component, bool), String> {
         let set = &self.engines[engine];
         let b = &self.config.bounds;
         let cached = self.cache.path_for(&set.engine, &wasm);
         if let Some(c) = cached.as_deref().and_then(|p| self.cache.lookup(&set.engine, p)) {
             return Ok((c, true));
         }
-        let out = cached.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("celeriac-{}-{}.cwasm", std::process::id(), uuid::Uuid::new_v4()))
-        });
-        compile::compile_to_file(
+        // Compiled into a temporary file (the cache directory may be read-only),
+        // read back (not mapped: a noexec mount would refuse to map it executable),
+        // then stored in the cache if it can be.
+        let out = std::env::temp_dir().join(format!("celeriac-{}-{}.cwasm", std::process::id(), uuid::Uuid::new_v4()));
+        let compiled = compile::compile_to_file(
             &self.config.compiler,
             &set.engine,
             (self.config.fuel_metering, set.stack),
@@ -542,15 +549,19 @@ impl Sandbox {
             (b.compile_timeout, b.compile_memory),
         )
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::read(&out).map_err(|e| format!("cannot read the compiled component: {e}")));
+        let _ = std::fs::remove_file(&out);
+        let compiled = compiled?;
         // SAFETY: the artifact was written just now by an engine with the same
         // settings (the compiler process or this one); wasmtime checks its
         // header and settings again and refuses a mismatch.
-        let component = unsafe { Component::deserialize_file(&set.engine, &out) };
-        if cached.is_none() {
-            let _ = std::fs::remove_file(&out);
+        let component = unsafe { Component::deserialize(&set.engine, &compiled) }
+            .map_err(|e| format!("cannot load the compiled component: {e:#}"))?;
+        if let Some(path) = cached {
+            self.cache.store(&path, &compiled);
         }
-        Ok((component.map_err(|e| format!("cannot load the compiled component: {e:#}"))?, false))
+        Ok((component, false))
     }
 
     /// Link the component against what the worker grants and check its exports.
@@ -610,19 +621,31 @@ impl Sandbox {
         self.read().tasks.get(name).cloned()
     }
 
-    /// Whether `name` is served, waiting first for components still loading
-    /// if it is not (yet): a task sent while its component compiles runs once
-    /// it is ready instead of failing as unregistered. The wait is bounded by
-    /// the compile budget.
+    /// Whether the component that would serve `name` (by its prefix) is
+    /// still loading.
+    pub fn is_loading(&self, name: &str) -> bool {
+        Self::loading_in(&self.read(), name)
+    }
+
+    fn loading_in(r: &Registry, name: &str) -> bool {
+        name.rsplit_once('.').is_some_and(|(prefix, _)| r.pending.values().any(|p| p == prefix))
+    }
+
+    /// Whether `name` is served, waiting first for its component if that is
+    /// still loading (see [`Sandbox::is_loading`]): a task sent while its
+    /// component compiles runs once it is ready instead of failing as
+    /// unregistered. The wait is bounded by the compile budget; a name no
+    /// loading component can serve is answered at once.
     pub async fn serves(&self, name: &str) -> bool {
         let mut rx = self.changed.subscribe();
         loop {
             {
+                // One look: a component's tasks appear as it leaves `pending`.
                 let r = self.read();
                 if r.tasks.contains_key(name) {
                     return true;
                 }
-                if r.pending.is_empty() {
+                if !Self::loading_in(&r, name) {
                     return false;
                 }
             }
@@ -649,7 +672,7 @@ impl Sandbox {
 
     /// Components still loading (display names).
     pub fn loading(&self) -> Vec<String> {
-        self.read().pending.iter().cloned().collect()
+        self.read().pending.keys().cloned().collect()
     }
 
     /// Run one task call in a fresh instance.

@@ -238,8 +238,11 @@ pub fn trapped(
     if let Some(bt) = err.downcast_ref::<WasmBacktrace>() {
         push_frames(&mut tb, site.file, bt);
     }
+    // Everything below is guest text (panic message, stderr, names from the
+    // name section in the frames above): escaped, so the logged traceback
+    // cannot start a line of its own.
     if let Some(loc) = panic.as_ref().and_then(|p| p.location.as_ref()) {
-        tb.push_str(&format!("  {loc} (panic location)\n"));
+        tb.push_str(&format!("  {} (panic location)\n", bounds::escape_controls(loc)));
     }
     if kind != FailureKind::Panic {
         let tail = stderr_tail(stderr);
@@ -247,12 +250,12 @@ pub fn trapped(
             tb.push_str("  Guest stderr (last lines):\n");
             for l in tail.lines() {
                 tb.push_str("    ");
-                tb.push_str(l);
+                tb.push_str(&bounds::escape_controls(l));
                 tb.push('\n');
             }
         }
     }
-    tb.push_str(&exception_line(exc_type, Some(module), &message));
+    tb.push_str(&bounds::escape_controls(&exception_line(exc_type, Some(module), &message)));
     tb.push('\n');
     TaskFailure { kind, exc_type: exc_type.to_string(), exc_module: module.to_string(), message, traceback: tb }
 }
@@ -357,7 +360,7 @@ fn push_frames(tb: &mut String, file: &str, bt: &WasmBacktrace) {
         out.extend(tail);
     }
     for l in out {
-        tb.push_str(&l);
+        tb.push_str(&bounds::escape_controls(&l));
         tb.push('\n');
     }
 }
@@ -444,6 +447,25 @@ mod tests {
         assert_eq!((f.exc_type.as_str(), f.exc_module.as_str()), ("SystemExit", CELERIAC_EXC_MODULE));
         assert_eq!(f.message, forged, "the stored message is the guest's own text");
         assert!(f.traceback.lines().all(|l| !l.starts_with('[')), "{}", f.traceback);
+    }
+
+    #[test]
+    fn a_panic_message_cannot_forge_log_lines_either() {
+        let site = TraceSite { file: "evil.wasm", task: "evil.panic" };
+        let stderr = "thread '<unnamed>' panicked at src/lib.rs:1:1:\nboom\n[2026-01-01 00:00:00,000: INFO/MainProcess] forged\n";
+        let err = wasmtime::Error::new(Trap::UnreachableCodeReached);
+        let f = trapped(&site, &err, stderr, 1, Duration::from_secs(1));
+        assert_eq!(f.kind, FailureKind::Panic);
+        assert!(f.message.contains("\n[2026"), "the stored message is the guest's own text");
+        assert!(f.traceback.lines().all(|l| !l.starts_with('[')), "{}", f.traceback);
+        let f = trapped(
+            &site,
+            &wasmtime::Error::new(Trap::UnreachableCodeReached),
+            "a\r\n[x] y\x1b\n",
+            1,
+            Duration::from_secs(1),
+        );
+        assert!(f.traceback.lines().all(|l| !l.starts_with('[') && !l.contains('\x1b')), "{}", f.traceback);
     }
 
     #[test]

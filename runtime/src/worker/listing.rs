@@ -2,6 +2,7 @@
 //! banner: the tasks a directory of components serves, as `celery worker`
 //! lists an app's registered tasks, plus the files that failed to load and those still compiling.
 
+use crate::sandbox::bounds::escape_controls;
 use crate::sandbox::{ByteSize, Sandbox};
 
 /// The task list shown by `celeriac tasks` (and the worker banner).
@@ -23,10 +24,14 @@ pub fn task_listing(sandbox: &Sandbox) -> String {
         ));
     }
     for e in sandbox.load_errors() {
-        out.push_str(&format!("  ! {} — failed to load: {}\n", e.path.display(), e.reason));
+        let (path, reason) = (e.path.display().to_string(), &e.reason);
+        out.push_str(&format!("  ! {} — failed to load: {}\n", escape_controls(&path), escape_controls(reason)));
     }
     for c in sandbox.loading() {
-        out.push_str(&format!("  ~ {c} — still compiling; its tasks are served once it is ready\n"));
+        out.push_str(&format!(
+            "  ~ {} — still compiling; its tasks are served once it is ready\n",
+            escape_controls(&c)
+        ));
     }
     out
 }

@@ -42,7 +42,20 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
             return Box::pin(reject(s, &mut acker, e, routing)).await;
         }
     };
-    if !s.sandbox.serves(&msg.task).await {
+    let mut prefetch = Some(prefetch);
+    if s.sandbox.task(&msg.task).is_none() && s.sandbox.is_loading(&msg.task) {
+        // Its component is still compiling: wait for it (bounded by the
+        // compile budget), held like an ETA task and out of the prefetch
+        // window, and give it back if the worker stops first.
+        acker.hold();
+        prefetch = None;
+        tokio::select! {
+            biased;
+            _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
+            _ = s.sandbox.serves(&msg.task) => {}
+        }
+    }
+    if s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
             "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n\
              Did you remember to put the component serving it in the worker's tasks directory?\n\
@@ -87,10 +100,15 @@ async fn stopped(mut phase: watch::Receiver<Phase>) {
 }
 
 /// Run a decoded task message.
-async fn run(s: &Shared, acker: &mut Acker, msg: TaskMessage, routing: Routing, prefetch: OwnedSemaphorePermit) {
+async fn run(
+    s: &Shared,
+    acker: &mut Acker,
+    msg: TaskMessage,
+    routing: Routing,
+    mut prefetch: Option<OwnedSemaphorePermit>,
+) {
     // Held while the message counts against the prefetch window; then traded
     // for a backlog slot, which bounds results not yet written.
-    let mut prefetch = Some(prefetch);
     let name = msg.display_name().to_string();
     tracing::info!("Task {name}[{}] received", msg.id);
     let annotation = s.settings.annotation(&msg.task);
