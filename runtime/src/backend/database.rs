@@ -161,7 +161,10 @@ impl DatabaseBackend {
         if metas.is_empty() {
             return Ok(());
         }
-        let rows = metas.iter().map(|m| Ok((m.task_id.clone(), self.columns(m)?))).collect::<Result<Vec<_>, _>>()?;
+        let rows = metas
+            .iter()
+            .map(|m| Ok::<_, BackendError>((m.task_id.clone(), self.columns(m)?)))
+            .collect::<Result<Vec<_>, _>>()?;
         let cleanup_before = self.cleanup_due();
         self.db
             .run(move |c| {

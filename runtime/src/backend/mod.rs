@@ -4,12 +4,14 @@
 //! with `SETEX` and announced with `PUBLISH` in one transaction, because a
 //! waiting Python client never polls — it reads once and then listens.
 //! [`database`] is Celery's database backend on SQLite (`db+sqlite:///file`),
-//! polled by clients. With no backend configured, results are disabled, as
+//! polled by clients. [`rpc`] is Celery's `rpc://` backend: states published
+//! to the client's reply queue over the AMQP broker connection. With no backend configured, results are disabled, as
 //! in Celery (except on the embedded SQLite broker, see
 //! `Settings::effective_result_backend`).
 
 pub mod database;
 pub mod redis;
+pub mod rpc;
 
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ pub enum Backend {
     Redis(redis::RedisBackend),
     /// Celery's database backend on SQLite.
     Database(database::DatabaseBackend),
+    /// Celery's rpc backend (AMQP reply queues).
+    Rpc(rpc::RpcBackend),
 }
 
 /// Waits for one task's result; created before the task is sent.
@@ -43,6 +47,9 @@ impl Backend {
         if database::is_url(url) {
             return Ok(Backend::Database(database::DatabaseBackend::connect(url, expires, serializer).await?));
         }
+        if rpc::is_url(url) {
+            return Err(BackendError::Unsupported(RPC_READ));
+        }
         if database::is_other_database_url(url) {
             return Err(BackendError::Url(format!(
                 "{url}: only SQLite is supported by the database backend (db+sqlite:///file)"
@@ -53,11 +60,40 @@ impl Backend {
         )))
     }
 
+    /// Connect to the backend at `url`, with the broker connection for the
+    /// backends that publish through it (`rpc://` needs an AMQP broker).
+    pub async fn connect_with_broker(
+        url: &str,
+        expires: Option<u64>,
+        serializer: Serializer,
+        persistent: bool,
+        broker: &crate::broker::Broker,
+    ) -> Result<Backend, BackendError> {
+        if rpc::is_url(url) {
+            return match broker {
+                crate::broker::Broker::Amqp(b) => {
+                    Ok(Backend::Rpc(rpc::RpcBackend::new(b.broker.clone(), serializer, persistent)))
+                }
+                _ => Err(BackendError::Url(format!("{url}: the rpc backend needs an AMQP broker (amqp://)"))),
+            };
+        }
+        Self::connect(url, expires, serializer).await
+    }
+
+    /// The rpc backend, if this is it (it must learn each task's `reply_to`).
+    pub fn as_rpc(&self) -> Option<&rpc::RpcBackend> {
+        match self {
+            Backend::Rpc(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Store several task states at once (one round trip where the backend allows).
     pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
         match self {
             Backend::Redis(b) => b.store_many(metas).await,
             Backend::Database(b) => b.store_many(metas).await,
+            Backend::Rpc(b) => b.store_many(metas).await,
         }
     }
 
@@ -66,6 +102,7 @@ impl Backend {
         match self {
             Backend::Redis(b) => b.get(task_id).await,
             Backend::Database(b) => b.get(task_id).await,
+            Backend::Rpc(_) => Err(BackendError::Unsupported(RPC_READ)),
         }
     }
 
@@ -74,6 +111,7 @@ impl Backend {
         match self {
             Backend::Redis(b) => b.forget(task_id).await,
             Backend::Database(b) => b.forget(task_id).await,
+            Backend::Rpc(_) => Err(BackendError::Unsupported(RPC_READ)),
         }
     }
 
@@ -90,6 +128,7 @@ impl Backend {
         match self {
             Backend::Redis(b) => Ok(Waiter::Redis(b.subscribe(task_id).await?)),
             Backend::Database(b) => Ok(Waiter::Database(b.waiter(task_id))),
+            Backend::Rpc(_) => Err(BackendError::Unsupported(RPC_READ)),
         }
     }
 }
@@ -116,6 +155,12 @@ pub enum BackendError {
     /// A value could not be encoded or decoded.
     #[error("result encoding error: {0}")]
     Encode(String),
+    /// The backend cannot do this.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// Publishing a result over AMQP failed.
+    #[error("rpc result backend: {0}")]
+    Amqp(#[from] crate::broker::amqp::AmqpError),
     /// Waiting for a result timed out.
     #[error("timed out waiting for the result of {0}")]
     Timeout(String),
@@ -126,6 +171,10 @@ impl BackendError {
         BackendError::Connection(e.to_string())
     }
 }
+
+/// Why the rpc backend cannot read results.
+const RPC_READ: &str =
+    "rpc:// results go to the reply queue of the client that sent the task; only that client can read them";
 
 /// The key prefix of task results, as Celery writes it.
 pub const TASK_KEY_PREFIX: &str = "celery-task-meta-";

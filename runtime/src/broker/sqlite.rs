@@ -352,7 +352,7 @@ impl SqliteBroker {
                             continue;
                         }
                         note.execute(params![id, now, owner])?;
-                        out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true });
+                        out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true, message: None });
                     }
                 }
                 tx.commit()?;

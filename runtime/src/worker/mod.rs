@@ -183,12 +183,16 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let sandbox = Arc::new(sandbox);
 
     // The main connections: queue declaration, the restore sweep, housekeeping.
-    let opts_t = settings.broker_transport_options.clone();
-    let broker = connect_with_retry("broker", &broker_url, || Broker::connect(&broker_url, &opts_t)).await?;
+    let (name, s) = (&opts.hostname, &settings);
+    let broker =
+        connect_with_retry("broker", &broker_url, || Broker::connect_with_settings(&broker_url, s, name)).await?;
     let backend_url = settings.effective_result_backend();
     if let Some(url) = &backend_url {
-        let expires = settings.result_expires.0;
-        connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer)).await?;
+        let (expires, persistent) = (settings.result_expires.0, settings.result_persistent);
+        connect_with_retry("result backend", url, || {
+            Backend::connect_with_broker(url, expires, result_serializer, persistent, &broker)
+        })
+        .await?;
     }
 
     let concurrency = settings.concurrency();
@@ -281,14 +285,19 @@ struct LoopContext {
 fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let opts_t = ctx.settings.broker_transport_options.clone();
-        let url = &ctx.broker_url;
-        let broker = connect_with_retry("broker", url, || Broker::connect(url, &opts_t)).await?;
+        let (url, settings, name) = (&ctx.broker_url, &ctx.settings, &ctx.hostname);
+        let broker = connect_with_retry("broker", url, || Broker::connect_with_settings(url, settings, name)).await?;
         let backend = match &ctx.backend_url {
             None => None,
             Some(url) => {
                 let (expires, ser) = (ctx.settings.result_expires.0, ctx.result_serializer);
-                Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, ser)).await?)
+                let persistent = ctx.settings.result_persistent;
+                Some(
+                    connect_with_retry("result backend", url, || {
+                        Backend::connect_with_broker(url, expires, ser, persistent, &broker)
+                    })
+                    .await?,
+                )
             }
         };
         let acks = {
@@ -408,6 +417,7 @@ async fn housekeeping(broker: Broker, held: Arc<Mutex<HashSet<String>>>, interva
 async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> tokio::task::JoinSet<()> {
     let prefetch = (shared.settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize;
     let sources = shared.broker.sources(queues);
+    shared.broker.start_consuming(queues, prefetch).await;
     let room = Arc::new(Semaphore::new(prefetch));
     let mut handlers = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
@@ -483,6 +493,8 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             }
         }
     }
+    // A push transport stops delivering and gives back what it holds unfetched.
+    shared.broker.stop_consuming().await;
     handlers
 }
 

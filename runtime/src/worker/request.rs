@@ -15,7 +15,9 @@ use crate::backend::Backend;
 use crate::broker::Delivery;
 use crate::config::Annotation;
 use crate::protocol::result::{ResultMeta, child_tuple};
-use crate::protocol::{Envelope, ExceptionInfo, NewTask, ProtocolError, TaskMessage, exception_module, saferepr};
+use crate::protocol::{
+    Envelope, ExceptionInfo, NewTask, ProtocolError, RawMessage, TaskMessage, exception_module, saferepr,
+};
 use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
 use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 
@@ -24,18 +26,28 @@ const RAW_PREVIEW: usize = 200;
 
 /// Handle one delivery to the end.
 pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphorePermit) {
-    let envelope = match Envelope::parse(&d.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(
-                "Received invalid message: {e}; the message has been ignored and discarded: {}",
-                preview(&d.payload)
-            );
-            ack(s, &d);
-            return;
+    let decoded = match d.message.take() {
+        // Decoded by the transport (AMQP).
+        Some(raw) => {
+            route_result(s, &raw);
+            TaskMessage::decode(raw, &s.accept)
+        }
+        None => {
+            let envelope = match Envelope::parse(&d.payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(
+                        "Received invalid message: {e}; the message has been ignored and discarded: {}",
+                        preview(&d.payload)
+                    );
+                    ack(s, &d);
+                    return;
+                }
+            };
+            TaskMessage::from_envelope(&envelope, &s.accept)
         }
     };
-    let msg = match TaskMessage::from_envelope(&envelope, &s.accept) {
+    let msg = match decoded {
         Ok(m) => m,
         Err(e) => {
             // Held while its FAILURE is written (which may wait out a backend outage).
@@ -58,6 +70,19 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
         return;
     }
     run(s, &mut d, msg, prefetch).await;
+}
+
+/// Tell the rpc backend where this message's states go: the client's
+/// `reply_to` queue, under the task id (`headers.id`, else `correlation_id`).
+fn route_result(s: &Shared, raw: &RawMessage) {
+    let Some(rpc) = s.backend.as_ref().and_then(Backend::as_rpc) else { return };
+    if s.settings.task_ignore_result || raw.headers.get("ignore_result").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    let id = raw.headers.get("id").and_then(Value::as_str).or(raw.delivery.correlation_id.as_deref());
+    if let (Some(id), Some(reply_to)) = (id, raw.delivery.reply_to.as_deref()) {
+        rpc.route(id, reply_to);
+    }
 }
 
 /// A message that could not be decoded: log it, fail the task if its id is
@@ -109,6 +134,12 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
 
     // Wait for the ETA, giving the message back if the worker stops first.
     if let Some(eta) = msg.eta {
+        if let Ok(wait) = (eta - Utc::now()).to_std()
+            && Box::pin(park(s, d, &msg, wait)).await
+        {
+            tracing::debug!("Task {name}[{}] parked until its ETA {eta}", msg.id);
+            return;
+        }
         if let Ok(wait) = (eta - Utc::now()).to_std() {
             // Celery does not count ETA tasks against the prefetch limit.
             prefetch = None;
@@ -323,6 +354,27 @@ fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
         return CELERIAC_EXC_MODULE.to_string();
     }
     guest_module.map(str::to_string).unwrap_or_else(|| exception_module(exc_type, CELERIAC_EXC_MODULE).to_string())
+}
+
+/// Hand a far-future ETA task to the transport to keep until it is due
+/// (AMQP's delay queues) instead of holding it unacknowledged; true when it
+/// did (the delivery is then acknowledged). On failure the worker holds it.
+async fn park(s: &Shared, d: &Delivery, msg: &TaskMessage, wait: std::time::Duration) -> bool {
+    let Some(tag) = &d.tag else { return false };
+    let encoded = match msg.to_new_task().encode() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
+            return false;
+        }
+    };
+    match retry("park an ETA task", || s.broker.park(tag, &encoded, wait)).await {
+        Some(true) => {
+            s.release(tag);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Put a message that has not started back on its queue.
