@@ -177,7 +177,9 @@ def test_first_steps_over_pyamqp_with_the_redis_backend(worker, rabbitmq_server,
 SHARING = {
     "default": {},
     "max-priority-10": {"task_queue_max_priority": 10},
-    "quorum": {"task_default_queue_type": "quorum"},
+    # The default queue and queues created by name have separate settings in Celery 5.7.
+    "quorum": {"task_default_queue_type": "quorum", "task_create_missing_queue_type": "quorum"},
+    "quorum-default-queue-only": {"task_default_queue_type": "quorum"},
 }
 
 
@@ -186,10 +188,12 @@ def test_a_python_worker_and_this_worker_share_a_vhost_without_a_406(kind, worke
                                                                       amqp_app, tmp_path):
     settings = SHARING[kind]
     py = start_python_worker(tmp_path, rabbitmq_server, vhost, queues="py", name="py", settings=settings)
-    w = amqp_worker(worker, rabbitmq_server, vhost, queues="wasm", settings=settings)
+    w = amqp_worker(worker, rabbitmq_server, vhost, queues="wasm,celery", settings=settings)
     app, t = amqp_app("rpc://", **settings)
     on_py = [t["add"].apply_async((i, 1), queue="py") for i in range(5)]
     on_wasm = [t["add"].apply_async((i, 2), queue="wasm") for i in range(5)]
+    on_default = [t["add"].delay(i, 3) for i in range(3)]
+    assert [r.get(timeout=30) for r in on_default] == [i + 3 for i in range(3)]
     assert [r.get(timeout=30) for r in on_py] == [i + 1 for i in range(5)]
     assert [r.get(timeout=30) for r in on_wasm] == [i + 2 for i in range(5)]
     for r in on_py:
@@ -311,8 +315,10 @@ def test_a_malformed_message_is_dropped_once_and_the_worker_keeps_serving(kind, 
     time.sleep(1)
     assert rabbitmq_server.queue_counts(vhost).get("celery") == (0, 0)
     if kind == "50 MB body":
+        # add("xxx…", 1) fails: a TypeError (or, inside a 128 MiB sandbox that
+        # formats the 50 MB argument into its message, a MemoryError).
         meta = redis_server.wait_for_states([task_id], ("FAILURE",), timeout=60)[0]
-        assert meta["result"]["exc_type"] == "TypeError"
+        assert meta["result"]["exc_type"] in ("TypeError", "MemoryError")
 
 
 @pytest.mark.standin_xfail("Celery stores no result for a message it cannot decode")

@@ -242,6 +242,8 @@ pub struct Settings {
     pub task_queue_max_priority: Option<u8>,
     /// AMQP: `classic` or `quorum` (`x-queue-type`), as the clients declare.
     pub task_default_queue_type: String,
+    /// AMQP: the type of queues other than the default one (`-Q name`).
+    pub task_create_missing_queue_type: String,
     /// AMQP `rpc://` results: persistent messages (`delivery_mode` 2).
     pub result_persistent: bool,
     /// AMQP TLS: `true`, or kombu's ssl options (`ca_certs`, `certfile`, `keyfile`, `cert_reqs`).
@@ -276,6 +278,7 @@ impl Default for Settings {
             worker_send_task_events: false,
             task_queue_max_priority: None,
             task_default_queue_type: "classic".into(),
+            task_create_missing_queue_type: "classic".into(),
             result_persistent: false,
             broker_use_ssl: None,
             broker_transport_options: TransportOptions::default(),
@@ -307,6 +310,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "worker_send_task_events",
     "task_queue_max_priority",
     "task_default_queue_type",
+    "task_create_missing_queue_type",
     "result_persistent",
     "broker_use_ssl",
     "broker_transport_options",
@@ -424,13 +428,12 @@ impl Settings {
     /// The AMQP declarations these settings call for.
     pub fn amqp_topology(&self) -> crate::broker::amqp::Topology {
         use crate::protocol::amqp::QueueType;
+        let kind = |t: &str| if t.eq_ignore_ascii_case("quorum") { QueueType::Quorum } else { QueueType::Classic };
         crate::broker::amqp::Topology {
             max_priority: self.task_queue_max_priority,
-            queue_type: if self.task_default_queue_type.eq_ignore_ascii_case("quorum") {
-                QueueType::Quorum
-            } else {
-                QueueType::Classic
-            },
+            default_queue: self.task_default_queue.clone(),
+            default_queue_type: kind(&self.task_default_queue_type),
+            missing_queue_type: kind(&self.task_create_missing_queue_type),
         }
     }
 

@@ -48,7 +48,8 @@ impl Broker {
     /// Connect to the broker at `url`.
     pub async fn connect(url: &str, opts: &TransportOptions) -> Result<Broker, BrokerError> {
         if amqp::url::is_amqp_url(url) {
-            let b = amqp::AmqpBroker::connect(url, None, amqp::Topology::default(), "celeriac").await?;
+            let topology = amqp::Topology { default_queue: "celery".into(), ..amqp::Topology::default() };
+            let b = amqp::AmqpBroker::connect(url, None, topology, "celeriac").await?;
             return Ok(Broker::Amqp(amqp::bridge::AmqpBridge::new(b)));
         }
         if is_redis_url(url) {

@@ -116,13 +116,27 @@ impl AmqpError {
     }
 }
 
-/// The worker's settings that shape declarations.
+/// The worker's settings that shape declarations, read as Celery 5.7's
+/// `Queues` reads them: the default queue gets `task_default_queue_type`, any
+/// other queue (created by name, `-Q name`) `task_create_missing_queue_type`;
+/// `task_queue_max_priority` applies to all.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Topology {
     /// `task_queue_max_priority`.
     pub max_priority: Option<u8>,
+    /// `task_default_queue`.
+    pub default_queue: String,
     /// `task_default_queue_type`.
-    pub queue_type: QueueType,
+    pub default_queue_type: QueueType,
+    /// `task_create_missing_queue_type`.
+    pub missing_queue_type: QueueType,
+}
+
+impl Topology {
+    /// The queue type `queue` is declared with.
+    pub fn queue_type(&self, queue: &str) -> QueueType {
+        if queue == self.default_queue { self.default_queue_type } else { self.missing_queue_type }
+    }
 }
 
 /// One live connection and what was opened on it.
@@ -606,7 +620,8 @@ async fn declare_queue(channel: &Channel, queue: &str, topology: &Topology) -> R
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(name.clone(), ExchangeKind::Direct, durable, FieldTable::default()).await?;
     let q = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    channel.queue_declare(name.clone(), q, wire::queue_arguments(topology.max_priority, topology.queue_type)).await?;
+    let args = wire::queue_arguments(topology.max_priority, topology.queue_type(queue));
+    channel.queue_declare(name.clone(), q, args).await?;
     channel.queue_bind(name.clone(), name.clone(), name, QueueBindOptions::default(), FieldTable::default()).await?;
     Ok(())
 }
