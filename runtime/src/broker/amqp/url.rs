@@ -192,12 +192,10 @@ pub fn parse(url: &str) -> Result<AmqpUrl, UrlError> {
 
 /// `host:port`, `[v6]:port`, `host`.
 fn split_host_port(s: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = s.strip_prefix('[') {
-        if let Some(end) = rest.find(']') {
-            let host = &rest[..end];
-            let port = rest[end + 1..].strip_prefix(':');
-            return (host, port);
-        }
+    if let Some(rest) = s.strip_prefix('[')
+        && let Some(end) = rest.find(']')
+    {
+        return (&rest[..end], rest[end + 1..].strip_prefix(':'));
     }
     match s.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
