@@ -352,3 +352,42 @@ def test_countdown_tasks_do_not_hold_up_immediate_ones(worker, rabbitmq_server, 
     elapsed = time.monotonic() - start
     assert 5.5 <= elapsed < 30, f"countdown=6 tasks finished after {elapsed:.1f}s"
     log_has_no_406(w)
+
+
+def test_a_deleted_queue_is_declared_again_and_consumed(worker, rabbitmq_server, vhost, amqp_app):
+    import amqp as pyamqp
+    w = amqp_worker(worker, rabbitmq_server, vhost)
+    app, t = amqp_app("rpc://")
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+    conn = pyamqp.Connection(host=f"127.0.0.1:{rabbitmq_server.port}", userid="guest", password="guest",
+                             virtual_host=vhost)
+    conn.connect()
+    try:
+        ch = conn.channel()
+        ch.queue_delete("celery")
+        ch.close()
+    finally:
+        conn.close()
+    # The worker's consumer was cancelled by the broker; it declares the queue again
+    # and consumes it (a new client declares it too, but finds it back already).
+    wait_until(lambda: "celery" in rabbitmq_server.queue_counts(vhost), 30,
+               message="the worker to declare queue celery again")
+    app2, t2 = amqp_app("rpc://")
+    assert t2["add"].delay(2, 2).get(timeout=60) == 4
+    assert w.alive
+
+
+def test_publishing_waits_while_the_broker_blocks_it_and_loses_nothing(worker, rabbitmq_server, vhost, amqp_app,
+                                                                        redis_server):
+    # Results go to Redis; the chain step the worker publishes is what gets blocked.
+    w = amqp_worker(worker, rabbitmq_server, vhost, backend=redis_server.url(1))
+    app, t = amqp_app(redis_server.url(1))
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+    chains = [(t["sleep"].si(1) | t["add"].si(i, 1)).apply_async() for i in range(3)]
+    try:
+        rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.000001")
+        time.sleep(4)
+    finally:
+        rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.4")
+    assert [c.get(timeout=60) for c in chains] == [i + 1 for i in range(3)]
+    assert w.alive

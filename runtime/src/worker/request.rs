@@ -16,7 +16,7 @@ use crate::broker::Delivery;
 use crate::config::Annotation;
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{
-    Envelope, ExceptionInfo, NewTask, ProtocolError, RawMessage, TaskMessage, exception_module, saferepr,
+    EncodedTask, Envelope, ExceptionInfo, NewTask, ProtocolError, RawMessage, TaskMessage, exception_module, saferepr,
 };
 use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
 use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
@@ -362,7 +362,8 @@ fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
 async fn park(s: &Shared, d: &Delivery, msg: &TaskMessage, wait: std::time::Duration) -> bool {
     let Some(tag) = &d.tag else { return false };
     let encoded = match msg.to_new_task().encode() {
-        Ok(e) => e,
+        // Back to the queue it was consumed from when it is due.
+        Ok(e) => EncodedTask { routing_key: d.queue.clone(), ..e },
         Err(e) => {
             tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
             return false;

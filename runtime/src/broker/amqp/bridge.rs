@@ -100,13 +100,7 @@ impl AmqpBridge {
     fn file(&self, d: AmqpDelivery) -> Delivery {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed).to_string();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(tag.clone(), d.ack);
-        Delivery {
-            queue: d.message.delivery.routing_key.clone(),
-            payload: Vec::new(),
-            tag: Some(tag),
-            recorded: true,
-            message: Some(d.message),
-        }
+        Delivery { queue: d.queue, payload: Vec::new(), tag: Some(tag), recorded: true, message: Some(d.message) }
     }
 
     fn take(&self, tag: &str) -> Option<AckHandle> {

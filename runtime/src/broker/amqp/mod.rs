@@ -176,6 +176,8 @@ pub struct AmqpBroker {
 
 /// One received message and the handle that settles it.
 pub struct AmqpDelivery {
+    /// The queue it was consumed from (the routing key may differ).
+    pub queue: String,
     /// The message, transport-neutral.
     pub message: RawMessage,
     /// Ack / requeue / reject on the channel it arrived on.
@@ -546,7 +548,7 @@ impl AmqpBroker {
                 item = streams.next() => item,
             };
             match item {
-                Some((_, Some(Ok(d)))) => {
+                Some((queue, Some(Ok(d)))) => {
                     let deliver = Deliver {
                         delivery_tag: d.delivery_tag,
                         exchange: d.exchange.as_str().to_string(),
@@ -555,7 +557,11 @@ impl AmqpBroker {
                     };
                     let message = wire::raw_message(&deliver, &d.properties, d.data);
                     if tx
-                        .send(AmqpDelivery { message, ack: AckHandle { acker: d.acker, _channel: channel.clone() } })
+                        .send(AmqpDelivery {
+                            queue,
+                            message,
+                            ack: AckHandle { acker: d.acker, _channel: channel.clone() },
+                        })
                         .await
                         .is_err()
                     {
