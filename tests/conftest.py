@@ -418,11 +418,46 @@ class RabbitServer:
         (self.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
         (self.workdir / "log").mkdir(parents=True, exist_ok=True)
         (self.workdir / "enabled_plugins").write_text("[].\n")
-        (self.workdir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
-            "loopback_users = none\n"
-            "log.console = false\n"
-        )
+        conf = (f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+                "loopback_users = none\n"
+                "log.console = false\n")
+        #: TLS listener (amqps://), when openssl can make a CA and a localhost certificate.
+        self.tls_port: int | None = None
+        self.ca_file: Path | None = None
+        if self._make_certificates():
+            self.tls_port = free_port()
+            conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {self.ca_file}\n"
+                     f"ssl_options.certfile = {self.workdir / 'server.pem'}\n"
+                     f"ssl_options.keyfile = {self.workdir / 'server.key'}\n"
+                     "ssl_options.verify = verify_none\n"
+                     "ssl_options.fail_if_no_peer_cert = false\n")
+        (self.workdir / "rabbitmq.conf").write_text(conf)
+
+    def _make_certificates(self) -> bool:
+        """A throw-away CA and a certificate for localhost / 127.0.0.1 signed by it."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            return False
+        d = self.workdir
+        (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        (d / "ca.cnf").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        steps = [
+            [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.csr",
+             "-subj", "/CN=celeriac-test-ca"],
+            [openssl, "x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-out", "ca.pem", "-days", "3",
+             "-extfile", "ca.cnf"],
+            [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost"],
+            [openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "3", "-extfile", "ext.cnf"],
+        ]
+        for argv in steps:
+            if subprocess.run(argv, cwd=d, capture_output=True).returncode != 0:
+                return False
+        self.ca_file = d / "ca.pem"
+        return True
 
     def env(self) -> dict[str, str]:
         return _base_env({

@@ -391,3 +391,28 @@ def test_publishing_waits_while_the_broker_blocks_it_and_loses_nothing(worker, r
         rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.4")
     assert [c.get(timeout=60) for c in chains] == [i + 1 for i in range(3)]
     assert w.alive
+
+
+def test_amqps_with_kombus_ssl_options(worker, rabbitmq_server, vhost, amqp_app, redis_server):
+    if rabbitmq_server.tls_port is None:
+        pytest.skip("openssl could not make test certificates")
+    url = f"amqps://guest:guest@localhost:{rabbitmq_server.tls_port}/{vhost}"
+    config = (f'broker_url = "{url}"\nresult_backend = "{redis_server.url(1)}"\n'
+              f'[broker_use_ssl]\nca_certs = "{rabbitmq_server.ca_file}"\n')
+    w = worker(config=config, broker_flags=False)
+    # The client stays on the plain port of the same vhost.
+    app, t = amqp_app(redis_server.url(1))
+    assert t["add"].delay(20, 22).get(timeout=30) == 42
+    assert w.alive
+
+
+@pytest.mark.celeriac_only
+def test_amqps_verifies_the_broker_certificate(worker, rabbitmq_server, vhost, redis_server):
+    if rabbitmq_server.tls_port is None:
+        pytest.skip("openssl could not make test certificates")
+    # No ca_certs: the test CA is not among the built-in roots, so the handshake must fail.
+    url = f"amqps://guest:guest@localhost:{rabbitmq_server.tls_port}/{vhost}"
+    w = worker(config=f'broker_url = "{url}"\nresult_backend = "{redis_server.url(1)}"\n', broker_flags=False,
+               wait_ready=False)
+    w.wait_for_log(r"(?i)cannot connect to broker", timeout=30)
+    assert "ready." not in w.log_text()
