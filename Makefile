@@ -17,7 +17,7 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks clean-tasks guest-target demo FORCE
+.PHONY: tasks test-tasks clean-tasks guest-target demo FORCE
 
 # The main job on a fresh machine: build everything, start a worker on the
 # embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh).
@@ -55,6 +55,21 @@ guest-target:
 		echo "rustup target add $(GUEST_TARGET)"; \
 		rustup target add $(GUEST_TARGET); \
 	fi
+
+# --- Test-only hostile components (issue #9) --------------------------------
+# `make test-tasks` builds tests/hostile-tasks (never part of `make tasks`) and
+# derives every attack from it with tests/hostile-gen/gen.py (patched tasks()
+# modes, compile bombs, bad files) into $(TEST_TASKS_DIR), each written to a
+# temporary file and renamed. Used by tests/test_hostile_tenants.py.
+TEST_TASKS_DIR := target/test-tasks
+
+test-tasks: | guest-target
+	$(CARGO) build --profile $(GUEST_PROFILE) --target $(GUEST_TARGET) \
+		--target-dir $(GUEST_DIR) -p hostile-tasks
+	mkdir -p $(TEST_TASKS_DIR)
+	cp $(GUEST_DIR)/$(GUEST_TARGET)/$(GUEST_PROFILE)/hostile_tasks.wasm $(TEST_TASKS_DIR)/.base.wasm.tmp
+	mv $(TEST_TASKS_DIR)/.base.wasm.tmp $(TEST_TASKS_DIR)/.base.wasm
+	python3 tests/hostile-gen/gen.py $(TEST_TASKS_DIR)/.base.wasm $(TEST_TASKS_DIR)
 
 # --- Other languages ---------------------------------------------------------
 # A component in another language is one more rule writing $(TASKS_DIR)/<name>.wasm

@@ -14,6 +14,9 @@ failed=()
 section "make tasks (guest components -> target/tasks/)"
 make tasks
 
+section "make test-tasks (hostile test-only components -> target/test-tasks/)"
+make test-tasks
+
 section "cargo build -p celeriac"
 cargo build -p celeriac
 

@@ -187,7 +187,7 @@ async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Resu
         cache_dir: Some(cache.0.clone()),
         ..Default::default()
     };
-    let mut sandbox = Sandbox::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sandbox = Sandbox::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     sandbox.load(&a.app).await;
     let load_ms = started.elapsed().as_secs_f64() * 1e3;

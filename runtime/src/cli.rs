@@ -242,6 +242,12 @@ struct TasksArgs {
 pub fn main() -> ExitCode {
     // TLS (rediss://) uses rustls with the ring provider; install it once.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The worker re-executes itself to compile untrusted components under a
+    // time and memory budget (sandbox::compile); not a user-facing command.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(crate::sandbox::compile::SUBCOMMAND) {
+        return crate::sandbox::compile::child_main(&argv[2..]);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Worker(a) => worker(a),
@@ -289,9 +295,13 @@ pub fn parse_json_kwargs(kwargs: Option<&str>) -> anyhow::Result<serde_json::Map
 }
 
 async fn load_sandbox(args: &SandboxArgs, max_concurrent: u32) -> anyhow::Result<Sandbox> {
-    let mut cfg = SandboxConfig { max_concurrent, ..SandboxConfig::default() };
+    let mut cfg = SandboxConfig {
+        max_concurrent,
+        compiler: crate::sandbox::Compiler::this_executable(),
+        ..SandboxConfig::default()
+    };
     args.apply(&mut cfg);
-    let mut sandbox = Sandbox::new(cfg)?;
+    let sandbox = Sandbox::new(cfg)?;
     sandbox.load(&args.app).await;
     Ok(sandbox)
 }
@@ -306,7 +316,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             for e in sandbox.load_errors() {
                 eprintln!("warning: {e}");
             }
-            let known: Vec<&str> = sandbox.tasks().map(|t| t.name.as_str()).collect();
+            let known: Vec<String> = sandbox.tasks().iter().map(|t| t.name.clone()).collect();
             bail!(
                 "task {task} is not registered (known tasks: {})",
                 if known.is_empty() { "none".into() } else { known.join(", ") }
@@ -355,10 +365,11 @@ fn tasks(a: TasksArgs) -> anyhow::Result<ExitCode> {
 /// The task list shown by `celeriac tasks` (and the worker banner).
 pub fn task_listing(sandbox: &Sandbox) -> String {
     let mut out = String::new();
-    if sandbox.tasks().next().is_none() {
+    let tasks = sandbox.tasks();
+    if tasks.is_empty() {
         out.push_str("(no tasks)\n");
     }
-    for t in sandbox.tasks() {
+    for t in &tasks {
         let l = &t.limits;
         out.push_str(&format!(
             "  . {:<24} {:<20} fuel={} memory={} time_limit={}s\n",
@@ -371,6 +382,9 @@ pub fn task_listing(sandbox: &Sandbox) -> String {
     }
     for e in sandbox.load_errors() {
         out.push_str(&format!("  ! {} — failed to load: {}\n", e.path.display(), e.reason));
+    }
+    for c in sandbox.loading() {
+        out.push_str(&format!("  ~ {c} — still compiling; its tasks are served once it is ready\n"));
     }
     out
 }

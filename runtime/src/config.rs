@@ -152,6 +152,26 @@ pub struct SandboxSettings {
     pub cache_dir: Option<PathBuf>,
     /// Meter fuel (default true).
     pub fuel_metering: Option<bool>,
+    /// Largest success result (JSON text) a task may return (default 8 MiB).
+    pub max_result_size: Option<ByteSize>,
+    /// Largest host memory one parsed result may take (default 64 MiB).
+    pub max_result_memory: Option<ByteSize>,
+    /// Host memory all results waiting to be stored may take (default 256 MiB).
+    pub max_host_memory: Option<ByteSize>,
+    /// Longest exception message, and traceback, kept from a guest (default 64 KiB).
+    pub max_error_size: Option<ByteSize>,
+    /// Guest output lines logged per call (default 1000).
+    pub max_log_lines: Option<u32>,
+    /// Guest output bytes logged per call (default 1 MiB).
+    pub max_log_bytes: Option<ByteSize>,
+    /// Task names one component may declare (default 1000).
+    pub max_tasks_per_component: Option<usize>,
+    /// Largest component file loaded (default 64 MiB).
+    pub max_component_size: Option<ByteSize>,
+    /// Seconds one component may take to compile (default 120).
+    pub compile_timeout: Option<f64>,
+    /// Address space of the process compiling one component (default 2 GiB).
+    pub compile_memory: Option<ByteSize>,
 }
 
 /// `result_expires`: seconds, or `false`/`0` for results that never expire.
@@ -344,7 +364,27 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             ],
         ),
         ("broker_use_ssl", &["ca_certs", "certfile", "keyfile", "cert_reqs", "server_hostname"]),
-        ("sandbox", &["fuel", "max_memory", "time_limit", "max_stack", "cache_dir", "fuel_metering"]),
+        (
+            "sandbox",
+            &[
+                "fuel",
+                "max_memory",
+                "time_limit",
+                "max_stack",
+                "cache_dir",
+                "fuel_metering",
+                "max_result_size",
+                "max_result_memory",
+                "max_host_memory",
+                "max_error_size",
+                "max_log_lines",
+                "max_log_bytes",
+                "max_tasks_per_component",
+                "max_component_size",
+                "compile_timeout",
+                "compile_memory",
+            ],
+        ),
     ];
     const ANNOTATION_KEYS: &[&str] = &[
         "rate_limit",
@@ -570,6 +610,24 @@ impl Settings {
         if let Some(f) = s.fuel_metering {
             cfg.fuel_metering = f;
         }
+        let b = &mut cfg.bounds;
+        let size = |v: Option<ByteSize>, default: usize| {
+            v.map_or(default, |v| usize::try_from(v.as_u64()).unwrap_or(usize::MAX))
+        };
+        // Capped at the ceilings of what is ever copied out of a guest (sandbox::exports).
+        use crate::sandbox::exports::{ERROR_CEILING, RESULT_CEILING, TASKS_CEILING};
+        b.max_result_size = size(s.max_result_size, b.max_result_size).min(RESULT_CEILING);
+        b.max_result_memory = size(s.max_result_memory, b.max_result_memory);
+        b.max_host_memory = size(s.max_host_memory, b.max_host_memory);
+        b.max_error_size = size(s.max_error_size, b.max_error_size).clamp(256, ERROR_CEILING);
+        b.max_log_lines = s.max_log_lines.unwrap_or(b.max_log_lines);
+        b.max_log_bytes = size(s.max_log_bytes, b.max_log_bytes);
+        b.max_tasks_per_component = s.max_tasks_per_component.unwrap_or(b.max_tasks_per_component).min(TASKS_CEILING);
+        b.max_component_size = s.max_component_size.map_or(b.max_component_size, ByteSize::as_u64);
+        if let Some(t) = s.compile_timeout {
+            b.compile_timeout = Duration::from_secs_f64(t.clamp(0.1, 86_400.0));
+        }
+        b.compile_memory = s.compile_memory.map_or(b.compile_memory, ByteSize::as_u64);
         for (task, a) in &self.task_annotations {
             let o = a.limits();
             if !o.is_empty() {

@@ -26,7 +26,7 @@ async fn sandbox_with(f: impl FnOnce(&mut SandboxConfig)) -> (Sandbox, tempfile:
     let mut cfg =
         SandboxConfig { cache_dir: Some(cache.path().to_path_buf()), max_concurrent: 4, ..Default::default() };
     f(&mut cfg);
-    let mut sb = Sandbox::new(cfg).unwrap();
+    let sb = Sandbox::new(cfg).unwrap();
     sb.load(&tasks_dir()).await;
     assert!(sb.load_errors().is_empty(), "{:?}", sb.load_errors());
     (sb, cache)
@@ -290,7 +290,7 @@ async fn bad_files_are_reported_and_skipped() {
     std::fs::write(dir.path().join("truncated.wasm"), &good[..good.len() / 2]).unwrap();
 
     let cache = tempfile::tempdir().unwrap();
-    let mut sb = Sandbox::new(SandboxConfig { cache_dir: Some(cache.path().into()), ..Default::default() }).unwrap();
+    let sb = Sandbox::new(SandboxConfig { cache_dir: Some(cache.path().into()), ..Default::default() }).unwrap();
     sb.load(dir.path()).await;
     let reason = |name: &str| {
         sb.load_errors()
@@ -313,16 +313,16 @@ async fn bad_files_are_reported_and_skipped() {
 async fn compiled_components_are_cached_on_disk() {
     let cache = tempfile::tempdir().unwrap();
     let cfg = SandboxConfig { cache_dir: Some(cache.path().into()), ..Default::default() };
-    let mut first = Sandbox::new(cfg.clone()).unwrap();
+    let first = Sandbox::new(cfg.clone()).unwrap();
     first.load(&tasks_dir()).await;
     assert!(!first.components()[0].from_cache);
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 1);
-    let mut second = Sandbox::new(cfg).unwrap();
+    let second = Sandbox::new(cfg).unwrap();
     second.load(&tasks_dir()).await;
     assert!(second.components()[0].from_cache);
     assert_eq!(success(&call(&second, "tasks.add", json!([1, 1])).await), &json!(2));
     // An engine with other settings (no fuel) must not reuse the artifact.
-    let mut other = Sandbox::new(SandboxConfig {
+    let other = Sandbox::new(SandboxConfig {
         cache_dir: Some(cache.path().into()),
         fuel_metering: false,
         ..Default::default()
@@ -362,7 +362,7 @@ async fn a_task_can_have_its_own_stack_size() {
 #[tokio::test]
 async fn an_oversized_result_is_refused_before_it_is_parsed() {
     let (sb, _c) = sandbox().await;
-    let limit = celeriac::sandbox::MAX_RESULT_BYTES;
+    let limit = celeriac::sandbox::bounds::DEFAULT_MAX_RESULT_SIZE;
     let ok = call(&sb, "tasks.repeat", json!(["x", 1000])).await;
     assert_eq!(success(&ok).as_str().map(str::len), Some(1000));
     let f = failure(&call(&sb, "tasks.repeat", json!(["x", limit + 1])).await).clone();

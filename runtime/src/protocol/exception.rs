@@ -137,6 +137,51 @@ pub fn exception_module<'a>(name: &str, default: &'a str) -> &'a str {
     CELERY_EXCEPTIONS.iter().find(|(n, _)| *n == name).map_or(default, |(_, m)| m)
 }
 
+/// Built-in exceptions that do not derive from `Exception`: a client's
+/// `except Exception` does not catch them, and `.get()` raising `SystemExit`
+/// would end the client. A guest never gets to raise these as themselves.
+const BASE_ONLY_BUILTINS: &[&str] =
+    &["BaseException", "BaseExceptionGroup", "SystemExit", "KeyboardInterrupt", "GeneratorExit"];
+
+/// The class a Python client may safely rebuild for an exception an untrusted
+/// guest raised, as `(exc_type, exc_module)`.
+///
+/// Celery's client imports nothing itself but looks `exc_module` up in
+/// `sys.modules` and walks `exc_type` as a dotted path, so a guest naming any
+/// loaded class could make `.get()` raise `SystemExit`, `WorkerShutdown` or
+/// `asyncio.CancelledError` (which `except Exception` does not catch), or name a
+/// non-exception (`os` / `system`) and make the client raise `SecurityError`.
+/// Only three kinds of names are kept: Python built-ins that derive from
+/// `Exception`, the Celery / billiard / kombu task exceptions of
+/// [`CELERY_EXCEPTIONS`] in their real module, and names in `stand_in_module`
+/// (Celeriac's own, which no client can import, so Celery builds a plain
+/// `Exception` subclass with the guest's name). Everything else becomes such a
+/// stand-in. The name is first cut to a Python identifier (`sanitize`).
+pub fn safe_guest_exception(
+    exc_type: &str,
+    module: Option<&str>,
+    stand_in_module: &str,
+    sanitize: impl Fn(&str) -> String,
+) -> (String, String) {
+    let name = sanitize(exc_type);
+    let stand_in = |name: String| (name, stand_in_module.to_owned());
+    if name != exc_type {
+        return stand_in(name);
+    }
+    let builtin = is_builtin_exception(&name) && !BASE_ONLY_BUILTINS.contains(&name.as_str());
+    let celery = CELERY_EXCEPTIONS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m);
+    match module {
+        None | Some(BUILTINS) if builtin => (name, BUILTINS.to_owned()),
+        None => match celery {
+            Some(m) => (name, m.to_owned()),
+            None => stand_in(name),
+        },
+        // celery.exceptions re-exports billiard's time limit exceptions.
+        Some(m) if celery == Some(m) || (celery.is_some() && m == "celery.exceptions") => (name, m.to_owned()),
+        Some(_) => stand_in(name),
+    }
+}
+
 /// A serialised exception: `{"exc_type", "exc_message", "exc_module"}`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExceptionInfo {
@@ -247,6 +292,41 @@ impl ExceptionInfo {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_guest_cannot_name_a_class_that_escapes_except_exception() {
+        let keep = |s: &str| s.to_owned();
+        let safe = |t: &str, m: Option<&str>| safe_guest_exception(t, m, "celeriac.exceptions", keep);
+        assert_eq!(safe("ValueError", None), ("ValueError".into(), "builtins".into()));
+        assert_eq!(safe("ValueError", Some("builtins")), ("ValueError".into(), "builtins".into()));
+        assert_eq!(safe("TimeLimitExceeded", Some("celery.exceptions")).1, "celery.exceptions");
+        assert_eq!(safe("TimeLimitExceeded", None).1, "billiard.exceptions");
+        assert_eq!(safe("EncodeError", Some("kombu.exceptions")).1, "kombu.exceptions");
+        assert_eq!(safe("OutOfFuel", Some("celeriac.exceptions")).1, "celeriac.exceptions");
+        for (t, m) in [
+            ("SystemExit", Some("builtins")),
+            ("KeyboardInterrupt", None),
+            ("BaseException", None),
+            ("GeneratorExit", Some("builtins")),
+            ("WorkerShutdown", Some("celery.exceptions")),
+            ("WorkerTerminate", Some("celery.exceptions")),
+            ("SystemTerminate", Some("celery.worker.state")),
+            ("CancelledError", Some("asyncio")),
+            ("CancelledError", Some("asyncio.exceptions")),
+            ("system", Some("os")),
+            ("ValueError", Some("os")),
+            ("NotRegistered", Some("builtins")),
+            ("InvoiceMissing", Some("billing")),
+            ("InvoiceMissing", None),
+        ] {
+            assert_eq!(safe(t, m), (t.to_owned(), "celeriac.exceptions".to_owned()), "{t} {m:?}");
+        }
+        let cut = |s: &str| s.replace('.', "_");
+        assert_eq!(
+            safe_guest_exception("exceptions.ValueError", Some("builtins"), "celeriac.exceptions", cut),
+            ("exceptions_ValueError".into(), "celeriac.exceptions".into())
+        );
+    }
 
     #[test]
     fn modules() {

@@ -57,37 +57,27 @@ impl ArtifactCache {
 
     /// Load the compiled form of `wasm` from the cache, or compile it (and store
     /// it). Returns the component and whether it came from the cache.
-    pub fn load_or_compile(&self, engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, bool)> {
-        let Some(dir) = &self.dir else {
-            return Ok((Component::new(engine, wasm)?, false));
-        };
-        let path = dir.join(format!("{}.cwasm", Self::key(engine, wasm)));
-        if let Ok(bytes) = std::fs::read(&path) {
-            // SAFETY: the artifact was written by `precompile_component` of an
-            // engine with the same compatibility hash (part of the key), into a
-            // directory only this user writes; wasmtime checks the header and
-            // engine settings again and refuses a mismatch.
-            match unsafe { Component::deserialize(engine, &bytes) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => tracing::warn!("ignoring unusable cached artifact {}: {e:#}", path.display()),
+    /// Where the artifact of `wasm` for `engine` lives; `None` when the cache
+    /// is disabled.
+    pub fn path_for(&self, engine: &Engine, wasm: &[u8]) -> Option<PathBuf> {
+        self.dir.as_ref().map(|dir| dir.join(format!("{}.cwasm", Self::key(engine, wasm))))
+    }
+
+    /// The cached component at `path`, if there is a usable one.
+    pub fn lookup(&self, engine: &Engine, path: &Path) -> Option<Component> {
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the artifact was written by `precompile_component` of an
+        // engine with the same compatibility hash (part of the key), into a
+        // directory only this user writes; wasmtime checks the header and
+        // engine settings again and refuses a mismatch.
+        match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("ignoring unusable cached artifact {}: {e:#}", path.display());
+                None
             }
         }
-        let compiled = engine.precompile_component(wasm)?;
-        // SAFETY: `compiled` was produced just now by this very engine.
-        let component = unsafe { Component::deserialize(engine, &compiled)? };
-        if let Err(e) = write_atomically(dir, &path, &compiled) {
-            tracing::warn!("could not write compiled artifact to {}: {e}", path.display());
-        }
-        Ok((component, false))
     }
-}
-
-/// Write via a temporary file and rename, so a concurrent reader never sees half a file.
-fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }

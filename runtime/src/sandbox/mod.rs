@@ -1,10 +1,14 @@
 //! The sandbox: loads task components and runs each task call in a fresh,
 //! limited WebAssembly instance.
 //!
-//! One [`Sandbox`] owns one wasmtime engine (Cranelift, pooling allocator, fuel
-//! metering, epoch interruption), the linker with every host capability a task
-//! may import, and the registry of loaded tasks. Each component is compiled once
-//! (cached on disk, see [`cache`]) and pre-linked (`InstancePre`); each call gets
+//! One [`Sandbox`] owns the wasmtime engines (Cranelift, pooling allocator, fuel
+//! metering, epoch interruption; one per wasm stack size in use), the linker with
+//! every host capability a task may import, and the registry of loaded tasks.
+//! Each component is read and compiled within bounds ([`bounds`]; compiled in a
+//! child process with a time and memory budget, see [`compile`]), cached on disk
+//! ([`cache`]) and pre-linked (`InstancePre`). Components load in the background,
+//! each served as soon as it is ready; a task of a component still loading waits
+//! for it ([`Sandbox::serves`]). Each call gets
 //! a new `Store` and a new instance from the pool, so no state survives from one
 //! call to the next — which is what makes running untrusted tenants safe.
 //!
@@ -14,23 +18,31 @@
 //! wasmtime, so a task with its own stack size runs on an engine of its own). A call never fails
 //! the worker: whatever happens becomes an [`Outcome`].
 
+pub mod bounds;
 pub mod cache;
+pub mod compile;
+pub mod exports;
 pub mod host;
 pub mod limits;
 pub mod loader;
 pub mod outcome;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
+pub use bounds::HostBounds;
+pub use compile::Compiler;
+use exports::{Exports, Returned};
 use host::TaskState;
-use host::bindings::{TaskComponent, TaskComponentPre};
+use host::bindings::TaskComponentPre;
 pub use host::context::Request;
 pub use host::state::{StateSink, StateUpdate};
 pub use limits::{ByteSize, Limits, LimitsOverride};
@@ -52,14 +64,17 @@ const TIMER_GRACE: Duration = Duration::from_millis(50);
 /// whole working set (the Rust example uses ~1.1 MiB).
 const KEEP_RESIDENT: usize = 4 << 20;
 
-/// Largest result (JSON text) a task may return; a larger one is a failure.
-pub const MAX_RESULT_BYTES: usize = 8 << 20;
-
 /// How many wasm frames a trap's backtrace keeps (innermost first).
 const BACKTRACE_FRAMES: usize = 100;
 
 /// Limits for the load-time call to a component's `tasks()` export.
 const LOAD_TIME_LIMIT: Duration = Duration::from_secs(10);
+
+/// How many components load (compile, list their tasks) at once.
+const LOAD_PARALLELISM: usize = 2;
+
+/// Host memory is reserved for results in units of this many bytes.
+const HOST_MEMORY_UNIT: usize = 64 << 10;
 
 /// How the sandbox is set up.
 #[derive(Debug, Clone)]
@@ -76,6 +91,10 @@ pub struct SandboxConfig {
     pub pooling: bool,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Bounds on what the host does for a guest.
+    pub bounds: HostBounds,
+    /// Who compiles components (the worker: a child process of its own binary).
+    pub compiler: Compiler,
 }
 
 impl Default for SandboxConfig {
@@ -87,6 +106,8 @@ impl Default for SandboxConfig {
             max_concurrent: 16,
             pooling: true,
             cache_dir: cache::ArtifactCache::default_dir(),
+            bounds: HostBounds::default(),
+            compiler: Compiler::default(),
         }
     }
 }
@@ -102,6 +123,19 @@ impl SandboxConfig {
             l = l.with(o);
         }
         l
+    }
+
+    /// Every wasm stack size a task can get, the default (a task without
+    /// annotations) first.
+    fn stacks(&self) -> Vec<u64> {
+        let mut stacks = vec![self.limits_for("").max_stack];
+        for task in self.task_limits.keys() {
+            let s = self.limits_for(task).max_stack;
+            if !stacks.contains(&s) {
+                stacks.push(s);
+            }
+        }
+        stacks
     }
 
     /// The largest memory cap any task may have (sizes the pool's memory slots).
@@ -140,10 +174,10 @@ pub struct LoadedComponent {
     /// Time spent compiling or deserialising it.
     pub load_time: Duration,
     pre: TaskComponentPre<TaskState>,
+    exports: Exports,
 }
 
 /// A task the sandbox can run.
-#[derive(Clone)]
 pub struct TaskEntry {
     /// Full Celery name, e.g. `tasks.add`.
     pub name: String,
@@ -155,8 +189,9 @@ pub struct TaskEntry {
     pub limits: Limits,
     /// The engine it runs on (by stack size).
     engine: usize,
-    /// The component pre-linked on that engine.
+    /// The component pre-linked on that engine, and where its exports are.
     pre: TaskComponentPre<TaskState>,
+    exports: Exports,
 }
 
 /// One task call to make.
@@ -175,7 +210,7 @@ pub struct Invocation {
 }
 
 /// What a call produced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CallResult {
     /// Success or failure.
     pub outcome: Outcome,
@@ -183,6 +218,15 @@ pub struct CallResult {
     pub report: CallReport,
     /// The limits it ran with.
     pub limits: Limits,
+    /// The worker-wide host memory held for this result until it is dropped
+    /// (after the worker stored it); see [`HostBounds::max_host_memory`].
+    pub host_memory: Option<HostMemory>,
+}
+
+/// Host memory reserved for one result, given back when dropped.
+#[derive(Debug)]
+pub struct HostMemory {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Increments every engine's epoch every [`EPOCH_TICK`] until dropped.
@@ -213,13 +257,6 @@ impl EpochTicker {
     }
 }
 
-/// One wasmtime engine, with its linker, for one wasm stack size.
-struct EngineSet {
-    stack: u64,
-    engine: Engine,
-    linker: wasmtime::component::Linker<TaskState>,
-}
-
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -229,37 +266,61 @@ impl Drop for EpochTicker {
     }
 }
 
+/// One wasmtime engine, with its linker, for one wasm stack size.
+struct EngineSet {
+    stack: u64,
+    engine: Engine,
+    linker: wasmtime::component::Linker<TaskState>,
+}
+
+/// What is loaded, what failed, and what is still loading.
+#[derive(Default)]
+struct Registry {
+    tasks: BTreeMap<String, Arc<TaskEntry>>,
+    components: Vec<Arc<LoadedComponent>>,
+    errors: Vec<LoadError>,
+    /// Components (by display name) still being read, compiled or listed.
+    pending: BTreeSet<String>,
+}
+
 /// The engines, their linkers and the loaded tasks.
 pub struct Sandbox {
-    /// Index 0 has the default stack size; others are added on demand.
+    /// One per stack size in use; index 0 has the default stack size.
     engines: Vec<EngineSet>,
     config: SandboxConfig,
     cache: cache::ArtifactCache,
-    tasks: BTreeMap<String, TaskEntry>,
-    components: Vec<Arc<LoadedComponent>>,
-    errors: Vec<LoadError>,
+    registry: RwLock<Registry>,
+    /// Bumped whenever a component finishes loading (or fails to).
+    changed: watch::Sender<u64>,
     /// Never more calls in flight than pool slots.
-    slots: Arc<tokio::sync::Semaphore>,
-    ticker: EpochTicker,
+    slots: Arc<Semaphore>,
+    /// Host memory for results not yet stored, in [`HOST_MEMORY_UNIT`]s.
+    host_memory: Arc<Semaphore>,
+    /// Kept for its Drop: stops the epoch thread with the sandbox.
+    _ticker: EpochTicker,
 }
 
 impl Sandbox {
-    /// Create the default engine and linker. Loads nothing yet.
+    /// Create the engines and linkers. Loads nothing yet.
     pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
         let ticker = EpochTicker::start().map_err(|e| SandboxError::Engine(e.to_string()))?;
-        let set =
-            Self::engine_set(&config, config.limits.max_stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
-        ticker.add(set.engine.clone());
+        let mut engines = Vec::new();
+        for stack in config.stacks() {
+            let set = Self::engine_set(&config, stack).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+            ticker.add(set.engine.clone());
+            engines.push(set);
+        }
         let cache = cache::ArtifactCache::new(config.cache_dir.clone());
+        let units = (config.bounds.max_host_memory / HOST_MEMORY_UNIT).max(1);
         Ok(Sandbox {
-            engines: vec![set],
+            engines,
             cache,
-            slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.max(1) as usize)),
+            slots: Arc::new(Semaphore::new(config.max_concurrent.max(1) as usize)),
+            host_memory: Arc::new(Semaphore::new(units)),
             config,
-            tasks: BTreeMap::new(),
-            components: Vec::new(),
-            errors: Vec::new(),
-            ticker,
+            registry: RwLock::default(),
+            changed: watch::Sender::new(0),
+            _ticker: ticker,
         })
     }
 
@@ -270,29 +331,11 @@ impl Sandbox {
         Ok(EngineSet { stack, engine, linker })
     }
 
-    /// The index of the engine for `stack`, created if this is its first use.
-    fn engine_for(&mut self, stack: u64) -> Result<usize, String> {
-        if let Some(i) = self.engines.iter().position(|e| e.stack == stack) {
-            return Ok(i);
-        }
-        let set = Self::engine_set(&self.config, stack)
-            .map_err(|e| format!("cannot create an engine with a {stack}-byte stack: {e:#}"))?;
-        self.ticker.add(set.engine.clone());
-        self.engines.push(set);
-        Ok(self.engines.len() - 1)
-    }
-
     fn engine(c: &SandboxConfig, stack: u64) -> wasmtime::Result<Engine> {
-        let mut cfg = Config::new();
-        cfg.wasm_component_model(true)
-            .consume_fuel(c.fuel_metering)
-            .epoch_interruption(true)
-            .max_wasm_stack(stack as usize)
-            .async_stack_size((stack as usize + (1 << 20)).max(2 << 20))
-            .wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable)
-            .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
+        let mut cfg = compile::engine_config(c.fuel_metering, stack);
+        cfg.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         if c.pooling {
-            let slots = c.max_concurrent.max(1) + 1; // +1 for load-time calls
+            let slots = c.max_concurrent.max(1) + LOAD_PARALLELISM as u32; // + load-time calls
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(slots)
                 .total_core_instances(slots * 16)
@@ -309,7 +352,11 @@ impl Sandbox {
                 .pagemap_scan(wasmtime::Enabled::Auto)
                 .linear_memory_keep_resident(KEEP_RESIDENT)
                 .table_keep_resident(KEEP_RESIDENT / 16)
-                .decommit_batch_size(16);
+                // Memory past KEEP_RESIDENT (a guest that grew big) is given back
+                // at once, not batched: batching held several freed 128 MiB slots
+                // resident after a memory-hungry tenant's calls. Calls that stay
+                // within KEEP_RESIDENT queue nothing, so this costs them nothing.
+                .decommit_batch_size(1);
             cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         }
         Engine::new(&cfg)
@@ -320,24 +367,102 @@ impl Sandbox {
         &self.config
     }
 
-    /// Load every component under `root` (a directory or one `.wasm` file).
-    /// Bad files are recorded in [`Sandbox::load_errors`] and skipped.
-    pub async fn load(&mut self, root: &Path) {
-        let (candidates, errors) = loader::discover(root);
-        self.errors.extend(errors);
-        for c in candidates {
-            match self.load_one(&c).await {
-                Ok(()) => {}
-                Err(reason) => {
-                    tracing::error!("cannot load {}: {reason}", c.path.display());
-                    self.errors.push(LoadError { path: c.path.clone(), reason });
-                }
-            }
-        }
+    fn read(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn load_one(&mut self, c: &loader::Candidate) -> Result<(), String> {
-        let bytes = std::fs::read(&c.path).map_err(|e| format!("cannot read file: {e}"))?;
+    fn write(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load every component under `root` (a directory or one `.wasm` file) and
+    /// wait until all are loaded or refused. Bad files are recorded in
+    /// [`Sandbox::load_errors`] and skipped.
+    pub async fn load(&self, root: &Path) {
+        let candidates = self.discover(root);
+        self.load_all(root, candidates).await;
+    }
+
+    /// Start loading every component under `root` in the background; each is
+    /// served as soon as it is ready. Files are found (and bad names refused)
+    /// before this returns, so [`Sandbox::loading`] already names them.
+    pub fn spawn_load(self: &Arc<Self>, root: &Path) -> tokio::task::JoinHandle<()> {
+        let candidates = self.discover(root);
+        let (me, root) = (self.clone(), root.to_path_buf());
+        tokio::spawn(async move { me.load_all(&root, candidates).await })
+    }
+
+    /// Wait until nothing is loading any more, or `timeout` passes; true if done.
+    pub async fn wait_loaded(&self, timeout: Duration) -> bool {
+        let mut rx = self.changed.subscribe();
+        tokio::time::timeout(timeout, async {
+            while !self.read().pending.is_empty() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    fn discover(&self, root: &Path) -> Vec<loader::Candidate> {
+        let (candidates, errors) = loader::discover(root);
+        for e in &errors {
+            tracing::error!("cannot load {e}");
+        }
+        let mut r = self.write();
+        r.errors.extend(errors);
+        r.pending.extend(candidates.iter().map(|c| c.display.clone()));
+        candidates
+    }
+
+    async fn load_all(&self, root: &Path, candidates: Vec<loader::Candidate>) {
+        futures_util::stream::iter(candidates)
+            .for_each_concurrent(LOAD_PARALLELISM, |c| async move {
+                let loaded = self.load_one(root, &c).await;
+                let mut r = self.write();
+                r.pending.remove(&c.display);
+                let refused = match loaded {
+                    Ok((component, entries)) => {
+                        // Prefixes are unique (see `loader::discover`) and names have no
+                        // separators, so a clash means the same file was loaded twice.
+                        if let Some(taken) = entries.iter().find(|e| r.tasks.contains_key(&e.name)) {
+                            Some(format!("task {} is already served", taken.name))
+                        } else {
+                            tracing::debug!(
+                                "loaded {} ({} in {:?})",
+                                c.display,
+                                if component.from_cache { "from cache" } else { "compiled" },
+                                component.load_time
+                            );
+                            for e in entries {
+                                r.tasks.insert(e.name.clone(), Arc::new(e));
+                            }
+                            r.components.push(component);
+                            None
+                        }
+                    }
+                    Err(reason) => Some(reason),
+                };
+                if let Some(reason) = refused {
+                    let reason = bounds::escape_controls(&reason).into_owned();
+                    tracing::error!("cannot load {}: {reason}", c.path.display());
+                    r.errors.push(LoadError { path: c.path.clone(), reason });
+                }
+                drop(r);
+                self.changed.send_modify(|n| *n += 1);
+            })
+            .await;
+    }
+
+    /// Read, check, compile and pre-link one component and list its tasks.
+    async fn load_one(
+        &self,
+        root: &Path,
+        c: &loader::Candidate,
+    ) -> Result<(Arc<LoadedComponent>, Vec<TaskEntry>), String> {
+        let bytes: Arc<[u8]> = loader::read_component(&c.path, root, self.config.bounds.max_component_size)?.into();
         match loader::binary_kind(&bytes) {
             loader::BinaryKind::NotWasm => return Err("not a WebAssembly file (bad magic header)".into()),
             loader::BinaryKind::CoreModule => {
@@ -348,69 +473,99 @@ impl Sandbox {
             loader::BinaryKind::Component => {}
         }
         let started = Instant::now();
-        let (component, from_cache) = self
-            .cache
-            .load_or_compile(&self.engines[0].engine, &bytes)
-            .map_err(|e| format!("invalid component: {e:#}"))?;
+        let (component, from_cache) = self.compile(0, bytes.clone()).await?;
         let load_time = started.elapsed();
-        let pre = self.prelink(0, &component)?;
-        let loaded =
-            Arc::new(LoadedComponent { path: c.path.clone(), display: c.display.clone(), from_cache, load_time, pre });
+        let (pre, exports) = self.prelink(0, &component)?;
+        let loaded = Arc::new(LoadedComponent {
+            path: c.path.clone(),
+            display: c.display.clone(),
+            from_cache,
+            load_time,
+            pre,
+            exports,
+        });
         let names = self.list_tasks(&loaded).await?;
+        let mut seen = HashSet::new();
+        for export in &names {
+            if !loader::valid_task_name(export) {
+                return Err(format!(
+                    "declares an invalid task name {:?}: a name is 1 to {} letters, digits, '_' or '-'",
+                    bounds::truncate_end(export, 64),
+                    bounds::MAX_TASK_NAME_LEN
+                ));
+            }
+            if !seen.insert(export.as_str()) {
+                return Err(format!("declares the task name {export:?} more than once"));
+            }
+        }
         // Tasks with their own stack size run on another engine, for which the
         // component is compiled (and cached) once per size.
-        let mut other_stacks: HashMap<u64, (usize, TaskComponentPre<TaskState>)> = HashMap::new();
+        let mut other_stacks: HashMap<usize, (TaskComponentPre<TaskState>, Exports)> = HashMap::new();
+        let mut entries = Vec::with_capacity(names.len());
         for export in names {
-            if !loader::valid_task_name(&export) {
-                return Err(format!("declares an invalid task name {export:?}"));
-            }
             let name = format!("{}.{}", c.prefix, export);
-            if let Some(other) = self.tasks.get(&name) {
-                self.errors.push(LoadError {
-                    path: c.path.clone(),
-                    reason: format!("task {name} is already served by {}; keeping that one", other.component.display),
-                });
-                continue;
-            }
             let limits = self.config.limits_for(&name);
-            let (engine, pre) = if limits.max_stack == self.engines[0].stack {
-                (0, loaded.pre.clone())
-            } else if let Some(found) = other_stacks.get(&limits.max_stack) {
+            let engine = self.engines.iter().position(|e| e.stack == limits.max_stack).unwrap_or(0);
+            let (pre, exports) = if engine == 0 {
+                (loaded.pre.clone(), loaded.exports)
+            } else if let Some(found) = other_stacks.get(&engine) {
                 found.clone()
             } else {
-                let i = self.engine_for(limits.max_stack)?;
-                let (component, _) = self
-                    .cache
-                    .load_or_compile(&self.engines[i].engine, &bytes)
-                    .map_err(|e| format!("invalid component: {e:#}"))?;
-                let found = (i, self.prelink(i, &component)?);
-                other_stacks.insert(limits.max_stack, found.clone());
+                let (component, _) = self.compile(engine, bytes.clone()).await?;
+                let found = self.prelink(engine, &component)?;
+                other_stacks.insert(engine, found.clone());
                 found
             };
-            self.tasks.insert(name.clone(), TaskEntry { name, export, component: loaded.clone(), limits, engine, pre });
+            entries.push(TaskEntry { name, export, component: loaded.clone(), limits, engine, pre, exports });
         }
-        tracing::debug!(
-            "loaded {} ({} in {:?})",
-            c.display,
-            if from_cache { "from cache" } else { "compiled" },
-            load_time
-        );
-        self.components.push(loaded);
-        Ok(())
+        Ok((loaded, entries))
+    }
+
+    /// The compiled component for `wasm` on engine `engine`: from the on-disk
+    /// cache, or compiled within the compile budget.
+    async fn compile(&self, engine: usize, wasm: Arc<[u8]>) -> Result<(Component, bool), String> {
+        let set = &self.engines[engine];
+        let b = &self.config.bounds;
+        let cached = self.cache.path_for(&set.engine, &wasm);
+        if let Some(c) = cached.as_deref().and_then(|p| self.cache.lookup(&set.engine, p)) {
+            return Ok((c, true));
+        }
+        let out = cached.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("celeriac-{}-{}.cwasm", std::process::id(), uuid::Uuid::new_v4()))
+        });
+        compile::compile_to_file(
+            &self.config.compiler,
+            &set.engine,
+            (self.config.fuel_metering, set.stack),
+            wasm,
+            &out,
+            (b.compile_timeout, b.compile_memory),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        // SAFETY: the artifact was written just now by an engine with the same
+        // settings (the compiler process or this one); wasmtime checks its
+        // header and settings again and refuses a mismatch.
+        let component = unsafe { Component::deserialize_file(&set.engine, &out) };
+        if cached.is_none() {
+            let _ = std::fs::remove_file(&out);
+        }
+        Ok((component.map_err(|e| format!("cannot load the compiled component: {e:#}"))?, false))
     }
 
     /// Link the component against what the worker grants and check its exports.
-    fn prelink(&self, engine: usize, component: &Component) -> Result<TaskComponentPre<TaskState>, String> {
-        let pre = self.engines[engine]
-            .linker
-            .instantiate_pre(component)
-            .map_err(|e| format!("imports something this worker does not grant: {}", outcome_root(&e)))?;
-        TaskComponentPre::new(pre).map_err(|e| {
+    fn prelink(&self, engine: usize, component: &Component) -> Result<(TaskComponentPre<TaskState>, Exports), String> {
+        let pre = self.engines[engine].linker.instantiate_pre(component).map_err(|e| {
+            format!("imports something this worker does not grant: {}", bounds::truncate_end(&outcome_root(&e), 4096))
+        })?;
+        let pre = TaskComponentPre::new(pre).map_err(|e| {
             format!(
                 "does not target the celeriac:task/task-component world (it must export celeriac:task/task@0.1.0): {}",
-                outcome_root(&e)
+                bounds::truncate_end(&outcome_root(&e), 4096)
             )
-        })
+        })?;
+        let exports = Exports::of(component).ok_or("does not export celeriac:task/task@0.1.0")?;
+        Ok((pre, exports))
     }
 
     /// Call the component's `tasks()` export once, under load-time limits.
@@ -418,20 +573,22 @@ impl Sandbox {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
         let mut store = self.store(0, limits, request, None);
+        let max = self.config.bounds.max_tasks_per_component;
         let fut = async {
-            let instance: TaskComponent = c.pre.instantiate_async(&mut store).await?;
-            instance.celeriac_task_task().call_tasks(&mut store).await
+            let instance = c.pre.instance_pre().instantiate_async(&mut store).await?;
+            exports::tasks(&mut store, &instance, &c.exports, max).await
         };
         match tokio::time::timeout(LOAD_TIME_LIMIT + TIMER_GRACE, fut).await {
-            Ok(Ok(names)) => Ok(names),
-            Ok(Err(e)) => Err(format!("its tasks() export failed: {}", outcome_root(&e))),
+            Ok(Ok(listed)) => listed,
+            Ok(Err(e)) => Err(format!("its tasks() export failed: {}", bounds::truncate_end(&outcome_root(&e), 4096))),
             Err(_) => Err(format!("its tasks() export did not return within {LOAD_TIME_LIMIT:?}")),
         }
     }
 
     /// A fresh store for one call, with limits, fuel and the epoch deadline set.
     fn store(&self, engine: usize, limits: Limits, request: Request, sink: Option<StateSink>) -> Store<TaskState> {
-        let mut store = Store::new(&self.engines[engine].engine, TaskState::new(limits, request, sink));
+        let mut store =
+            Store::new(&self.engines[engine].engine, TaskState::new(limits, &self.config.bounds, request, sink));
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering {
             // Cannot fail: fuel metering is enabled on this engine.
@@ -448,30 +605,58 @@ impl Sandbox {
         store
     }
 
-    /// The task registered under `name`, if any.
-    pub fn task(&self, name: &str) -> Option<&TaskEntry> {
-        self.tasks.get(name)
+    /// The task registered under `name`, if any (now: see [`Sandbox::serves`]).
+    pub fn task(&self, name: &str) -> Option<Arc<TaskEntry>> {
+        self.read().tasks.get(name).cloned()
+    }
+
+    /// Whether `name` is served, waiting first for components still loading
+    /// if it is not (yet): a task sent while its component compiles runs once
+    /// it is ready instead of failing as unregistered. The wait is bounded by
+    /// the compile budget.
+    pub async fn serves(&self, name: &str) -> bool {
+        let mut rx = self.changed.subscribe();
+        loop {
+            {
+                let r = self.read();
+                if r.tasks.contains_key(name) {
+                    return true;
+                }
+                if r.pending.is_empty() {
+                    return false;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Every loaded task, by name.
-    pub fn tasks(&self) -> impl Iterator<Item = &TaskEntry> {
-        self.tasks.values()
+    pub fn tasks(&self) -> Vec<Arc<TaskEntry>> {
+        self.read().tasks.values().cloned().collect()
     }
 
     /// Every loaded component.
-    pub fn components(&self) -> &[Arc<LoadedComponent>] {
-        &self.components
+    pub fn components(&self) -> Vec<Arc<LoadedComponent>> {
+        self.read().components.clone()
     }
 
     /// Files that failed to load, with reasons.
-    pub fn load_errors(&self) -> &[LoadError] {
-        &self.errors
+    pub fn load_errors(&self) -> Vec<LoadError> {
+        self.read().errors.clone()
+    }
+
+    /// Components still loading (display names).
+    pub fn loading(&self) -> Vec<String> {
+        self.read().pending.iter().cloned().collect()
     }
 
     /// Run one task call in a fresh instance.
     pub async fn call(&self, task: &str, inv: Invocation) -> Result<CallResult, CallError> {
-        let entry = self.tasks.get(task).ok_or_else(|| CallError::NotRegistered(task.to_string()))?;
+        let entry = self.task(task).ok_or_else(|| CallError::NotRegistered(task.to_string()))?;
         let limits = entry.limits.tightened_by_message(inv.message_time_limit);
+        let b = self.config.bounds;
         // The semaphore is never closed, so acquiring cannot fail.
         let _slot = self.slots.acquire().await.ok();
         // Captured now: a trap unwinding the guest's fiber can leave the
@@ -481,9 +666,10 @@ impl Sandbox {
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
         let result = {
+            let call = (entry.export.as_str(), inv.args.as_str(), inv.kwargs.as_str());
             let fut = async {
-                let instance: TaskComponent = entry.pre.instantiate_async(&mut store).await?;
-                instance.celeriac_task_task().call_invoke(&mut store, &entry.export, &inv.args, &inv.kwargs).await
+                let instance = entry.pre.instance_pre().instantiate_async(&mut store).await?;
+                exports::invoke(&mut store, &instance, &entry.exports, call, b.max_result_size, b.max_error_size).await
             };
             tokio::time::timeout(limits.time_limit + TIMER_GRACE, fut).await
         };
@@ -491,43 +677,65 @@ impl Sandbox {
         let fuel_consumed =
             if self.config.fuel_metering { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
         let report = CallReport { wall, fuel_consumed, peak_memory: store.data().limiter.peak_memory };
-        let (stdout, _) = store.data().stdout.take();
-        let (stderr, dropped) = store.data().stderr.take();
-        span.in_scope(|| forward_output(&stdout, &stderr, dropped));
+        let (stdout, out_dropped) = store.data().stdout.take();
+        let (stderr, err_dropped) = store.data().stderr.take();
+        span.in_scope(|| store.data_mut().output.forward(&stdout, &stderr, out_dropped + err_dropped));
+        drop(store);
+        let mut host_memory = None;
         let outcome = match result {
-            // Bounded before parsing: a parsed JSON value takes many times its
-            // text's size, and the text may be as large as the guest's memory.
-            Ok(Ok(Ok(json))) if json.len() > MAX_RESULT_BYTES => {
-                Outcome::Failure(outcome::result_too_large(&site, json.len(), MAX_RESULT_BYTES))
+            Ok(Ok(Returned::TooLarge(len))) => {
+                Outcome::Failure(outcome::result_too_large(&site, len, b.max_result_size))
             }
-            Ok(Ok(Ok(json))) => match serde_json::from_str(&json) {
-                Ok(v) => Outcome::Success(v),
-                Err(e) => Outcome::Failure(outcome::bad_result(&site, &e)),
+            Ok(Ok(Returned::Json(json))) => match self.accept_result(&site, json).await {
+                Ok((value, held)) => {
+                    host_memory = Some(held);
+                    Outcome::Success(value)
+                }
+                Err(failure) => Outcome::Failure(failure),
             },
-            Ok(Ok(Err(e))) => {
-                Outcome::Failure(outcome::raised(&site, e.exc_type, e.exc_module, e.message, e.traceback))
-            }
+            Ok(Ok(Returned::Raised { exc_type, exc_module, message, traceback })) => Outcome::Failure(outcome::raised(
+                &site,
+                &exc_type,
+                exc_module.as_deref(),
+                &message,
+                traceback.as_deref(),
+                b.max_error_size,
+            )),
             Ok(Err(err)) => {
                 tracing::debug!("trap: {err:?}");
                 Outcome::Failure(outcome::trapped(&site, &err, &stderr, limits.fuel, limits.time_limit))
             }
             Err(_elapsed) => Outcome::Failure(outcome::timed_out(&site, limits.time_limit)),
         };
-        Ok(CallResult { outcome, report, limits })
+        Ok(CallResult { outcome, report, limits, host_memory })
     }
-}
 
-/// Log what the guest printed: stdout at INFO, stderr at WARNING (Celery logs
-/// redirected task output at WARNING by default).
-fn forward_output(stdout: &str, stderr: &str, dropped: usize) {
-    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::info!("stdout: {line}");
-    }
-    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
-        tracing::warn!("stderr: {line}");
-    }
-    if dropped > 0 {
-        tracing::warn!("guest output truncated: {dropped} bytes dropped");
+    /// Parse a success result within the host-memory bounds: refused if
+    /// parsing it would take more than `max_result_memory`, and held (with
+    /// back-pressure) against `max_host_memory` until the worker has stored it.
+    async fn accept_result(
+        &self,
+        site: &TraceSite<'_>,
+        json: String,
+    ) -> Result<(serde_json::Value, HostMemory), TaskFailure> {
+        let b = &self.config.bounds;
+        // Counted before parsing: a parsed value takes many times its text's size.
+        let cost = bounds::parsed_json_cost(&json).map_err(|e| outcome::bad_result(site, &e))?;
+        if cost > b.max_result_memory {
+            return Err(outcome::result_too_costly(site, json.len(), cost, b.max_result_memory));
+        }
+        // The parsed value, and its encoded form while it is being stored.
+        let units = (cost + 2 * json.len()).div_ceil(HOST_MEMORY_UNIT);
+        let units = units.clamp(1, (b.max_host_memory / HOST_MEMORY_UNIT).max(1)) as u32;
+        // The semaphore is never closed.
+        let permit = self
+            .host_memory
+            .clone()
+            .acquire_many_owned(units)
+            .await
+            .map_err(|_| outcome::result_too_costly(site, json.len(), cost, b.max_host_memory))?;
+        let value = serde_json::from_str(&json).map_err(|e| outcome::bad_result(site, &e))?;
+        Ok((value, HostMemory { _permit: permit }))
     }
 }
 

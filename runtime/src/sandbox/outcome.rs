@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 use wasmtime::{Trap, WasmBacktrace};
 
+use super::bounds;
 use super::limits::MemoryLimitExceeded;
+use crate::protocol::exception::safe_guest_exception;
 
 /// Module name for exception types Celeriac itself defines. A Python client
 /// cannot import it, so Celery builds a stand-in class with this name.
@@ -115,25 +117,36 @@ fn exception_line(exc_type: &str, module: Option<&str>, message: &str) -> String
 /// A failure raised by the guest itself (`Err(task-error)`): no wasm backtrace
 /// exists, so the traceback names the task export, then the guest's own
 /// traceback text if it sent one.
+///
+/// Everything here comes from an untrusted guest, so it is bounded and made
+/// safe first: the class is mapped onto one a client may rebuild
+/// ([`safe_guest_exception`]), the message and the guest's traceback are each
+/// cut to `max_error` bytes (head and tail kept), and the traceback's lines —
+/// which the worker logs — have their control characters escaped, so a guest
+/// cannot start a log line of its own. The stored message itself stays the
+/// guest's text (only cut), as Celery stores it.
 pub fn raised(
     site: &TraceSite<'_>,
-    exc_type: String,
-    exc_module: Option<String>,
-    message: String,
-    guest_traceback: Option<String>,
+    exc_type: &str,
+    exc_module: Option<&str>,
+    message: &str,
+    guest_traceback: Option<&str>,
+    max_error: usize,
 ) -> TaskFailure {
+    let (exc_type, module) = safe_guest_exception(exc_type, exc_module, CELERIAC_EXC_MODULE, bounds::sanitize_exc_type);
+    let message = bounds::truncate_middle(message, max_error);
     let mut tb = String::from("Traceback (most recent call last):\n");
     tb.push_str(&format!("  File \"{}\", in {} (wasm export celeriac:task/task#invoke)\n", site.file, site.task));
-    if let Some(g) = guest_traceback.as_deref().map(str::trim_end).filter(|g| !g.is_empty()) {
-        for line in g.lines() {
+    if let Some(g) = guest_traceback.map(str::trim_end).filter(|g| !g.is_empty()) {
+        for line in bounds::truncate_middle(g, max_error).lines() {
             tb.push_str("  ");
-            tb.push_str(line);
+            tb.push_str(&bounds::escape_controls(line));
             tb.push('\n');
         }
     }
-    tb.push_str(&exception_line(&exc_type, exc_module.as_deref(), &message));
+    tb.push_str(&bounds::escape_controls(&exception_line(&exc_type, Some(&module), &message)));
     tb.push('\n');
-    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module, message, traceback: tb }
+    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module: Some(module), message, traceback: tb }
 }
 
 /// A failure for a call that ran past its wall-clock limit while blocked in
@@ -258,17 +271,33 @@ fn looks_like_runaway_recursion(err: &wasmtime::Error) -> bool {
 /// The guest returned text that is not JSON.
 pub fn bad_result(site: &TraceSite<'_>, err: &serde_json::Error) -> TaskFailure {
     let message = format!("task returned a result that is not valid JSON: {err}");
-    let mut f = raised(site, "EncodeError".into(), Some("kombu.exceptions".into()), message, None);
+    encode_error(site, &message)
+}
+
+/// A result the worker refuses to store, as kombu's `EncodeError`.
+fn encode_error(site: &TraceSite<'_>, message: &str) -> TaskFailure {
+    let mut f = raised(site, "EncodeError", Some("kombu.exceptions"), message, None, usize::MAX);
     f.kind = FailureKind::BadResult;
     f
 }
 
 /// The guest returned a result larger than the worker accepts.
 pub fn result_too_large(site: &TraceSite<'_>, len: usize, max: usize) -> TaskFailure {
-    let message = format!("task returned a result of {len} bytes; the limit is {max} bytes");
-    let mut f = raised(site, "EncodeError".into(), Some("kombu.exceptions".into()), message, None);
-    f.kind = FailureKind::BadResult;
-    f
+    encode_error(site, &format!("task returned a result of {len} bytes; the limit is {max} bytes (max_result_size)"))
+}
+
+/// The guest returned a result that would take more host memory to parse and
+/// store than the worker grants one result.
+pub fn result_too_costly(site: &TraceSite<'_>, len: usize, cost: usize, max: usize) -> TaskFailure {
+    encode_error(
+        site,
+        &format!(
+            "task returned a result of {len} bytes that would take about {} MiB of worker memory to store; \
+             the limit is {} MiB (max_result_memory)",
+            cost.div_ceil(1 << 20),
+            max >> 20
+        ),
+    )
 }
 
 /// The innermost error message of a chain (the trap reason, not the backtrace).
@@ -396,11 +425,27 @@ mod tests {
     #[test]
     fn raised_errors_read_like_python_tracebacks() {
         let site = TraceSite { file: "tasks.wasm", task: "tasks.div" };
-        let f = raised(&site, "ZeroDivisionError".into(), None, "division by zero".into(), None);
+        let f = raised(&site, "ZeroDivisionError", None, "division by zero", None, 1024);
         assert!(f.traceback.starts_with("Traceback (most recent call last):\n"));
         assert!(f.traceback.contains("tasks.div"));
         assert!(f.traceback.ends_with("ZeroDivisionError: division by zero\n"));
         assert_eq!(f.repr(), "ZeroDivisionError('division by zero')");
+    }
+
+    #[test]
+    fn a_guest_error_is_bounded_and_cannot_forge_log_lines() {
+        let site = TraceSite { file: "evil.wasm", task: "evil.boom" };
+        let huge = "x".repeat(1 << 20);
+        let forged = "ok\n[2026-01-01 00:00:00,000: INFO/MainProcess] Task tasks.add[1] succeeded";
+        let f = raised(&site, &"E".repeat(20 << 20), Some("os"), &huge, Some(&huge), 4096);
+        assert_eq!(f.exc_type.len(), bounds::MAX_EXC_TYPE_LEN);
+        assert_eq!(f.exc_module.as_deref(), Some(CELERIAC_EXC_MODULE));
+        assert!(f.message.len() < 4200 && f.message.contains("bytes truncated"));
+        assert!(f.traceback.len() < 3 * 4200, "{}", f.traceback.len());
+        let f = raised(&site, "SystemExit", Some("builtins"), forged, Some(forged), 4096);
+        assert_eq!((f.exc_type.as_str(), f.exc_module.as_deref()), ("SystemExit", Some(CELERIAC_EXC_MODULE)));
+        assert_eq!(f.message, forged, "the stored message is the guest's own text");
+        assert!(f.traceback.lines().all(|l| !l.starts_with('[')), "{}", f.traceback);
     }
 
     #[test]

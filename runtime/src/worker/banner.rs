@@ -40,7 +40,7 @@ pub fn banner(
 ) -> String {
     let broker = with_file(&settings.effective_broker_url());
     let results = settings.effective_result_backend().map(|u| with_file(&u)).unwrap_or_else(|| "disabled://".into());
-    let ntasks = sandbox.tasks().count();
+    let ntasks = sandbox.tasks().len();
     let ncomp = sandbox.components().len();
     let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
     let sys = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);

@@ -43,7 +43,7 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::result::ResultMeta;
 use crate::protocol::{AcceptContent, Serializer};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxConfig};
 
 /// How long a warm shutdown waits for running tasks before giving up.
 const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +63,10 @@ const RESULT_BACKLOG: usize = 1024;
 
 /// The Celery-level log line for a worker coming up, which tools wait for.
 pub const READY_LINE: &str = "ready.";
+
+/// How long start-up waits for components to load before it goes on and
+/// serves what is ready (the rest is served as each finishes compiling).
+const STARTUP_LOAD_WAIT: Duration = Duration::from_secs(2);
 
 /// What the worker was asked to do.
 #[derive(Debug, Clone)]
@@ -96,8 +100,12 @@ pub(crate) struct Shared {
     pub settings: Settings,
     pub accept: AcceptContent,
     pub hostname: String,
-    /// Run slots: at most `concurrency` tasks run at once.
-    pub run_slots: Semaphore,
+    /// Run slots, shared by every event loop: at most `concurrency` tasks run
+    /// at once in the whole worker. Shared so that messages one loop holds
+    /// while its own call is stuck (sleeping or spinning until its time limit)
+    /// run in any free slot, on that loop, interleaved with the stuck call
+    /// (a running guest yields at every epoch tick), instead of waiting behind it.
+    pub run_slots: Arc<Semaphore>,
     /// Tasks that ran and are waiting for their result to be written. Bounds
     /// memory when the result backend is slower than the tasks.
     pub backlog: Arc<Semaphore>,
@@ -175,12 +183,34 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     })?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
 
-    let mut sandbox = Sandbox::new(settings.sandbox_config())?;
-    sandbox.load(&opts.app).await;
-    if sandbox.tasks().next().is_none() {
+    let sandbox_config =
+        SandboxConfig { compiler: crate::sandbox::Compiler::this_executable(), ..settings.sandbox_config() };
+    let sandbox = Arc::new(Sandbox::new(sandbox_config)?);
+    // Components load in the background, each served once ready; start-up
+    // waits a moment so the banner lists what is quick to load (cached or
+    // small), never for a slow or hostile compile.
+    let loading = sandbox.spawn_load(&opts.app);
+    if !sandbox.wait_loaded(STARTUP_LOAD_WAIT).await {
+        tracing::warn!(
+            "still compiling {}: their tasks are served when ready (messages for them wait)",
+            sandbox.loading().join(", ")
+        );
+    }
+    if sandbox.tasks().is_empty() && sandbox.loading().is_empty() {
         anyhow::bail!("no task could be loaded from {}", opts.app.display());
     }
-    let sandbox = Arc::new(sandbox);
+    tokio::spawn({
+        let (sandbox, app) = (sandbox.clone(), opts.app.clone());
+        async move {
+            let _ = loading.await;
+            if sandbox.tasks().is_empty() {
+                tracing::error!(
+                    "no task could be loaded from {}; every message will fail as unregistered",
+                    app.display()
+                );
+            }
+        }
+    });
 
     // The main connections: queue declaration, the restore sweep, housekeeping.
     let (name, s) = (&opts.hostname, &settings);
@@ -219,10 +249,12 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let held: Arc<Mutex<HashSet<String>>> = Arc::default();
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
+    let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
     for i in 0..loops {
         let ctx = LoopContext {
             index: i,
             slots: concurrency / loops + u32::from(i < concurrency % loops),
+            run_slots: run_slots.clone(),
             sandbox: sandbox.clone(),
             settings: settings.clone(),
             accept: accept.clone(),
@@ -267,6 +299,7 @@ fn event_loops(concurrency: u32) -> u32 {
 struct LoopContext {
     index: u32,
     slots: u32,
+    run_slots: Arc<Semaphore>,
     sandbox: Arc<Sandbox>,
     settings: Settings,
     accept: AcceptContent,
@@ -325,7 +358,7 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             backend,
             accept: ctx.accept,
             hostname: ctx.hostname,
-            run_slots: Semaphore::new(ctx.slots as usize),
+            run_slots: ctx.run_slots,
             backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
             held: ctx.held,
             phase: ctx.phase,

@@ -55,7 +55,7 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
             return Box::pin(reject(s, &d, e)).await;
         }
     };
-    if s.sandbox.task(&msg.task).is_none() {
+    if !s.sandbox.serves(&msg.task).await {
         tracing::error!(
             "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n\
              Did you remember to put the component serving it in the worker's tasks directory?\n\

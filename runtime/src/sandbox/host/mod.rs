@@ -17,6 +17,7 @@ pub mod stdio;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bounds::HostBounds;
 use super::limits::{Limiter, Limits};
 use context::Request;
 use state::StateSink;
@@ -48,11 +49,13 @@ pub struct TaskState {
     pub stderr: CapturedOutput,
     /// When the call's wall-clock limit runs out.
     pub deadline: std::time::Instant,
+    /// What the guest may still write to the worker's log in this call.
+    pub output: log::OutputBudget,
 }
 
 impl TaskState {
     /// Fresh state for one call: a locked-down WASI context with captured stdio.
-    pub fn new(limits: Limits, request: Request, state_sink: Option<StateSink>) -> Self {
+    pub fn new(limits: Limits, bounds: &HostBounds, request: Request, state_sink: Option<StateSink>) -> Self {
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
         let stderr = CapturedOutput::new(CAPTURE_LIMIT);
         // The builder's defaults grant nothing: no preopens, no env, no args,
@@ -67,6 +70,7 @@ impl TaskState {
             stdout,
             stderr,
             deadline: std::time::Instant::now() + limits.time_limit,
+            output: log::OutputBudget::new(bounds),
         }
     }
 }
@@ -81,7 +85,7 @@ impl bindings::celeriac::task::types::Host for TaskState {}
 
 impl bindings::celeriac::task::host::Host for TaskState {
     fn log(&mut self, level: bindings::celeriac::task::types::LogLevel, message: String) {
-        log::log(level, &message);
+        self.output.log(level, &message);
     }
 
     fn update_state(&mut self, state: String, meta: String) {
