@@ -110,10 +110,11 @@ impl AmqpBridge {
     /// Acknowledge by tag. A handle whose channel is gone cannot be acked: the
     /// broker has already requeued that message (at-least-once), so it is not retried.
     pub async fn ack(&self, tags: &[String]) -> Result<(), AmqpError> {
-        for tag in tags {
-            if let Some(h) = self.take(tag)
-                && let Err(e) = h.ack().await
-            {
+        // Sent together: each ack waits only for its frame to be written.
+        let handles: Vec<AckHandle> = tags.iter().filter_map(|t| self.take(t)).collect();
+        let acks = handles.iter().map(AckHandle::ack);
+        for r in futures_util::future::join_all(acks).await {
+            if let Err(e) = r {
                 tracing::warn!("could not acknowledge a message ({e}); the broker will deliver it again");
             }
         }
