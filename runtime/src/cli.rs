@@ -357,36 +357,9 @@ fn tasks(a: TasksArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init(&a.loglevel).map_err(anyhow::Error::msg)?;
     runtime()?.block_on(async {
         let sandbox = load_sandbox(&a.sandbox, 1).await?;
-        print!("{}", task_listing(&sandbox));
+        print!("{}", crate::worker::task_listing(&sandbox));
         Ok(if sandbox.load_errors().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
-}
-
-/// The task list shown by `celeriac tasks` (and the worker banner).
-pub fn task_listing(sandbox: &Sandbox) -> String {
-    let mut out = String::new();
-    let tasks = sandbox.tasks();
-    if tasks.is_empty() {
-        out.push_str("(no tasks)\n");
-    }
-    for t in &tasks {
-        let l = &t.limits;
-        out.push_str(&format!(
-            "  . {:<24} {:<20} fuel={} memory={} time_limit={}s\n",
-            t.name,
-            t.component.display,
-            l.fuel,
-            ByteSize(l.max_memory),
-            l.time_limit.as_secs_f64()
-        ));
-    }
-    for e in sandbox.load_errors() {
-        out.push_str(&format!("  ! {} — failed to load: {}\n", e.path.display(), e.reason));
-    }
-    for c in sandbox.loading() {
-        out.push_str(&format!("  ~ {c} — still compiling; its tasks are served once it is ready\n"));
-    }
-    out
 }
 
 /// This machine's host name, for node names like `celeriac@host`.
@@ -423,13 +396,17 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Connect to the result backend named by the settings.
-async fn result_backend(settings: &Settings) -> anyhow::Result<crate::backend::Backend> {
+/// Connect to the result backend named by the settings (with the broker
+/// connection, when there is one).
+async fn result_backend(
+    settings: &Settings,
+    broker: Option<&crate::broker::Broker>,
+) -> anyhow::Result<crate::backend::Backend> {
     let url = settings
         .effective_result_backend()
         .context("no result backend configured (use --result-backend or result_backend in the config)")?;
     let ser = Serializer::from_name(&settings.result_serializer).unwrap_or(Serializer::Json);
-    Ok(crate::backend::Backend::connect(&url, settings.result_expires.0, ser).await?)
+    Ok(crate::backend::Backend::connect(&url, settings.result_expires.0, ser, broker).await?)
 }
 
 /// Print a stored meta: the result JSON on stdout for SUCCESS, the traceback
@@ -478,13 +455,14 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let broker_url = settings.effective_broker_url();
     runtime()?.block_on(async {
         let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac call").await?;
-        if broker.transport() == "amqp" {
+        if broker.name() == "amqp" {
             // As a Celery client does: the queue exists before the task is published to it.
             broker.declare(std::slice::from_ref(&task.options.queue)).await?;
         }
         let encoded = task.encode()?;
         // Subscribe before publishing, as a Python client does, so a fast worker cannot be missed.
-        let waiter = if a.wait { Some(result_backend(&settings).await?.waiter(&task.id).await?) } else { None };
+        let waiter =
+            if a.wait { Some(result_backend(&settings, Some(&broker)).await?.waiter(&task.id).await?) } else { None };
         broker.publish(&task.options.queue, &encoded).await?;
         match waiter {
             None => {
@@ -504,7 +482,7 @@ fn result(a: ResultArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("WARNING").map_err(anyhow::Error::msg)?;
     let settings = a.conn.settings()?;
     runtime()?.block_on(async {
-        let backend = result_backend(&settings).await?;
+        let backend = result_backend(&settings, None).await?;
         let meta = if a.wait {
             backend.waiter(&a.task_id).await?.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0))).await?
         } else {

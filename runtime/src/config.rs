@@ -420,10 +420,10 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             }
             Ok(())
         };
-        if let Some((_, allowed)) = nested.iter().find(|(n, _)| n == key) {
-            if let Some(t) = value.as_table() {
-                check_inner(t, allowed, key)?;
-            }
+        if let Some((_, allowed)) = nested.iter().find(|(n, _)| n == key)
+            && let Some(t) = value.as_table()
+        {
+            check_inner(t, allowed, key)?;
         }
         let per_task = match key.as_str() {
             "task_annotations" => Some(ANNOTATION_KEYS),
@@ -459,7 +459,7 @@ impl Settings {
             return Some(r.clone());
         }
         let broker = self.effective_broker_url();
-        crate::broker::sqlite::BROKER_SCHEMES
+        crate::connection::url::SQLITE_TRANSPORT_SCHEMES
             .iter()
             .find_map(|s| broker.strip_prefix(s))
             .map(|rest| format!("db+sqlite://{rest}"))

@@ -3,15 +3,18 @@
 //!
 //! Modules are named after Celery's own concepts so a Celery user finds things
 //! where they expect them: [`protocol`] is Celery's message format,
-//! [`broker`] and [`backend`] speak to Redis the way kombu and Celery do,
+//! [`connection`] holds URLs and server connections, [`broker`] and
+//! [`backend`] speak to Redis and SQLite the way kombu and Celery do,
 //! [`sandbox`] runs task components under limits, [`worker`] ties them
 //! together, [`config`] reads Celery's setting names, and [`cli`] is the
 //! `celeriac` command.
 
 pub mod backend;
+pub mod batch;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod logging;
 pub mod protocol;
 pub mod sandbox;

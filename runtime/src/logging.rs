@@ -34,7 +34,7 @@ impl tracing::field::Visit for TagVisitor {
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{value:?}").trim_matches('"').to_string());
+        self.record_str(field, format!("{value:?}").trim_matches('"'));
     }
 }
 
@@ -75,10 +75,10 @@ where
             Level::TRACE => "TRACE",
         };
         write!(w, "[{}: {level}/MainProcess] ", now.format("%Y-%m-%d %H:%M:%S,%3f"))?;
-        if let Some(scope) = ctx.event_scope() {
-            if let Some(tag) = scope.from_root().find_map(|s| s.extensions().get::<TaskTag>().map(|t| t.0.clone())) {
-                write!(w, "{tag}: ")?;
-            }
+        if let Some(scope) = ctx.event_scope()
+            && let Some(tag) = scope.from_root().find_map(|s| s.extensions().get::<TaskTag>().map(|t| t.0.clone()))
+        {
+            write!(w, "{tag}: ")?;
         }
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)

@@ -153,7 +153,7 @@ async fn fuel_runs_out() {
     let r = call(&sb, "tasks.spin", json!([])).await;
     let f = failure(&r);
     assert_eq!((f.kind, f.exc_type.as_str()), (FailureKind::OutOfFuel, "OutOfFuel"));
-    assert_eq!(f.exc_module.as_deref(), Some("celeriac.exceptions"));
+    assert_eq!(f.exc_module, "celeriac.exceptions");
     assert_eq!(r.report.fuel_consumed, 50_000_000);
 }
 
@@ -166,7 +166,7 @@ async fn unbounded_allocation_stops_at_the_memory_cap() {
     let r = call(&sb, "tasks.hog", json!([])).await;
     let f = failure(&r);
     assert_eq!((f.kind, f.exc_type.as_str()), (FailureKind::MemoryLimit, "MemoryError"));
-    assert_eq!(f.exc_module.as_deref(), Some("builtins"));
+    assert_eq!(f.exc_module, "builtins");
     assert!(f.traceback.contains("in tasks::hog"), "{}", f.traceback);
     assert!(r.report.peak_memory as u64 <= 32 << 20, "{}", r.report.peak_memory);
     assert!(r.report.peak_memory as u64 > 16 << 20, "{}", r.report.peak_memory);

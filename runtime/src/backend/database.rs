@@ -29,15 +29,15 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value};
 
-use super::BackendError;
-use crate::broker::sqlite::{Db, url_path};
+use super::{BackendError, Reply, ResultBackend, Waiter};
+use crate::broker::BoxFuture;
+use crate::connection::UrlError;
+use crate::connection::sqlite::Db;
+use crate::connection::url::sqlite_path;
 use crate::protocol::Serializer;
 use crate::protocol::result::{ExtendedMeta, ResultMeta, TaskState};
 use crate::protocol::time::now_secs;
 use crate::protocol::time::parse_datetime;
-
-/// URL scheme of Celery's database backend on SQLite.
-pub const SCHEME: &str = "db+sqlite://";
 
 /// Celery's tables, with the DDL SQLAlchemy emits.
 const SCHEMA: &str = "
@@ -76,16 +76,6 @@ const POLL_MIN: Duration = Duration::from_millis(20);
 /// ...and grows to this.
 const POLL_MAX: Duration = Duration::from_millis(250);
 
-/// Whether `url` names Celery's database backend on SQLite.
-pub fn is_url(url: &str) -> bool {
-    url.starts_with(SCHEME)
-}
-
-/// Whether `url` names Celery's database backend on another database.
-pub fn is_other_database_url(url: &str) -> bool {
-    url.starts_with("db+") && !is_url(url)
-}
-
 /// Celery's `date_done` column: naive UTC with microseconds.
 fn date_text(d: &DateTime<Utc>) -> String {
     d.naive_utc().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
@@ -121,19 +111,19 @@ struct Row {
 impl DatabaseBackend {
     /// Open (and if needed create) the database named by `url`.
     pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
-        let path = url_path(url).map_err(BackendError::Url)?;
+        let path = sqlite_path(url)?;
         let mut pickle_results = false;
         for (k, v) in url.split_once('?').map(|(_, q)| q).unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
             match (k, v) {
                 ("result_format", "pickle") => pickle_results = true,
                 ("result_format", "json" | "serializer") => pickle_results = false,
                 ("result_format", other) => {
-                    return Err(BackendError::Url(format!("{url}: result_format={other}: use pickle or serializer")));
+                    return Err(UrlError(format!("{url}: result_format={other}: use pickle or serializer")).into());
                 }
                 _ => {}
             }
         }
-        let db = Db::open(path, SCHEMA.to_string()).await.map_err(BackendError::Connection)?;
+        let db = Db::open(path, SCHEMA.to_string()).await?;
         Ok(DatabaseBackend { db, expires, serializer, pickle_results, last_cleanup: Arc::new(AtomicU64::new(0)) })
     }
 
@@ -157,14 +147,14 @@ impl DatabaseBackend {
     }
 
     /// Store several states in one transaction (one fsync), in order.
-    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
-        if metas.is_empty() {
+    pub async fn store_many<'a>(&self, metas: impl IntoIterator<Item = &'a ResultMeta>) -> Result<(), BackendError> {
+        let rows = metas
+            .into_iter()
+            .map(|m| Ok((m.task_id.clone(), self.columns(m)?)))
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows = metas
-            .iter()
-            .map(|m| Ok::<_, BackendError>((m.task_id.clone(), self.columns(m)?)))
-            .collect::<Result<Vec<_>, _>>()?;
         let cleanup_before = self.cleanup_due();
         self.db
             .run(move |c| {
@@ -202,7 +192,7 @@ impl DatabaseBackend {
                 tx.commit()
             })
             .await
-            .map_err(BackendError::Connection)
+            .map_err(BackendError::from)
     }
 
     /// The column values of a state, as Celery 5.7's worker writes them.
@@ -274,7 +264,7 @@ impl DatabaseBackend {
                 .optional()
             })
             .await
-            .map_err(BackendError::Connection)?;
+            .map_err(BackendError::from)?;
         row.map(|r| self.meta_from_row(task_id, r)).transpose()
     }
 
@@ -315,12 +305,41 @@ impl DatabaseBackend {
         self.db
             .run(move |c| c.execute("DELETE FROM celery_taskmeta WHERE task_id = ?", [&id]).map(|_| ()))
             .await
-            .map_err(BackendError::Connection)
+            .map_err(BackendError::from)
     }
 
     /// A waiter for `task_id` (polls the row, as Celery's client does).
     pub fn waiter(&self, task_id: &str) -> PollWaiter {
         PollWaiter { backend: self.clone(), task_id: task_id.to_string() }
+    }
+}
+
+impl ResultBackend for DatabaseBackend {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(DatabaseBackend::store_many(self, replies.iter().map(|r| &r.meta)))
+    }
+
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(DatabaseBackend::get(self, task_id))
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(DatabaseBackend::forget(self, task_id))
+    }
+
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>> {
+        let waiter = DatabaseBackend::waiter(self, task_id);
+        Box::pin(async move { Ok(Box::new(waiter) as Box<dyn Waiter>) })
+    }
+}
+
+impl Waiter for PollWaiter {
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>> {
+        Box::pin(PollWaiter::wait(*self, timeout))
     }
 }
 
@@ -675,7 +694,9 @@ mod tests {
         .await
         .unwrap();
         let c = Connection::open(b.path()).unwrap();
-        let row = |id: &str| -> (String, Vec<u8>, Option<String>, Option<String>, Option<Vec<u8>>, String) {
+        /// status, result, date_done, traceback, children, typeof(result).
+        type Columns = (String, Vec<u8>, Option<String>, Option<String>, Option<Vec<u8>>, String);
+        let row = |id: &str| -> Columns {
             c.query_row(
                 "SELECT status, result, date_done, traceback, children, typeof(result) FROM celery_taskmeta WHERE task_id = ?",
                 [id],

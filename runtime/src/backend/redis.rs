@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
-use super::{BackendError, TASK_KEY_PREFIX};
+use super::{BackendError, ChordCounter, ChordMember, Reply, ResultBackend, TASK_KEY_PREFIX, Waiter};
+use crate::broker::BoxFuture;
+use crate::connection::redis as redis_conn;
 use crate::protocol::result::ResultMeta;
 use crate::protocol::{ExceptionInfo, Serializer};
 
@@ -62,19 +64,14 @@ pub fn task_key(task_id: &str) -> String {
 impl RedisBackend {
     /// Connect to `url` (`redis://[:password@]host:port/db`, `unix:///path`).
     pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
-        let client = crate::broker::redis::open_client(url).map_err(BackendError::Url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client.get_connection_manager_with_config(cfg).await.map_err(BackendError::redis)?;
+        let client = redis_conn::open_client(url)?;
+        let conn = redis_conn::connect(&client, Duration::from_secs(30)).await?;
         Ok(RedisBackend { client, conn, expires, serializer })
     }
 
     /// Store and publish several states in one `MULTI`/`EXEC` round trip
     /// (`SETEX` then `PUBLISH` for each, in order).
-    pub async fn store_many(&self, metas: &[ResultMeta]) -> Result<(), BackendError> {
+    pub async fn store_many<'a>(&self, metas: impl IntoIterator<Item = &'a ResultMeta>) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for meta in metas {
@@ -98,20 +95,20 @@ impl RedisBackend {
             pipe.publish(&key, bytes).ignore();
         }
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
+        Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
     /// The stored state of `task_id`, if any.
     pub async fn get(&self, task_id: &str) -> Result<Option<ResultMeta>, BackendError> {
         let mut c = self.conn.clone();
-        let raw: Option<Vec<u8>> = c.get(task_key(task_id)).await.map_err(BackendError::redis)?;
+        let raw: Option<Vec<u8>> = c.get(task_key(task_id)).await?;
         raw.map(|b| decode(&b)).transpose()
     }
 
     /// Delete the stored result of `task_id` (Celery's `forget`).
     pub async fn forget(&self, task_id: &str) -> Result<(), BackendError> {
         let mut c = self.conn.clone();
-        c.del::<_, ()>(task_key(task_id)).await.map_err(BackendError::redis)
+        Ok(c.del::<_, ()>(task_key(task_id)).await?)
     }
 
     /// Record a finished chord header member (Celery's `on_chord_part_return`).
@@ -140,7 +137,7 @@ impl RedisBackend {
             .arg(self.expires.unwrap_or(0))
             .arg(token)
             .arg(chord_size.unwrap_or(0));
-        let members: Option<Vec<String>> = inv.invoke_async(&mut c).await.map_err(BackendError::redis)?;
+        let members: Option<Vec<String>> = inv.invoke_async(&mut c).await?;
         Ok(members.map(|m| m.iter().filter_map(|e| serde_json::from_str(e).ok()).collect()))
     }
 
@@ -154,15 +151,60 @@ impl RedisBackend {
             .set_ex(format!("{base}.c"), "done", 300)
             .ignore();
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(BackendError::redis)
+        Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
     /// Subscribe to `task_id`'s state channel. Subscribe before sending the
     /// task, as a Python client does, so a fast worker's PUBLISH is not missed.
     pub async fn subscribe(&self, task_id: &str) -> Result<ResultSubscription, BackendError> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(BackendError::redis)?;
-        pubsub.subscribe(task_key(task_id)).await.map_err(BackendError::redis)?;
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(task_key(task_id)).await?;
         Ok(ResultSubscription { backend: self.clone(), task_id: task_id.to_string(), pubsub })
+    }
+}
+
+impl ResultBackend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn store_many<'a>(&'a self, replies: &'a [Reply]) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::store_many(self, replies.iter().map(|r| &r.meta)))
+    }
+
+    fn get<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Option<ResultMeta>, BackendError>> {
+        Box::pin(RedisBackend::get(self, task_id))
+    }
+
+    fn forget<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::forget(self, task_id))
+    }
+
+    fn waiter<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Box<dyn Waiter>, BackendError>> {
+        Box::pin(async move { Ok(Box::new(self.subscribe(task_id).await?) as Box<dyn Waiter>) })
+    }
+
+    fn chords(&self) -> Option<&dyn ChordCounter> {
+        Some(self)
+    }
+}
+
+impl Waiter for ResultSubscription {
+    fn wait(self: Box<Self>, timeout: Duration) -> BoxFuture<'static, Result<ResultMeta, BackendError>> {
+        Box::pin(ResultSubscription::wait(*self, timeout))
+    }
+}
+
+impl ChordCounter for RedisBackend {
+    fn chord_part_return<'a>(
+        &'a self,
+        m: ChordMember<'a>,
+    ) -> BoxFuture<'a, Result<Option<Vec<serde_json::Value>>, BackendError>> {
+        Box::pin(RedisBackend::chord_part_return(self, m.group_id, m.task_id, m.index, m.state, m.result, m.chord_size))
+    }
+
+    fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::chord_done(self, group_id))
     }
 }
 
@@ -177,17 +219,17 @@ impl ResultSubscription {
     /// Wait the way a Python client does: read the key once (a result stored
     /// before the subscription), then listen until a ready state arrives.
     pub async fn wait(mut self, timeout: Duration) -> Result<ResultMeta, BackendError> {
-        if let Some(m) = self.backend.get(&self.task_id).await? {
-            if m.status.is_ready() {
-                return Ok(m);
-            }
+        if let Some(m) = self.backend.get(&self.task_id).await?
+            && m.status.is_ready()
+        {
+            return Ok(m);
         }
         let mut stream = self.pubsub.on_message();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, stream.next()).await {
                 Err(_) => return Err(BackendError::Timeout(self.task_id.clone())),
-                Ok(None) => return Err(BackendError::Connection("result subscription closed".into())),
+                Ok(None) => return Err(BackendError::SubscriptionClosed),
                 Ok(Some(msg)) => match decode(msg.get_payload_bytes()) {
                     Ok(m) if m.status.is_ready() => return Ok(m),
                     Ok(_) => {}

@@ -1,222 +1,265 @@
 //! Brokers: where task messages come from and where acknowledgements go.
 //!
 //! Celery talks to a broker through kombu; Celeriac implements kombu's
-//! transports natively. [`redis`] is kombu's Redis transport (lists plus
-//! `unacked` bookkeeping); [`sqlite`] is kombu's SQLAlchemy transport on an
-//! SQLite file, the embedded default; [`amqp`] is kombu's pyamqp transport
-//! (RabbitMQ), reached through [`amqp::bridge`] for now. [`Broker`] is the one type the worker and the CLI
-//! use, whatever the transport; a [`Delivery`] is one received, not yet
-//! acknowledged message, acknowledged by tag or put back with `restore`.
+//! transports natively, each behind the [`Transport`] trait, and the worker
+//! sees only what kombu's `Consumer` callback sees: a decoded message and a
+//! way to acknowledge it.
+//!
+//! - [`Broker`] is a connected transport, whatever its URL names: the one
+//!   type the worker and the CLI use. [`Broker::connect`] picks the transport
+//!   by scheme; adding one is a module and a line there.
+//! - [`Consumer`] receives [`Delivery`] values from a set of queues.
+//! - A [`Delivery`] holds the message, decoded once by the transport
+//!   ([`RawMessage`], or why it could not be), and an [`Acker`]: `ack`,
+//!   `requeue` (give back) and `hold` (the worker keeps the message a while:
+//!   make it safe). How a transport keeps its promises — kombu's virtual
+//!   transport QoS on Redis and SQLite (`unacked` records, the visibility
+//!   timeout, its refresh and restore sweep), delivery tags on AMQP — stays
+//!   inside the transport; the worker never sees tags or sweeps.
+//! - [`Capabilities`] say what a transport can carry (fanout for remote
+//!   control and events, priorities); the start-up warning about the rest is
+//!   derived from them.
+//!
+//! [`amqp`] is kombu's pyamqp transport (RabbitMQ), with real
+//! acknowledgements and two capabilities of its own: [`DelayedDelivery`] and
+//! [`ReplyPublisher`] (for the `rpc://` result backend).
+//! [`redis`] is kombu's Redis transport; [`sqlite`] is kombu's SQLAlchemy
+//! transport on an SQLite file, the embedded default; [`memory`] keeps
+//! messages in the process, for tests of the worker. All three are kombu
+//! "virtual" transports and share [`qos`].
+//!
+//! A transport with real acknowledgements (AMQP) implements [`Transport`],
+//! [`Consumer`] and [`AckHandle`] directly and uses none of [`qos`]: its
+//! deliveries carry the channel and the delivery tag (`ack` → `basic.ack`,
+//! possibly batched; `requeue` → `basic.nack(requeue=true)`; `hold` → nothing,
+//! the server keeps an unacknowledged message for as long as the channel
+//! lives), its consumer sets `basic.qos` from the prefetch window it is
+//! given, it builds the [`RawMessage`] from the frame's properties and
+//! headers, and it needs no housekeeping.
 
 pub mod amqp;
+pub mod memory;
+pub mod qos;
 pub mod redis;
 pub mod sqlite;
 
-use std::collections::HashSet;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::config::{Settings, TransportOptions};
-use crate::protocol::{EncodedTask, RawMessage};
+use crate::connection::UrlError;
+use crate::connection::sqlite::DbError;
+use crate::connection::url;
+use crate::protocol::{EncodedTask, Envelope, ProtocolError, RawMessage};
+
+/// A boxed future, so that transports can be trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One of kombu's transports, connected.
+///
+/// A transport object is one connection of this process to the broker. The
+/// worker connects once ([`Broker::connect`]) for declarations, publishing and
+/// the transport's housekeeping, and opens one more per event loop
+/// ([`Transport::open_channel`], bound to that loop's runtime), which shares
+/// the process's bookkeeping (the messages it holds).
+pub trait Transport: Send + Sync + 'static {
+    /// kombu's name of the transport (`redis`, `sqlalchemy`), for logs.
+    fn name(&self) -> &'static str;
+
+    /// What this transport can carry.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The database file, for a transport that lives in one.
+    fn file(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Declare the queues the worker consumes.
+    fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Publish an encoded task message to `queue`.
+    fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Another connection to the same broker, bound to the current runtime
+    /// and sharing this one's bookkeeping (AMQP: a channel).
+    fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>>;
+
+    /// Start consuming `queues` on this connection, with at most `prefetch`
+    /// unacknowledged messages (the worker also keeps to it; AMQP tells the
+    /// server with `basic.qos`). Acknowledgements of the deliveries it hands
+    /// out are written in batches by a task spawned on the current runtime.
+    fn consume<'a>(
+        &'a self,
+        queues: &'a [String],
+        prefetch: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BrokerError>>;
+
+    /// Start the transport's own chores for this process (kombu's QoS
+    /// housekeeping: refreshing held messages, restoring abandoned ones),
+    /// after one first pass. They run until the returned guard is dropped.
+    fn start_housekeeping(&self) -> BoxFuture<'_, Housekeeping> {
+        Box::pin(async { Housekeeping::none() })
+    }
+
+    /// Keeping far-future ETA tasks outside the worker (AMQP's delay queues).
+    fn delayed_delivery(&self) -> Option<&dyn DelayedDelivery> {
+        None
+    }
+
+    /// Publishing result messages to a client's reply queue (AMQP, for `rpc://`).
+    fn replies(&self) -> Option<&dyn ReplyPublisher> {
+        None
+    }
+}
+
+/// A transport that can keep a task message until its ETA instead of the
+/// worker holding it unacknowledged (which would occupy a prefetch slot and,
+/// on RabbitMQ, run into `consumer_timeout`).
+pub trait DelayedDelivery: Send + Sync {
+    /// ETAs nearer than this are better held by the worker.
+    fn horizon(&self) -> std::time::Duration;
+
+    /// Keep `task` for about `delay` and deliver it again on its queue
+    /// (`task.routing_key`); returns once the broker has it, after which the
+    /// caller acknowledges the original delivery.
+    fn park<'a>(&'a self, task: &'a EncodedTask, delay: std::time::Duration) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A transport that can publish result messages to a client's reply queue,
+/// as Celery's `rpc://` backend does (default exchange, routing key =
+/// `reply_to`, `correlation_id` = the task id), confirmed by the broker.
+pub trait ReplyPublisher: Send + Sync {
+    /// Publish one serialised result meta.
+    fn publish_reply<'a>(
+        &'a self,
+        reply_to: &'a str,
+        correlation_id: &'a str,
+        body: &'a [u8],
+        serializer: crate::protocol::Serializer,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// Receives messages from the queues it was opened on.
+pub trait Consumer: Send {
+    /// Receive up to `max` messages, waiting up to about a second for the
+    /// first. Not cancel-safe: a fetch dropped mid-flight could lose a message.
+    fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>>;
+
+    /// Wait until every acknowledgement handed to this consumer's ackers so
+    /// far has been written.
+    fn flush(&self) -> BoxFuture<'_, ()>;
+}
+
+/// What a transport can carry beyond plain task messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Fanout (broadcast) exchanges: remote control (`celery inspect`) and
+    /// task events travel over them.
+    pub fanout: bool,
+    /// Message priorities.
+    pub priorities: bool,
+}
+
+impl Capabilities {
+    /// Celery features this transport cannot carry, to report at start-up.
+    pub fn unsupported_features(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.fanout {
+            out.push("remote control (celery inspect/control: no fanout)");
+            out.push("task events (-E, Flower)");
+        }
+        if !self.priorities {
+            out.push("message priorities");
+        }
+        out
+    }
+}
+
+/// The transport's housekeeping, running until this guard is dropped.
+pub struct Housekeeping(Option<tokio::task::JoinHandle<()>>);
+
+impl Housekeeping {
+    /// Chores running in `task`.
+    pub fn spawned(task: tokio::task::JoinHandle<()>) -> Self {
+        Housekeeping(Some(task))
+    }
+
+    /// No chores (a transport that needs none).
+    pub fn none() -> Self {
+        Housekeeping(None)
+    }
+}
+
+impl Drop for Housekeeping {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
 
 /// A connected broker, whichever transport its URL names.
 #[derive(Clone)]
-pub enum Broker {
-    /// kombu's Redis transport.
-    Redis(redis::RedisBroker),
-    /// kombu's SQLAlchemy transport on SQLite (`sqla+sqlite:///file`).
-    Sqlite(sqlite::SqliteBroker),
-    /// kombu's pyamqp transport (RabbitMQ).
-    Amqp(amqp::bridge::AmqpBridge),
-}
-
-/// Whether a URL names a Redis server (`redis://`, `rediss://`, `unix://`, `socket://`).
-pub fn is_redis_url(url: &str) -> bool {
-    ["redis://", "rediss://", "unix://", "socket://", "redis+socket://"].iter().any(|p| url.starts_with(p))
-}
+pub struct Broker(Arc<dyn Transport>);
 
 impl Broker {
-    /// Connect to the broker at `url` with the settings that shape its
-    /// declarations (`task_queue_max_priority`, `task_default_queue_type`,
-    /// `broker_use_ssl`); `name` labels the connections (the node name).
+    /// Connect to the broker at `url` with the settings that shape an AMQP
+    /// broker's declarations and messages (`task_queue_max_priority`,
+    /// `task_default_queue_type`, `task_create_missing_queue_type`,
+    /// `broker_use_ssl`, `result_persistent`); `name` labels its connections.
     pub async fn connect_with_settings(url: &str, settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
         if amqp::url::is_amqp_url(url) {
-            let b = amqp::AmqpBroker::connect(url, settings.amqp_ssl(), settings.amqp_topology(), name).await?;
-            return Ok(Broker::Amqp(amqp::bridge::AmqpBridge::new(b)));
+            return connect_amqp(url, settings, name).await;
         }
         Self::connect(url, &settings.broker_transport_options).await
     }
 
-    /// Connect to the broker at `url`.
+    /// Connect to the broker at `url` (an AMQP broker with default settings).
     pub async fn connect(url: &str, opts: &TransportOptions) -> Result<Broker, BrokerError> {
         if amqp::url::is_amqp_url(url) {
-            let topology = amqp::Topology { default_queue: "celery".into(), ..amqp::Topology::default() };
-            let b = amqp::AmqpBroker::connect(url, None, topology, "celeriac").await?;
-            return Ok(Broker::Amqp(amqp::bridge::AmqpBridge::new(b)));
+            return connect_amqp(url, &Settings::default(), "celeriac").await;
         }
-        if is_redis_url(url) {
-            return Ok(Broker::Redis(redis::RedisBroker::connect(url, opts.clone()).await?));
+        if url::is_redis_url(url) {
+            return Ok(Broker::new(redis::RedisTransport::connect(url, opts.clone()).await?));
         }
-        if sqlite::is_broker_url(url) {
-            return Ok(Broker::Sqlite(sqlite::SqliteBroker::connect(url, opts.clone()).await?));
+        if url::is_sqlite_transport_url(url) {
+            return Ok(Broker::new(sqlite::SqliteTransport::connect(url, opts.clone()).await?));
         }
-        if url.starts_with("sqla+") || url.starts_with("sqlalchemy+") {
-            return Err(BrokerError::Url(format!(
+        if url::is_other_sqlalchemy_url(url) {
+            return Err(BrokerError::Url(UrlError(format!(
                 "{url}: only SQLite is supported by the SQLAlchemy transport (sqla+sqlite:///file)"
-            )));
+            ))));
         }
-        Err(BrokerError::Url(format!(
+        Err(BrokerError::Url(UrlError(format!(
             "{url}: unsupported transport; use redis://host:port/db, amqp://host// or sqla+sqlite:///file"
-        )))
+        ))))
     }
 
-    /// The transport's name, for the banner.
-    pub fn transport(&self) -> &'static str {
-        match self {
-            Broker::Redis(_) => "redis",
-            Broker::Sqlite(_) => "sqlalchemy",
-            Broker::Amqp(_) => "amqp",
-        }
+    /// A broker over `transport`.
+    pub fn new(transport: impl Transport) -> Broker {
+        Broker(Arc::new(transport))
     }
+}
 
-    /// The database file of the SQLite transport.
-    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
-        match self {
-            Broker::Redis(_) | Broker::Amqp(_) => None,
-            Broker::Sqlite(b) => Some(b.path()),
-        }
-    }
+/// An AMQP broker as `settings` shape it.
+async fn connect_amqp(url: &str, settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
+    let config = amqp::AmqpConfig {
+        url: url.to_string(),
+        ssl: settings.amqp_ssl(),
+        topology: settings.amqp_topology(),
+        name: name.to_string(),
+        result_persistent: settings.result_persistent,
+    };
+    Ok(Broker::new(amqp::transport::AmqpTransport::connect(config).await?))
+}
 
-    /// Celery features this transport cannot carry, to report at start-up.
-    pub fn unsupported_features(&self) -> &'static [&'static str] {
-        match self {
-            Broker::Redis(_) | Broker::Amqp(_) => &[],
-            Broker::Sqlite(_) => sqlite::UNSUPPORTED,
-        }
-    }
+impl std::ops::Deref for Broker {
+    type Target = dyn Transport;
 
-    /// Declare the queues the worker consumes.
-    pub async fn declare(&self, queues: &[String]) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.declare(queues).await,
-            Broker::Sqlite(b) => b.declare(queues).await,
-            Broker::Amqp(b) => Ok(b.broker.declare(queues).await?),
-        }
-    }
-
-    /// What [`Broker::fetch`] reads for `queues`: on Redis the lists, in
-    /// kombu's polling order (one per queue and priority step); on SQLite the
-    /// queue names. A consumer works this out once.
-    pub fn sources(&self, queues: &[String]) -> Vec<String> {
-        match self {
-            Broker::Redis(b) => b.consume_lists(queues),
-            Broker::Sqlite(_) | Broker::Amqp(_) => queues.to_vec(),
-        }
-    }
-
-    /// Start a push consumer for `queues` with `prefetch` unacknowledged
-    /// messages (AMQP's `basic.qos`); a no-op on the polling transports.
-    pub async fn start_consuming(&self, queues: &[String], prefetch: usize) {
-        if let Broker::Amqp(b) = self {
-            b.start(queues, u16::try_from(prefetch).unwrap_or(u16::MAX)).await;
-        }
-    }
-
-    /// Stop the push consumer (warm shutdown) and give back what it received
-    /// but the worker did not take; a no-op on the polling transports.
-    pub async fn stop_consuming(&self) {
-        if let Broker::Amqp(b) = self {
-            b.stop().await;
-        }
-    }
-
-    /// Park a task message whose ETA is `delay` away outside the worker
-    /// (AMQP's delay queues), acknowledging delivery `tag` once the copy is
-    /// confirmed. `Ok(false)`: this transport holds ETA tasks in the worker.
-    pub async fn park(&self, tag: &str, task: &EncodedTask, delay: std::time::Duration) -> Result<bool, BrokerError> {
-        match self {
-            Broker::Amqp(b) if delay > amqp::HOLD_HORIZON => Ok(b.park(tag, task, delay).await.map(|()| true)?),
-            _ => Ok(false),
-        }
-    }
-
-    /// Receive up to `max` messages from `sources` ([`Broker::sources`]),
-    /// waiting up to about a second.
-    pub async fn fetch(&self, sources: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.fetch(sources, max).await,
-            Broker::Sqlite(b) => b.fetch(sources, max).await,
-            Broker::Amqp(b) => Ok(b.fetch(max).await),
-        }
-    }
-
-    /// Record a delivery in the ack bookkeeping if it is not yet (see
-    /// [`Delivery::recorded`]). Does not wait for the broker's reply.
-    pub fn record(&self, d: &mut Delivery) {
-        if d.recorded {
-            return;
-        }
-        d.recorded = true;
-        if let (Broker::Redis(b), Some(tag)) = (self, &d.tag) {
-            b.record(tag, &d.payload);
-        }
-    }
-
-    /// Record a delivery that is not recorded yet and wait for the broker to
-    /// confirm it (the caller marks it recorded once this succeeds).
-    pub async fn record_confirmed(&self, d: &Delivery) -> Result<(), BrokerError> {
-        match (self, &d.tag, d.recorded) {
-            (Broker::Redis(b), Some(tag), false) => b.record_confirmed(tag, &d.payload).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Acknowledge messages by tag.
-    pub async fn ack(&self, tags: &[String]) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.ack(tags).await,
-            Broker::Sqlite(b) => b.ack(tags).await,
-            Broker::Amqp(b) => Ok(b.ack(tags).await?),
-        }
-    }
-
-    /// Put an unacknowledged message back on its queue; false if it was gone.
-    pub async fn restore(&self, tag: &str) -> Result<bool, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.restore(tag).await,
-            Broker::Sqlite(b) => b.restore(tag).await,
-            Broker::Amqp(b) => Ok(b.restore(tag).await?),
-        }
-    }
-
-    /// Mark messages this worker still holds as alive.
-    pub async fn touch(&self, tags: &HashSet<String>) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.touch(tags).await,
-            Broker::Sqlite(b) => b.touch(tags).await,
-            // The broker knows which deliveries are unacknowledged, and by whom.
-            Broker::Amqp(_) => Ok(()),
-        }
-    }
-
-    /// Restore other consumers' messages past the visibility timeout.
-    pub async fn restore_visible(&self, ours: &HashSet<String>) -> Result<usize, BrokerError> {
-        match self {
-            Broker::Redis(b) => b.restore_visible(ours).await,
-            Broker::Sqlite(b) => b.restore_visible(ours).await,
-            Broker::Amqp(_) => Ok(0),
-        }
-    }
-
-    /// Publish an encoded task message to `queue`.
-    pub async fn publish(&self, queue: &str, task: &EncodedTask) -> Result<(), BrokerError> {
-        match self {
-            Broker::Redis(b) => b.publish(queue, task.priority.unwrap_or(0), &task.to_redis_bytes()).await,
-            Broker::Sqlite(b) => b.publish(queue, task).await,
-            Broker::Amqp(b) => {
-                let mut task = task.clone();
-                task.routing_key = queue.to_string();
-                Ok(b.broker.publish_task(&task).await?)
-            }
-        }
+    fn deref(&self) -> &Self::Target {
+        &*self.0
     }
 }
 
@@ -225,10 +268,13 @@ impl Broker {
 pub enum BrokerError {
     /// The broker URL cannot be used.
     #[error("invalid broker URL {0}")]
-    Url(String),
-    /// The connection failed or a command was refused.
+    Url(#[from] UrlError),
+    /// Redis refused a command or could not be reached.
     #[error("broker connection error: {0}")]
-    Connection(String),
+    Redis(#[from] ::redis::RedisError),
+    /// The SQLite file could not be used.
+    #[error("broker connection error: {0}")]
+    Database(#[from] DbError),
     /// The broker held data we could not understand.
     #[error("broker protocol error: {0}")]
     Protocol(String),
@@ -238,43 +284,125 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
-    pub(crate) fn redis(e: ::redis::RedisError) -> Self {
-        BrokerError::Connection(e.to_string())
+    /// Whether the broker could not be reached or refused a command: trying
+    /// again later may succeed. A bad URL or bad data will not get better.
+    pub fn is_connection_error(&self) -> bool {
+        match self {
+            BrokerError::Redis(_) | BrokerError::Database(_) => true,
+            BrokerError::Amqp(e) => e.is_connection_error(),
+            BrokerError::Url(_) | BrokerError::Protocol(_) => false,
+        }
     }
 }
 
 /// One received message, not yet acknowledged.
-#[derive(Debug, Clone)]
 pub struct Delivery {
-    /// The queue (list) it came from.
-    pub queue: String,
-    /// The raw message: a kombu JSON envelope on Redis.
-    pub payload: Vec<u8>,
-    /// The delivery tag, if the envelope carried a readable one. A message
-    /// without one was not recorded as unacknowledged and needs no ack.
-    pub tag: Option<String>,
-    /// Whether it is in the broker's ack bookkeeping. On Redis, a message
-    /// taken by the blocking wait on empty queues (the worker was idle) is
-    /// not yet: the worker records it
-    /// ([`Broker::record`]) before it holds on to it, and a message
-    /// acknowledged as it starts, at once, needs neither record nor ack.
-    pub recorded: bool,
-    /// The message already decoded by the transport (AMQP carries headers and
-    /// properties in frames, not in an envelope); `payload` is then empty.
-    pub message: Option<RawMessage>,
+    /// The message, decoded by the transport; or why it could not be.
+    pub message: Result<RawMessage, BadMessage>,
+    /// How to acknowledge it, give it back or hold on to it.
+    pub acker: Acker,
+    /// Whether it came while the consumer was waiting on empty queues: the
+    /// worker was idle, and a client is probably waiting for this task.
+    pub idle: bool,
 }
 
-impl Delivery {
-    /// A delivery popped and recorded by the receiving script, with the tag it
-    /// recorded in `unacked` (empty: not recorded, nothing to acknowledge).
-    pub(crate) fn recorded(list: &[u8], payload: Vec<u8>, tag: &[u8]) -> Self {
-        let tag = (!tag.is_empty()).then(|| String::from_utf8_lossy(tag).into_owned());
-        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, recorded: true, message: None }
+/// A message the transport could not turn into a [`RawMessage`].
+#[derive(Debug)]
+pub enum BadMessage {
+    /// Not a message at all (not a kombu envelope): logged and discarded.
+    Unreadable {
+        /// What is wrong with it.
+        error: ProtocolError,
+        /// The start of the raw bytes, for the log.
+        preview: String,
+    },
+    /// An envelope whose body cannot be decoded; the task it names (if any)
+    /// is failed.
+    Undecodable(ProtocolError),
+}
+
+/// How much of an unreadable message to show in the log.
+const RAW_PREVIEW: usize = 200;
+
+/// Decode a kombu envelope (the JSON document the virtual transports carry)
+/// into the message the worker reads. Done once per delivery, by the
+/// transport; `inspect` sees the envelope first (for what the transport's own
+/// bookkeeping reads from it).
+pub fn decode_envelope<T>(
+    payload: &[u8],
+    inspect: impl FnOnce(&Envelope) -> T,
+) -> (Option<T>, Result<RawMessage, BadMessage>) {
+    match Envelope::parse(payload) {
+        Ok(env) => {
+            let seen = inspect(&env);
+            (Some(seen), env.into_raw_message().map_err(BadMessage::Undecodable))
+        }
+        Err(error) => (None, Err(BadMessage::Unreadable { error, preview: preview(payload) })),
+    }
+}
+
+/// The start of a raw message, for log lines about bad input.
+pub fn preview(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_PREVIEW)]).into_owned();
+    if bytes.len() > RAW_PREVIEW { format!("{text:?}...") } else { format!("{text:?}") }
+}
+
+/// A transport's handle on one delivery, behind an [`Acker`].
+pub trait AckHandle: Send + Sync {
+    /// Acknowledge the message: queued and written with the next batch
+    /// (retried through broker outages; nothing waits for it).
+    fn ack(&mut self);
+
+    /// Give the message back to its queue (marked redelivered), and wait
+    /// until the broker has it.
+    fn requeue(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The worker is going to keep this message a while (an ETA, no free run
+    /// slot, a late ack, a result to write first): make it safe, e.g. record it
+    /// in the ack bookkeeping if it is not yet. Does not wait.
+    fn hold(&mut self);
+
+    /// A second handle on the same delivery.
+    fn clone_box(&self) -> Box<dyn AckHandle>;
+}
+
+/// Acknowledges one delivery: exactly once, or gives it back.
+pub struct Acker {
+    handle: Box<dyn AckHandle>,
+    settled: bool,
+}
+
+impl Acker {
+    /// An acker over a transport's handle.
+    pub fn new(handle: impl AckHandle + 'static) -> Self {
+        Acker { handle: Box::new(handle), settled: false }
     }
 
-    /// A delivery the blocking wait popped, not recorded yet, with the tag its
-    /// envelope carries (`None`: not an envelope we can read).
-    pub(crate) fn waited(list: &[u8], payload: Vec<u8>, tag: Option<String>) -> Self {
-        Delivery { queue: String::from_utf8_lossy(list).into_owned(), payload, tag, recorded: false, message: None }
+    /// Acknowledge (early: as the task starts; late: after its result is
+    /// stored). A second ack or an ack after a requeue does nothing.
+    pub fn ack(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.handle.ack();
+        }
+    }
+
+    /// Put the message back on its queue (warm shutdown, not started yet).
+    pub async fn requeue(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.handle.requeue().await;
+        }
+    }
+
+    /// The worker keeps this message a while: let the transport make it safe.
+    pub fn hold(&mut self) {
+        if !self.settled {
+            self.handle.hold();
+        }
+    }
+
+    /// A second acker for the same delivery, to settle it if the first one's
+    /// owner fails (a bug in a handler).
+    pub fn duplicate(&self) -> Acker {
+        Acker { handle: self.handle.clone_box(), settled: self.settled }
     }
 }

@@ -14,9 +14,11 @@
 //! lost (see `POP_SCRIPT`). It only falls back to `BRPOP` to wait when every
 //! queue is empty; the worker records a message it got that way as soon as
 //! it is going to hold on to it, and not at all when it acknowledges it as it
-//! starts, at once ([`RedisBroker::record`]). That one message has kombu's
+//! starts, at once ([`RedisBroker::record`], through
+//! [`Acker::hold`](super::Acker::hold)). That one message has kombu's
 //! window (popped, not yet recorded: lost if the worker dies right then).
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,8 +27,11 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::{BrokerError, Delivery};
+use super::qos::{self, Bookkeeping, Held, QosConsumer, Received, Unrecorded};
+use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Housekeeping, Transport};
 use crate::config::TransportOptions;
+use crate::connection::redis as redis_conn;
+use crate::protocol::EncodedTask;
 use crate::protocol::time::now_secs;
 
 /// Lua shared by the pop scripts: record one message in the ack bookkeeping.
@@ -101,7 +106,8 @@ return 0
 /// How long a blocking wait lasts before the consumer loop looks around again.
 const BRPOP_TIMEOUT: f64 = 1.0;
 
-/// A connection to a Redis broker speaking kombu's transport.
+/// A connection to a Redis broker speaking kombu's transport: the
+/// bookkeeping and the commands behind [`RedisTransport`].
 #[derive(Clone)]
 pub struct RedisBroker {
     /// For ordinary commands (multiplexed, auto-reconnecting).
@@ -118,88 +124,11 @@ pub struct RedisBroker {
     done_fetch: Arc<Mutex<Option<String>>>,
 }
 
-/// Turn kombu-style URLs into ones the redis crate understands:
-/// `socket:///path` and `redis+socket:///path` become `unix:///path`.
-pub fn normalize_url(url: &str) -> String {
-    for prefix in ["redis+socket://", "socket://"] {
-        if let Some(rest) = url.strip_prefix(prefix) {
-            return format!("unix://{rest}");
-        }
-    }
-    url.to_string()
-}
-
-/// A client for a kombu-style Redis URL. `socket://` becomes `unix://`; for
-/// `rediss://` (TLS), kombu's query parameters map onto the redis crate's TLS
-/// options: `ssl_cert_reqs` (`required`, `optional`, `none`, or `CERT_*`;
-/// anything but `required` skips certificate verification), `ssl_ca_certs`
-/// (a PEM file of trusted roots instead of the system store), and
-/// `ssl_certfile` + `ssl_keyfile` (a client certificate).
-pub fn open_client(url: &str) -> Result<redis::Client, String> {
-    let url = normalize_url(url);
-    if !url.starts_with("rediss://") {
-        return redis::Client::open(url.as_str()).map_err(|e| format!("{}: {e}", mask(&url)));
-    }
-    let (base, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let mut keep = Vec::new();
-    let (mut verify, mut ca, mut cert, mut key) = (true, None, None, None);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "ssl_cert_reqs" => {
-                let v = v.to_ascii_lowercase();
-                verify = matches!(v.trim_start_matches("cert_"), "required");
-            }
-            "ssl_ca_certs" => ca = Some(v.to_string()),
-            "ssl_certfile" => cert = Some(v.to_string()),
-            "ssl_keyfile" => key = Some(v.to_string()),
-            _ => keep.push(pair),
-        }
-    }
-    let mut target = base.to_string();
-    if !keep.is_empty() {
-        target = format!("{target}?{}", keep.join("&"));
-    }
-    if !verify {
-        target.push_str("#insecure");
-    }
-    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
-    let client_tls = match (cert, key) {
-        (Some(c), Some(k)) => Some(redis::ClientTlsConfig { client_cert: read(&c)?, client_key: read(&k)? }),
-        (None, None) => None,
-        _ => return Err("ssl_certfile and ssl_keyfile must be given together".into()),
-    };
-    let root_cert = ca.as_deref().map(read).transpose()?;
-    let result = if client_tls.is_some() || root_cert.is_some() {
-        redis::Client::build_with_tls(target.as_str(), redis::TlsCertificates { client_tls, root_cert })
-    } else {
-        redis::Client::open(target.as_str())
-    };
-    result.map_err(|e| format!("{}: {e}", mask(&url)))
-}
-
-/// A URL for error messages, password hidden.
-fn mask(url: &str) -> String {
-    crate::worker::mask_password(url)
-}
-
 /// Connect a command connection and a blocking one to `url`.
-pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager), BrokerError> {
-    let client = open_client(url).map_err(BrokerError::Url)?;
-    let base = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    let conn = client
-        .get_connection_manager_with_config(base.clone().set_response_timeout(Some(Duration::from_secs(30))))
-        .await
-        .map_err(BrokerError::redis)?;
-    let blocking = client
-        .get_connection_manager_with_config(
-            base.set_response_timeout(Some(Duration::from_secs_f64(BRPOP_TIMEOUT + 10.0))),
-        )
-        .await
-        .map_err(BrokerError::redis)?;
+async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager), BrokerError> {
+    let client = redis_conn::open_client(url)?;
+    let conn = redis_conn::connect(&client, Duration::from_secs(30)).await?;
+    let blocking = redis_conn::connect(&client, Duration::from_secs_f64(BRPOP_TIMEOUT + 10.0)).await?;
     Ok((conn, blocking))
 }
 
@@ -208,31 +137,6 @@ pub async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionMan
 pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> String {
     let step = opts.priority_steps.iter().copied().filter(|s| *s <= priority).max().unwrap_or(0);
     if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
-}
-
-/// What recording a received message needs from its envelope's properties.
-#[derive(serde::Deserialize)]
-struct ReceivedProps {
-    delivery_tag: String,
-    delivery_info: Option<DeliveryInfo>,
-}
-
-#[derive(serde::Deserialize, Default)]
-struct DeliveryInfo {
-    exchange: Option<Value>,
-    routing_key: Option<Value>,
-}
-
-/// The envelope's text and the properties recording needs; `None` if it is
-/// not an envelope with a delivery tag (the worker rejects it anyway).
-fn received_props(payload: &[u8]) -> Option<(&str, ReceivedProps)> {
-    #[derive(serde::Deserialize)]
-    struct Env {
-        properties: ReceivedProps,
-    }
-    let text = std::str::from_utf8(payload).ok()?;
-    let props = serde_json::from_str::<Env>(text).ok()?.properties;
-    (!props.delivery_tag.is_empty()).then_some((text, props))
 }
 
 /// Warn about a received message that could not be recorded as unacknowledged.
@@ -294,13 +198,13 @@ impl RedisBroker {
             pipe.sadd(self.key(&format!("_kombu.binding_permanent.{q}")), &member).ignore();
         }
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+        Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
     /// Receive up to `max` messages from `lists`: take what is there at once
     /// (recorded in the ack bookkeeping), or wait up to a second for one (not
     /// recorded yet: see [`RedisBroker::record`]).
-    pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 || lists.is_empty() {
             return Ok(Vec::new());
         }
@@ -323,18 +227,26 @@ impl RedisBroker {
                 // The script may have run with its reply lost: retry with the same id.
                 *lock(&self.next_fetch) = Some(fetch_id);
                 *lock(&self.done_fetch) = Some(done_id).filter(|d| !d.is_empty());
-                return Err(BrokerError::redis(e));
+                return Err(e.into());
             }
         };
         if !flat.is_empty() {
             *lock(&self.done_fetch) = Some(fetch_id);
-            return Ok(flat.chunks_exact(3).map(|p| Delivery::recorded(&p[0], p[1].clone(), &p[2])).collect());
+            return Ok(flat
+                .chunks_exact(3)
+                .map(|p| Received {
+                    queue: String::from_utf8_lossy(&p[0]).into_owned(),
+                    payload: p[1].clone(),
+                    tag: (!p[2].is_empty()).then(|| String::from_utf8_lossy(&p[2]).into_owned()),
+                    recorded: true,
+                })
+                .collect());
         }
         let mut b = self.blocking.clone();
-        let popped: Option<(Vec<u8>, Vec<u8>)> = b.brpop(lists, BRPOP_TIMEOUT).await.map_err(BrokerError::redis)?;
+        let popped: Option<(Vec<u8>, Vec<u8>)> = b.brpop(lists, BRPOP_TIMEOUT).await?;
         let Some((list, payload)) = popped else { return Ok(Vec::new()) };
-        let tag = received_props(&payload).map(|(_, p)| p.delivery_tag);
-        Ok(vec![Delivery::waited(&list, payload, tag)])
+        // The tag is read from the envelope when it is decoded (once, by the consumer).
+        Ok(vec![Received { queue: String::from_utf8_lossy(&list).into_owned(), payload, tag: None, recorded: false }])
     }
 
     /// Record a message obtained with BRPOP in the ack bookkeeping, as kombu
@@ -351,8 +263,8 @@ impl RedisBroker {
     /// The reply is not awaited. Polling once queues the transaction on the
     /// command connection now, so Redis runs it before this message's ack,
     /// which is sent later on the same connection.
-    pub fn record(&self, tag: &str, payload: &[u8]) {
-        let Some(pipe) = self.record_pipeline(tag, payload) else { return };
+    pub fn record(&self, tag: &str, message: &Unrecorded) {
+        let Some(pipe) = self.record_pipeline(tag, message) else { return };
         let mut c = self.conn.clone();
         let mut recording = Box::pin(async move { pipe.query_async::<()>(&mut c).await });
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -366,21 +278,19 @@ impl RedisBroker {
 
     /// [`RedisBroker::record`], waiting for Redis to confirm it (before a
     /// message is given back, which needs the record to be there).
-    pub async fn record_confirmed(&self, tag: &str, payload: &[u8]) -> Result<(), BrokerError> {
-        let Some(pipe) = self.record_pipeline(tag, payload) else { return Ok(()) };
+    pub async fn record_confirmed(&self, tag: &str, message: &Unrecorded) -> Result<(), BrokerError> {
+        let Some(pipe) = self.record_pipeline(tag, message) else { return Ok(()) };
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+        Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
     /// `MULTI; ZADD unacked_index; HSET unacked; EXEC` for a received message,
-    /// the entry written as kombu writes it (`None`: not an envelope).
-    fn record_pipeline(&self, tag: &str, payload: &[u8]) -> Option<redis::Pipeline> {
-        let (text, props) = received_props(payload)?;
-        let info = props.delivery_info.unwrap_or_default();
+    /// the entry written as kombu writes it (`None`: not UTF-8, so not an envelope).
+    fn record_pipeline(&self, tag: &str, message: &Unrecorded) -> Option<redis::Pipeline> {
+        let text = std::str::from_utf8(&message.payload).ok()?;
         // As the Lua recorder (and kombu): anything but a string counts as "".
-        let quote =
-            |v: Option<Value>| Value::String(v.as_ref().and_then(Value::as_str).unwrap_or_default().into()).to_string();
-        let entry = format!("[{text}, {}, {}]", quote(info.exchange), quote(info.routing_key));
+        let quote = |v: &str| Value::String(v.into()).to_string();
+        let entry = format!("[{text}, {}, {}]", quote(&message.exchange), quote(&message.routing_key));
         let mut pipe = redis::pipe();
         pipe.atomic()
             .zadd(self.key("unacked_index"), tag, now_secs())
@@ -402,13 +312,13 @@ impl RedisBroker {
             pipe.hdel(self.key("unacked"), t).ignore();
         }
         let mut c = self.conn.clone();
-        pipe.query_async::<()>(&mut c).await.map_err(BrokerError::redis)
+        Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
     /// Refresh the receive time of messages this worker still holds, so that
     /// no restore sweep (ours or a Python worker's) treats them as abandoned.
     /// `ZADD XX` only updates tags still present: acknowledged ones stay gone.
-    pub async fn touch(&self, tags: &std::collections::HashSet<String>) -> Result<(), BrokerError> {
+    pub async fn touch(&self, tags: &HashSet<String>) -> Result<(), BrokerError> {
         if tags.is_empty() {
             return Ok(());
         }
@@ -419,7 +329,7 @@ impl RedisBroker {
             cmd.arg(now).arg(t);
         }
         let mut c = self.conn.clone();
-        cmd.query_async::<i64>(&mut c).await.map_err(BrokerError::redis)?;
+        cmd.query_async::<i64>(&mut c).await?;
         Ok(())
     }
 
@@ -428,7 +338,7 @@ impl RedisBroker {
     /// had been acknowledged or restored by someone else meanwhile).
     pub async fn restore(&self, tag: &str) -> Result<bool, BrokerError> {
         let mut c = self.conn.clone();
-        let entry: Option<Vec<u8>> = c.hget(self.key("unacked"), tag).await.map_err(BrokerError::redis)?;
+        let entry: Option<Vec<u8>> = c.hget(self.key("unacked"), tag).await?;
         let Some(entry) = entry else { return Ok(false) };
         let Some((payload, queues)) = self.restored_payload(&entry).await? else {
             // Unreadable entry: drop it from the bookkeeping rather than retrying forever.
@@ -442,7 +352,7 @@ impl RedisBroker {
             inv.key(list);
         }
         inv.arg(tag).arg(&entry).arg(&payload);
-        let n: i64 = inv.invoke_async(&mut c).await.map_err(BrokerError::redis)?;
+        let n: i64 = inv.invoke_async(&mut c).await?;
         Ok(n == 1)
     }
 
@@ -476,8 +386,7 @@ impl RedisBroker {
             return Ok(vec![routing_key.to_string()]);
         }
         let mut c = self.conn.clone();
-        let members: Vec<String> =
-            c.smembers(self.key(&format!("_kombu.binding.{exchange}"))).await.map_err(BrokerError::redis)?;
+        let members: Vec<String> = c.smembers(self.key(&format!("_kombu.binding.{exchange}"))).await?;
         let mut queues: Vec<String> = members
             .iter()
             .filter_map(|m| {
@@ -499,7 +408,7 @@ impl RedisBroker {
     /// The restore sweep: push back every unacked message older than the
     /// visibility timeout whose tag is not in `ours` (messages this worker still
     /// holds), under `unacked_mutex`. Returns how many were restored.
-    pub async fn restore_visible(&self, ours: &std::collections::HashSet<String>) -> Result<usize, BrokerError> {
+    pub async fn restore_visible(&self, ours: &HashSet<String>) -> Result<usize, BrokerError> {
         let mut c = self.conn.clone();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let locked: Option<String> = redis::cmd("SET")
@@ -509,17 +418,13 @@ impl RedisBroker {
             .arg("PX")
             .arg(300_000)
             .query_async(&mut c)
-            .await
-            .map_err(BrokerError::redis)?;
+            .await?;
         if locked.is_none() {
             return Ok(0);
         }
         let ceiling = now_secs() - self.opts.visibility().as_secs_f64();
         let result = async {
-            let tags: Vec<String> = c
-                .zrangebyscore_limit(self.key("unacked_index"), 0, ceiling, 0, 1000)
-                .await
-                .map_err(BrokerError::redis)?;
+            let tags: Vec<String> = c.zrangebyscore_limit(self.key("unacked_index"), 0, ceiling, 0, 1000).await?;
             let mut n = 0;
             for tag in tags.iter().filter(|t| !ours.contains(*t)) {
                 if self.restore(tag).await? {
@@ -537,8 +442,102 @@ impl RedisBroker {
     /// Publish an envelope to `queue` (default exchange) at `priority`.
     pub async fn publish(&self, queue: &str, priority: u8, envelope: &[u8]) -> Result<(), BrokerError> {
         let mut c = self.conn.clone();
-        let _: i64 = c.lpush(self.list_for(queue, priority), envelope).await.map_err(BrokerError::redis)?;
+        let _: i64 = c.lpush(self.list_for(queue, priority), envelope).await?;
         Ok(())
+    }
+}
+
+/// kombu's Redis transport, as the worker and the CLI use it.
+#[derive(Clone)]
+pub struct RedisTransport {
+    url: String,
+    broker: RedisBroker,
+    held: Held,
+}
+
+impl RedisTransport {
+    /// Connect to the broker at `url` (`redis://[:password@]host:port/db`,
+    /// `rediss://`, `unix:///path`, `socket:///path`).
+    pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
+        Ok(RedisTransport {
+            url: url.to_string(),
+            broker: RedisBroker::connect(url, opts).await?,
+            held: Held::default(),
+        })
+    }
+}
+
+impl Transport for RedisTransport {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { fanout: true, priorities: true }
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.broker.declare(queues))
+    }
+
+    fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move { self.broker.publish(queue, task.priority.unwrap_or(0), &task.to_redis_bytes()).await })
+    }
+
+    fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
+        Box::pin(async move {
+            let broker = RedisBroker::connect(&self.url, self.broker.opts.clone()).await?;
+            Ok(Broker::new(RedisTransport { url: self.url.clone(), broker, held: self.held.clone() }))
+        })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queues: &'a [String],
+        _prefetch: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BrokerError>> {
+        let lists = self.broker.consume_lists(queues);
+        let consumer = QosConsumer::new(self.broker.clone(), lists, self.held.clone());
+        Box::pin(async move { Ok(Box::new(consumer) as Box<dyn Consumer>) })
+    }
+
+    fn start_housekeeping(&self) -> BoxFuture<'_, Housekeeping> {
+        let interval = self.broker.opts.restore_interval();
+        Box::pin(qos::start_housekeeping(self.broker.clone(), self.held.clone(), interval))
+    }
+}
+
+impl Bookkeeping for RedisBroker {
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
+        RedisBroker::fetch(self, sources, max)
+    }
+
+    fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        RedisBroker::ack(self, tags)
+    }
+
+    fn restore(&self, tag: &str) -> impl Future<Output = Result<bool, BrokerError>> + Send {
+        RedisBroker::restore(self, tag)
+    }
+
+    fn touch(&self, tags: &HashSet<String>) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        RedisBroker::touch(self, tags)
+    }
+
+    fn restore_visible(&self, ours: &HashSet<String>) -> impl Future<Output = Result<usize, BrokerError>> + Send {
+        RedisBroker::restore_visible(self, ours)
+    }
+
+    fn record(&self, tag: &str, message: &Unrecorded) {
+        RedisBroker::record(self, tag, message)
+    }
+
+    fn record_confirmed(
+        &self,
+        tag: &str,
+        message: &Unrecorded,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        RedisBroker::record_confirmed(self, tag, message)
     }
 }
 
@@ -554,33 +553,5 @@ mod tests {
         assert_eq!(priority_list(&o, "celery", 5), "celery\x06\x163");
         assert_eq!(priority_list(&o, "celery", 9), "celery\x06\x169");
         assert_eq!(priority_list(&o, "celery", 255), "celery\x06\x169");
-    }
-
-    #[test]
-    fn received_props_read_the_tag_whatever_the_routing_fields_hold() {
-        let env = br#"{"body": "", "properties": {"delivery_tag": "t1", "delivery_info": {"exchange": 5, "routing_key": "celery"}}}"#;
-        let (_, props) = received_props(env).expect("an envelope with a tag");
-        assert_eq!(props.delivery_tag, "t1");
-        let info = props.delivery_info.expect("delivery_info");
-        assert_eq!(info.exchange.as_ref().and_then(Value::as_str), None);
-        assert_eq!(info.routing_key.as_ref().and_then(Value::as_str), Some("celery"));
-        assert!(received_props(br#"{"properties": {"delivery_tag": ""}}"#).is_none());
-        assert!(received_props(b"not json").is_none());
-    }
-
-    #[test]
-    fn socket_urls_become_unix_urls() {
-        assert_eq!(normalize_url("socket:///tmp/r.sock"), "unix:///tmp/r.sock");
-        assert_eq!(normalize_url("redis://h:1/0"), "redis://h:1/0");
-    }
-
-    #[test]
-    fn kombu_tls_parameters_are_understood() {
-        // Verification off: the client is built (no connection is made here).
-        assert!(open_client("rediss://localhost:6380/0?ssl_cert_reqs=CERT_NONE").is_ok());
-        assert!(open_client("rediss://localhost:6380/0?ssl_cert_reqs=required").is_ok());
-        let err = open_client("rediss://localhost:6380/0?ssl_ca_certs=/nonexistent.pem").unwrap_err();
-        assert!(err.contains("cannot read /nonexistent.pem"), "{err}");
-        assert!(open_client("rediss://h/0?ssl_certfile=/x").unwrap_err().contains("together"));
     }
 }

@@ -31,35 +31,27 @@
 //! fanout), events, priorities, per-message TTL.
 //!
 //! SQLite calls block: they run on tokio's blocking pool, each on a
-//! connection taken from a small pool ([`Db`]).
+//! connection taken from a small pool ([`Db`], shared with the database backend).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{BrokerError, Delivery};
+use super::qos::{self, Bookkeeping, Held, QosConsumer, Received};
+use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Housekeeping, Transport};
 use crate::config::TransportOptions;
+use crate::connection::sqlite::{Db, placeholders};
+use crate::connection::url::sqlite_path;
 use crate::protocol::time::now_secs;
 use crate::protocol::{EncodedTask, Envelope};
-
-/// URL schemes of kombu's SQLAlchemy transport on SQLite.
-pub const BROKER_SCHEMES: &[&str] = &["sqla+sqlite://", "sqlalchemy+sqlite://"];
-
-/// The features this transport cannot carry (reported once at start-up).
-pub const UNSUPPORTED: &[&str] =
-    &["remote control (celery inspect/control: no fanout)", "task events (-E, Flower)", "message priorities"];
 
 /// How long `fetch` waits for a message before returning empty-handed.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Default seconds between polls of an idle queue (`polling_interval`).
 pub const DEFAULT_POLLING_INTERVAL: f64 = 0.05;
-/// How long a connection waits for SQLite's write lock before failing.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle connections kept per pool.
-const POOL_IDLE: usize = 4;
 /// At most this many claims are restored per sweep.
 const SWEEP_LIMIT: usize = 1000;
 
@@ -94,123 +86,9 @@ CREATE TABLE IF NOT EXISTS celeriac_claim (
 CREATE INDEX IF NOT EXISTS ix_celeriac_claim_claimed_at ON celeriac_claim (claimed_at);
 ";
 
-/// Whether `url` names the SQLAlchemy transport on SQLite.
-pub fn is_broker_url(url: &str) -> bool {
-    BROKER_SCHEMES.iter().any(|s| url.starts_with(s))
-}
-
-/// The database file of an SQLAlchemy-style SQLite URL (`<scheme>:///relative.db`,
-/// `<scheme>:////absolute/path.db`), made absolute against the current
-/// directory. `scheme` is everything before `://`.
-pub fn url_path(url: &str) -> Result<PathBuf, String> {
-    let rest = url.split_once("://").map(|(_, r)| r).ok_or_else(|| format!("{url}: not a URL"))?;
-    let rest = rest.split_once('?').map(|(p, _)| p).unwrap_or(rest);
-    let Some(path) = rest.strip_prefix('/') else {
-        return Err(format!(
-            "{url}: expected {}///<file> (a host is not allowed)",
-            url.split("://").next().unwrap_or("")
-        ));
-    };
-    if path.is_empty() || path == ":memory:" {
-        return Err(format!("{url}: an in-memory database cannot be shared between processes; name a file"));
-    }
-    let p = Path::new(path);
-    Ok(if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
-    })
-}
-
-/// A small pool of connections to one SQLite file; every call runs on
-/// tokio's blocking pool.
-#[derive(Clone)]
-pub(crate) struct Db {
-    inner: Arc<DbInner>,
-}
-
-struct DbInner {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-}
-
-impl Db {
-    /// Open `path` (creating the file), switch it to WAL mode and run `schema`.
-    pub async fn open(path: PathBuf, schema: String) -> Result<Db, String> {
-        let db = Db { inner: Arc::new(DbInner { path, idle: Mutex::new(Vec::new()) }) };
-        db.run(move |c| {
-            set_wal(c)?;
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(&schema)?;
-            tx.commit()
-        })
-        .await?;
-        Ok(db)
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// Run `f` with a pooled connection on the blocking pool.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, String>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = match inner.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-                Some(c) => c,
-                None => connect(&inner.path).map_err(|e| format!("{}: {e}", inner.path.display()))?,
-            };
-            let result = f(&mut conn).map_err(|e| format!("{}: {e}", inner.path.display()));
-            // A connection left inside a transaction (it cannot be: transactions
-            // roll back on drop) or after an error is still reusable.
-            let mut idle = inner.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < POOL_IDLE && conn.is_autocommit() {
-                idle.push(conn);
-            }
-            result
-        })
-        .await
-        .map_err(|e| format!("SQLite call panicked or was cancelled: {e}"))?
-    }
-}
-
-/// Open one connection with a busy timeout, so another process holding the
-/// write lock makes us wait instead of failing with "database is locked".
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(BUSY_TIMEOUT)?;
-    Ok(c)
-}
-
-/// Switch the file to WAL mode (persistent; readers and the writer no longer
-/// block each other). Retried briefly: the switch needs a moment alone.
-fn set_wal(c: &Connection) -> rusqlite::Result<()> {
-    let mut last = None;
-    for _ in 0..50 {
-        match c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
-            Ok(_) => return Ok(()),
-            Err(e) => {
-                last = Some(e);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-    Err(last.expect("at least one attempt"))
-}
-
 /// kombu's claim timestamp: naive local time with microseconds.
 fn claim_timestamp() -> String {
     chrono::Local::now().format("%Y-%m-%d %H:%M:%S%.6f").to_string()
-}
-
-/// `?, ?, ?` for `n` parameters.
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
 }
 
 /// The row id a tag names (tags are row ids as text).
@@ -250,7 +128,8 @@ fn make_visible(c: &Connection, id: i64) -> rusqlite::Result<bool> {
     Ok(n == 1)
 }
 
-/// A connection to an SQLite file speaking kombu's SQLAlchemy transport.
+/// A connection to an SQLite file speaking kombu's SQLAlchemy transport: the
+/// bookkeeping and the statements behind [`SqliteTransport`].
 #[derive(Clone)]
 pub struct SqliteBroker {
     db: Db,
@@ -262,8 +141,8 @@ pub struct SqliteBroker {
 impl SqliteBroker {
     /// Open (and if needed create) the database named by `url`.
     pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
-        let path = url_path(url).map_err(BrokerError::Url)?;
-        let db = Db::open(path, format!("{KOMBU_SCHEMA}{CLAIM_SCHEMA}")).await.map_err(BrokerError::Connection)?;
+        let path = sqlite_path(url)?;
+        let db = Db::open(path, format!("{KOMBU_SCHEMA}{CLAIM_SCHEMA}")).await?;
         Ok(SqliteBroker { db, opts, owner: uuid::Uuid::new_v4().simple().to_string() })
     }
 
@@ -289,12 +168,12 @@ impl SqliteBroker {
                 tx.commit()
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// Claim up to `max` visible messages from `queues`, polling for about a
     /// second when there are none.
-    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
@@ -310,7 +189,7 @@ impl SqliteBroker {
 
     /// One claim attempt: a cheap read first (no lock), then the claim itself
     /// under the write lock.
-    async fn claim(&self, queues: &[String], max: usize) -> Result<Vec<Delivery>, BrokerError> {
+    async fn claim(&self, queues: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         let queues = queues.to_vec();
         let owner = self.owner.clone();
         self.db
@@ -352,14 +231,14 @@ impl SqliteBroker {
                             continue;
                         }
                         note.execute(params![id, now, owner])?;
-                        out.push(Delivery { queue, payload, tag: Some(id.to_string()), recorded: true, message: None });
+                        out.push(Received { queue, payload, tag: Some(id.to_string()), recorded: true });
                     }
                 }
                 tx.commit()?;
                 Ok(out)
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// Acknowledge: delete the rows (kombu would leave them forever).
@@ -385,7 +264,7 @@ impl SqliteBroker {
                 tx.commit()
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// Put a message this broker claimed back (visible, marked redelivered).
@@ -408,7 +287,7 @@ impl SqliteBroker {
                 Ok(restored)
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// Refresh the claims of messages this broker still holds.
@@ -432,7 +311,7 @@ impl SqliteBroker {
                 tx.commit()
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// The visibility sweep: make visible again every message whose claim is
@@ -463,7 +342,7 @@ impl SqliteBroker {
                 Ok(n)
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
     }
 
     /// Publish a task to `queue` exactly as kombu's producer does.
@@ -486,7 +365,86 @@ impl SqliteBroker {
                 tx.commit()
             })
             .await
-            .map_err(BrokerError::Connection)
+            .map_err(BrokerError::from)
+    }
+}
+
+/// kombu's SQLAlchemy transport on SQLite, as the worker and the CLI use it.
+#[derive(Clone)]
+pub struct SqliteTransport {
+    broker: SqliteBroker,
+    held: Held,
+}
+
+impl SqliteTransport {
+    /// Open (and if needed create) the database named by `url`.
+    pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
+        Ok(SqliteTransport { broker: SqliteBroker::connect(url, opts).await?, held: Held::default() })
+    }
+}
+
+impl Transport for SqliteTransport {
+    fn name(&self) -> &'static str {
+        "sqlalchemy"
+    }
+
+    /// As with kombu: no fanout (so no remote control or events), no priorities.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { fanout: false, priorities: false }
+    }
+
+    fn file(&self) -> Option<&Path> {
+        Some(self.broker.path())
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.broker.declare(queues))
+    }
+
+    fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.broker.publish(queue, task))
+    }
+
+    /// The pool is not tied to a runtime: channels share it (and the claims' owner).
+    fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
+        let channel = self.clone();
+        Box::pin(async move { Ok(Broker::new(channel)) })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queues: &'a [String],
+        _prefetch: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BrokerError>> {
+        let consumer = QosConsumer::new(self.broker.clone(), queues.to_vec(), self.held.clone());
+        Box::pin(async move { Ok(Box::new(consumer) as Box<dyn Consumer>) })
+    }
+
+    fn start_housekeeping(&self) -> BoxFuture<'_, Housekeeping> {
+        let interval = self.broker.opts.restore_interval();
+        Box::pin(qos::start_housekeeping(self.broker.clone(), self.held.clone(), interval))
+    }
+}
+
+impl Bookkeeping for SqliteBroker {
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
+        SqliteBroker::fetch(self, sources, max)
+    }
+
+    fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        SqliteBroker::ack(self, tags)
+    }
+
+    fn restore(&self, tag: &str) -> impl Future<Output = Result<bool, BrokerError>> + Send {
+        SqliteBroker::restore(self, tag)
+    }
+
+    fn touch(&self, tags: &HashSet<String>) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        SqliteBroker::touch(self, tags)
+    }
+
+    fn restore_visible(&self, ours: &HashSet<String>) -> impl Future<Output = Result<usize, BrokerError>> + Send {
+        SqliteBroker::restore_visible(self, ours)
     }
 }
 
@@ -514,19 +472,6 @@ mod tests {
         let c = Connection::open(path).unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
         c
-    }
-
-    #[test]
-    fn urls() {
-        assert_eq!(url_path("sqla+sqlite:////tmp/x.db").unwrap(), PathBuf::from("/tmp/x.db"));
-        assert_eq!(url_path("db+sqlite:////tmp/x.db?timeout=3").unwrap(), PathBuf::from("/tmp/x.db"));
-        let rel = url_path("sqla+sqlite:///celeriac.sqlite").unwrap();
-        assert!(rel.is_absolute() && rel.ends_with("celeriac.sqlite"), "{rel:?}");
-        assert!(url_path("sqla+sqlite://").is_err());
-        assert!(url_path("sqla+sqlite:///:memory:").is_err());
-        assert!(url_path("sqla+sqlite://host/x.db").is_err());
-        assert!(is_broker_url("sqla+sqlite:///x") && is_broker_url("sqlalchemy+sqlite:///x"));
-        assert!(!is_broker_url("redis://x") && !is_broker_url("sqla+postgresql://x"));
     }
 
     #[tokio::test]

@@ -245,6 +245,19 @@ impl Envelope {
         }
     }
 
+    /// [`Envelope::to_raw_message`], consuming the envelope (no copy of the headers).
+    pub fn into_raw_message(self) -> Result<RawMessage, ProtocolError> {
+        let body = self.decoded_body()?;
+        let delivery = self.delivery_info();
+        Ok(RawMessage {
+            headers: self.headers,
+            body,
+            content_type: self.content_type,
+            content_encoding: self.content_encoding,
+            delivery,
+        })
+    }
+
     /// The transport-neutral message: decoded body bytes, headers, content
     /// type/encoding and delivery info.
     pub fn to_raw_message(&self) -> Result<RawMessage, ProtocolError> {

@@ -59,9 +59,9 @@ pub struct TaskFailure {
     pub kind: FailureKind,
     /// Exception class name, e.g. `ZeroDivisionError`.
     pub exc_type: String,
-    /// Exception module if known (`builtins`, `celery.exceptions`, ...);
-    /// `None` lets the worker choose (`builtins` for Python built-ins).
-    pub exc_module: Option<String>,
+    /// The module the exception class is stored under (`builtins`,
+    /// `celery.exceptions`, ... or `celeriac.exceptions` for stand-ins).
+    pub exc_module: String,
     /// The exception message.
     pub message: String,
     /// Python-style traceback text.
@@ -146,7 +146,7 @@ pub fn raised(
     }
     tb.push_str(&bounds::escape_controls(&exception_line(&exc_type, Some(&module), &message)));
     tb.push('\n');
-    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module: Some(module), message, traceback: tb }
+    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module: module, message, traceback: tb }
 }
 
 /// A failure for a call that ran past its wall-clock limit while blocked in
@@ -161,7 +161,7 @@ pub fn timed_out(site: &TraceSite<'_>, limit: Duration) -> TaskFailure {
     TaskFailure {
         kind: FailureKind::TimeLimit,
         exc_type: exc_type.into(),
-        exc_module: Some(module.into()),
+        exc_module: module.into(),
         message,
         traceback: tb,
     }
@@ -238,10 +238,8 @@ pub fn trapped(
     if let Some(bt) = err.downcast_ref::<WasmBacktrace>() {
         push_frames(&mut tb, site.file, bt);
     }
-    if let Some(p) = &panic {
-        if let Some(loc) = &p.location {
-            tb.push_str(&format!("  {loc} (panic location)\n"));
-        }
+    if let Some(loc) = panic.as_ref().and_then(|p| p.location.as_ref()) {
+        tb.push_str(&format!("  {loc} (panic location)\n"));
     }
     if kind != FailureKind::Panic {
         let tail = stderr_tail(stderr);
@@ -256,7 +254,7 @@ pub fn trapped(
     }
     tb.push_str(&exception_line(exc_type, Some(module), &message));
     tb.push('\n');
-    TaskFailure { kind, exc_type: exc_type.to_string(), exc_module: Some(module.to_string()), message, traceback: tb }
+    TaskFailure { kind, exc_type: exc_type.to_string(), exc_module: module.to_string(), message, traceback: tb }
 }
 
 /// Whether a backtrace's innermost frames are one function calling itself:
@@ -439,11 +437,11 @@ mod tests {
         let forged = "ok\n[2026-01-01 00:00:00,000: INFO/MainProcess] Task tasks.add[1] succeeded";
         let f = raised(&site, &"E".repeat(20 << 20), Some("os"), &huge, Some(&huge), 4096);
         assert_eq!(f.exc_type.len(), bounds::MAX_EXC_TYPE_LEN);
-        assert_eq!(f.exc_module.as_deref(), Some(CELERIAC_EXC_MODULE));
+        assert_eq!(f.exc_module, CELERIAC_EXC_MODULE);
         assert!(f.message.len() < 4200 && f.message.contains("bytes truncated"));
         assert!(f.traceback.len() < 3 * 4200, "{}", f.traceback.len());
         let f = raised(&site, "SystemExit", Some("builtins"), forged, Some(forged), 4096);
-        assert_eq!((f.exc_type.as_str(), f.exc_module.as_deref()), ("SystemExit", Some(CELERIAC_EXC_MODULE)));
+        assert_eq!((f.exc_type.as_str(), f.exc_module.as_str()), ("SystemExit", CELERIAC_EXC_MODULE));
         assert_eq!(f.message, forged, "the stored message is the guest's own text");
         assert!(f.traceback.lines().all(|l| !l.starts_with('[')), "{}", f.traceback);
     }

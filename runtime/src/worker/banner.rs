@@ -3,29 +3,17 @@
 
 use super::WorkerOptions;
 use crate::config::Settings;
+use crate::connection::url::{mask_password, sqlite_path};
 use crate::sandbox::Sandbox;
-
-/// Hide the password of a URL (`redis://:secret@host` → `redis://:**@host`).
-pub fn mask_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.find('@') else { return url.to_string() };
-    let userinfo = &rest[..at];
-    let masked = match userinfo.find(':') {
-        Some(colon) => format!("{}:**", &userinfo[..colon]),
-        None => "**".to_string(),
-    };
-    format!("{}{}@{}", &url[..scheme_end + 3], masked, &rest[at + 1..])
-}
 
 /// A URL for display: password masked, and an SQLite URL followed by the
 /// absolute path of its file.
 fn with_file(url: &str) -> String {
     let shown = mask_password(url);
-    if url.contains("sqlite://") {
-        if let Ok(p) = crate::broker::sqlite::url_path(url) {
-            return format!("{shown} ({})", p.display());
-        }
+    if url.contains("sqlite://")
+        && let Ok(p) = sqlite_path(url)
+    {
+        return format!("{shown} ({})", p.display());
     }
     shown
 }
@@ -66,19 +54,7 @@ pub fn banner(
         b.push_str(&format!("                .> {q:<16} exchange={q}(direct) key={q}\n"));
     }
     b.push_str("\n[tasks]\n");
-    b.push_str(&crate::cli::task_listing(sandbox));
+    b.push_str(&super::task_listing(sandbox));
     b.push('\n');
     b
-}
-
-#[cfg(test)]
-mod tests {
-    use super::mask_password;
-
-    #[test]
-    fn passwords_are_masked() {
-        assert_eq!(mask_password("redis://:secret@localhost:6379/0"), "redis://:**@localhost:6379/0");
-        assert_eq!(mask_password("redis://user:pw@h/1"), "redis://user:**@h/1");
-        assert_eq!(mask_password("redis://localhost:6379/0"), "redis://localhost:6379/0");
-    }
 }

@@ -52,8 +52,10 @@ pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<NewTask,
     msg.embed.errbacks.iter().flatten().map(|sig| from_signature(sig, Some(&id), msg, settings)).collect()
 }
 
-/// What completing a chord leads to.
+/// What completing a chord leads to (one per completed chord, short-lived:
+/// the size difference between the variants does not matter).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum ChordOutcome {
     /// Every member succeeded: send the body with the list of results.
     Publish(NewTask),

@@ -14,11 +14,12 @@
 //! every epoch tick.
 //!
 //! Acknowledgement follows Celery: when the task starts (default) or after its
-//! result is stored (`task_acks_late`). Messages this worker holds get their
-//! `unacked_index` time refreshed regularly, so no restore sweep — ours or a
-//! Python worker's — puts back a message that is still being worked on; if the
-//! worker dies, the refresh stops and the message is restored after the
-//! visibility timeout.
+//! result is stored (`task_acks_late`), through the delivery's
+//! [`Acker`](crate::broker::Acker). Everything else about acknowledgements is
+//! the transport's: on Redis and SQLite it refreshes the records of messages
+//! this worker holds, so no restore sweep — ours or a Python worker's — puts
+//! back a message that is still being worked on, and if the worker dies, the
+//! refresh stops and the message is restored after the visibility timeout.
 //!
 //! Shutdown: the first SIGTERM/SIGINT is a warm shutdown (stop consuming, put
 //! back prefetched messages that have not started, let running tasks finish
@@ -26,32 +27,31 @@
 //! messages are restored by the next sweep).
 
 mod banner;
-pub use banner::mask_password;
-mod batch;
 pub mod canvas;
+mod listing;
 mod request;
+#[cfg(test)]
+mod tests;
 
-use std::collections::HashSet;
+pub use listing::task_listing;
+
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::backend::Backend;
-use crate::broker::Broker;
+use crate::backend::{Backend, BackendError, Reply};
+use crate::batch;
+use crate::broker::{Broker, BrokerError, Consumer};
 use crate::config::Settings;
-use crate::protocol::result::ResultMeta;
+use crate::connection::retry;
+use crate::connection::url::mask_password;
 use crate::protocol::{AcceptContent, Serializer};
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 /// How long a warm shutdown waits for running tasks before giving up.
 const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long acknowledgements wait to be sent together. Nothing waits on an
-/// ack; a crash inside this window means the task runs again after the
-/// visibility timeout (at-least-once, as with any early ack).
-const ACK_LINGER: Duration = Duration::from_millis(1);
 
 /// How many scheduler ticks the consumer gives a task received while idle
 /// before fetching again: one to run it, one for the result batcher to
@@ -109,35 +109,46 @@ pub(crate) struct Shared {
     /// Tasks that ran and are waiting for their result to be written. Bounds
     /// memory when the result backend is slower than the tasks.
     pub backlog: Arc<Semaphore>,
-    /// Acknowledgements, written in batches.
-    pub acks: batch::Batcher<String>,
     /// Task states, written in batches (`None` when results are disabled).
-    pub results: Option<batch::Batcher<ResultMeta>>,
-    /// Tags of messages this worker holds (received, not yet acknowledged).
-    pub held: Arc<Mutex<HashSet<String>>>,
+    pub results: Option<batch::Batcher<Reply>>,
     /// Current shutdown phase.
     pub phase: watch::Receiver<Phase>,
 }
 
 impl Shared {
-    /// Acknowledge a message. The ack is queued and written with others in
-    /// the next batch (retried through broker outages: an ack that is lost
-    /// would make the task run twice after the visibility timeout).
-    pub fn ack(&self, tag: &str) {
-        self.acks.submit(tag.to_string());
-        self.release(tag);
-    }
-
-    /// Put a message back on its queue (warm shutdown, not started yet).
-    pub async fn restore(&self, tag: &str) {
-        retry("restore a message", || self.broker.restore(tag)).await;
-        self.release(tag);
-    }
-
-    /// Stop holding a message: after its ack or restore, or at once for one
-    /// never recorded in the ack bookkeeping (nothing to acknowledge).
-    pub fn release(&self, tag: &str) {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(tag);
+    /// The state of one event loop drawing on the worker's `run_slots`; spawns
+    /// the result batcher on the current runtime.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        broker: Broker,
+        backend: Option<Backend>,
+        settings: Settings,
+        accept: AcceptContent,
+        hostname: String,
+        run_slots: Arc<Semaphore>,
+        phase: watch::Receiver<Phase>,
+    ) -> Shared {
+        let results = backend.clone().map(|b| {
+            batch::Batcher::spawn(None, move |replies: Vec<Reply>| {
+                let b = b.clone();
+                async move {
+                    retry("store task states", || b.store_many(&replies)).await;
+                }
+            })
+        });
+        Shared {
+            sandbox,
+            broker,
+            backend,
+            settings,
+            accept,
+            hostname,
+            run_slots,
+            backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
+            results,
+            phase,
+        }
     }
 
     /// Whether a warm or cold shutdown has begun.
@@ -146,28 +157,22 @@ impl Shared {
     }
 }
 
-/// Retry a broker or backend operation with back-off until it succeeds, or
-/// give up after about two minutes (logged).
-pub(crate) async fn retry<T, E: std::fmt::Display, F, Fut>(what: &str, mut op: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!("could not {what}: {e}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                tracing::error!("giving up trying to {what}: {e}");
-                return None;
-            }
-        }
+/// A broker or backend error that retrying may cure (the server is down or
+/// restarting), as opposed to a configuration mistake.
+pub(crate) trait ConnectionFailure: std::fmt::Display {
+    /// Whether the server could not be reached or refused a command.
+    fn is_connection_error(&self) -> bool;
+}
+
+impl ConnectionFailure for BrokerError {
+    fn is_connection_error(&self) -> bool {
+        BrokerError::is_connection_error(self)
+    }
+}
+
+impl ConnectionFailure for BackendError {
+    fn is_connection_error(&self) -> bool {
+        BackendError::is_connection_error(self)
     }
 }
 
@@ -212,41 +217,30 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         }
     });
 
-    // The main connections: queue declaration, the restore sweep, housekeeping.
-    let (name, s) = (&opts.hostname, &settings);
+    // The main connections: queue declaration and the transport's housekeeping.
+    let (s, name) = (&settings, &opts.hostname);
     let broker =
         connect_with_retry("broker", &broker_url, || Broker::connect_with_settings(&broker_url, s, name)).await?;
     let backend_url = settings.effective_result_backend();
     if let Some(url) = &backend_url {
-        let (expires, persistent) = (settings.result_expires.0, settings.result_persistent);
-        connect_with_retry("result backend", url, || {
-            Backend::connect_with_broker(url, expires, result_serializer, persistent, &broker)
-        })
-        .await?;
+        let expires = settings.result_expires.0;
+        connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer, Some(&broker)))
+            .await?;
     }
 
     let concurrency = settings.concurrency();
     let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
     print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
     broker.declare(&queues).await?;
-    if !broker.unsupported_features().is_empty() {
-        tracing::warn!(
-            "Not available on the {} transport: {}",
-            broker.transport(),
-            broker.unsupported_features().join(", ")
-        );
+    let unsupported = broker.capabilities().unsupported_features();
+    if !unsupported.is_empty() {
+        tracing::warn!("Not available on the {} transport: {}", broker.name(), unsupported.join(", "));
     }
-    tracing::info!("Connected to {}", banner::mask_password(&broker_url));
-    let restored = broker.restore_visible(&HashSet::new()).await.unwrap_or_else(|e| {
-        tracing::warn!("restore sweep failed: {e}");
-        0
-    });
-    if restored > 0 {
-        tracing::info!("Restored {restored} unacknowledged message(s) older than the visibility timeout");
-    }
+    tracing::info!("Connected to {}", mask_password(&broker_url));
+    // Runs until dropped, at the end of this function.
+    let _housekeeping = broker.start_housekeeping().await;
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
@@ -259,11 +253,11 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             settings: settings.clone(),
             accept: accept.clone(),
             result_serializer,
+            broker: broker.clone(),
             broker_url: broker_url.clone(),
             backend_url: backend_url.clone(),
             queues: queues.clone(),
             hostname: opts.hostname.clone(),
-            held: held.clone(),
             phase: phase_rx.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -275,8 +269,6 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     tracing::info!("{} {READY_LINE}", opts.hostname);
 
     tokio::spawn(signals(phase_tx));
-    let interval = settings.broker_transport_options.restore_interval();
-    let housekeeping = tokio::spawn(housekeeping(broker, held, interval));
     let joined = tokio::task::spawn_blocking(move || {
         threads
             .into_iter()
@@ -284,7 +276,6 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     })
     .await?;
-    housekeeping.abort();
     joined.into_iter().collect()
 }
 
@@ -304,11 +295,12 @@ struct LoopContext {
     settings: Settings,
     accept: AcceptContent,
     result_serializer: Serializer,
+    /// The process's main broker connection; the loop opens a channel of it.
+    broker: Broker,
     broker_url: String,
     backend_url: Option<String>,
     queues: Vec<String>,
     hostname: String,
-    held: Arc<Mutex<HashSet<String>>>,
     phase: watch::Receiver<Phase>,
 }
 
@@ -318,55 +310,32 @@ struct LoopContext {
 fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (url, settings, name) = (&ctx.broker_url, &ctx.settings, &ctx.hostname);
-        let broker = connect_with_retry("broker", url, || Broker::connect_with_settings(url, settings, name)).await?;
+        let url = &ctx.broker_url;
+        let main = &ctx.broker;
+        let broker = connect_with_retry("broker", url, || main.open_channel()).await?;
         let backend = match &ctx.backend_url {
             None => None,
             Some(url) => {
                 let (expires, ser) = (ctx.settings.result_expires.0, ctx.result_serializer);
-                let persistent = ctx.settings.result_persistent;
-                Some(
-                    connect_with_retry("result backend", url, || {
-                        Backend::connect_with_broker(url, expires, ser, persistent, &broker)
-                    })
-                    .await?,
-                )
+                let b = &broker;
+                Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, ser, Some(b))).await?)
             }
         };
-        let acks = {
-            let broker = broker.clone();
-            batch::Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
-                let broker = broker.clone();
-                async move {
-                    retry("acknowledge messages", || broker.ack(&tags)).await;
-                }
-            })
-        };
-        let results = backend.clone().map(|b| {
-            batch::Batcher::spawn(None, move |metas: Vec<ResultMeta>| {
-                let b = b.clone();
-                async move {
-                    retry("store task states", || b.store_many(&metas)).await;
-                }
-            })
-        });
-        let shared = Arc::new(Shared {
-            acks,
-            results,
-            sandbox: ctx.sandbox,
+        let prefetch = prefetch_window(&ctx.settings, ctx.slots);
+        let consumer = connect_with_retry("broker", url, || broker.consume(&ctx.queues, prefetch)).await?;
+        let shared = Arc::new(Shared::new(
+            ctx.sandbox,
             broker,
             backend,
-            accept: ctx.accept,
-            hostname: ctx.hostname,
-            run_slots: ctx.run_slots,
-            backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
-            held: ctx.held,
-            phase: ctx.phase,
-            settings: ctx.settings,
-        });
+            ctx.settings,
+            ctx.accept,
+            ctx.hostname,
+            ctx.run_slots,
+            ctx.phase,
+        ));
         tracing::debug!("event loop {} consuming with {} run slots", ctx.index, ctx.slots);
-        let handlers = consume(shared.clone(), &ctx.queues, ctx.slots).await;
-        shutdown(shared, handlers).await;
+        let (handlers, consumer) = consume(shared.clone(), consumer, ctx.slots).await;
+        shutdown(shared, handlers, consumer).await;
         Ok(())
     })
 }
@@ -377,30 +346,25 @@ async fn connect_with_retry<T, F, Fut, E>(what: &str, url: &str, mut f: F) -> an
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
+    E: ConnectionFailure,
 {
     let mut delay = Duration::from_millis(200);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match f().await {
             Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() < deadline && !is_config_error(&e.to_string()) => {
+            Err(e) if tokio::time::Instant::now() < deadline && e.is_connection_error() => {
                 tracing::error!(
                     "Cannot connect to {what} {}: {e}. Trying again in {:.1} seconds...",
-                    banner::mask_password(url),
+                    mask_password(url),
                     delay.as_secs_f64()
                 );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
-            Err(e) => anyhow::bail!("cannot connect to {what} {}: {e}", banner::mask_password(url)),
+            Err(e) => anyhow::bail!("cannot connect to {what} {}: {e}", mask_password(url)),
         }
     }
-}
-
-/// Whether a connection error is a configuration mistake (retrying won't help).
-fn is_config_error(message: &str) -> bool {
-    message.starts_with("invalid ")
 }
 
 /// Turn SIGTERM/SIGINT into shutdown phases: warm first, cold on the second.
@@ -428,29 +392,21 @@ async fn signals(phase: watch::Sender<Phase>) {
     }
 }
 
-/// Periodic chores: refresh the receive time of held messages (so no sweep
-/// restores them) and restore other consumers' messages past the visibility timeout.
-async fn housekeeping(broker: Broker, held: Arc<Mutex<HashSet<String>>>, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let held = held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Err(e) = broker.touch(&held).await {
-            tracing::warn!("could not refresh held messages: {e}");
-        }
-        match broker.restore_visible(&held).await {
-            Ok(0) => {}
-            Ok(n) => tracing::warn!("Restored {n} unacknowledged message(s) past the visibility timeout"),
-            Err(e) => tracing::warn!("restore sweep failed: {e}"),
-        }
-    }
+/// How many unacknowledged messages a loop with `concurrency` run slots may
+/// hold: `worker_prefetch_multiplier` × concurrency, as Celery's QoS counts.
+fn prefetch_window(settings: &Settings, concurrency: u32) -> usize {
+    (settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize
 }
 
 /// The consumer loop: receive while there is prefetch room, until shutdown.
-/// Returns the set of running handler tasks.
-async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> tokio::task::JoinSet<()> {
-    let prefetch = (shared.settings.worker_prefetch_multiplier.max(1) * concurrency).max(concurrency) as usize;
-    let sources = shared.broker.sources(queues);
-    shared.broker.start_consuming(queues, prefetch).await;
+/// Returns the set of running handler tasks, and the consumer (whose acks
+/// the shutdown waits for).
+async fn consume(
+    shared: Arc<Shared>,
+    mut consumer: Box<dyn Consumer>,
+    concurrency: u32,
+) -> (tokio::task::JoinSet<()>, Box<dyn Consumer>) {
+    let prefetch = prefetch_window(&shared.settings, concurrency);
     let room = Arc::new(Semaphore::new(prefetch));
     let mut handlers = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
@@ -477,35 +433,30 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             permits.push(p);
         }
         // Not cancelled on shutdown: a fetch dropped mid-flight could lose a message.
-        match shared.broker.fetch(&sources, permits.len()).await {
+        match consumer.fetch(permits.len()).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
-                // Not recorded yet: taken by the blocking wait, so the worker was idle.
-                let waited = deliveries.iter().any(|d| !d.recorded);
+                // Taken by a blocking wait on empty queues: the worker was idle.
+                let idle = deliveries.iter().any(|d| d.idle);
                 for d in deliveries {
                     let Some(permit) = permits.pop() else { break };
-                    if let Some(tag) = &d.tag {
-                        shared.held.lock().unwrap_or_else(|p| p.into_inner()).insert(tag.clone());
-                    }
                     let s = shared.clone();
                     // Boxed: the handler's state is kilobytes, and tokio would
                     // otherwise copy it several times on its way into the task.
                     handlers.spawn(Box::pin(async move {
                         // The handler gives the prefetch slot back when the message is
                         // acknowledged (or parked for its ETA), as Celery's QoS does.
-                        let tag = d.tag.clone();
+                        let mut fallback = d.acker.duplicate();
                         let run = std::panic::AssertUnwindSafe(request::handle(&s, d, permit));
                         if futures_util::FutureExt::catch_unwind(run).await.is_err() {
                             // A bug, not bad input: drop the message rather than let
                             // it come back forever.
-                            tracing::error!("internal error while handling message {tag:?}; it has been discarded");
-                            if let Some(tag) = tag {
-                                s.ack(&tag);
-                            }
+                            tracing::error!("internal error while handling a message; it has been discarded");
+                            fallback.ack();
                         }
                     }));
                 }
-                if waited {
+                if idle {
                     // The worker was idle and a client is probably waiting on this
                     // task: let it run and its result reach the backend's socket
                     // before the next fetch goes out (ahead of it, Redis would run
@@ -526,13 +477,11 @@ async fn consume(shared: Arc<Shared>, queues: &[String], concurrency: u32) -> to
             }
         }
     }
-    // A push transport stops delivering and gives back what it holds unfetched.
-    shared.broker.stop_consuming().await;
-    handlers
+    (handlers, consumer)
 }
 
 /// Wait for running tasks (bounded), unless a cold shutdown cuts it short.
-async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
+async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>, consumer: Box<dyn Consumer>) {
     let mut phase = shared.phase.clone();
     let wait_all = async { while handlers.join_next().await.is_some() {} };
     let cold = async {
@@ -548,7 +497,7 @@ async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>) {
         if let Some(r) = &shared.results {
             r.barrier().await;
         }
-        shared.acks.barrier().await;
+        consumer.flush().await;
     };
     tokio::select! {
         _ = finish => {}

@@ -11,48 +11,35 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
 use super::{Phase, Shared, canvas, retry};
-use crate::backend::Backend;
-use crate::broker::Delivery;
+use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
+use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::Annotation;
 use crate::protocol::result::{ResultMeta, child_tuple};
-use crate::protocol::{
-    EncodedTask, Envelope, ExceptionInfo, NewTask, ProtocolError, RawMessage, TaskMessage, exception_module, saferepr,
-};
-use crate::sandbox::outcome::CELERIAC_EXC_MODULE;
+use crate::protocol::{EncodedTask, ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
 use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 
-/// How much of a malformed message to show in the log.
-const RAW_PREVIEW: usize = 200;
-
 /// Handle one delivery to the end.
-pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphorePermit) {
-    let decoded = match d.message.take() {
-        // Decoded by the transport (AMQP).
-        Some(raw) => {
-            route_result(s, &raw);
-            TaskMessage::decode(raw, &s.accept)
+pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
+    let Delivery { message, mut acker, .. } = d;
+    let raw = match message {
+        Ok(raw) => raw,
+        Err(BadMessage::Unreadable { error, preview }) => {
+            tracing::error!("Received invalid message: {error}; the message has been ignored and discarded: {preview}");
+            acker.ack();
+            return;
         }
-        None => {
-            let envelope = match Envelope::parse(&d.payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(
-                        "Received invalid message: {e}; the message has been ignored and discarded: {}",
-                        preview(&d.payload)
-                    );
-                    ack(s, &d);
-                    return;
-                }
-            };
-            TaskMessage::from_envelope(&envelope, &s.accept)
+        Err(BadMessage::Undecodable(e)) => {
+            // Held while its FAILURE is written (which may wait out a backend outage).
+            acker.hold();
+            return Box::pin(reject(s, &mut acker, e, Routing::default())).await;
         }
     };
-    let msg = match decoded {
+    let routing = Routing::of(&raw.delivery);
+    let msg = match TaskMessage::decode(raw, &s.accept) {
         Ok(m) => m,
         Err(e) => {
-            // Held while its FAILURE is written (which may wait out a backend outage).
-            s.broker.record(&mut d);
-            return Box::pin(reject(s, &d, e)).await;
+            acker.hold();
+            return Box::pin(reject(s, &mut acker, e, routing)).await;
         }
     };
     if !s.sandbox.serves(&msg.task).await {
@@ -64,30 +51,17 @@ pub(crate) async fn handle(s: &Shared, mut d: Delivery, prefetch: OwnedSemaphore
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
-        s.broker.record(&mut d);
-        Box::pin(store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None)).await;
-        ack(s, &d);
+        acker.hold();
+        Box::pin(store_exception(s, &msg, &routing, &ExceptionInfo::not_registered(&msg.task), None)).await;
+        acker.ack();
         return;
     }
-    run(s, &mut d, msg, prefetch).await;
-}
-
-/// Tell the rpc backend where this message's states go: the client's
-/// `reply_to` queue, under the task id (`headers.id`, else `correlation_id`).
-fn route_result(s: &Shared, raw: &RawMessage) {
-    let Some(rpc) = s.backend.as_ref().and_then(Backend::as_rpc) else { return };
-    if s.settings.task_ignore_result || raw.headers.get("ignore_result").and_then(Value::as_bool) == Some(true) {
-        return;
-    }
-    let id = raw.headers.get("id").and_then(Value::as_str).or(raw.delivery.correlation_id.as_deref());
-    if let (Some(id), Some(reply_to)) = (id, raw.delivery.reply_to.as_deref()) {
-        rpc.route(id, reply_to);
-    }
+    run(s, &mut acker, msg, routing, prefetch).await;
 }
 
 /// A message that could not be decoded: log it, fail the task if its id is
 /// known, and drop the message.
-async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
+async fn reject(s: &Shared, acker: &mut Acker, e: ProtocolError, routing: Routing) {
     let exc = match &e {
         ProtocolError::ContentDisallowed { content_type, .. } => ExceptionInfo::new(
             "ContentDisallowed",
@@ -98,19 +72,29 @@ async fn reject(s: &Shared, d: &Delivery, e: ProtocolError) {
     };
     tracing::error!("Received invalid task message: {e}\nThe message has been ignored and discarded.");
     if let Some(id) = e.task_id() {
-        store(s, ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()))).await;
+        store(s, &routing, ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()))).await;
     }
-    ack(s, d);
+    acker.ack();
 }
 
-/// Acknowledge a message (or just let go of it if it was never recorded:
-/// see [`Delivery::recorded`]).
-fn ack(s: &Shared, d: &Delivery) {
-    match (&d.tag, d.recorded) {
-        (Some(tag), true) => s.ack(tag),
-        (Some(tag), false) => s.release(tag),
-        (None, _) => {}
+/// Hand a task whose ETA is `wait` away to the transport's delayed
+/// delivery, if it has one and the ETA is beyond its horizon; true once the
+/// broker has the copy (the caller then acknowledges the original). On
+/// failure the worker holds the message itself.
+async fn park(s: &Shared, msg: &TaskMessage, wait: std::time::Duration) -> bool {
+    let Some(delayed) = s.broker.delayed_delivery() else { return false };
+    if wait <= delayed.horizon() {
+        return false;
     }
+    let encoded = match msg.to_new_task().encode() {
+        // Back to the queue it was consumed from when it is due.
+        Ok(e) => EncodedTask { routing_key: msg.delivery.routing_key.clone(), ..e },
+        Err(e) => {
+            tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
+            return false;
+        }
+    };
+    retry("park an ETA task", || delayed.park(&encoded, wait)).await.is_some()
 }
 
 /// Wait until `phase` leaves `Running`.
@@ -123,7 +107,7 @@ async fn stopped(mut phase: watch::Receiver<Phase>) {
 }
 
 /// Run a decoded task message.
-async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSemaphorePermit) {
+async fn run(s: &Shared, acker: &mut Acker, msg: TaskMessage, routing: Routing, prefetch: OwnedSemaphorePermit) {
     // Held while the message counts against the prefetch window; then traded
     // for a backlog slot, which bounds results not yet written.
     let mut prefetch = Some(prefetch);
@@ -132,66 +116,70 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
     let annotation = s.settings.annotation(&msg.task);
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
 
+    // A far-future ETA is kept by the transport when it can (AMQP's delay
+    // queues): the original is acknowledged once the copy is safe.
+    if let Some(eta) = msg.eta
+        && let Ok(wait) = (eta - Utc::now()).to_std()
+        && Box::pin(park(s, &msg, wait)).await
+    {
+        tracing::debug!("Task {name}[{}] parked until its ETA {eta}", msg.id);
+        acker.ack();
+        return;
+    }
     // Wait for the ETA, giving the message back if the worker stops first.
-    if let Some(eta) = msg.eta {
-        if let Ok(wait) = (eta - Utc::now()).to_std()
-            && Box::pin(park(s, d, &msg, wait)).await
-        {
-            tracing::debug!("Task {name}[{}] parked until its ETA {eta}", msg.id);
-            return;
-        }
-        if let Ok(wait) = (eta - Utc::now()).to_std() {
-            // Celery does not count ETA tasks against the prefetch limit.
-            prefetch = None;
-            s.broker.record(d);
-            tokio::select! {
-                // Biased: once the worker is stopping, never start (give back instead).
-                biased;
-                _ = stopped(s.phase.clone()) => return Box::pin(give_back(s, d)).await,
-                _ = tokio::time::sleep(wait) => {}
-            }
+    if let Some(eta) = msg.eta
+        && let Ok(wait) = (eta - Utc::now()).to_std()
+    {
+        // Celery does not count ETA tasks against the prefetch limit.
+        prefetch = None;
+        acker.hold();
+        tokio::select! {
+            // Biased: once the worker is stopping, never start (give back instead).
+            biased;
+            _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
+            _ = tokio::time::sleep(wait) => {}
         }
     }
     if msg.is_expired(Utc::now()) {
         tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
         if !ignores_result(s, &msg, &annotation) {
-            s.broker.record(d);
-            store(s, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
+            acker.hold();
+            store(s, &routing, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
         }
-        ack(s, d);
+        acker.ack();
         return;
     }
     if s.stopping() {
-        return Box::pin(give_back(s, d)).await;
+        return Box::pin(acker.requeue()).await;
     }
     let slot = match s.run_slots.try_acquire() {
         Ok(slot) => slot,
         Err(_) => {
             // Held while it waits for a slot: it must be in the bookkeeping.
-            s.broker.record(d);
+            acker.hold();
             let slot = tokio::select! {
                 biased;
-                _ = stopped(s.phase.clone()) => return Box::pin(give_back(s, d)).await,
+                _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
                 p = s.run_slots.acquire() => p,
             };
-            let Ok(slot) = slot else { return Box::pin(give_back(s, d)).await };
+            let Ok(slot) = slot else { return Box::pin(acker.requeue()).await };
             slot
         }
     };
     let _backlog;
     if !acks_late {
-        ack(s, d);
+        acker.ack();
         _backlog = s.backlog.clone().acquire_owned().await.ok();
         prefetch = None;
     } else {
-        s.broker.record(d);
+        acker.hold();
     }
 
     let ignore_result = ignores_result(s, &msg, &annotation);
     let results = if ignore_result { None } else { s.results.as_ref() };
     if results.is_some() && annotation.track_started.unwrap_or(s.settings.task_track_started) {
         let meta = ResultMeta::started(&msg.id, std::process::id(), &s.hostname);
-        store(s, base_meta(&msg, meta)).await;
+        store(s, &routing, base_meta(&msg, meta)).await;
     }
 
     // Custom states from the guest, written as they come (latest wins).
@@ -199,6 +187,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
     let writer = results.map(|b| {
         let id = msg.id.clone();
         let meta_base = (msg.group.clone(), msg.parent_id.clone());
+        let routing = routing.clone();
         let b = b.clone();
         tokio::spawn(async move {
             while updates.changed().await.is_ok() {
@@ -206,7 +195,7 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
                 let meta = ResultMeta::custom(&id, &u.state, u.meta)
                     .with_group_id(meta_base.0.clone())
                     .with_parent_id(meta_base.1.clone());
-                b.write(meta).await;
+                b.write(Reply { meta, routing: routing.clone() }).await;
             }
         })
     });
@@ -234,8 +223,8 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
         Err(e) => {
             // Only possible if the task vanished between the check and the call.
             tracing::error!("{e}");
-            Box::pin(store_exception(s, &msg, &ExceptionInfo::not_registered(&msg.task), None)).await;
-            ack(s, d);
+            Box::pin(store_exception(s, &msg, &routing, &ExceptionInfo::not_registered(&msg.task), None)).await;
+            acker.ack();
             return;
         }
     };
@@ -251,45 +240,55 @@ async fn run(s: &Shared, d: &mut Delivery, msg: TaskMessage, prefetch: OwnedSema
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
             if results.is_some() {
-                store(s, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
+                store(s, &routing, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
             }
         }
         Outcome::Failure(f) => {
-            let module = exception_module_for(&f.exc_type, f.exc_module.as_deref());
+            // Already one a client may safely rebuild (sandbox::outcome::raised).
+            let module = f.exc_module.clone();
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
-                store(s, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
+                store(s, &routing, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
             }
         }
     }
     if let (Some(b), Some(group), Some((state, value)), true) =
         (&s.backend, msg.group.as_deref(), &chord_entry, results.is_some())
     {
-        Box::pin(chord_part_return(s, b, group, &msg, state, value)).await;
+        match b.chords() {
+            Some(chords) => Box::pin(chord_part_return(s, chords, group, &msg, state, value)).await,
+            None => tracing::error!("chord {group}: chords need the Redis result backend; the body will not run"),
+        }
     }
     if acks_late {
-        ack(s, d);
+        acker.ack();
     }
     drop(prefetch);
 }
 
 /// Count a finished chord header member; the worker that completes the chord
 /// sends (or fails) its body.
-async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &TaskMessage, state: &str, result: &Value) {
-    let Some(redis) = backend.as_redis() else {
-        tracing::error!("chord {group}: chords need the Redis result backend; the body will not run");
-        return;
+async fn chord_part_return(
+    s: &Shared,
+    chords: &dyn ChordCounter,
+    group_id: &str,
+    msg: &TaskMessage,
+    state: &str,
+    result: &Value,
+) {
+    let member = ChordMember {
+        group_id,
+        task_id: &msg.id,
+        index: msg.group_index.unwrap_or(0),
+        state,
+        result,
+        chord_size: msg.embed.chord.as_ref().and_then(|c| c.get("chord_size")).and_then(Value::as_u64),
     };
-    let size = msg.embed.chord.as_ref().and_then(|c| c.get("chord_size")).and_then(Value::as_u64);
-    let index = msg.group_index.unwrap_or(0);
-    let Some(entries) =
-        retry("count a chord member", || redis.chord_part_return(group, &msg.id, index, state, result, size))
-            .await
-            .flatten()
-    else {
+    let group = group_id;
+    let Some(entries) = retry("count a chord member", || chords.chord_part_return(member)).await.flatten() else {
         return;
     };
     match canvas::chord_body(msg, &entries, &s.settings) {
@@ -299,11 +298,12 @@ async fn chord_part_return(s: &Shared, backend: &Backend, group: &str, msg: &Tas
         Ok(canvas::ChordOutcome::Fail { body_id, message }) => {
             tracing::error!("Chord {group} failed: {message}");
             let exc = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
-            store(s, ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()))).await;
+            let meta = ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()));
+            store(s, &Routing::default(), meta).await;
         }
         Err(e) => tracing::error!("chord {group}: cannot send its body: {e}"),
     }
-    retry("clean up a chord", || redis.chord_done(group)).await;
+    retry("clean up a chord", || chords.chord_done(group)).await;
 }
 
 /// Publish continuations; returns the `children` entries of the ones sent.
@@ -343,53 +343,6 @@ async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError
     Some(children)
 }
 
-/// The module stored for a task's exception. A guest may name its own module,
-/// except for the Python exceptions that are not `Exception`s: a client
-/// re-raising `builtins.SystemExit` or `KeyboardInterrupt` from `.get()` would
-/// stop the client itself, so those become Celeriac's stand-in classes.
-fn exception_module_for(exc_type: &str, guest_module: Option<&str>) -> String {
-    const NOT_EXCEPTIONS: &[&str] =
-        &["BaseException", "BaseExceptionGroup", "SystemExit", "KeyboardInterrupt", "GeneratorExit"];
-    if NOT_EXCEPTIONS.contains(&exc_type) {
-        return CELERIAC_EXC_MODULE.to_string();
-    }
-    guest_module.map(str::to_string).unwrap_or_else(|| exception_module(exc_type, CELERIAC_EXC_MODULE).to_string())
-}
-
-/// Hand a far-future ETA task to the transport to keep until it is due
-/// (AMQP's delay queues) instead of holding it unacknowledged; true when it
-/// did (the delivery is then acknowledged). On failure the worker holds it.
-async fn park(s: &Shared, d: &Delivery, msg: &TaskMessage, wait: std::time::Duration) -> bool {
-    let Some(tag) = &d.tag else { return false };
-    let encoded = match msg.to_new_task().encode() {
-        // Back to the queue it was consumed from when it is due.
-        Ok(e) => EncodedTask { routing_key: d.queue.clone(), ..e },
-        Err(e) => {
-            tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
-            return false;
-        }
-    };
-    match retry("park an ETA task", || s.broker.park(tag, &encoded, wait)).await {
-        Some(true) => {
-            s.release(tag);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Put a message that has not started back on its queue.
-async fn give_back(s: &Shared, d: &mut Delivery) {
-    // The restore moves the recorded entry back to the queue: the record must
-    // be there, not merely sent (a failed one would lose the message).
-    if !d.recorded && retry("record a message to give it back", || s.broker.record_confirmed(d)).await.is_some() {
-        d.recorded = true;
-    }
-    if let Some(tag) = &d.tag {
-        s.restore(tag).await;
-    }
-}
-
 /// Whether no result is stored for this message (`annotation` is its task's).
 fn ignores_result(s: &Shared, msg: &TaskMessage, annotation: &Annotation) -> bool {
     s.backend.is_none()
@@ -405,16 +358,22 @@ fn base_meta(msg: &TaskMessage, meta: ResultMeta) -> ResultMeta {
 }
 
 /// Store a FAILURE (or NotRegistered...) for a message, if results are on for it.
-async fn store_exception(s: &Shared, msg: &TaskMessage, exc: &ExceptionInfo, traceback: Option<String>) {
+async fn store_exception(
+    s: &Shared,
+    msg: &TaskMessage,
+    routing: &Routing,
+    exc: &ExceptionInfo,
+    traceback: Option<String>,
+) {
     if !ignores_result(s, msg, &s.settings.annotation(&msg.task)) {
-        store(s, base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
+        store(s, routing, base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
     }
 }
 
 /// Store a state (with the next batch) and wait until it is written.
-async fn store(s: &Shared, meta: ResultMeta) {
+async fn store(s: &Shared, routing: &Routing, meta: ResultMeta) {
     if let Some(r) = &s.results {
-        r.write(meta).await;
+        r.write(Reply { meta, routing: routing.clone() }).await;
     }
 }
 
@@ -431,25 +390,5 @@ fn request_context(s: &Shared, msg: &TaskMessage) -> Request {
         group_id: msg.group.clone(),
         hostname: s.hostname.clone(),
         headers: msg.headers.clone(),
-    }
-}
-
-/// The start of a raw message, for log lines about bad input.
-fn preview(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(RAW_PREVIEW)]).into_owned();
-    if bytes.len() > RAW_PREVIEW { format!("{text:?}...") } else { format!("{text:?}") }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exception_module_for;
-
-    #[test]
-    fn guests_cannot_make_clients_raise_system_exit() {
-        assert_eq!(exception_module_for("SystemExit", Some("builtins")), "celeriac.exceptions");
-        assert_eq!(exception_module_for("KeyboardInterrupt", None), "celeriac.exceptions");
-        assert_eq!(exception_module_for("ValueError", None), "builtins");
-        assert_eq!(exception_module_for("InvoiceMissing", Some("billing")), "billing");
-        assert_eq!(exception_module_for("InvoiceMissing", None), "celeriac.exceptions");
     }
 }

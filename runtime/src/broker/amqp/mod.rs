@@ -13,7 +13,7 @@
 //! - **Consuming**: one channel per consumer set, `basic.qos(prefetch,
 //!   global=false)` (per consumer; quorum queues accept nothing else), manual
 //!   acks. Each delivery reaches the worker as an [`AmqpDelivery`]: the
-//!   decoded [`RawMessage`] plus an [`AckHandle`] (ack / requeue / reject) on
+//!   decoded [`RawMessage`] plus a [`DeliveryAck`] (ack / requeue / reject) on
 //!   the channel it came from. A consumer the broker cancels (queue deleted)
 //!   is declared and consumed again; a lost connection is re-established with
 //!   back-off, through the failover list, and consuming resumes (the broker
@@ -38,7 +38,7 @@
 //!   so it makes at most one hop per level (log₂ d hops). Python workers on
 //!   the same queue see an ordinary (redelivered-looking) task message.
 
-pub mod bridge;
+pub mod transport;
 pub mod url;
 
 use std::collections::HashMap;
@@ -174,6 +174,21 @@ pub struct AmqpBroker {
     inner: Arc<Inner>,
 }
 
+/// What an [`AmqpBroker`] was connected with, to open more connections alike.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    /// The broker URL (a failover list is allowed).
+    pub url: String,
+    /// `broker_use_ssl` (overrides the URL's TLS options).
+    pub ssl: Option<SslOptions>,
+    /// Declarations.
+    pub topology: Topology,
+    /// Connection label (the node name).
+    pub name: String,
+    /// `result_persistent`: rpc replies with `delivery_mode` 2.
+    pub result_persistent: bool,
+}
+
 /// One received message and the handle that settles it.
 pub struct AmqpDelivery {
     /// The queue it was consumed from (the routing key may differ).
@@ -181,21 +196,21 @@ pub struct AmqpDelivery {
     /// The message, transport-neutral.
     pub message: RawMessage,
     /// Ack / requeue / reject on the channel it arrived on.
-    pub ack: AckHandle,
+    pub ack: DeliveryAck,
 }
 
 /// Settles one delivery on the channel it came from. If that channel or its
 /// connection is gone, the broker has already put the message back; settling
 /// it then reports an error and changes nothing.
 #[derive(Clone, Debug)]
-pub struct AckHandle {
+pub struct DeliveryAck {
     acker: lapin::Acker,
     /// Keeps the channel open until the delivery is settled (lapin closes a
     /// channel when its last handle goes, and the broker would requeue).
     _channel: Channel,
 }
 
-impl AckHandle {
+impl DeliveryAck {
     /// `basic.ack`: the message is done with.
     pub async fn ack(&self) -> Result<(), AmqpError> {
         self.acker.ack(BasicAckOptions::default()).await?;
@@ -542,7 +557,7 @@ impl AmqpBroker {
                         }
                     }
                     // The channel stays open while the worker holds deliveries
-                    // from it (each AckHandle keeps it): running tasks still acknowledge.
+                    // from it (each DeliveryAck keeps it): running tasks still acknowledge.
                     return Ok(());
                 }
                 item = streams.next() => item,
@@ -560,7 +575,7 @@ impl AmqpBroker {
                         .send(AmqpDelivery {
                             queue,
                             message,
-                            ack: AckHandle { acker: d.acker, _channel: channel.clone() },
+                            ack: DeliveryAck { acker: d.acker, _channel: channel.clone() },
                         })
                         .await
                         .is_err()

@@ -124,7 +124,7 @@ pub fn parse_failover(url: &str) -> Result<Vec<AmqpUrl>, UrlError> {
 
 /// Parse one AMQP URL.
 pub fn parse(url: &str) -> Result<AmqpUrl, UrlError> {
-    let masked = || crate::worker::mask_password(url);
+    let masked = || crate::connection::url::mask_password(url);
     let tls = scheme_tls(url).ok_or_else(|| UrlError::Scheme(masked()))?;
     let rest = &url[url.find("://").map_or(0, |i| i + 3)..];
     let (rest, query) = match rest.split_once('?') {

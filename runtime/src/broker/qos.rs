@@ -1,0 +1,262 @@
+//! kombu's virtual-transport QoS, shared by the Redis, SQLite and in-memory transports.
+//!
+//! kombu's "virtual" transports (Redis, SQLAlchemy, ...) emulate AMQP's
+//! acknowledgements on a server that has none: a received message is recorded
+//! as unacknowledged under a delivery tag, an ack deletes the record, and a
+//! sweep puts back records older than the visibility timeout
+//! (`kombu.transport.virtual.base.QoS`, `restore_visible`). This module is that
+//! machinery, once, over a transport's [`Bookkeeping`]:
+//!
+//! - [`QosConsumer`] turns what the transport fetched into [`Delivery`] values
+//!   (the envelope decoded once) and remembers which tags this process holds;
+//! - [`QosAck`] is each delivery's ack handle: acks go out in batches (one
+//!   round trip per millisecond at most), a give-back restores the record, and
+//!   a message the transport did not record yet (Redis's `BRPOP` on an idle
+//!   worker) is recorded only when the worker holds on to it;
+//! - [`start_housekeeping`] refreshes the records of held messages and restores
+//!   other consumers' abandoned ones, for the whole process.
+//!
+//! A transport with real acknowledgements (AMQP) needs none of this.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{AckHandle, Acker, BoxFuture, BrokerError, Consumer, Delivery, Housekeeping, decode_envelope};
+use crate::batch::Batcher;
+use crate::connection::retry;
+
+/// How long acknowledgements wait to be sent together. Nothing waits on an
+/// ack; a crash inside this window means the task runs again after the
+/// visibility timeout (at-least-once, as with any early ack).
+pub const ACK_LINGER: Duration = Duration::from_millis(1);
+
+/// One message as a virtual transport fetched it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The queue (list) it came from.
+    pub queue: String,
+    /// The raw message: a kombu JSON envelope.
+    pub payload: Vec<u8>,
+    /// The delivery tag it is recorded under as unacknowledged (`None`: not
+    /// recorded: see `recorded`).
+    pub tag: Option<String>,
+    /// Whether it is in the ack bookkeeping. On Redis, a message taken by
+    /// the blocking wait on empty queues (the worker was idle) is not yet: it
+    /// is recorded under its envelope's tag when the worker holds on to it,
+    /// and not at all when it is acknowledged as it starts, at once.
+    pub recorded: bool,
+}
+
+/// A received message not recorded in the bookkeeping yet: what recording
+/// it needs.
+#[derive(Debug, Clone)]
+pub struct Unrecorded {
+    /// The envelope's bytes, recorded as they are.
+    pub payload: Vec<u8>,
+    /// `delivery_info.exchange` (`""` when absent or not a string).
+    pub exchange: String,
+    /// `delivery_info.routing_key` (`""` when absent or not a string).
+    pub routing_key: String,
+}
+
+/// A virtual transport's unacknowledged-message bookkeeping.
+pub trait Bookkeeping: Clone + Send + Sync + 'static {
+    /// Receive up to `max` messages from `sources`, waiting up to about a second.
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send;
+
+    /// Delete the records of acknowledged messages.
+    fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Put a recorded message back on its queue; false if it was gone.
+    fn restore(&self, tag: &str) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+
+    /// Refresh the records of messages this process holds.
+    fn touch(&self, tags: &HashSet<String>) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Restore records older than the visibility timeout, except `ours`.
+    fn restore_visible(&self, ours: &HashSet<String>) -> impl Future<Output = Result<usize, BrokerError>> + Send;
+
+    /// Record a message fetched unrecorded, without waiting for the reply.
+    fn record(&self, _tag: &str, _message: &Unrecorded) {}
+
+    /// Record a message fetched unrecorded and wait until the server has it.
+    fn record_confirmed(
+        &self,
+        _tag: &str,
+        _message: &Unrecorded,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// Tags of the messages this process holds (received, not yet acknowledged
+/// or given back), shared by all its connections and its housekeeping.
+#[derive(Clone, Default)]
+pub struct Held(Arc<Mutex<HashSet<String>>>);
+
+impl Held {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, tag: &str) {
+        self.set().insert(tag.to_string());
+    }
+
+    fn remove(&self, tag: &str) {
+        self.set().remove(tag);
+    }
+
+    /// The tags held right now.
+    pub fn snapshot(&self) -> HashSet<String> {
+        self.set().clone()
+    }
+}
+
+/// What every delivery of one consumer shares.
+struct Context<B> {
+    books: B,
+    acks: Batcher<String>,
+    held: Held,
+}
+
+/// A consumer of a virtual transport: fetches, decodes, hands out ack handles.
+pub struct QosConsumer<B: Bookkeeping> {
+    ctx: Arc<Context<B>>,
+    sources: Vec<String>,
+}
+
+impl<B: Bookkeeping> QosConsumer<B> {
+    /// A consumer fetching from `sources` (worked out once: on Redis, the
+    /// lists of every queue and priority step, in kombu's polling order).
+    /// Spawns its ack batcher on the current runtime.
+    pub fn new(books: B, sources: Vec<String>, held: Held) -> Self {
+        let acks = {
+            let books = books.clone();
+            Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
+                let books = books.clone();
+                async move {
+                    retry("acknowledge messages", || books.ack(&tags)).await;
+                }
+            })
+        };
+        QosConsumer { ctx: Arc::new(Context { books, acks, held }), sources }
+    }
+
+    /// A delivery for a fetched message: its envelope decoded once.
+    fn delivery(&self, r: Received) -> Delivery {
+        if r.recorded {
+            let (_, message) = decode_envelope(&r.payload, |_| ());
+            if let Some(t) = &r.tag {
+                self.ctx.held.insert(t);
+            }
+            return Delivery { message, acker: self.acker(r.tag, None), idle: false };
+        }
+        // Not recorded yet: its tag and routing come from the envelope.
+        let (seen, message) = decode_envelope(&r.payload, |env| {
+            let tag = env.delivery_tag().filter(|t| !t.is_empty()).map(str::to_string);
+            (tag, env.exchange().unwrap_or_default().to_string(), env.routing_key().unwrap_or_default().to_string())
+        });
+        let Some((tag, exchange, routing_key)) = seen else {
+            // Not an envelope: nothing can be recorded or acknowledged.
+            return Delivery { message, acker: self.acker(None, None), idle: true };
+        };
+        if let Some(t) = &tag {
+            self.ctx.held.insert(t);
+        }
+        let unrecorded = Unrecorded { payload: r.payload, exchange, routing_key };
+        Delivery { message, acker: self.acker(tag, Some(unrecorded)), idle: true }
+    }
+
+    fn acker(&self, tag: Option<String>, unrecorded: Option<Unrecorded>) -> Acker {
+        Acker::new(QosAck { ctx: self.ctx.clone(), tag, unrecorded })
+    }
+}
+
+impl<B: Bookkeeping> Consumer for QosConsumer<B> {
+    fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>> {
+        Box::pin(async move {
+            let got = self.ctx.books.fetch(&self.sources, max).await?;
+            Ok(got.into_iter().map(|r| self.delivery(r)).collect())
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.ctx.acks.barrier())
+    }
+}
+
+/// The ack handle of one delivery of a virtual transport.
+pub struct QosAck<B: Bookkeeping> {
+    ctx: Arc<Context<B>>,
+    /// The tag it is (or will be) recorded under; `None`: nothing to acknowledge.
+    tag: Option<String>,
+    /// Set while it is not recorded yet.
+    unrecorded: Option<Unrecorded>,
+}
+
+impl<B: Bookkeeping> AckHandle for QosAck<B> {
+    fn ack(&mut self) {
+        let Some(tag) = &self.tag else { return };
+        // A message never recorded needs no ack: there is no record to delete.
+        if self.unrecorded.is_none() {
+            self.ctx.acks.submit(tag.clone());
+        }
+        self.ctx.held.remove(tag);
+    }
+
+    fn requeue(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(tag) = &self.tag else { return };
+            let ctx = &self.ctx;
+            // The restore moves the record back to the queue: the record must
+            // be there, not merely sent (a failed one would lose the message).
+            if let Some(m) = &self.unrecorded
+                && retry("record a message to give it back", || ctx.books.record_confirmed(tag, m)).await.is_some()
+            {
+                self.unrecorded = None;
+            }
+            retry("restore a message", || ctx.books.restore(tag)).await;
+            ctx.held.remove(tag);
+        })
+    }
+
+    fn hold(&mut self) {
+        if let (Some(tag), Some(m)) = (&self.tag, self.unrecorded.take()) {
+            self.ctx.books.record(tag, &m);
+        }
+    }
+
+    fn clone_box(&self) -> Box<dyn AckHandle> {
+        Box::new(QosAck { ctx: self.ctx.clone(), tag: self.tag.clone(), unrecorded: None })
+    }
+}
+
+/// Start the QoS housekeeping of a process: one restore sweep now (messages
+/// of workers that died), then every `interval` a refresh of the records of
+/// the messages it holds (so no sweep, ours or a Python worker's, restores a
+/// message still being worked on) and a sweep of the others' records past the
+/// visibility timeout.
+pub async fn start_housekeeping<B: Bookkeeping>(books: B, held: Held, interval: Duration) -> Housekeeping {
+    match books.restore_visible(&HashSet::new()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("Restored {n} unacknowledged message(s) older than the visibility timeout"),
+        Err(e) => tracing::warn!("restore sweep failed: {e}"),
+    }
+    Housekeeping::spawned(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let held = held.snapshot();
+            if let Err(e) = books.touch(&held).await {
+                tracing::warn!("could not refresh held messages: {e}");
+            }
+            match books.restore_visible(&held).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!("Restored {n} unacknowledged message(s) past the visibility timeout"),
+                Err(e) => tracing::warn!("restore sweep failed: {e}"),
+            }
+        }
+    }))
+}
