@@ -416,3 +416,22 @@ def test_amqps_verifies_the_broker_certificate(worker, rabbitmq_server, vhost, r
                wait_ready=False)
     w.wait_for_log(r"(?i)cannot connect to broker", timeout=30)
     assert "ready." not in w.log_text()
+
+
+@pytest.mark.celeriac_only
+def test_celeriac_call_publishes_over_amqp(worker, rabbitmq_server, vhost, redis_server):
+    import subprocess
+    from conftest import CELERIAC_BIN, REPO_ROOT
+    amqp_worker(worker, rabbitmq_server, vhost, backend=redis_server.url(1))
+    out = subprocess.run([str(CELERIAC_BIN), "call", "tasks.add", "4", "4", "--wait", "--timeout", "30",
+                          "--broker", rabbitmq_server.url(vhost), "--result-backend", redis_server.url(1)],
+                         capture_output=True, text=True, timeout=60, env=_base_env(), cwd=REPO_ROOT,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8"
+    # rpc:// results can only be read by the client that sent the task: a clear error, not a hang.
+    out = subprocess.run([str(CELERIAC_BIN), "call", "tasks.add", "1", "1", "--wait", "--broker",
+                          rabbitmq_server.url(vhost), "--result-backend", "rpc://"],
+                         capture_output=True, text=True, timeout=60, env=_base_env(), cwd=REPO_ROOT,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode != 0 and "rpc://" in out.stderr, out.stderr
