@@ -209,14 +209,16 @@ def test_priorities_are_honoured_on_a_priority_queue(worker, rabbitmq_server, vh
     app, t = amqp_app("rpc://", task_queue_max_priority=10)
     busy = t["sleep"].delay(2)
     w.wait_for_log(rf"Task tasks\.sleep\[{re.escape(busy.id)}\] received")
-    low = [t["add"].apply_async((i, 0), priority=0) for i in range(6)]
+    low = [t["add"].apply_async((i, 0), priority=0) for i in range(12)]
     high = [t["add"].apply_async((i, 100), priority=9) for i in range(3)]
     assert [r.get(timeout=60) for r in high] == [i + 100 for i in range(3)]
-    assert [r.get(timeout=60) for r in low] == list(range(6))
+    assert [r.get(timeout=60) for r in low] == list(range(12))
     order = succeeded_order(w)
     last_high = max(order.index(r.id) for r in high)
-    # At most one low task was already prefetched when the high ones arrived.
-    assert sum(order.index(r.id) < last_high for r in low) <= 2, order
+    # Only the few low tasks already prefetched (or handed to a pool process,
+    # with Celery) when the high ones arrived run before them; without
+    # priorities all twelve would.
+    assert sum(order.index(r.id) < last_high for r in low) <= 4, order
     log_has_no_406(w)
 
 
