@@ -73,9 +73,19 @@ def log_has_no_406(*procs: ManagedProcess) -> None:
             f"{p.name} log shows a 406:\n{p.tail()}"
 
 
-def start_python_worker(tmp_path, rabbitmq_server, vhost, *, queues: str, name: str, backend: str = "rpc://",
-                        settings: dict | None = None) -> ManagedProcess:
-    """A real Python Celery worker (the neighbour) on the same vhost, serving ``standin_tasks``."""
+@pytest.fixture
+def python_neighbours():
+    """Python workers started by a test, stopped at its end."""
+    started: list[ManagedProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def start_python_worker(started: list, tmp_path, rabbitmq_server, vhost, *, queues: str, name: str,
+                        backend: str = "rpc://", settings: dict | None = None) -> ManagedProcess:
+    """A real Python Celery worker (the neighbour) on the same vhost, serving ``standin_tasks``;
+    appended to ``started`` (the ``python_neighbours`` fixture stops it)."""
     config = tmp_path / f"python-{name}.toml"
     config.write_text(toml_config(broker_url=rabbitmq_server.url(vhost), result_backend=backend,
                                   **(settings or {})))
@@ -85,6 +95,7 @@ def start_python_worker(tmp_path, rabbitmq_server, vhost, *, queues: str, name: 
     proc = ManagedProcess(f"python-worker-{name}", argv, tmp_path / f"python-worker-{name}.log",
                           env=_base_env({"PYTHONPATH": str(TESTS_DIR), "STANDIN_CONFIG": str(config)}),
                           cwd=TESTS_DIR)
+    started.append(proc)
     proc.start()
     proc.wait_ready(READY_TIMEOUT)
     return proc
@@ -185,9 +196,10 @@ SHARING = {
 
 @pytest.mark.parametrize("kind", list(SHARING))
 def test_a_python_worker_and_this_worker_share_a_vhost_without_a_406(kind, worker, rabbitmq_server, vhost,
-                                                                      amqp_app, tmp_path):
+                                                                      amqp_app, tmp_path, python_neighbours):
     settings = SHARING[kind]
-    py = start_python_worker(tmp_path, rabbitmq_server, vhost, queues="py", name="py", settings=settings)
+    py = start_python_worker(python_neighbours, tmp_path, rabbitmq_server, vhost, queues="py", name="py",
+                             settings=settings)
     w = amqp_worker(worker, rabbitmq_server, vhost, queues="wasm,celery", settings=settings)
     app, t = amqp_app("rpc://", **settings)
     on_py = [t["add"].apply_async((i, 1), queue="py") for i in range(5)]
