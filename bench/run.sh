@@ -12,6 +12,7 @@
 #
 # Examples:  bench/run.sh --quick      bench/run.sh      bench/run.sh --n 50000 --repeat 5
 #            bench/run.sh --callgrind    (instructions per task, bench/profile.py)
+#            bench/run.sh --broker amqp [--n 10000]   (over RabbitMQ, bench/amqp_quick.py)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,6 +50,23 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "[bench] installing bench/requirements.txt into $VENV" >&2
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
     echo "$want" > "$stamp"
+fi
+
+if [ "${1:-}" = "--broker" ] && [ "${2:-}" = "amqp" ]; then
+    # Over RabbitMQ (bench/amqp_quick.py): a private rabbitmq-server node, rpc:// results.
+    shift 2
+    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "rabbitmq-server is missing: install it (apt-get install -y rabbitmq-server) and rerun" >&2
+            exit 1
+        fi
+        echo "[bench] installing rabbitmq-server with apt-get" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+        service rabbitmq-server stop >/dev/null 2>&1 || true   # the harness runs its own node
+    fi
+    (cd "$HERE/.." && make tasks >&2 && cargo build --release -p celeriac >&2)
+    exec "$VENV/bin/python" "$HERE/amqp_quick.py" --bin "$HERE/../target/release/celeriac" "$@"
 fi
 
 if [ "${1:-}" = "--callgrind" ]; then

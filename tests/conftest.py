@@ -9,6 +9,8 @@ Fixtures (see tests/README.md):
 * ``redis_server``  (session)  -- our own redis-server; ``.url(db)``, ``.client``,
                                   ``.results`` (db 1), ``.restart()``.
 * ``redis_factory`` (function) -- start extra redis servers (e.g. with AOF).
+* ``rabbitmq_server`` (session) -- a private RabbitMQ node on free ports;
+                                  ``.url(vhost)``, ``.vhost()``, ``.restart()``.
 * ``worker``        (function) -- factory: start ``celeriac worker``.
 * ``celery_app``    (function) -- factory: a real ``Celery`` client app.
 * ``python_worker`` (function) -- factory: a real Python ``celery worker``
@@ -387,6 +389,176 @@ def redis_factory(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# rabbitmq-server (a private node)
+# --------------------------------------------------------------------------
+
+RABBITMQ_BIN_DIR = Path("/usr/lib/rabbitmq/bin")
+
+
+class RabbitServer:
+    """Our own RabbitMQ node, never the system service: free loopback ports for
+    AMQP, Erlang distribution and epmd, data and logs in ``workdir``, no plugins
+    (no management listener). ``vhost()`` makes a fresh virtual host per test.
+
+    Debian's ``/usr/sbin/rabbitmq-server`` switches to the rabbitmq user and
+    its /var/lib data; the scripts in ``/usr/lib/rabbitmq/bin`` run as we are."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.epmd_port = free_port()
+        self.host = "127.0.0.1"
+        self.nodename = f"celeriac-test-{self.port}@localhost"
+        self.process: ManagedProcess | None = None
+        self.epmd: ManagedProcess | None = None
+        server = RABBITMQ_BIN_DIR / "rabbitmq-server"
+        if not server.exists():
+            pytest.fail(f"{server} not found (apt-get install -y rabbitmq-server; .ci/run does it)", pytrace=False)
+        (self.workdir / "mnesia").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "log").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "enabled_plugins").write_text("[].\n")
+        conf = (f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+                "loopback_users = none\n"
+                "log.console = false\n")
+        #: TLS listener (amqps://), when openssl can make a CA and a localhost certificate.
+        self.tls_port: int | None = None
+        self.ca_file: Path | None = None
+        if self._make_certificates():
+            self.tls_port = free_port()
+            conf += (f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+                     f"ssl_options.cacertfile = {self.ca_file}\n"
+                     f"ssl_options.certfile = {self.workdir / 'server.pem'}\n"
+                     f"ssl_options.keyfile = {self.workdir / 'server.key'}\n"
+                     "ssl_options.verify = verify_none\n"
+                     "ssl_options.fail_if_no_peer_cert = false\n")
+        (self.workdir / "rabbitmq.conf").write_text(conf)
+
+    def _make_certificates(self) -> bool:
+        """A throw-away CA and a certificate for localhost / 127.0.0.1 signed by it."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            return False
+        d = self.workdir
+        (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                   "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+        (d / "ca.cnf").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+        steps = [
+            [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.csr",
+             "-subj", "/CN=celeriac-test-ca"],
+            [openssl, "x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-out", "ca.pem", "-days", "3",
+             "-extfile", "ca.cnf"],
+            [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+             "-subj", "/CN=localhost"],
+            [openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "3", "-extfile", "ext.cnf"],
+        ]
+        for argv in steps:
+            if subprocess.run(argv, cwd=d, capture_output=True).returncode != 0:
+                return False
+        self.ca_file = d / "ca.pem"
+        return True
+
+    def env(self) -> dict[str, str]:
+        return _base_env({
+            "HOME": str(self.workdir),  # the Erlang cookie lives here
+            "RABBITMQ_NODENAME": self.nodename,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "ERL_EPMD_PORT": str(self.epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.workdir / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        })
+
+    def url(self, vhost: str = "/") -> str:
+        from urllib.parse import quote
+        path = "/" if vhost == "/" else quote(vhost, safe="")
+        return f"pyamqp://guest:guest@{self.host}:{self.port}/{path}"
+
+    def start(self, timeout: float = 90.0) -> "RabbitServer":
+        if self.epmd is None or not self.epmd.alive:
+            epmd = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
+            self.epmd = ManagedProcess(f"epmd:{self.epmd_port}", [epmd, "-port", str(self.epmd_port),
+                                       "-address", "127.0.0.1"], self.workdir / "epmd.log",
+                                       env=self.env()).start()
+        self.process = ManagedProcess(f"rabbitmq-server:{self.port}", [str(RABBITMQ_BIN_DIR / "rabbitmq-server")],
+                                      self.workdir / "rabbitmq.out", env=self.env(), cwd=self.workdir).start()
+        import kombu
+
+        def ready() -> bool:
+            if not self.process.alive:
+                pytest.fail(f"rabbitmq-server exited (rc={self.process.returncode})\n{self.process.tail()}",
+                            pytrace=False)
+            try:
+                with kombu.Connection(self.url(), connect_timeout=1) as c:
+                    c.connect()
+                    return True
+            except Exception:
+                return False
+
+        wait_until(ready, timeout, interval=0.25, message=f"rabbitmq-server on port {self.port}")
+        return self
+
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        out = subprocess.run([str(RABBITMQ_BIN_DIR / "rabbitmqctl"), "-n", self.nodename, *args],
+                             capture_output=True, text=True, env=self.env(), timeout=timeout)
+        if out.returncode != 0:
+            raise AssertionError(f"rabbitmqctl {' '.join(args)} failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def vhost(self) -> str:
+        """A fresh virtual host that guest may use; returns its name."""
+        name = f"t-{uuid.uuid4().hex[:10]}"
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return name
+
+    def queue_counts(self, vhost: str) -> dict[str, tuple[int, int]]:
+        """``{queue: (ready, unacknowledged)}`` in ``vhost``."""
+        out = self.ctl("list_queues", "-q", "-p", vhost, "name", "messages_ready", "messages_unacknowledged")
+        counts = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[1].isdigit():
+                counts[parts[0]] = (int(parts[1]), int(parts[2]))
+        return counts
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.alive:
+                self.process.terminate(timeout=60)
+            self.process.stop()
+        if self.epmd is not None:
+            self.epmd.stop(grace=5)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop the node (keeping epmd) and start it again on the same ports and data."""
+        if self.process is not None:
+            if self.process.alive:
+                self.process.terminate(timeout=60)
+            self.process.stop()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server(tmp_path_factory):
+    """A session-wide private RabbitMQ node (about 10 s to start); each test takes its own ``vhost()``."""
+    server = RabbitServer(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------
 # Celeriac worker
 # --------------------------------------------------------------------------
 
@@ -703,8 +875,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and report.when in ("setup", "call"):
         for proc in list(_ACTIVE):
-            if proc.name.startswith("redis-server") and proc.alive:
-                continue  # only a crashed redis is worth showing
+            if proc.name.startswith(("redis-server", "rabbitmq-server", "epmd")) and proc.alive:
+                continue  # only a crashed server is worth showing
             report.sections.append((f"{proc.name} log tail ({proc.log_path})", proc.tail()))
 
 

@@ -454,7 +454,11 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
         Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
     let broker_url = settings.effective_broker_url();
     runtime()?.block_on(async {
-        let broker = crate::broker::Broker::connect(&broker_url, &settings.broker_transport_options).await?;
+        let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac call").await?;
+        if broker.name() == "amqp" {
+            // As a Celery client does: the queue exists before the task is published to it.
+            broker.declare(std::slice::from_ref(&task.options.queue)).await?;
+        }
         let encoded = task.encode()?;
         // Subscribe before publishing, as a Python client does, so a fast worker cannot be missed.
         let waiter =

@@ -195,6 +195,27 @@ impl<'de> Deserialize<'de> for ResultExpires {
     }
 }
 
+/// `broker_use_ssl`: `true` or kombu's ssl options.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum BrokerUseSsl {
+    /// `broker_use_ssl = true`: TLS with the built-in roots.
+    Enabled(bool),
+    /// `[broker_use_ssl]` with kombu's keys.
+    Options {
+        /// CA file (PEM).
+        ca_certs: Option<String>,
+        /// Client certificate (PEM).
+        certfile: Option<String>,
+        /// Client key (PEM).
+        keyfile: Option<String>,
+        /// `CERT_REQUIRED` (default) / `CERT_OPTIONAL` / `CERT_NONE`.
+        cert_reqs: Option<String>,
+        /// Name to verify.
+        server_hostname: Option<String>,
+    },
+}
+
 /// Every setting, with Celery's names and defaults.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -237,6 +258,16 @@ pub struct Settings {
     pub worker_prefetch_multiplier: u32,
     /// Send task events (`-E`).
     pub worker_send_task_events: bool,
+    /// AMQP: `x-max-priority` of the task queues (must match the clients').
+    pub task_queue_max_priority: Option<u8>,
+    /// AMQP: `classic` or `quorum` (`x-queue-type`), as the clients declare.
+    pub task_default_queue_type: String,
+    /// AMQP: the type of queues other than the default one (`-Q name`).
+    pub task_create_missing_queue_type: String,
+    /// AMQP `rpc://` results: persistent messages (`delivery_mode` 2).
+    pub result_persistent: bool,
+    /// AMQP TLS: `true`, or kombu's ssl options (`ca_certs`, `certfile`, `keyfile`, `cert_reqs`).
+    pub broker_use_ssl: Option<BrokerUseSsl>,
     /// kombu transport options.
     pub broker_transport_options: TransportOptions,
     /// Sandbox settings.
@@ -265,6 +296,11 @@ impl Default for Settings {
             worker_concurrency: None,
             worker_prefetch_multiplier: 4,
             worker_send_task_events: false,
+            task_queue_max_priority: None,
+            task_default_queue_type: "classic".into(),
+            task_create_missing_queue_type: "classic".into(),
+            result_persistent: false,
+            broker_use_ssl: None,
             broker_transport_options: TransportOptions::default(),
             sandbox: SandboxSettings::default(),
         }
@@ -292,6 +328,11 @@ pub const SETTING_NAMES: &[&str] = &[
     "worker_concurrency",
     "worker_prefetch_multiplier",
     "worker_send_task_events",
+    "task_queue_max_priority",
+    "task_default_queue_type",
+    "task_create_missing_queue_type",
+    "result_persistent",
+    "broker_use_ssl",
     "broker_transport_options",
     "sandbox",
 ];
@@ -322,6 +363,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                 "polling_interval",
             ],
         ),
+        ("broker_use_ssl", &["ca_certs", "certfile", "keyfile", "cert_reqs", "server_hostname"]),
         (
             "sandbox",
             &[
@@ -421,6 +463,30 @@ impl Settings {
             .iter()
             .find_map(|s| broker.strip_prefix(s))
             .map(|rest| format!("db+sqlite://{rest}"))
+    }
+
+    /// The AMQP declarations these settings call for.
+    pub fn amqp_topology(&self) -> crate::broker::amqp::Topology {
+        use crate::protocol::amqp::QueueType;
+        let kind = |t: &str| if t.eq_ignore_ascii_case("quorum") { QueueType::Quorum } else { QueueType::Classic };
+        crate::broker::amqp::Topology {
+            max_priority: self.task_queue_max_priority,
+            default_queue: self.task_default_queue.clone(),
+            default_queue_type: kind(&self.task_default_queue_type),
+            missing_queue_type: kind(&self.task_create_missing_queue_type),
+        }
+    }
+
+    /// `broker_use_ssl` as the AMQP transport's TLS options (`None`: as the URL says).
+    pub fn amqp_ssl(&self) -> Option<crate::broker::amqp::url::SslOptions> {
+        use crate::broker::amqp::url::SslOptions;
+        match self.broker_use_ssl.clone()? {
+            BrokerUseSsl::Enabled(false) => None,
+            BrokerUseSsl::Enabled(true) => Some(SslOptions::default()),
+            BrokerUseSsl::Options { ca_certs, certfile, keyfile, cert_reqs, server_hostname } => {
+                Some(SslOptions { cert_reqs, ca_certs, certfile, keyfile, server_hostname })
+            }
+        }
     }
 
     /// Parse settings from TOML text.

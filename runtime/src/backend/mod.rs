@@ -4,7 +4,8 @@
 //! with `SETEX` and announced with `PUBLISH` in one transaction, because a
 //! waiting Python client never polls — it reads once and then listens.
 //! [`database`] is Celery's database backend on SQLite (`db+sqlite:///file`),
-//! polled by clients. With no backend configured, results are disabled, as
+//! polled by clients. [`rpc`] is Celery's `rpc://` backend: states published
+//! to the client's reply queue through the AMQP broker connection. With no backend configured, results are disabled, as
 //! in Celery (except on the embedded SQLite broker, see
 //! `Settings::effective_result_backend`).
 //!
@@ -19,6 +20,7 @@
 
 pub mod database;
 pub mod redis;
+pub mod rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,8 +87,13 @@ impl Backend {
         serializer: Serializer,
         broker: Option<&Broker>,
     ) -> Result<Backend, BackendError> {
-        // Neither Redis nor the database sends through the broker.
-        let _ = broker;
+        if rpc::is_url(url) {
+            return match broker {
+                Some(b) => Ok(Backend::new(rpc::RpcBackend::new(b, serializer)?)),
+                // `celeriac result`: no broker, and nothing to read anyway.
+                None => Err(BackendError::Unsupported(rpc::CANNOT_READ)),
+            };
+        }
         if url::is_redis_url(url) {
             return Ok(Backend::new(redis::RedisBackend::connect(url, expires, serializer).await?));
         }
@@ -99,7 +106,7 @@ impl Backend {
             ))));
         }
         Err(BackendError::Url(UrlError(format!(
-            "{url}: unsupported result backend; use redis://host:port/db or db+sqlite:///file"
+            "{url}: unsupported result backend; use redis://host:port/db, rpc:// or db+sqlite:///file"
         ))))
     }
 
@@ -185,6 +192,12 @@ pub enum BackendError {
     /// A value could not be encoded or decoded.
     #[error("result encoding error: {0}")]
     Encode(String),
+    /// The backend cannot do this.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// A result message could not be published through the broker (rpc://).
+    #[error("result backend error: {0}")]
+    Publish(#[from] crate::broker::BrokerError),
     /// Waiting for a result timed out.
     #[error("timed out waiting for the result of {0}")]
     Timeout(String),
@@ -194,7 +207,11 @@ impl BackendError {
     /// Whether the backend could not be reached or refused a command: trying
     /// again later may succeed.
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, BackendError::Redis(_) | BackendError::Database(_) | BackendError::SubscriptionClosed)
+        match self {
+            BackendError::Redis(_) | BackendError::Database(_) | BackendError::SubscriptionClosed => true,
+            BackendError::Publish(e) => e.is_connection_error(),
+            _ => false,
+        }
     }
 }
 

@@ -20,6 +20,9 @@
 //!   control and events, priorities); the start-up warning about the rest is
 //!   derived from them.
 //!
+//! [`amqp`] is kombu's pyamqp transport (RabbitMQ), with real
+//! acknowledgements and two capabilities of its own: [`DelayedDelivery`] and
+//! [`ReplyPublisher`] (for the `rpc://` result backend).
 //! [`redis`] is kombu's Redis transport; [`sqlite`] is kombu's SQLAlchemy
 //! transport on an SQLite file, the embedded default; [`memory`] keeps
 //! messages in the process, for tests of the worker. All three are kombu
@@ -34,6 +37,7 @@
 //! given, it builds the [`RawMessage`] from the frame's properties and
 //! headers, and it needs no housekeeping.
 
+pub mod amqp;
 pub mod memory;
 pub mod qos;
 pub mod redis;
@@ -44,7 +48,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::TransportOptions;
+use crate::config::{Settings, TransportOptions};
 use crate::connection::UrlError;
 use crate::connection::sqlite::DbError;
 use crate::connection::url;
@@ -98,6 +102,43 @@ pub trait Transport: Send + Sync + 'static {
     fn start_housekeeping(&self) -> BoxFuture<'_, Housekeeping> {
         Box::pin(async { Housekeeping::none() })
     }
+
+    /// Keeping far-future ETA tasks outside the worker (AMQP's delay queues).
+    fn delayed_delivery(&self) -> Option<&dyn DelayedDelivery> {
+        None
+    }
+
+    /// Publishing result messages to a client's reply queue (AMQP, for `rpc://`).
+    fn replies(&self) -> Option<&dyn ReplyPublisher> {
+        None
+    }
+}
+
+/// A transport that can keep a task message until its ETA instead of the
+/// worker holding it unacknowledged (which would occupy a prefetch slot and,
+/// on RabbitMQ, run into `consumer_timeout`).
+pub trait DelayedDelivery: Send + Sync {
+    /// ETAs nearer than this are better held by the worker.
+    fn horizon(&self) -> std::time::Duration;
+
+    /// Keep `task` for about `delay` and deliver it again on its queue
+    /// (`task.routing_key`); returns once the broker has it, after which the
+    /// caller acknowledges the original delivery.
+    fn park<'a>(&'a self, task: &'a EncodedTask, delay: std::time::Duration) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A transport that can publish result messages to a client's reply queue,
+/// as Celery's `rpc://` backend does (default exchange, routing key =
+/// `reply_to`, `correlation_id` = the task id), confirmed by the broker.
+pub trait ReplyPublisher: Send + Sync {
+    /// Publish one serialised result meta.
+    fn publish_reply<'a>(
+        &'a self,
+        reply_to: &'a str,
+        correlation_id: &'a str,
+        body: &'a [u8],
+        serializer: crate::protocol::Serializer,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 }
 
 /// Receives messages from the queues it was opened on.
@@ -164,8 +205,22 @@ impl Drop for Housekeeping {
 pub struct Broker(Arc<dyn Transport>);
 
 impl Broker {
-    /// Connect to the broker at `url`.
+    /// Connect to the broker at `url` with the settings that shape an AMQP
+    /// broker's declarations and messages (`task_queue_max_priority`,
+    /// `task_default_queue_type`, `task_create_missing_queue_type`,
+    /// `broker_use_ssl`, `result_persistent`); `name` labels its connections.
+    pub async fn connect_with_settings(url: &str, settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
+        if amqp::url::is_amqp_url(url) {
+            return connect_amqp(url, settings, name).await;
+        }
+        Self::connect(url, &settings.broker_transport_options).await
+    }
+
+    /// Connect to the broker at `url` (an AMQP broker with default settings).
     pub async fn connect(url: &str, opts: &TransportOptions) -> Result<Broker, BrokerError> {
+        if amqp::url::is_amqp_url(url) {
+            return connect_amqp(url, &Settings::default(), "celeriac").await;
+        }
         if url::is_redis_url(url) {
             return Ok(Broker::new(redis::RedisTransport::connect(url, opts.clone()).await?));
         }
@@ -178,7 +233,7 @@ impl Broker {
             ))));
         }
         Err(BrokerError::Url(UrlError(format!(
-            "{url}: unsupported transport; use redis://host:port/db or sqla+sqlite:///file"
+            "{url}: unsupported transport; use redis://host:port/db, amqp://host// or sqla+sqlite:///file"
         ))))
     }
 
@@ -186,6 +241,18 @@ impl Broker {
     pub fn new(transport: impl Transport) -> Broker {
         Broker(Arc::new(transport))
     }
+}
+
+/// An AMQP broker as `settings` shape it.
+async fn connect_amqp(url: &str, settings: &Settings, name: &str) -> Result<Broker, BrokerError> {
+    let config = amqp::AmqpConfig {
+        url: url.to_string(),
+        ssl: settings.amqp_ssl(),
+        topology: settings.amqp_topology(),
+        name: name.to_string(),
+        result_persistent: settings.result_persistent,
+    };
+    Ok(Broker::new(amqp::transport::AmqpTransport::connect(config).await?))
 }
 
 impl std::ops::Deref for Broker {
@@ -211,13 +278,20 @@ pub enum BrokerError {
     /// The broker held data we could not understand.
     #[error("broker protocol error: {0}")]
     Protocol(String),
+    /// The AMQP transport failed.
+    #[error(transparent)]
+    Amqp(#[from] amqp::AmqpError),
 }
 
 impl BrokerError {
     /// Whether the broker could not be reached or refused a command: trying
     /// again later may succeed. A bad URL or bad data will not get better.
     pub fn is_connection_error(&self) -> bool {
-        matches!(self, BrokerError::Redis(_) | BrokerError::Database(_))
+        match self {
+            BrokerError::Redis(_) | BrokerError::Database(_) => true,
+            BrokerError::Amqp(e) => e.is_connection_error(),
+            BrokerError::Url(_) | BrokerError::Protocol(_) => false,
+        }
     }
 }
 

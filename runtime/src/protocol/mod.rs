@@ -12,6 +12,8 @@
 //!   [`RawMessage`] (protocol v2 and v1) into [`TaskMessage`], and encoding a
 //!   [`NewTask`] into an [`EncodedTask`] (headers, properties, body) that a
 //!   Redis or AMQP publisher can send.
+//! - [`amqp`]: the same messages as AMQP 0-9-1 properties and typed header
+//!   field tables (RabbitMQ), and the queue arguments Celery declares.
 //! - [`content`]: the JSON and msgpack serializers and the `accept_content`
 //!   gate (pickle is never deserialised).
 //! - [`result`]: `celery-task-meta-*` values: building them in Celery's key
@@ -36,6 +38,7 @@
 //! let value = ResultMeta::success(&msg.id, json!(8)).encode(Serializer::Json)?;
 //! ```
 
+pub mod amqp;
 pub mod content;
 pub mod envelope;
 pub mod error;
@@ -46,6 +49,8 @@ pub mod repr;
 pub mod result;
 pub mod time;
 
+#[cfg(test)]
+mod amqp_capture_tests;
 #[cfg(test)]
 mod capture_tests;
 

@@ -218,8 +218,9 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     });
 
     // The main connections: queue declaration and the transport's housekeeping.
-    let opts_t = settings.broker_transport_options.clone();
-    let broker = connect_with_retry("broker", &broker_url, || Broker::connect(&broker_url, &opts_t)).await?;
+    let (s, name) = (&settings, &opts.hostname);
+    let broker =
+        connect_with_retry("broker", &broker_url, || Broker::connect_with_settings(&broker_url, s, name)).await?;
     let backend_url = settings.effective_result_backend();
     if let Some(url) = &backend_url {
         let expires = settings.result_expires.0;

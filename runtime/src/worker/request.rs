@@ -15,7 +15,7 @@ use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
 use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::Annotation;
 use crate::protocol::result::{ResultMeta, child_tuple};
-use crate::protocol::{ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
+use crate::protocol::{EncodedTask, ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
 use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
 
 /// Handle one delivery to the end.
@@ -90,6 +90,26 @@ async fn reject(s: &Shared, acker: &mut Acker, e: ProtocolError, routing: Routin
     acker.ack();
 }
 
+/// Hand a task whose ETA is `wait` away to the transport's delayed
+/// delivery, if it has one and the ETA is beyond its horizon; true once the
+/// broker has the copy (the caller then acknowledges the original). On
+/// failure the worker holds the message itself.
+async fn park(s: &Shared, msg: &TaskMessage, wait: std::time::Duration) -> bool {
+    let Some(delayed) = s.broker.delayed_delivery() else { return false };
+    if wait <= delayed.horizon() {
+        return false;
+    }
+    let encoded = match msg.to_new_task().encode() {
+        // Back to the queue it was consumed from when it is due.
+        Ok(e) => EncodedTask { routing_key: msg.delivery.routing_key.clone(), ..e },
+        Err(e) => {
+            tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
+            return false;
+        }
+    };
+    retry("park an ETA task", || delayed.park(&encoded, wait)).await.is_some()
+}
+
 /// Wait until `phase` leaves `Running`.
 async fn stopped(mut phase: watch::Receiver<Phase>) {
     while *phase.borrow_and_update() == Phase::Running {
@@ -114,6 +134,16 @@ async fn run(
     let annotation = s.settings.annotation(&msg.task);
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
 
+    // A far-future ETA is kept by the transport when it can (AMQP's delay
+    // queues): the original is acknowledged once the copy is safe.
+    if let Some(eta) = msg.eta
+        && let Ok(wait) = (eta - Utc::now()).to_std()
+        && Box::pin(park(s, &msg, wait)).await
+    {
+        tracing::debug!("Task {name}[{}] parked until its ETA {eta}", msg.id);
+        acker.ack();
+        return;
+    }
     // Wait for the ETA, giving the message back if the worker stops first.
     if let Some(eta) = msg.eta
         && let Ok(wait) = (eta - Utc::now()).to_std()

@@ -1,0 +1,197 @@
+//! The AMQP transport behind the worker's [`Transport`] boundary.
+//!
+//! kombu's pyamqp transport has real acknowledgements, so none of the virtual
+//! transports' QoS bookkeeping applies: a [`Delivery`] carries the channel's
+//! delivery tag ([`DeliveryAck`]); `ack` → `basic.ack` (written in batches),
+//! `requeue` → `basic.reject(requeue=true)`, `hold` → nothing (the broker
+//! keeps an unacknowledged message for as long as its channel lives). The
+//! consumer sets `basic.qos` from the prefetch window it is given. Two
+//! capabilities only AMQP has: [`DelayedDelivery`] (far-future ETAs parked in
+//! delay queues, see [`AmqpBroker::park`]) and [`ReplyPublisher`] (the
+//! `rpc://` backend's confirmed reply messages).
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{AmqpBroker, AmqpConfig, AmqpDelivery, AmqpError, DeliveryAck, HOLD_HORIZON};
+use crate::batch::Batcher;
+use crate::broker::{
+    AckHandle, Acker, BoxFuture, Broker, BrokerError, Capabilities, Consumer, DelayedDelivery, Delivery,
+    ReplyPublisher, Transport,
+};
+use crate::protocol::amqp::result_properties;
+use crate::protocol::{EncodedTask, Serializer};
+
+/// How long one fetch waits for a first delivery.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// How long acknowledgements wait to be sent together (as on the virtual transports).
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
+/// kombu's pyamqp transport, connected.
+pub struct AmqpTransport {
+    broker: AmqpBroker,
+    config: AmqpConfig,
+}
+
+impl AmqpTransport {
+    /// Connect as `config` says (to the first broker of its failover list that answers).
+    pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
+        let broker =
+            AmqpBroker::connect(&config.url, config.ssl.clone(), config.topology.clone(), &config.name).await?;
+        Ok(AmqpTransport { broker, config })
+    }
+}
+
+impl Transport for AmqpTransport {
+    fn name(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { fanout: true, priorities: true }
+    }
+
+    fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move { Ok(self.broker.declare(queues).await?) })
+    }
+
+    fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut task = task.clone();
+            task.routing_key = queue.to_string();
+            Ok(self.broker.publish_task(&task).await?)
+        })
+    }
+
+    fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
+        // Its own connections, driven by the calling loop's runtime.
+        Box::pin(async move { Ok(Broker::new(AmqpTransport::connect(self.config.clone()).await?)) })
+    }
+
+    fn consume<'a>(
+        &'a self,
+        queues: &'a [String],
+        prefetch: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, BrokerError>> {
+        Box::pin(async move {
+            let (stop, stopped) = watch::channel(false);
+            let prefetch = u16::try_from(prefetch).unwrap_or(u16::MAX);
+            let deliveries = self.broker.consume(queues.to_vec(), prefetch, stopped);
+            let acks = Batcher::spawn(Some(ACK_LINGER), |batch: Vec<DeliveryAck>| async move {
+                for r in futures_util::future::join_all(batch.iter().map(DeliveryAck::ack)).await {
+                    if let Err(e) = r {
+                        // Its channel is gone: the broker has put the message back already.
+                        tracing::warn!("could not acknowledge a message ({e}); the broker will deliver it again");
+                    }
+                }
+            });
+            Ok(Box::new(AmqpConsumer { deliveries, stop, acks }) as Box<dyn Consumer>)
+        })
+    }
+
+    fn delayed_delivery(&self) -> Option<&dyn DelayedDelivery> {
+        Some(self)
+    }
+
+    fn replies(&self) -> Option<&dyn ReplyPublisher> {
+        Some(self)
+    }
+}
+
+impl DelayedDelivery for AmqpTransport {
+    fn horizon(&self) -> Duration {
+        HOLD_HORIZON
+    }
+
+    fn park<'a>(&'a self, task: &'a EncodedTask, delay: Duration) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move { Ok(self.broker.park(task, delay).await?) })
+    }
+}
+
+impl ReplyPublisher for AmqpTransport {
+    fn publish_reply<'a>(
+        &'a self,
+        reply_to: &'a str,
+        correlation_id: &'a str,
+        body: &'a [u8],
+        serializer: Serializer,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let props = result_properties(correlation_id, serializer, self.config.result_persistent)
+                .map_err(AmqpError::from)?;
+            Ok(self.broker.publish("", reply_to, body, props).await?)
+        })
+    }
+}
+
+/// Deliveries of one consumer channel.
+struct AmqpConsumer {
+    deliveries: mpsc::Receiver<AmqpDelivery>,
+    stop: watch::Sender<bool>,
+    acks: Batcher<DeliveryAck>,
+}
+
+impl AmqpConsumer {
+    fn delivery(&self, d: AmqpDelivery) -> Delivery {
+        let handle = AmqpAck { ack: d.ack, acks: self.acks.clone() };
+        Delivery { message: Ok(d.message), acker: Acker::new(handle), idle: false }
+    }
+}
+
+impl Consumer for AmqpConsumer {
+    fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            match tokio::time::timeout(FETCH_WAIT, self.deliveries.recv()).await {
+                Ok(Some(d)) => out.push(self.delivery(d)),
+                // Stopped: nothing will come any more.
+                Ok(None) => tokio::time::sleep(FETCH_WAIT).await,
+                Err(_) => {}
+            }
+            while out.len() < max {
+                match self.deliveries.try_recv() {
+                    Ok(d) => out.push(self.delivery(d)),
+                    Err(_) => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        // Called at shutdown: stop receiving; what was prefetched and not taken
+        // goes back when the channel closes with the connection, unacknowledged.
+        self.stop.send_replace(true);
+        Box::pin(async move { self.acks.barrier().await })
+    }
+}
+
+/// The [`AckHandle`] of one AMQP delivery.
+#[derive(Clone)]
+struct AmqpAck {
+    ack: DeliveryAck,
+    acks: Batcher<DeliveryAck>,
+}
+
+impl AckHandle for AmqpAck {
+    fn ack(&mut self) {
+        self.acks.submit(self.ack.clone());
+    }
+
+    fn requeue(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.ack.requeue().await {
+                tracing::debug!("could not give a message back ({e}); the broker requeues it with its channel");
+            }
+        })
+    }
+
+    fn hold(&mut self) {
+        // The broker keeps it unacknowledged while the channel lives.
+    }
+
+    fn clone_box(&self) -> Box<dyn AckHandle> {
+        Box::new(self.clone())
+    }
+}
