@@ -180,6 +180,7 @@ pub fn raw_message(deliver: &Deliver, properties: &BasicProperties, body: Vec<u8
         content_encoding: short(properties.content_encoding()),
         delivery: DeliveryInfo {
             delivery_tag: Some(deliver.delivery_tag.to_string()),
+            queue: None,
             exchange: deliver.exchange.clone(),
             routing_key: deliver.routing_key.clone(),
             priority: *properties.priority(),

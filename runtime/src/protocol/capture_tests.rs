@@ -128,6 +128,7 @@ fn add_delay_4_4_decodes() {
         m.delivery,
         DeliveryInfo {
             delivery_tag: Some("97145b7e-cd6b-49a8-96bd-0277cbb019a8".into()),
+            queue: None,
             exchange: String::new(),
             routing_key: "celery".into(),
             priority: Some(0),
@@ -564,6 +565,7 @@ fn amqp_messages_decode_from_properties() {
             content_encoding: props["content_encoding"].as_str().map(str::to_owned),
             delivery: DeliveryInfo {
                 delivery_tag: Some("1".into()),
+                queue: None,
                 exchange: doc["method_args"]["exchange"].as_str().unwrap_or("").to_owned(),
                 routing_key: doc["method_args"]["routing_key"].as_str().unwrap_or("").to_owned(),
                 priority: props["priority"].as_u64().and_then(|p| u8::try_from(p).ok()),

@@ -214,6 +214,7 @@ impl Envelope {
     pub fn delivery_info(&self) -> DeliveryInfo {
         DeliveryInfo {
             delivery_tag: self.delivery_tag().map(str::to_owned),
+            queue: None,
             exchange: self.exchange().unwrap_or("").to_owned(),
             routing_key: self.routing_key().unwrap_or("").to_owned(),
             priority: self.priority(),

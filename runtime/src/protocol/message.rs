@@ -83,6 +83,9 @@ pub struct DeliveryInfo {
     pub reply_to: Option<String>,
     /// `properties.correlation_id` (the task id, for Celery producers).
     pub correlation_id: Option<String>,
+    /// The queue it was consumed from, where the transport knows it apart from
+    /// the routing key (AMQP: an exchange's routing key need not name a queue).
+    pub queue: Option<String>,
 }
 
 /// A message as a broker delivers it, before the body is deserialised.

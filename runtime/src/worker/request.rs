@@ -100,8 +100,12 @@ async fn park(s: &Shared, msg: &TaskMessage, wait: std::time::Duration) -> bool 
         return false;
     }
     let encoded = match msg.to_new_task().encode() {
-        // Back to the queue it was consumed from when it is due.
-        Ok(e) => EncodedTask { routing_key: msg.delivery.routing_key.clone(), ..e },
+        // Back to the queue it was consumed from when it is due (its routing
+        // key names a queue only on the default exchange).
+        Ok(e) => {
+            let queue = msg.delivery.queue.clone().unwrap_or_else(|| msg.delivery.routing_key.clone());
+            EncodedTask { routing_key: queue, ..e }
+        }
         Err(e) => {
             tracing::warn!("cannot re-encode ETA task {}: {e}; holding it", msg.id);
             return false;

@@ -135,7 +135,9 @@ struct AmqpConsumer {
 impl AmqpConsumer {
     fn delivery(&self, d: AmqpDelivery) -> Delivery {
         let handle = AmqpAck { ack: d.ack, acks: self.acks.clone() };
-        Delivery { message: Ok(d.message), acker: Acker::new(handle), idle: false }
+        let mut message = d.message;
+        message.delivery.queue = Some(d.queue);
+        Delivery { message: Ok(message), acker: Acker::new(handle), idle: false }
     }
 }
 
