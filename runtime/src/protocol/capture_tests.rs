@@ -1,6 +1,7 @@
-//! Tests against the real bytes captured from Celery 5.7 / kombu 5.7
-//! (`shared/celery-wire/`, next to the repository checkout). A missing
-//! capture file fails the test: the captures are the specification.
+//! Tests against the real bytes captured from Celery 5.7 / kombu 5.7,
+//! vendored in `tests/fixtures/` (copied from the workplace's
+//! `shared/celery-wire/`, same layout, so the repository stands alone). A
+//! missing capture file fails the test: the captures are the specification.
 
 use std::path::PathBuf;
 
@@ -17,7 +18,7 @@ use super::result::{ResultMeta, TaskState, child_tuple, taskset_meta_value};
 use super::time::parse_datetime;
 
 fn wire_path(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/celery-wire").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(rel)
 }
 
 fn load(rel: &str) -> Value {
