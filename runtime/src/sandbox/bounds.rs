@@ -94,7 +94,13 @@ pub fn truncate_middle(text: &str, max: usize) -> String {
     let head = floor_boundary(text, keep);
     let tail = ceil_boundary(text, text.len() - keep);
     let cut = tail - head;
-    format!("{}\n[... {cut} bytes truncated ...]\n{}", &text[..head], &text[tail..])
+    cut_marked(&text[..head], cut, &text[tail..])
+}
+
+/// The head and tail of a text of which `cut` bytes in the middle were left
+/// out, joined by the marker that says so.
+pub fn cut_marked(head: &str, cut: usize, tail: &str) -> String {
+    format!("{head}\n[... {cut} bytes truncated ...]\n{tail}")
 }
 
 /// `text` cut to at most `max` bytes at a character boundary.

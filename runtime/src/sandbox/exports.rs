@@ -69,7 +69,7 @@ impl<const MAX: usize, const ENDS: bool> GuestText<MAX, ENDS> {
                 let start = tail.len().saturating_sub(keep);
                 let start = (start..=tail.len()).find(|i| tail.is_char_boundary(*i)).unwrap_or(tail.len());
                 let tail = &tail[start..];
-                format!("{head}\n[... {} bytes truncated ...]\n{tail}", len - head.len() - tail.len())
+                super::bounds::cut_marked(head, len - head.len() - tail.len(), tail)
             }
         }
     }
