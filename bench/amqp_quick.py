@@ -54,7 +54,7 @@ def start_worker(kind: str, server: RabbitServer, vhost: str, tmp: Path, binary:
     if kind == "celeriac":
         argv = [str(binary), "worker", "-A", str(REPO / "target" / "tasks"), "--broker", url, "--result-backend",
                 "rpc://", "-c", "2", "--loglevel=INFO"]
-        env = _base_env()
+        env = _base_env({k: v for k, v in os.environ.items() if k.startswith("CELERIAC_")})
         cwd = REPO
     else:
         cfg = tmp / f"{vhost}.toml"
