@@ -278,11 +278,126 @@ class RedisServer:
                 time.sleep(0.05)
         self.version = self.db0.info("server")["redis_version"]
 
+    name = "redis"
+    #: The result count is exact; "unacked" is kombu's hash.
+    counts_unacked = True
+
     def url(self, db: int) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    @property
+    def broker_url(self) -> str:
+        return self.url(0)
+
+    @property
+    def backend_url(self) -> str:
+        return self.url(1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def publish_flags(self) -> list[str]:
+        return []
+
+    def counts(self) -> tuple[int, int, int]:
+        """(queue length, unacked entries, keys in the result db)."""
+        pipe = self.db0.pipeline(transaction=False)
+        pipe.llen(QUEUE)
+        pipe.hlen("unacked")
+        queued, unacked = pipe.execute()
+        return queued, unacked, self.db1.dbsize()
+
+    def fresh(self) -> None:
+        self.db0.flushall()
+
+    def fresh_results(self) -> None:
+        self.db1.flushdb()
+
     def stop(self) -> None:
         PROCS.stop(self.proc)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+#: Where the AMQP benchmark's results go: a queue the harness declares and
+#: counts (the tasks are published with ``reply_to`` naming it), so "N results
+#: published" is one passive declare, like DBSIZE on Redis.
+REPLY_QUEUE = "bench.replies"
+
+
+class RabbitBench:
+    """A private rabbitmq-server node (the test suite's ``RabbitServer``: free
+    loopback ports, data in a temp dir, no plugins) and a fresh vhost, with the
+    same questions the Redis harness asks: how many task messages are still
+    queued, how many rpc:// results have been published."""
+
+    name = "rabbitmq"
+    #: A passive declare reports ready messages only (no management plugin):
+    #: "queue empty" means every message was delivered; the last prefetch
+    #: window may still be unacknowledged for a millisecond.
+    counts_unacked = False
+
+    def __init__(self, logdir: Path) -> None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import RabbitServer  # the suite's harness; imports pytest
+        self.dir = Path(tempfile.mkdtemp(prefix="celeriac-bench-rabbitmq-"))
+        self.server = RabbitServer(self.dir)
+        self.server.start()
+        self.vhost = self.server.vhost()
+        import amqp as pyamqp
+        self.conn = pyamqp.Connection(host=f"127.0.0.1:{self.server.port}", userid="guest", password="guest",
+                                      virtual_host=self.vhost)
+        self.conn.connect()
+        self.channel = self.conn.channel()
+        self.channel.queue_declare(REPLY_QUEUE, durable=True, auto_delete=False)
+        self.version = self.server.ctl("eval", "rabbit_misc:version().").strip().strip('"')
+        self.logdir = logdir
+
+    @property
+    def broker_url(self) -> str:
+        return self.server.url(self.vhost)
+
+    @property
+    def backend_url(self) -> str:
+        return "rpc://"
+
+    @property
+    def pid(self) -> int:
+        return self.server.process.pid
+
+    def publish_flags(self) -> list[str]:
+        return ["--reply-to", REPLY_QUEUE]
+
+    def _ready(self, queue: str) -> int:
+        _, count, _ = self.channel.queue_declare(queue, passive=True)
+        return count
+
+    def counts(self) -> tuple[int, int, int]:
+        try:
+            queued = self._ready(QUEUE)
+        except Exception:  # not declared yet (nothing published)
+            self.channel = self.conn.channel()
+            queued = 0
+        return queued, 0, self._ready(REPLY_QUEUE)
+
+    def fresh(self) -> None:
+        for q in (QUEUE, REPLY_QUEUE):
+            try:
+                self.channel.queue_purge(q)
+            except Exception:
+                self.channel = self.conn.channel()
+
+    def fresh_results(self) -> None:
+        self.channel.queue_purge(REPLY_QUEUE)
+
+    def stop(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        self.server.stop()
+        # The node's own logs are worth keeping next to the workers'.
+        shutil.copytree(self.dir / "log", self.logdir / "rabbitmq-log", dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -360,7 +475,7 @@ class Suite:
     def __init__(self, kind: str, server: RedisServer, args: argparse.Namespace, logdir: Path,
                  python: str) -> None:
         self.kind, self.server, self.args, self.logdir, self.python = kind, server, args, logdir, python
-        self.env = dict(os.environ, BENCH_BROKER_URL=server.url(0), BENCH_RESULT_BACKEND=server.url(1),
+        self.env = dict(os.environ, BENCH_BROKER_URL=server.broker_url, BENCH_RESULT_BACKEND=server.backend_url,
                         PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
         # Errors only: RUST_BACKTRACE makes wasmtime capture host backtraces.
         self.env.pop("RUST_BACKTRACE", None)
@@ -375,8 +490,8 @@ class Suite:
             return [str(Path(self.python).parent / "celery"), "-A", "benchtasks", "worker", "--pool=prefork",
                     "-c", str(self.args.concurrency), "-l", "WARNING",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        return [str(CELERIAC), "worker", "-A", str(TASKS_DIR), "--broker", self.server.url(0),
-                "--result-backend", self.server.url(1), "-c", str(self.args.concurrency), "-l", "WARNING"]
+        return [str(CELERIAC), "worker", "-A", str(TASKS_DIR), "--broker", self.server.broker_url,
+                "--result-backend", self.server.backend_url, "-c", str(self.args.concurrency), "-l", "WARNING"]
 
     def start_worker(self, tag: str) -> tuple[subprocess.Popen, MemorySampler, float]:
         self.run_no += 1
@@ -406,7 +521,7 @@ class Suite:
         """--publishers client processes, sharing the N messages between them."""
         k = self.args.publishers
         shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
-        flags = ["--ignore-result"] if ignore_result else []
+        flags = ["--ignore-result"] if ignore_result else self.server.publish_flags()
         return [self.client("publish", "--n", str(m), *flags, wait=False) for m in shares if m]
 
     def finish_publishers(self, pubs: list[subprocess.Popen], n: int) -> dict:
@@ -429,12 +544,8 @@ class Suite:
                 PROCS.stop(pub)
 
     def counts(self) -> tuple[int, int, int]:
-        """(queue length, unacked entries, keys in the result db)."""
-        pipe = self.server.db0.pipeline(transaction=False)
-        pipe.llen(QUEUE)
-        pipe.hlen("unacked")
-        queued, unacked = pipe.execute()
-        return queued, unacked, self.server.db1.dbsize()
+        """(queued task messages, unacked, results stored or published)."""
+        return self.server.counts()
 
     def wait_for(self, p: subprocess.Popen, done, n: int, first=None) -> tuple[float | None, float]:
         """Polls every few ms until done(counts) holds; returns (time first(counts)
@@ -459,23 +570,20 @@ class Suite:
             time.sleep(0.004)
 
     def cpu_snapshot(self, p: subprocess.Popen) -> tuple[float, float]:
-        """(worker tree CPU s, redis-server CPU s) so far."""
-        return tree_cpu_s(p.pid), tree_cpu_s(self.server.proc.pid)
+        """(worker tree CPU s, broker server CPU s) so far."""
+        return tree_cpu_s(p.pid), tree_cpu_s(self.server.pid)
 
     def cpu_per_task(self, p: subprocess.Popen, mark: tuple[float, float], n: int) -> dict:
-        """CPU microseconds per task of the worker and of redis-server since `mark`."""
+        """CPU microseconds per task of the worker and of the broker server since `mark`."""
         w, r = self.cpu_snapshot(p)
-        return {"worker_cpu_us_per_task": (w - mark[0]) / n * 1e6, "redis_cpu_us_per_task": (r - mark[1]) / n * 1e6}
-
-    def fresh_redis(self) -> None:
-        self.server.db0.flushall()
+        return {"worker_cpu_us_per_task": (w - mark[0]) / n * 1e6, "broker_cpu_us_per_task": (r - mark[1]) / n * 1e6}
 
     # -- phases -----------------------------------------------------------
 
     def drain(self, ignore_result: bool, keep_running: bool):
         """Publish N first, then start the worker and time it draining them."""
         n = self.args.n
-        self.fresh_redis()
+        self.server.fresh()
         pub = self.publish(n, ignore_result)
         queued, _, _ = self.counts()
         if queued != n:
@@ -490,10 +598,11 @@ class Suite:
             self.cpu_mark = self.cpu_snapshot(p)
             t_first, t_done = self.wait_for(p, done, n, first=lambda c: c[0] < n)
             mem = {**sampler.take(), **self.cpu_per_task(p, self.cpu_mark, n)}
-            if not ignore_result and self.server.db1.dbsize() != n:
-                raise PhaseError(f"expected {n} results, found {self.server.db1.dbsize()}")
-            if ignore_result and self.server.db1.dbsize() != 0:
-                raise PhaseError(f"ignore_result, yet {self.server.db1.dbsize()} results were stored")
+            results = self.counts()[2]
+            if not ignore_result and results != n:
+                raise PhaseError(f"expected {n} results, found {results}")
+            if ignore_result and results != 0:
+                raise PhaseError(f"ignore_result, yet {results} results were stored")
             t_first = t_first or t_done
             secs = max(t_done - t_first, 1e-9)
             out = {"n": n, "startup_s": t_first - t_spawn, "drain_s": secs, "tasks_per_s": n / secs,
@@ -515,7 +624,7 @@ class Suite:
     def end_to_end(self, p: subprocess.Popen, sampler: MemorySampler) -> dict:
         """Worker running; publish N while it consumes; until N results stored."""
         n = self.args.n
-        self.server.db1.flushdb()
+        self.server.fresh_results()
         sampler.take()  # reset the peaks: this phase gets its own
         mark = self.cpu_snapshot(p)
         pubs = self.start_publishers(n, ignore_result=False)
@@ -569,8 +678,9 @@ METRICS = [
     ("latency p99 (ms)", ("latency", "p99_ms"), "{:.2f}"),
     ("latency mean (ms)", ("latency", "mean_ms"), "{:.2f}"),
     ("worker CPU per task, drain (µs)", ("drain", "worker_cpu_us_per_task"), "{:,.0f}"),
-    ("redis CPU per task, drain (µs)", ("drain", "redis_cpu_us_per_task"), "{:,.0f}"),
+    ("broker CPU per task, drain (µs)", ("drain", "broker_cpu_us_per_task"), "{:,.0f}"),
     ("worker CPU per task, ignore_result (µs)", ("drain_noresult", "worker_cpu_us_per_task"), "{:,.0f}"),
+    ("broker CPU per task, ignore_result (µs)", ("drain_noresult", "broker_cpu_us_per_task"), "{:,.0f}"),
     ("start -> first message taken (s)", ("drain", "startup_s"), "{:.2f}"),
     ("RSS peak, drain (MB, tree sum)", ("drain", "rss_peak_mb"), "{:.1f}"),
     ("RSS peak, e2e (MB, tree sum)", ("e2e", "rss_peak_mb"), "{:.1f}"),
@@ -618,7 +728,8 @@ def render(report: dict) -> str:
     lines = []
     meta = report["meta"]
     r = report["config"]
-    lines.append(f"Celeriac vs Celery — {meta['timestamp']} — {meta['cpus']} CPUs, redis {meta['redis_version']}, "
+    lines.append(f"Celeriac vs Celery — {meta['timestamp']} — {meta['cpus']} CPUs, {meta['broker']} "
+                 f"{meta['broker_version']} (results: {meta['result_backend']}), "
                  f"celery {meta['celery_version']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}")
     lines.append(f"N = {r['n']}, latency n = {r['latency_n']}, repeats = {r['repeat']}, -c {r['concurrency']}, "
                  f"publishers = {r['publishers']}; "
@@ -695,6 +806,8 @@ def parse_args() -> argparse.Namespace:
                     help="client processes publishing in parallel (default 1; the N messages are shared)")
     ap.add_argument("--concurrency", "-c", type=int, default=2, help="worker concurrency (default 2)")
     ap.add_argument("--workers", default="celery,celeriac", help="which workers to measure (default both)")
+    ap.add_argument("--broker", choices=("redis", "amqp"), default="redis",
+                    help="redis (results in Redis) or amqp (a private RabbitMQ node, rpc:// results)")
     ap.add_argument("--sandbox-n", type=int, default=None, help="calls per sandbox configuration (default 20000)")
     ap.add_argument("--redis-benchmark-n", type=int, default=None, help="requests per redis-benchmark run")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build and target/tasks")
@@ -721,7 +834,7 @@ def main() -> int:
     args = parse_args()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    if not shutil.which("redis-server") or not shutil.which("redis-benchmark"):
+    if args.broker == "redis" and (not shutil.which("redis-server") or not shutil.which("redis-benchmark")):
         sys.exit("redis-server / redis-benchmark not found: run bench/run.sh (it installs them) "
                  "or `apt-get install -y redis-server`")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -749,11 +862,11 @@ def main() -> int:
     }
     report["config"]["celery_worker_flags"] = "--pool=prefork -c N -l WARNING --without-gossip --without-mingle --without-heartbeat"
     runs: dict[str, list[dict]] = {w: [] for w in args.workers}
-    server = RedisServer(logdir)
-    report["meta"]["redis_version"] = server.version
-    log(f"redis-server {server.version} on 127.0.0.1:{server.port}; logs in {logdir}")
+    server = RabbitBench(logdir) if args.broker == "amqp" else RedisServer(logdir)
+    report["meta"].update(broker=server.name, broker_version=server.version, result_backend=server.backend_url)
+    log(f"{server.name} {server.version} at {server.broker_url}; logs in {logdir}")
     try:
-        if not args.no_redis_benchmark:
+        if not args.no_redis_benchmark and args.broker == "redis":
             log("ceiling: redis-benchmark")
             report["redis_benchmark"] = redis_benchmark(server, args.redis_benchmark_n)
         if not args.no_sandbox:

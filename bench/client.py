@@ -7,7 +7,7 @@ Celery client opens for every task it sends with results on, never share a
 process or a Redis connection with the harness's own polling. It prints one
 JSON object on stdout.
 
-    python client.py publish --n 20000 [--ignore-result]
+    python client.py publish --n 20000 [--ignore-result] [--reply-to QUEUE]
         -> {"n", "first", "last"}   (time.time() of the first and last publish)
     python client.py latency --n 1000 [--warmup 50]
         -> {"n", "samples_ms": [...]}   (sequential add.delay(i, i).get())
@@ -24,9 +24,12 @@ import time
 from benchtasks import add, app
 
 
-def publish(n: int, ignore_result: bool) -> dict:
-    """Send ``add(i, i)`` for i in 0..n with one shared producer."""
+def publish(n: int, ignore_result: bool, reply_to: str | None) -> dict:
+    """Send ``add(i, i)`` for i in 0..n with one shared producer; with
+    ``reply_to`` (rpc://), results go to that queue instead of this client's."""
     options = {"ignore_result": True} if ignore_result else {}
+    if reply_to:
+        options["reply_to"] = reply_to
     with app.producer_or_acquire() as producer:
         # The first publish connects and declares the queue: not timed apart,
         # it is part of what a client pays.
@@ -57,13 +60,14 @@ def main() -> None:
     p = sub.add_parser("publish", help="publish N add(i, i) messages")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--ignore-result", action="store_true")
+    p.add_argument("--reply-to", default=None, help="rpc:// results to this queue (the harness counts it)")
     l = sub.add_parser("latency", help="N sequential add.delay(i, i).get()")
     l.add_argument("--n", type=int, default=1000)
     l.add_argument("--warmup", type=int, default=50)
     l.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
     if args.cmd == "publish":
-        out = publish(args.n, args.ignore_result)
+        out = publish(args.n, args.ignore_result, args.reply_to)
     else:
         out = latency(args.n, args.warmup, args.timeout)
     json.dump(out, sys.stdout)

@@ -12,7 +12,7 @@
 #
 # Examples:  bench/run.sh --quick      bench/run.sh      bench/run.sh --n 50000 --repeat 5
 #            bench/run.sh --callgrind    (instructions per task, bench/profile.py)
-#            bench/run.sh --broker amqp [--n 10000]   (over RabbitMQ, bench/amqp_quick.py)
+#            bench/run.sh --broker amqp [--quick]   (over a private RabbitMQ node, rpc:// results)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +53,7 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
 fi
 
 if [ "${1:-}" = "--broker" ] && [ "${2:-}" = "amqp" ]; then
-    # Over RabbitMQ (bench/amqp_quick.py): a private rabbitmq-server node, rpc:// results.
+    # Over RabbitMQ: a private rabbitmq-server node (tests/conftest.py's RabbitServer), rpc:// results.
     shift 2
     if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         if [ "$(id -u)" -ne 0 ]; then
@@ -65,8 +65,7 @@ if [ "${1:-}" = "--broker" ] && [ "${2:-}" = "amqp" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
         service rabbitmq-server stop >/dev/null 2>&1 || true   # the harness runs its own node
     fi
-    (cd "$HERE/.." && make tasks >&2 && cargo build --release -p celeriac >&2)
-    exec "$VENV/bin/python" "$HERE/amqp_quick.py" --bin "$HERE/../target/release/celeriac" "$@"
+    exec "$VENV/bin/python" "$HERE/bench.py" --broker amqp "$@"
 fi
 
 if [ "${1:-}" = "--callgrind" ]; then

@@ -38,6 +38,7 @@
 //!   so it makes at most one hop per level (log₂ d hops). Python workers on
 //!   the same queue see an ordinary (redelivered-looking) task message.
 
+pub mod acks;
 pub mod transport;
 pub mod url;
 
@@ -59,6 +60,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::protocol::amqp::{self as wire, AmqpEncodeError, Deliver, QueueType, short_string};
 use crate::protocol::{EncodedTask, RawMessage};
+use acks::AckWindow;
 use url::{AmqpUrl, SslOptions, UrlError};
 
 /// ETAs nearer than this are held in memory (unacknowledged); farther ones are parked.
@@ -75,6 +77,11 @@ const DEATH_HEADERS: &[&str] = &[
     "x-last-death-queue",
     "x-last-death-reason",
 ];
+/// The largest frame we accept (`connection.tune`; the broker offers 128 KiB).
+/// lapin keeps 32 frames of read and of write buffer per connection, zeroed:
+/// at 128 KiB that is 8 MiB resident per connection (40 MiB for a worker's
+/// five); at 16 KiB, 1 MiB. Larger bodies are simply split into more frames.
+const FRAME_MAX: u32 = 16 * 1024;
 /// Deliveries buffered between the consumer task and the worker.
 const DELIVERY_BUFFER: usize = 64;
 
@@ -205,20 +212,55 @@ pub struct AmqpDelivery {
 #[derive(Clone, Debug)]
 pub struct DeliveryAck {
     acker: lapin::Acker,
+    tag: u64,
+    /// The unsettled deliveries of the channel (for `multiple` acks).
+    window: Arc<Mutex<AckWindow>>,
     /// Keeps the channel open until the delivery is settled (lapin closes a
     /// channel when its last handle goes, and the broker would requeue).
     _channel: Channel,
 }
 
 impl DeliveryAck {
-    /// `basic.ack`: the message is done with.
-    pub async fn ack(&self) -> Result<(), AmqpError> {
-        self.acker.ack(BasicAckOptions::default()).await?;
-        Ok(())
+    /// `basic.ack` each of `acks`, with one `basic.ack(multiple=true)` per
+    /// channel for the run of them that no held delivery interrupts
+    /// ([`AckWindow`]). Returns the errors (a gone channel: the broker has
+    /// put those messages back already).
+    pub async fn ack_all(acks: Vec<DeliveryAck>) -> Vec<AmqpError> {
+        let mut by_channel: Vec<(Arc<Mutex<AckWindow>>, Vec<DeliveryAck>)> = Vec::new();
+        for a in acks {
+            match by_channel.iter_mut().find(|(w, _)| Arc::ptr_eq(w, &a.window)) {
+                Some((_, v)) => v.push(a),
+                None => by_channel.push((a.window.clone(), vec![a])),
+            }
+        }
+        let mut sends = Vec::new();
+        for (window, acks) in by_channel {
+            let plan = window.lock().unwrap_or_else(|p| p.into_inner()).settle(acks.iter().map(|a| a.tag));
+            for a in acks {
+                if plan.multiple == Some(a.tag) {
+                    sends.push((a, true));
+                } else if plan.single.contains(&a.tag) {
+                    sends.push((a, false));
+                }
+            }
+        }
+        let results = futures_util::future::join_all(
+            sends.iter().map(|(a, multiple)| a.acker.ack(BasicAckOptions { multiple: *multiple })),
+        )
+        .await;
+        results
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(true) => None,
+                Ok(false) => Some(AmqpError::Lost("the delivery's channel is gone".into())),
+                Err(e) => Some(e.into()),
+            })
+            .collect()
     }
 
     /// `basic.reject(requeue=true)`: give the message back (warm shutdown), as Celery does.
     pub async fn requeue(&self) -> Result<(), AmqpError> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner()).forget(self.tag);
         self.acker.reject(BasicRejectOptions { requeue: true }).await?;
         Ok(())
     }
@@ -226,6 +268,7 @@ impl DeliveryAck {
     /// `basic.reject(requeue=false)`: drop a message that can never be processed
     /// (or dead-letter it, if the queue has a dead-letter exchange).
     pub async fn reject(&self) -> Result<(), AmqpError> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner()).forget(self.tag);
         self.acker.reject(BasicRejectOptions { requeue: false }).await?;
         Ok(())
     }
@@ -326,6 +369,7 @@ impl AmqpBroker {
             query: AMQPQueryString {
                 heartbeat: Some(u.heartbeat),
                 connection_timeout: Some(u.connect_timeout.as_millis() as u64),
+                frame_max: Some(FRAME_MAX),
                 ..AMQPQueryString::default()
             },
         };
@@ -527,6 +571,7 @@ impl AmqpBroker {
         let (conn, _, _) = self.live(Role::Consumer).await?;
         let channel = conn.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+        let window = Arc::new(Mutex::new(AckWindow::default()));
         let mut streams = futures_util::stream::SelectAll::new();
         let mut tags = Vec::new();
         for q in queues {
@@ -571,11 +616,17 @@ impl AmqpBroker {
                         redelivered: d.redelivered,
                     };
                     let message = wire::raw_message(&deliver, &d.properties, d.data);
+                    window.lock().unwrap_or_else(|p| p.into_inner()).received(d.delivery_tag);
                     if tx
                         .send(AmqpDelivery {
                             queue,
                             message,
-                            ack: DeliveryAck { acker: d.acker, _channel: channel.clone() },
+                            ack: DeliveryAck {
+                                acker: d.acker,
+                                tag: d.delivery_tag,
+                                window: window.clone(),
+                                _channel: channel.clone(),
+                            },
                         })
                         .await
                         .is_err()

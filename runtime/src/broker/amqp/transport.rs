@@ -2,8 +2,9 @@
 //!
 //! kombu's pyamqp transport has real acknowledgements, so none of the virtual
 //! transports' QoS bookkeeping applies: a [`Delivery`] carries the channel's
-//! delivery tag ([`DeliveryAck`]); `ack` → `basic.ack` (whatever is pending goes out together, without waiting for more),
-//! `requeue` → `basic.reject(requeue=true)`, `hold` → nothing (the broker
+//! delivery tag ([`DeliveryAck`]); `ack` → `basic.ack` (what is pending goes
+//! out together, without waiting for more, as one `multiple` ack where
+//! [`super::acks::AckWindow`] allows), `requeue` → `basic.reject(requeue=true)`, `hold` → nothing (the broker
 //! keeps an unacknowledged message for as long as its channel lives). The
 //! consumer sets `basic.qos` from the prefetch window it is given. Two
 //! capabilities only AMQP has: [`DelayedDelivery`] (far-future ETAs parked in
@@ -63,8 +64,11 @@ impl Transport for AmqpTransport {
     }
 
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
-        // Its own connections, driven by the calling loop's runtime.
-        Box::pin(async move { Ok(Broker::new(AmqpTransport::connect(self.config.clone()).await?)) })
+        // The same two connections (lapin drives each from its own I/O thread);
+        // each loop's consumer gets its own channel on the consumer connection.
+        Box::pin(
+            async move { Ok(Broker::new(AmqpTransport { broker: self.broker.clone(), config: self.config.clone() })) },
+        )
     }
 
     fn consume<'a>(
@@ -80,11 +84,9 @@ impl Transport for AmqpTransport {
             // window only once it has the ack, so an ack waiting to join a
             // batch stalls the pipeline (1 ms held the drain at ~2,700/s).
             let acks = Batcher::spawn(None, |batch: Vec<DeliveryAck>| async move {
-                for r in futures_util::future::join_all(batch.iter().map(DeliveryAck::ack)).await {
-                    if let Err(e) = r {
-                        // Its channel is gone: the broker has put the message back already.
-                        tracing::warn!("could not acknowledge a message ({e}); the broker will deliver it again");
-                    }
+                for e in DeliveryAck::ack_all(batch).await {
+                    // Its channel is gone: the broker has put the message back already.
+                    tracing::warn!("could not acknowledge a message ({e}); the broker will deliver it again");
                 }
             });
             Ok(Box::new(AmqpConsumer { deliveries, stop, acks }) as Box<dyn Consumer>)
