@@ -586,6 +586,11 @@ class Suite:
         self.server.fresh()
         pub = self.publish(n, ignore_result)
         queued, _, _ = self.counts()
+        deadline = time.monotonic() + 10
+        while queued != n and time.monotonic() < deadline:
+            # RabbitMQ routes asynchronously: the last publishes may not be counted yet.
+            time.sleep(0.05)
+            queued, _, _ = self.counts()
         if queued != n:
             raise PhaseError(f"expected {n} queued messages after publishing, found {queued}")
         tag = "drain-noresult" if ignore_result else "drain"

@@ -166,6 +166,11 @@ struct Inner {
     tls: OwnedTLSConfig,
     topology: Topology,
     name: String,
+    /// The runtime of the thread that connected (the worker's main thread,
+    /// idle while the event loops work): every connection's socket is
+    /// registered with it, so a loop busy running a task never delays another
+    /// loop's deliveries, or heartbeats.
+    io: tokio::runtime::Handle,
     consumer: tokio::sync::Mutex<Option<Live>>,
     publisher: tokio::sync::Mutex<Option<Live>>,
     generation: AtomicU64,
@@ -298,6 +303,7 @@ impl AmqpBroker {
                 tls,
                 topology,
                 name: name.to_string(),
+                io: tokio::runtime::Handle::current(),
                 consumer: tokio::sync::Mutex::new(None),
                 publisher: tokio::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
@@ -380,12 +386,21 @@ impl AmqpBroker {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("{} ({kind})", self.inner.name)))
             .with_client_property("product".into(), LongString::from("celeriac"));
-        let runtime = lapin::runtime::default_runtime()?;
-        let connecting = Connection::connect_uri_with_config(uri, props, self.inner.tls.clone(), runtime);
+        let tls = self.inner.tls.clone();
+        // Connected on the main runtime (lapin registers the socket with the
+        // runtime it connects on), whichever loop asks.
+        let mut connecting = self.inner.io.spawn(async move {
+            let runtime = lapin::runtime::default_runtime()?;
+            Connection::connect_uri_with_config(uri, props, tls, runtime).await
+        });
         // connect_timeout bounds the TCP connect; the handshake gets a little more.
-        match tokio::time::timeout(u.connect_timeout + Duration::from_secs(10), connecting).await {
-            Ok(conn) => Ok(conn?),
-            Err(_) => Err(AmqpError::Timeout(u.display())),
+        match tokio::time::timeout(u.connect_timeout + Duration::from_secs(10), &mut connecting).await {
+            Ok(Ok(conn)) => Ok(conn?),
+            Ok(Err(e)) => Err(AmqpError::Lost(format!("the connecting task ended: {e}"))),
+            Err(_) => {
+                connecting.abort();
+                Err(AmqpError::Timeout(u.display()))
+            }
         }
     }
 
@@ -395,7 +410,7 @@ impl AmqpBroker {
         let weak = Arc::downgrade(conn);
         let blocked = self.inner.blocked.clone();
         blocked.send_replace(false);
-        tokio::spawn(async move {
+        self.inner.io.spawn(async move {
             loop {
                 let event = tokio::select! {
                     e = events.next() => e,
