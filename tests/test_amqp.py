@@ -368,6 +368,70 @@ def test_countdown_tasks_do_not_hold_up_immediate_ones(worker, rabbitmq_server, 
     log_has_no_406(w)
 
 
+def test_200_countdowns_among_2000_immediate_tasks_run_once_each_not_early_and_hold_nothing_back(
+        worker, rabbitmq_server, vhost, amqp_app):
+    # Celery's default window (prefetch multiplier 4 x concurrency 2): were
+    # the countdown tasks held in it, the immediate ones would wait for them.
+    w = amqp_worker(worker, rabbitmq_server, vhost, concurrency=2)
+    app, t = amqp_app("rpc://")
+    later = []
+    with app.producer_or_acquire() as producer:
+        for i in range(200):
+            countdown = 5 + (i * 55) // 199  # 5 .. 60 s
+            later.append((t["add"].apply_async((i, 1000), countdown=countdown, producer=producer), countdown,
+                          time.time()))
+        start = time.monotonic()
+        now = [t["add"].apply_async((i, 0), producer=producer) for i in range(2000)]
+    assert [r.get(timeout=60) for r in now] == list(range(2000))
+    immediate_done = time.monotonic() - start
+    # Generous (a loaded CI box): the point is that they do not wait for countdowns of up to 60 s.
+    assert immediate_done < 20, f"2,000 immediate tasks took {immediate_done:.1f}s behind 200 countdown tasks"
+    for i, (r, countdown, sent) in enumerate(later):
+        assert r.get(timeout=120) == i + 1000
+        ran = r.date_done.timestamp()
+        # The client computes the ETA from its clock at send time (same machine).
+        assert ran >= sent + countdown - 0.5, f"task {i} with countdown={countdown} ran {sent + countdown - ran:.1f}s early"
+    ids = [r.id for r, _, _ in later]
+    done = succeeded_order(w)
+    assert {i: done.count(i) for i in ids if done.count(i) != 1} == {}, "an ETA task ran more than once (or never)"
+    log_has_no_406(w)
+
+
+@pytest.fixture
+def short_consumer_timeout(rabbitmq_server):
+    """RabbitMQ's consumer_timeout at 10 s (checked every second) for channels
+    opened during the test; the defaults (30 min, 60 s) come back after."""
+    rabbitmq_server.ctl("eval", "application:set_env(rabbit, consumer_timeout, 10000), "
+                                "application:set_env(rabbit, channel_tick_interval, 1000).")
+    yield
+    rabbitmq_server.ctl("eval", "application:set_env(rabbit, consumer_timeout, 1800000), "
+                                "application:set_env(rabbit, channel_tick_interval, 60000).")
+
+
+@pytest.mark.celeriac_only  # Celery 5.7 holds ETA tasks unacknowledged: RabbitMQ closes its channel (406)
+def test_countdowns_beyond_the_consumer_timeout_close_no_channel_and_run_once(
+        worker, rabbitmq_server, vhost, amqp_app, short_consumer_timeout):
+    rabbit_log = rabbitmq_server.workdir / "log" / f"{rabbitmq_server.nodename}.log"
+    log_start = rabbit_log.stat().st_size
+    w = amqp_worker(worker, rabbitmq_server, vhost, concurrency=2)
+    app, t = amqp_app("rpc://")
+    sent = time.time()
+    later = [t["add"].apply_async((i, 100), countdown=30) for i in range(10)]
+    now = [t["add"].delay(i, 0) for i in range(50)]
+    assert [r.get(timeout=30) for r in now] == list(range(50))
+    assert [r.get(timeout=90) for r in later] == [i + 100 for i in range(10)]
+    assert min(r.date_done.timestamp() for r in later) >= sent + 29.5
+    # Nothing left unacknowledged for RabbitMQ to redeliver a second time.
+    time.sleep(2)
+    done = succeeded_order(w)
+    assert {r.id: done.count(r.id) for r in later if done.count(r.id) != 1} == {}
+    assert "timed out" not in w.log_text(), w.tail()
+    with open(rabbit_log, errors="replace") as f:
+        f.seek(log_start)
+        assert "waiting for delivery acknowledgement" not in f.read()
+    log_has_no_406(w)
+
+
 def test_a_deleted_queue_is_declared_again_and_consumed(worker, rabbitmq_server, vhost, amqp_app):
     import amqp as pyamqp
     w = amqp_worker(worker, rabbitmq_server, vhost)
