@@ -397,6 +397,26 @@ def test_200_countdowns_among_2000_immediate_tasks_run_once_each_not_early_and_h
     log_has_no_406(w)
 
 
+def test_a_countdown_task_routed_through_an_exchange_comes_back_to_its_queue(worker, rabbitmq_server, vhost,
+                                                                            amqp_app):
+    # Celery's routing guide: a topic exchange, Queue("video", Exchange("media", type="topic"),
+    # routing_key="media.#"), a task sent with routing_key="media.video". That key names no queue (a
+    # direct exchange would not show it: Celery sends those through the default exchange, key = queue
+    # name); a task parked until its ETA must come back to the queue it was taken from.
+    from kombu import Exchange, Queue
+    w = amqp_worker(worker, rabbitmq_server, vhost, queues="video")
+    video = Queue("video", Exchange("media", type="topic"), routing_key="media.#")
+    app, t = amqp_app("rpc://", task_queues=[video])
+    with app.connection_for_write() as conn:
+        video(conn.default_channel).declare()
+    sent = time.time()
+    later = [t["add"].apply_async((i, 10), countdown=5, exchange="media", routing_key="media.video")
+             for i in range(3)]
+    assert [r.get(timeout=60) for r in later] == [10, 11, 12]
+    assert min(r.date_done.timestamp() for r in later) >= sent + 4.5
+    log_has_no_406(w)
+
+
 @pytest.fixture
 def short_consumer_timeout(rabbitmq_server):
     """RabbitMQ's consumer_timeout at 10 s (checked every second) for channels
