@@ -334,6 +334,45 @@ def test_a_malformed_message_is_dropped_once_and_the_worker_keeps_serving(kind, 
         assert meta["result"]["exc_type"] in ("TypeError", "MemoryError")
 
 
+def test_unknown_and_invalid_tasks_are_rejected_into_a_dead_letter_exchange_and_undecodable_ones_acked(
+        worker, rabbitmq_server, vhost, amqp_app, redis_server):
+    # As Celery: reject_log_error (basic.reject, requeue=false) for an unregistered task and a message
+    # that is no task; on_decode_error acknowledges a body it cannot decode. Only a reject dead-letters.
+    rabbitmq_server.ctl("set_policy", "-p", vhost, "dlx", "^celery$", '{"dead-letter-exchange":"dlx"}',
+                        "--apply-to", "queues")
+    import amqp as pyamqp
+    conn = pyamqp.Connection(host=f"127.0.0.1:{rabbitmq_server.port}", userid="guest", password="guest",
+                             virtual_host=vhost)
+    conn.connect()
+    ch = conn.channel()
+    ch.exchange_declare("dlx", "fanout", durable=True, auto_delete=False)
+    ch.queue_declare("dead", durable=True, auto_delete=False)
+    ch.queue_bind("dead", "dlx")
+    w = amqp_worker(worker, rabbitmq_server, vhost, backend=redis_server.url(1))
+    app, t = amqp_app(redis_server.url(1))
+    unknown = new_task_id()
+    publish_raw(rabbitmq_server, vhost, b'[[], {}, {}]', headers=v2_headers(unknown, task="tasks.nope"),
+                content_type="application/json", correlation_id=unknown)
+    body, content_type, _ = MALFORMED["missing headers"]
+    publish_raw(rabbitmq_server, vhost, body, headers=None, content_type=content_type)
+    body, content_type, _ = MALFORMED["not JSON"]
+    publish_raw(rabbitmq_server, vhost, body, headers=v2_headers(new_task_id()), content_type=content_type)
+    assert t["add"].delay(1, 1).get(timeout=60) == 2
+    assert redis_server.wait_for_states([unknown], ("FAILURE",), timeout=30)[0]["result"]["exc_type"] == \
+        "NotRegistered"
+    wait_until(lambda: rabbitmq_server.queue_counts(vhost).get("dead", (0, 0))[0] >= 2, 30,
+               message=lambda: f"two dead-lettered messages: {rabbitmq_server.queue_counts(vhost)}")
+    time.sleep(1)
+    dead = []
+    while (m := ch.basic_get("dead", no_ack=True)) is not None:
+        dead.append(m)
+    conn.close()
+    assert len(dead) == 2, [m.body[:60] for m in dead]
+    assert {(m.headers or {}).get("task") for m in dead} == {"tasks.nope", None}
+    assert rabbitmq_server.queue_counts(vhost).get("celery") == (0, 0)
+    assert w.alive
+
+
 @pytest.mark.standin_xfail("Celery stores no result for a message it cannot decode")
 @pytest.mark.parametrize("kind", ["not JSON", "unknown content type", "pickle"])
 def test_a_malformed_message_with_a_readable_id_stores_a_failure(kind, worker, rabbitmq_server, vhost,

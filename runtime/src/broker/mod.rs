@@ -362,6 +362,15 @@ pub trait AckHandle: Send + Sync {
     /// in the ack bookkeeping if it is not yet. Does not wait.
     fn hold(&mut self);
 
+    /// Drop a message that can never run (unknown task, invalid message), as
+    /// Celery's `reject_log_error` does: `basic.reject(requeue=false)` on AMQP,
+    /// so a queue with a dead-letter exchange keeps it there. kombu's virtual
+    /// transports have no dead-lettering: there it is an acknowledgement.
+    fn reject(&mut self) -> BoxFuture<'_, ()> {
+        self.ack();
+        Box::pin(async {})
+    }
+
     /// A second handle on the same delivery.
     fn clone_box(&self) -> Box<dyn AckHandle>;
 }
@@ -390,6 +399,13 @@ impl Acker {
     pub async fn requeue(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
             self.handle.requeue().await;
+        }
+    }
+
+    /// Drop the message for good (dead-lettered where the queue says so).
+    pub async fn reject(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.handle.reject().await;
         }
     }
 

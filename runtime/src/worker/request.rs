@@ -66,7 +66,8 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         );
         acker.hold();
         Box::pin(store_exception(s, &msg, &routing, &ExceptionInfo::not_registered(&msg.task), None)).await;
-        acker.ack();
+        // Celery's on_unknown_task: reject without requeue (dead-lettered where the queue says so).
+        acker.reject().await;
         return;
     }
     run(s, &mut acker, msg, routing, prefetch).await;
@@ -87,7 +88,17 @@ async fn reject(s: &Shared, acker: &mut Acker, e: ProtocolError, routing: Routin
     if let Some(id) = e.task_id() {
         store(s, &routing, ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()))).await;
     }
-    acker.ack();
+    match e {
+        // Celery's on_decode_error: a body it cannot decode is acknowledged.
+        ProtocolError::ContentDisallowed { .. }
+        | ProtocolError::BodyDecode { .. }
+        | ProtocolError::UnsupportedBodyEncoding { .. }
+        | ProtocolError::BadBase64 { .. }
+        | ProtocolError::EnvelopeJson(_)
+        | ProtocolError::EnvelopeNotObject { .. } => acker.ack(),
+        // Its on_invalid_task: rejected without requeue.
+        _ => acker.reject().await,
+    }
 }
 
 /// Hand a task whose ETA is `wait` away to the transport's delayed

@@ -196,6 +196,14 @@ impl AckHandle for AmqpAck {
         // The broker keeps it unacknowledged while the channel lives.
     }
 
+    fn reject(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.ack.reject().await {
+                tracing::warn!("could not reject a message ({e}); the broker will deliver it again");
+            }
+        })
+    }
+
     fn clone_box(&self) -> Box<dyn AckHandle> {
         Box::new(self.clone())
     }
