@@ -35,6 +35,7 @@ use crate::connection::UrlError;
 use crate::connection::sqlite::Db;
 use crate::connection::url::sqlite_path;
 use crate::protocol::Serializer;
+use crate::protocol::content::DecodeError;
 use crate::protocol::result::{ExtendedMeta, ResultMeta, TaskState};
 use crate::protocol::time::now_secs;
 use crate::protocol::time::parse_datetime;
@@ -270,7 +271,9 @@ impl DatabaseBackend {
 
     fn meta_from_row(&self, task_id: &str, r: Row) -> Result<ResultMeta, BackendError> {
         let decode = |b: &Option<Vec<u8>>| -> Result<Value, BackendError> {
-            b.as_deref().map_or(Ok(Value::Null), |b| decode_value(b, self.serializer).map_err(BackendError::Encode))
+            b.as_deref().map_or(Ok(Value::Null), |b| {
+                decode_value(b, self.serializer).map_err(|e| BackendError::Encode(e.to_string()))
+            })
         };
         let children = match decode(&r.children)? {
             Value::Array(c) => Some(c),
@@ -373,13 +376,13 @@ impl PollWaiter {
 
 /// Decode a `result`-like column: a pickle (Celery <= 5.6 writers), the
 /// configured serializer, or the other one.
-fn decode_value(bytes: &[u8], preferred: Serializer) -> Result<Value, String> {
+fn decode_value(bytes: &[u8], preferred: Serializer) -> Result<Value, ColumnError> {
     // A msgpack value starting with 0x80 is an empty map, one byte long.
     if bytes.len() > 2 && bytes[0] == 0x80 && bytes[1] <= 5 {
-        return unpickle(bytes);
+        return Ok(unpickle(bytes)?);
     }
     let other = if preferred == Serializer::Json { Serializer::Msgpack } else { Serializer::Json };
-    preferred.decode(bytes).or_else(|e| other.decode(bytes).map_err(|_| e))
+    Ok(preferred.decode(bytes).or_else(|e| other.decode(bytes).map_err(|_| e))?)
 }
 
 /// A pickle (protocol 2, readable by every Python 3) of a JSON value: what a
@@ -454,23 +457,51 @@ pub fn pickle(v: &Value) -> Vec<u8> {
     out
 }
 
+/// Why a stored pickle could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable pickle: {0}")]
+pub struct PickleError(String);
+
+impl From<&str> for PickleError {
+    fn from(reason: &str) -> Self {
+        PickleError(reason.to_owned())
+    }
+}
+
+impl From<String> for PickleError {
+    fn from(reason: String) -> Self {
+        PickleError(reason)
+    }
+}
+
+/// Why a `result`-like column could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnError {
+    /// Neither serializer reads it.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A pickle (Celery <= 5.6) that is not a JSON-like value.
+    #[error(transparent)]
+    Pickle(#[from] PickleError),
+}
+
 /// Read a pickle of a JSON-like value (None, bool, int, float, str, bytes as
 /// text, list, tuple, dict): what Celery <= 5.6 stores in the `result` column.
 /// Anything else (classes, reduce) is refused: nothing is ever executed.
-pub fn unpickle(data: &[u8]) -> Result<Value, String> {
+pub fn unpickle(data: &[u8]) -> Result<Value, PickleError> {
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: Vec<Option<Value>> = Vec::new();
     let mut i = 0usize;
-    let take = |i: &mut usize, n: usize| -> Result<&[u8], String> {
+    let take = |i: &mut usize, n: usize| -> Result<&[u8], PickleError> {
         let s = data.get(*i..*i + n).ok_or("truncated pickle")?;
         *i += n;
         Ok(s)
     };
     let uint = |b: &[u8]| b.iter().rev().fold(0u64, |a, x| (a << 8) | u64::from(*x));
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|e| e.to_string());
-    let pop = |stack: &mut Vec<Value>| stack.pop().ok_or_else(|| "pickle stack underflow".to_string());
-    let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>| -> Result<Vec<Value>, String> {
+    let pop = |stack: &mut Vec<Value>| stack.pop().ok_or_else(|| PickleError::from("pickle stack underflow"));
+    let pop_mark = |stack: &mut Vec<Value>, marks: &mut Vec<usize>| -> Result<Vec<Value>, PickleError> {
         let m = marks.pop().ok_or("pickle mark missing")?;
         if m > stack.len() {
             return Err("bad pickle mark".into());
@@ -606,7 +637,9 @@ pub fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let v = memo.get(idx).cloned().flatten().ok_or("unknown pickle memo entry")?;
                 stack.push(v);
             }
-            other => return Err(format!("unsupported pickle opcode 0x{other:02x} (only JSON-like values are read)")),
+            other => {
+                return Err(format!("unsupported pickle opcode 0x{other:02x} (only JSON-like values are read)").into());
+            }
         }
     }
 }

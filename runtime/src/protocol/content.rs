@@ -99,16 +99,16 @@ impl Serializer {
         }
     }
 
-    /// Deserialise bytes. The error is a plain reason string; callers wrap
-    /// it into a [`ProtocolError`] carrying what they know about the task.
-    pub fn decode(self, bytes: &[u8]) -> Result<Value, String> {
+    /// Deserialise bytes. Callers wrap the error into a [`ProtocolError`]
+    /// carrying what they know about the task.
+    pub fn decode(self, bytes: &[u8]) -> Result<Value, DecodeError> {
         match self {
-            Serializer::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Serializer::Json => Ok(serde_json::from_slice(bytes)?),
             Serializer::Msgpack => {
                 let mut cursor = bytes;
-                let value = rmpv::decode::read_value(&mut cursor).map_err(|e| e.to_string())?;
+                let value = rmpv::decode::read_value(&mut cursor)?;
                 if !cursor.is_empty() {
-                    return Err(format!("{} unexpected bytes after the msgpack value", cursor.len()));
+                    return Err(DecodeError::TrailingBytes(cursor.len()));
                 }
                 msgpack_to_json(value)
             }
@@ -243,8 +243,25 @@ pub fn json_to_msgpack(value: &Value) -> rmpv::Value {
     }
 }
 
+/// Why a body could not be deserialised.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// Not msgpack.
+    #[error(transparent)]
+    Msgpack(#[from] rmpv::decode::Error),
+    /// A msgpack value followed by more bytes.
+    #[error("{0} unexpected bytes after the msgpack value")]
+    TrailingBytes(usize),
+    /// A msgpack value JSON cannot carry.
+    #[error("{0}")]
+    NoJsonForm(String),
+}
+
 /// Convert a msgpack value into JSON, following the rules in the module docs.
-pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, String> {
+pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, DecodeError> {
     Ok(match value {
         rmpv::Value::Nil => Value::Null,
         rmpv::Value::Boolean(b) => Value::Bool(b),
@@ -254,14 +271,14 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, String> {
             } else if let Some(s) = i.as_i64() {
                 Value::Number(s.into())
             } else {
-                return Err("integer out of range".to_owned());
+                return Err(DecodeError::NoJsonForm("integer out of range".to_owned()));
             }
         }
         rmpv::Value::F32(f) => float(f64::from(f))?,
         rmpv::Value::F64(f) => float(f)?,
         rmpv::Value::String(s) => match s.into_str() {
             Some(s) => Value::String(s),
-            None => return Err("string is not valid UTF-8".to_owned()),
+            None => return Err(DecodeError::NoJsonForm("string is not valid UTF-8".to_owned())),
         },
         rmpv::Value::Binary(bytes) => {
             let mut marker = Map::new();
@@ -285,22 +302,24 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, String> {
                 let key = match k {
                     rmpv::Value::String(s) => match s.into_str() {
                         Some(s) => s,
-                        None => return Err("map key is not valid UTF-8".to_owned()),
+                        None => return Err(DecodeError::NoJsonForm("map key is not valid UTF-8".to_owned())),
                     },
-                    other => return Err(format!("map key must be a string, got {other}")),
+                    other => return Err(DecodeError::NoJsonForm(format!("map key must be a string, got {other}"))),
                 };
                 map.insert(key, msgpack_to_json(v)?);
             }
             Value::Object(map)
         }
         rmpv::Value::Ext(tag, _) => {
-            return Err(format!("msgpack extension type {tag} is not supported"));
+            return Err(DecodeError::NoJsonForm(format!("msgpack extension type {tag} is not supported")));
         }
     })
 }
 
-fn float(f: f64) -> Result<Value, String> {
-    Number::from_f64(f).map(Value::Number).ok_or_else(|| format!("non-finite float {f} has no JSON form"))
+fn float(f: f64) -> Result<Value, DecodeError> {
+    Number::from_f64(f)
+        .map(Value::Number)
+        .ok_or_else(|| DecodeError::NoJsonForm(format!("non-finite float {f} has no JSON form")))
 }
 
 #[cfg(test)]
@@ -355,7 +374,7 @@ mod tests {
     fn msgpack_rejects_what_json_cannot_hold() {
         let mut buf = Vec::new();
         rmpv::encode::write_value(&mut buf, &rmpv::Value::Map(vec![(rmpv::Value::from(1), rmpv::Value::Nil)])).unwrap();
-        assert!(Serializer::Msgpack.decode(&buf).unwrap_err().contains("map key must be a string"));
+        assert!(Serializer::Msgpack.decode(&buf).unwrap_err().to_string().contains("map key must be a string"));
         buf.clear();
         rmpv::encode::write_value(&mut buf, &rmpv::Value::Ext(5, vec![1])).unwrap();
         assert!(Serializer::Msgpack.decode(&buf).is_err());

@@ -106,7 +106,8 @@ pub enum ProtocolError {
         /// The content type that was tried.
         content_type: String,
         /// Why it failed.
-        reason: String,
+        #[source]
+        reason: super::content::DecodeError,
         /// What is known about the task.
         partial: Partial,
     },

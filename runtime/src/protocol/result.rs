@@ -290,7 +290,7 @@ impl ResultMeta {
 
     /// Parse a stored value with a known serializer.
     pub fn decode_with(bytes: &[u8], serializer: Serializer) -> Result<ResultMeta, ProtocolError> {
-        let value = serializer.decode(bytes).map_err(ProtocolError::InvalidResult)?;
+        let value = serializer.decode(bytes).map_err(|e| ProtocolError::InvalidResult(e.to_string()))?;
         Self::from_value(&value)
     }
 
