@@ -4,8 +4,11 @@
 //! transports' QoS bookkeeping applies: a [`Delivery`] carries the channel's
 //! delivery tag ([`DeliveryAck`]); `ack` → `basic.ack` (whatever is pending goes out together, without waiting for more),
 //! `requeue` → `basic.reject(requeue=true)`, `hold` → nothing (the broker
-//! keeps an unacknowledged message for as long as its channel lives). The
-//! consumer sets `basic.qos` from the prefetch window it is given. Two
+//! keeps an unacknowledged message for as long as its channel lives), and a
+//! delivery whose channel has closed is stale (the broker requeued it and
+//! delivers it again): never handed out, and dropped by the worker if it
+//! holds one. The consumer sets `basic.qos` from the prefetch window it is
+//! given; [`Transport::close`] closes the connections with `connection.close`. Two
 //! capabilities only AMQP has: [`DelayedDelivery`] (far-future ETAs parked in
 //! delay queues, see [`AmqpBroker::park`]) and [`ReplyPublisher`] (the
 //! `rpc://` backend's confirmed reply messages).
@@ -98,6 +101,10 @@ impl Transport for AmqpTransport {
     fn replies(&self) -> Option<&dyn ReplyPublisher> {
         Some(self)
     }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.broker.close())
+    }
 }
 
 impl DelayedDelivery for AmqpTransport {
@@ -134,11 +141,17 @@ struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
-    fn delivery(&self, d: AmqpDelivery) -> Delivery {
+    /// The worker's view of `d`; `None` if its channel has closed meanwhile
+    /// (the broker delivers it again on the next one).
+    fn delivery(&self, d: AmqpDelivery) -> Option<Delivery> {
+        if d.ack.is_stale() {
+            tracing::debug!("dropping a message received on a channel that has closed since; the broker redelivers it");
+            return None;
+        }
         let handle = AmqpAck { ack: d.ack, acks: self.acks.clone() };
         let mut message = d.message;
         message.delivery.queue = Some(d.queue);
-        Delivery { message: Ok(message), acker: Acker::new(handle), idle: false }
+        Some(Delivery { message: Ok(message), acker: Acker::new(handle), idle: false })
     }
 }
 
@@ -147,14 +160,14 @@ impl Consumer for AmqpConsumer {
         Box::pin(async move {
             let mut out = Vec::new();
             match tokio::time::timeout(FETCH_WAIT, self.deliveries.recv()).await {
-                Ok(Some(d)) => out.push(self.delivery(d)),
+                Ok(Some(d)) => out.extend(self.delivery(d)),
                 // Stopped: nothing will come any more.
                 Ok(None) => tokio::time::sleep(FETCH_WAIT).await,
                 Err(_) => {}
             }
             while out.len() < max {
                 match self.deliveries.try_recv() {
-                    Ok(d) => out.push(self.delivery(d)),
+                    Ok(d) => out.extend(self.delivery(d)),
                     Err(_) => break,
                 }
             }
@@ -196,5 +209,9 @@ impl AckHandle for AmqpAck {
 
     fn clone_box(&self) -> Box<dyn AckHandle> {
         Box::new(self.clone())
+    }
+
+    fn is_stale(&self) -> bool {
+        self.ack.is_stale()
     }
 }
