@@ -10,7 +10,8 @@ Fixtures (see tests/README.md):
                                   ``.results`` (db 1), ``.restart()``.
 * ``redis_factory`` (function) -- start extra redis servers (e.g. with AOF).
 * ``rabbitmq_server`` (session) -- a private RabbitMQ node on free ports;
-                                  ``.url(vhost)``, ``.vhost()``, ``.restart()``.
+                                  ``.url(vhost)``, ``.vhost()``, ``.restart()``,
+                                  ``.close_connections(vhost, name)``, ``.log_text()``.
 * ``worker``        (function) -- factory: start ``celeriac worker``.
 * ``celery_app``    (function) -- factory: a real ``Celery`` client app.
 * ``python_worker`` (function) -- factory: a real Python ``celery worker``
@@ -527,6 +528,40 @@ class RabbitServer:
             if len(parts) == 3 and parts[1].isdigit():
                 counts[parts[0]] = (int(parts[1]), int(parts[2]))
         return counts
+
+    def connections(self, vhost: str) -> list[tuple[str, str]]:
+        """``[(pid, client-provided connection name)]`` of the connections to ``vhost``
+        (the worker names its own ``<node> (consumer)`` and ``<node> (publisher)``)."""
+        out = self.ctl("list_connections", "-q", "pid", "vhost", "client_properties")
+        found = []
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3 and parts[1] == vhost:
+                name = re.search(r'\{"connection_name","([^"]*)"\}', parts[2])
+                found.append((parts[0], name.group(1) if name else ""))
+        return found
+
+    def connection_states(self, vhost: str) -> list[str]:
+        """The state of each connection to ``vhost``: ``running``, or ``blocking``/``blocked`` under a
+        resource alarm (``blocked`` once the connection published into it)."""
+        out = self.ctl("list_connections", "-q", "vhost", "state")
+        return [parts[1] for parts in (line.split("\t") for line in out.splitlines())
+                if len(parts) == 2 and parts[0] == vhost]
+
+    def close_connections(self, vhost: str, name_contains: str) -> int:
+        """Close (from the broker's side, ``connection.close`` 320) the connections to ``vhost`` whose
+        client-provided name contains ``name_contains``; returns how many."""
+        chosen = [pid for pid, name in self.connections(vhost) if name_contains in name]
+        for pid in chosen:
+            self.ctl("close_connection", pid, f"test: closing {name_contains}")
+        return len(chosen)
+
+    def log_text(self) -> str:
+        """The node's log so far (all tests of the session)."""
+        try:
+            return (self.workdir / "log" / f"{self.nodename}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
         if self.process is not None:

@@ -6,6 +6,12 @@ Every test gets a fresh virtual host. The worker is configured through its
 TOML file (``broker_url``/``result_backend``), so the same test drives the
 Python stand-in (``CELERIAC_TEST_STANDIN=python``) and proves it asserts
 Celery's own behaviour.
+
+The connection-loss tests close the worker's connections from the broker's
+side (``rabbitmqctl close_connection``/``close_all_connections``, what a
+network failure or a node going down does to a client) to reproduce what the
+worker must survive: messages requeued and redelivered while it still holds
+the old copies, a publisher connection lost while the broker blocked it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import re
 import sys
 import time
 import uuid
+from collections import Counter
 
 import pytest
 from celery import Celery, chord, group
@@ -267,6 +274,109 @@ def test_the_worker_reconnects_after_a_broker_restart(worker, rabbitmq_server, v
     app2, t2 = amqp_app(redis_server.url(1))
     assert t2["add"].delay(2, 2).get(timeout=90) == 4
     w.wait_for_log(r"(?i)connected to|Connected to", timeout=5)
+
+
+def runs(proc: ManagedProcess) -> Counter:
+    """How many times each task id ran to completion, from the log."""
+    return Counter(re.findall(r"Task tasks\.\w+\[([0-9a-f-]+)\] (?:succeeded|raised)", proc.log_text()))
+
+
+def test_messages_held_when_the_consumer_connection_died_run_once_not_again_after_the_reconnect(
+        worker, rabbitmq_server, vhost, amqp_app, redis_server):
+    # One run slot, busy; behind it, messages prefetched and waiting for the
+    # slot, and others held for a near ETA. When the consumer connection dies,
+    # RabbitMQ requeues all of them and delivers them again on the new
+    # channel: the copies the worker still holds from the dead one must not run.
+    w = amqp_worker(worker, rabbitmq_server, vhost, backend=redis_server.url(1), concurrency=1,
+                    settings={"worker_prefetch_multiplier": 8})
+    app, t = amqp_app(redis_server.url(1))
+    busy = t["sleep"].delay(3)
+    w.wait_for_log(rf"Task tasks\.sleep\[{re.escape(busy.id)}\] received")
+    waiting = [t["add"].delay(i, i) for i in range(5)]
+    due_soon = [t["add"].apply_async((i, 100), countdown=1.5) for i in range(3)]
+    for r in waiting + due_soon:
+        w.wait_for_log(rf"Task tasks\.add\[{re.escape(r.id)}\] received")
+    # Every connection of the vhost (the stand-in's are not named): the consumer's among them.
+    rabbitmq_server.ctl("close_all_connections", "-p", vhost, "test: consumer connection lost")
+    assert busy.get(timeout=60) == 3
+    assert [r.get(timeout=60) for r in waiting] == [2 * i for i in range(5)]
+    assert [r.get(timeout=60) for r in due_soon] == [i + 100 for i in range(3)]
+    # A second run of any of them would come right behind the first.
+    time.sleep(2)
+    ran = runs(w)
+    assert {r.id: ran[r.id] for r in [busy, *waiting, *due_soon]} == {r.id: 1 for r in [busy, *waiting, *due_soon]}
+    assert w.alive
+
+
+@pytest.mark.standin_xfail("Celery runs the task, but its rpc:// result never arrives once the broker has closed "
+                           "the connection it was blocked on")
+def test_a_result_still_arrives_after_the_publisher_connection_was_closed_while_blocked(
+        worker, rabbitmq_server, vhost, amqp_app):
+    # The broker blocks publishers (memory alarm) and then closes the worker's
+    # connections: no `connection.unblocked` can come on the dead one, so
+    # publishing must not keep waiting for it, but reconnect.
+    w = amqp_worker(worker, rabbitmq_server, vhost, concurrency=1)
+    app, t = amqp_app("rpc://")
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+    busy = t["sleep"].delay(2)
+    w.wait_for_log(rf"Task tasks\.sleep\[{re.escape(busy.id)}\] received")
+    try:
+        rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.0000001")
+        # Its result, published into the alarm, gets the connection blocked.
+        wait_until(lambda: "blocked" in rabbitmq_server.connection_states(vhost), 30,
+                   message=lambda: f"a blocked connection: {rabbitmq_server.connection_states(vhost)}")
+        rabbitmq_server.ctl("close_all_connections", "-p", vhost, "test: closed while blocked")
+        time.sleep(1)
+    finally:
+        rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.4")
+    # busy's reply queue went with its client's connection; a new client's task gets its result.
+    app2, t2 = amqp_app("rpc://")
+    assert t2["add"].delay(2, 2).get(timeout=60) == 4
+    assert w.alive
+
+
+@pytest.mark.celeriac_only
+def test_the_consumer_back_off_starts_over_after_each_successful_reconnect(worker, rabbitmq_server, vhost,
+                                                                          amqp_app):
+    w = amqp_worker(worker, rabbitmq_server, vhost, concurrency=1)
+    for n in range(1, 5):
+        assert rabbitmq_server.close_connections(vhost, "(consumer)") == 1
+        w.wait_for_log(r"consumer: Connected to", count=n, timeout=30)
+        # Consuming again, and the broker lists only the new consumer connection.
+        wait_until(lambda: sum("(consumer)" in name for _, name in rabbitmq_server.connections(vhost)) == 1, 30,
+                   message=lambda: f"one consumer connection: {rabbitmq_server.connections(vhost)}")
+    delays = re.findall(r"consumer: Cannot connect to .*?Trying again in ([\d.]+) seconds", w.log_text())
+    assert delays == ["0.20"] * 4, delays
+    app, t = amqp_app("rpc://")
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+
+
+@pytest.mark.celeriac_only
+def test_a_worker_that_exits_closes_its_broker_connections_instead_of_dropping_them(worker, rabbitmq_server, vhost,
+                                                                                   amqp_app):
+    w = amqp_worker(worker, rabbitmq_server, vhost, concurrency=1)
+    app, t = amqp_app("rpc://")
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+    assert w.terminate(timeout=60) == 0
+    closing = re.compile(r"closing AMQP connection (<[^>]+>) \(.* - (celeriac@[^,]+), vhost: '([^']+)'")
+
+    def ours() -> list[tuple[str, bool]]:
+        """(name, dropped) of each of the worker's connections the broker saw close: RabbitMQ follows
+        the closing line of a socket dropped without ``connection.close`` with this warning."""
+        lines = rabbitmq_server.log_text().splitlines()
+        seen = []
+        for i, line in enumerate(lines):
+            m = closing.search(line)
+            if m and m.group(3) == vhost:
+                after = [x for x in lines[i + 1:i + 4] if m.group(1) in x]
+                seen.append((m.group(2), bool(after) and "client unexpectedly closed TCP connection" in after[0]))
+        return seen
+
+    # Its publisher and its consumer connection (the event loops share them).
+    wait_until(lambda: len(ours()) >= 2, 30, message=lambda: f"the worker's connections to close: {ours()}")
+    time.sleep(0.5)  # the warning that may follow a closing line
+    unclean = sorted(name for name, dropped in ours() if dropped)
+    assert not unclean, f"dropped without connection.close: {unclean}"
 
 
 # --------------------------------------------------------------------------

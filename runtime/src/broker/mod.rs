@@ -35,7 +35,10 @@
 //! the server keeps an unacknowledged message for as long as the channel
 //! lives), its consumer sets `basic.qos` from the prefetch window it is
 //! given, it builds the [`RawMessage`] from the frame's properties and
-//! headers, and it needs no housekeeping.
+//! headers, and it needs no housekeeping. When that channel closes, the
+//! server requeues what was unacknowledged on it and delivers it again on
+//! the next one: the deliveries the worker still holds from the old channel
+//! are then stale ([`AckHandle::is_stale`]) and are dropped, not run.
 
 pub mod amqp;
 pub mod memory;
@@ -111,6 +114,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishing result messages to a client's reply queue (AMQP, for `rpc://`).
     fn replies(&self) -> Option<&dyn ReplyPublisher> {
         None
+    }
+
+    /// Close this transport's connections cleanly (AMQP: `connection.close`
+    /// with 200, so the broker does not log a dropped socket), once everything
+    /// they carry (acknowledgements, results) has been flushed. Nothing is
+    /// sent through it afterwards. Default: nothing to close.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -373,6 +384,16 @@ pub trait AckHandle: Send + Sync {
 
     /// A second handle on the same delivery.
     fn clone_box(&self) -> Box<dyn AckHandle>;
+
+    /// Whether the broker has already taken this delivery back, so that it
+    /// can no longer be settled and another copy of it is (or will be)
+    /// delivered again (AMQP: the channel it came on closed, and the broker
+    /// requeued everything unacknowledged on it). The worker drops a stale
+    /// delivery instead of running it, or the task would run twice. Default:
+    /// never (the virtual transports' records outlive any connection).
+    fn is_stale(&self) -> bool {
+        false
+    }
 }
 
 /// Acknowledges one delivery: exactly once, or gives it back.
@@ -414,6 +435,13 @@ impl Acker {
         if !self.settled {
             self.handle.hold();
         }
+    }
+
+    /// Whether the delivery, not settled yet, can no longer be settled: the
+    /// broker took it back and delivers it again (see [`AckHandle::is_stale`]).
+    /// Such a delivery must not be run; dropping it is all there is to do.
+    pub fn is_stale(&self) -> bool {
+        !self.settled && self.handle.is_stale()
     }
 
     /// A second acker for the same delivery, to settle it if the first one's

@@ -24,7 +24,9 @@
 //! Shutdown: the first SIGTERM/SIGINT is a warm shutdown (stop consuming, put
 //! back prefetched messages that have not started, let running tasks finish
 //! within a bound); a second one is a cold shutdown (exit now; unacknowledged
-//! messages are restored by the next sweep).
+//! messages are restored by the next sweep). Either way the broker
+//! connections are closed last ([`Transport::close`](crate::broker::Transport::close):
+//! AMQP's `connection.close`), after what the finished tasks queued is written.
 
 mod banner;
 pub mod canvas;
@@ -276,6 +278,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     })
     .await?;
+    // The event loops have closed their own connections; this one's declarations are long done.
+    broker.close().await;
     joined.into_iter().collect()
 }
 
@@ -506,4 +510,7 @@ async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>, c
             tracing::warn!("warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; leaving running tasks")
         }
     }
+    // Last: acknowledgements and results are written (or abandoned), so the
+    // connections close cleanly rather than drop (unacknowledged messages go back either way).
+    shared.broker.close().await;
 }

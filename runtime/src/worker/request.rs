@@ -4,6 +4,11 @@
 //! Every path ends with the message acknowledged (or put back on warm
 //! shutdown) and, when the task id is known and results are on, a stored
 //! state the client can read: bad input becomes a `FAILURE`, never a crash.
+//! The one exception is a stale delivery ([`Acker::is_stale`]: the broker took
+//! it back when the connection it came on closed, and delivers it again):
+//! it is dropped, unsettled, rather than run, at the last moments before it
+//! would start (received, its ETA come, a run slot free), so that the task
+//! runs once, from the redelivered copy.
 
 use chrono::Utc;
 use serde_json::Value;
@@ -125,6 +130,19 @@ async fn park(s: &Shared, msg: &TaskMessage, wait: std::time::Duration) -> bool 
     retry("park an ETA task", || delayed.park(&encoded, wait)).await.is_some()
 }
 
+/// Whether the delivery of task `name[id]` has gone stale (see the module
+/// docs): it must not run here; logged with `when` it was noticed.
+fn stale(acker: &Acker, name: &str, id: &str, when: &str) -> bool {
+    let stale = acker.is_stale();
+    if stale {
+        tracing::info!(
+            "Task {name}[{id}] dropped {when}: the connection it came on has closed, so the broker took the \
+             message back and delivers it again"
+        );
+    }
+    stale
+}
+
 /// Wait until `phase` leaves `Running`.
 async fn stopped(mut phase: watch::Receiver<Phase>) {
     while *phase.borrow_and_update() == Phase::Running {
@@ -148,6 +166,10 @@ async fn run(
     tracing::info!("Task {name}[{}] received", msg.id);
     let annotation = s.settings.annotation(&msg.task);
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
+    // Parking a stale delivery would leave two copies: the parked one and the redelivered one.
+    if stale(acker, &name, &msg.id, "before starting") {
+        return;
+    }
 
     // A far-future ETA is kept by the transport when it can (AMQP's delay
     // queues): the original is acknowledged once the copy is safe.
@@ -171,6 +193,9 @@ async fn run(
             biased;
             _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
             _ = tokio::time::sleep(wait) => {}
+        }
+        if stale(acker, &name, &msg.id, "when its ETA came") {
+            return;
         }
     }
     if msg.is_expired(Utc::now()) {
@@ -199,6 +224,10 @@ async fn run(
             slot
         }
     };
+    // Last look before it runs (it may have waited long for the slot); the slot goes to the next one.
+    if stale(acker, &name, &msg.id, "as a run slot freed up") {
+        return;
+    }
     let _backlog;
     if !acks_late {
         acker.ack();

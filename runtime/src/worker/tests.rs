@@ -3,10 +3,14 @@
 //! The broker is [`MemoryTransport`] (kombu's virtual-transport bookkeeping,
 //! journaled), the result backend is Celery's database backend on a temporary
 //! SQLite file, and the tasks are the example component (`make tasks`): what
-//! is asserted is what a client and the broker would see.
+//! is asserted is what a client and the broker would see. Where a transport
+//! behaviour the memory broker does not have is needed (a delivery going
+//! stale, as an AMQP one does when its channel closes), a [`FakeAck`] stands
+//! in for the delivery's acknowledgement handle.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -15,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use super::{Phase, Shared, consume, request};
 use crate::backend::Backend;
 use crate::broker::memory::{Event, MemoryTransport};
-use crate::broker::{Broker, Consumer, Transport};
+use crate::broker::{AckHandle, Acker, BoxFuture, Broker, Consumer, Delivery, Transport};
 use crate::config::Settings;
 use crate::protocol::{AcceptContent, Envelope, NewTask, Serializer, TaskState};
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -247,4 +251,100 @@ async fn the_consumer_takes_no_more_than_the_prefetch_window() {
     };
     assert_eq!(done, 1);
     assert_eq!((rig.memory.acked().len(), rig.memory.unacked(), rig.memory.ready("celery")), (1, 0, 4));
+}
+
+/// An acknowledgement handle that records what the worker asked of it and
+/// goes stale when told to (an AMQP delivery whose channel closed: the broker
+/// has requeued it and delivers it again elsewhere).
+#[derive(Clone, Default)]
+struct FakeAck {
+    calls: Arc<Mutex<Vec<&'static str>>>,
+    stale: Arc<AtomicBool>,
+}
+
+impl FakeAck {
+    fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn push(&self, call: &'static str) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl AckHandle for FakeAck {
+    fn ack(&mut self) {
+        self.push("ack");
+    }
+
+    fn requeue(&mut self) -> BoxFuture<'_, ()> {
+        self.push("requeue");
+        Box::pin(async {})
+    }
+
+    fn hold(&mut self) {
+        self.push("hold");
+    }
+
+    fn clone_box(&self) -> Box<dyn AckHandle> {
+        Box::new(self.clone())
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::SeqCst)
+    }
+}
+
+/// Send `task`, receive it, and hand it to a handler with a [`FakeAck`] instead of the memory broker's acker.
+async fn handle_with_fake_ack(rig: &Rig, task: NewTask) -> (String, FakeAck, tokio::task::JoinHandle<()>) {
+    let id = rig.send(task).await;
+    let mut consumer = rig.memory.consume(&["celery".into()], 4).await.unwrap();
+    let d = consumer.fetch(1).await.unwrap().pop().unwrap();
+    let fake = FakeAck::default();
+    let d = Delivery { message: d.message, acker: Acker::new(fake.clone()), idle: false };
+    let shared = rig.shared.clone();
+    let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+    (id, fake, tokio::spawn(async move { request::handle(&shared, d, permit).await }))
+}
+
+#[tokio::test]
+async fn a_delivery_that_goes_stale_while_it_waits_for_a_run_slot_is_dropped_not_run() {
+    // The only run slot is busy; the broker connection the message came on
+    // closes meanwhile, so the broker redelivers it: this copy must not run.
+    let rig = Rig::new(MemoryTransport::new(), settings(false), 1).await;
+    let busy = rig.shared.run_slots.clone().acquire_owned().await.unwrap();
+    let (id, fake, handler) = handle_with_fake_ack(&rig, call("tasks.add", json!([1, 2]))).await;
+    eventually("the message is held for a run slot", async || fake.calls() == ["hold"]).await;
+    fake.stale.store(true, Ordering::SeqCst);
+    drop(busy);
+    tokio::time::timeout(Duration::from_secs(10), handler).await.expect("the handler ended").unwrap();
+    assert_eq!(rig.state(&id).await, None, "the stale copy ran");
+    assert_eq!(fake.calls(), ["hold"], "a stale delivery is neither acknowledged nor given back");
+    assert_eq!(rig.shared.run_slots.available_permits(), 1, "the run slot is free again");
+}
+
+#[tokio::test]
+async fn a_delivery_held_for_a_near_eta_that_goes_stale_is_dropped_when_the_eta_comes() {
+    let rig = Rig::new(MemoryTransport::new(), settings(false), 1).await;
+    let mut task = call("tasks.add", json!([1, 2]));
+    task.options.eta = Some(chrono::Utc::now() + chrono::Duration::milliseconds(500));
+    let (id, fake, handler) = handle_with_fake_ack(&rig, task).await;
+    eventually("the message is held for its ETA", async || fake.calls() == ["hold"]).await;
+    fake.stale.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(10), handler).await.expect("the handler ended").unwrap();
+    assert_eq!(rig.state(&id).await, None, "the stale copy ran");
+    assert_eq!(fake.calls(), ["hold"]);
+}
+
+#[tokio::test]
+async fn a_delivery_that_is_not_stale_runs_and_is_acknowledged_through_the_same_handle() {
+    // The control for the two tests above: the fake handle itself changes nothing.
+    let rig = Rig::new(MemoryTransport::new(), settings(false), 1).await;
+    let busy = rig.shared.run_slots.clone().acquire_owned().await.unwrap();
+    let (id, fake, handler) = handle_with_fake_ack(&rig, call("tasks.add", json!([1, 2]))).await;
+    eventually("the message is held for a run slot", async || fake.calls() == ["hold"]).await;
+    drop(busy);
+    tokio::time::timeout(Duration::from_secs(10), handler).await.expect("the handler ended").unwrap();
+    assert_eq!(rig.state(&id).await, Some(TaskState::Success));
+    assert_eq!(fake.calls(), ["hold", "ack"]);
 }

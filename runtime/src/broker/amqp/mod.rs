@@ -17,14 +17,23 @@
 //!   the channel it came from. A consumer the broker cancels (queue deleted)
 //!   is declared and consumed again; a lost connection is re-established with
 //!   back-off, through the failover list, and consuming resumes (the broker
-//!   has already requeued what was unacknowledged).
+//!   has already requeued what was unacknowledged, and delivers it again on
+//!   the new channel: the deliveries the worker still holds from the old one
+//!   are stale, [`DeliveryAck::is_stale`], and are dropped rather than run a
+//!   second time). The back-off starts again from its first step once
+//!   consuming has resumed.
 //! - **Publishing** with publisher confirms on a separate connection (as
 //!   Celery's worker has a separate publisher connection, so a
 //!   `connection.blocked` never stalls acknowledgements): [`AmqpBroker::publish`]
 //!   returns once the broker confirmed the message, so callers acknowledge
 //!   what produced it only afterwards. While the broker blocks publishers
 //!   (`connection.blocked`, a memory or disk alarm), publishing waits; nothing
-//!   is dropped.
+//!   is dropped. The blocked flag belongs to one connection: when that
+//!   connection ends, the flag clears and a waiting publish reconnects
+//!   instead of waiting for a `connection.unblocked` that cannot come.
+//! - **Closing** ([`AmqpBroker::close`]): at exit, once acknowledgements and
+//!   results are flushed, each connection is closed with `connection.close`
+//!   (200), not dropped.
 //! - **Far-future ETAs** ([`AmqpBroker::park`]): a message is held in memory
 //!   only while its ETA is near ([`HOLD_HORIZON`]); farther ones are
 //!   re-published (with confirms) into delay queues and the original is
@@ -43,7 +52,7 @@ pub mod transport;
 pub mod url;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -84,6 +93,11 @@ const DEATH_HEADERS: &[&str] = &[
 const FRAME_MAX: u32 = 16 * 1024;
 /// Deliveries buffered between the consumer task and the worker.
 const DELIVERY_BUFFER: usize = 64;
+/// How often the watcher of a publisher connection looks whether it still
+/// lives (it also looks at every event the connection reports).
+const LIVENESS_TICK: Duration = Duration::from_secs(1);
+/// How long closing a connection at exit waits for the broker's `close-ok`.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Errors of the AMQP transport.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +123,13 @@ pub enum AmqpError {
     /// No broker of the failover list answered in time.
     #[error("timed out connecting to {0}")]
     Timeout(String),
+    /// lapin would not settle a delivery (its `Acker` answered `false`): its
+    /// channel closed, so the broker has put the message back already.
+    #[error("the delivery can no longer be settled (its channel closed; the broker delivers it again)")]
+    Unsettled,
+    /// [`AmqpBroker::close`] was called: nothing more goes out.
+    #[error("the broker connection was closed")]
+    Closed,
 }
 
 impl AmqpError {
@@ -117,8 +138,8 @@ impl AmqpError {
     pub fn is_connection_error(&self) -> bool {
         match self {
             AmqpError::Lapin(e) => !matches!(e.kind(), lapin::ErrorKind::AuthProviderError(_)),
-            AmqpError::Timeout(_) | AmqpError::Nacked | AmqpError::Lost(_) => true,
-            AmqpError::Url(_) | AmqpError::Encode(_) | AmqpError::Tls(_) => false,
+            AmqpError::Timeout(_) | AmqpError::Nacked | AmqpError::Lost(_) | AmqpError::Unsettled => true,
+            AmqpError::Url(_) | AmqpError::Encode(_) | AmqpError::Tls(_) | AmqpError::Closed => false,
         }
     }
 }
@@ -147,11 +168,16 @@ impl Topology {
 }
 
 /// One live connection and what was opened on it.
+#[derive(Clone)]
 struct Live {
     conn: Arc<Connection>,
     /// Publisher-confirm channel (publisher role only).
     publisher: Option<Channel>,
     generation: u64,
+    /// True while the broker blocks this connection (`connection.blocked`;
+    /// publisher role only, always false for the consumer). Cleared, and
+    /// its sender gone, once the connection has ended.
+    blocked: watch::Receiver<bool>,
 }
 
 /// Which of the two connections.
@@ -174,8 +200,8 @@ struct Inner {
     consumer: tokio::sync::Mutex<Option<Live>>,
     publisher: tokio::sync::Mutex<Option<Live>>,
     generation: AtomicU64,
-    /// True while the broker blocks our publisher connection.
-    blocked: watch::Sender<bool>,
+    /// Set by [`AmqpBroker::close`]: no more connections are opened.
+    closed: AtomicBool,
     /// Delay levels already declared on the current publisher connection.
     delay_levels: Mutex<HashMap<u32, u64>>,
 }
@@ -212,8 +238,9 @@ pub struct AmqpDelivery {
 }
 
 /// Settles one delivery on the channel it came from. If that channel or its
-/// connection is gone, the broker has already put the message back; settling
-/// it then reports an error and changes nothing.
+/// connection is gone, the broker has already put the message back (and
+/// delivers it again on the next channel); settling it then reports an error
+/// and changes nothing, and [`DeliveryAck::is_stale`] says so beforehand.
 #[derive(Clone, Debug)]
 pub struct DeliveryAck {
     acker: lapin::Acker,
@@ -222,7 +249,7 @@ pub struct DeliveryAck {
     window: Arc<Mutex<AckWindow>>,
     /// Keeps the channel open until the delivery is settled (lapin closes a
     /// channel when its last handle goes, and the broker would requeue).
-    _channel: Channel,
+    channel: Channel,
 }
 
 impl DeliveryAck {
@@ -253,30 +280,34 @@ impl DeliveryAck {
             sends.iter().map(|(a, multiple)| a.acker.ack(BasicAckOptions { multiple: *multiple })),
         )
         .await;
-        results
-            .into_iter()
-            .filter_map(|r| match r {
-                Ok(true) => None,
-                Ok(false) => Some(AmqpError::Lost("the delivery's channel is gone".into())),
-                Err(e) => Some(e.into()),
-            })
-            .collect()
+        results.into_iter().filter_map(|r| r.map_err(AmqpError::from).and_then(settled).err()).collect()
     }
 
     /// `basic.reject(requeue=true)`: give the message back (warm shutdown), as Celery does.
     pub async fn requeue(&self) -> Result<(), AmqpError> {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).forget(self.tag);
-        self.acker.reject(BasicRejectOptions { requeue: true }).await?;
-        Ok(())
+        settled(self.acker.reject(BasicRejectOptions { requeue: true }).await?)
     }
 
     /// `basic.reject(requeue=false)`: drop a message that can never be processed
     /// (or dead-letter it, if the queue has a dead-letter exchange).
     pub async fn reject(&self) -> Result<(), AmqpError> {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).forget(self.tag);
-        self.acker.reject(BasicRejectOptions { requeue: false }).await?;
-        Ok(())
+        settled(self.acker.reject(BasicRejectOptions { requeue: false }).await?)
     }
+
+    /// Whether the channel this delivery came on has ended (lapin poisons its
+    /// ackers then): the broker has requeued the message and delivers it again
+    /// on the consumer's next channel, so this copy must not be run.
+    pub fn is_stale(&self) -> bool {
+        self.acker.poisoned() || !self.channel.status().connected()
+    }
+}
+
+/// lapin's answer to a settle: `false` when its `Acker` was poisoned (the
+/// channel closed) or used already, in which case nothing went out.
+fn settled(sent: bool) -> Result<(), AmqpError> {
+    if sent { Ok(()) } else { Err(AmqpError::Unsettled) }
 }
 
 impl AmqpBroker {
@@ -296,7 +327,6 @@ impl AmqpBroker {
             }
         }
         let tls = tls_config(urls.iter().find(|u| u.tls).map(|u| &u.ssl))?;
-        let (blocked, _) = watch::channel(false);
         let broker = AmqpBroker {
             inner: Arc::new(Inner {
                 urls,
@@ -307,7 +337,7 @@ impl AmqpBroker {
                 consumer: tokio::sync::Mutex::new(None),
                 publisher: tokio::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
-                blocked,
+                closed: AtomicBool::new(false),
                 delay_levels: Mutex::new(HashMap::new()),
             }),
         };
@@ -321,12 +351,15 @@ impl AmqpBroker {
     }
 
     /// The live connection of `role`, reconnecting (through the failover list) if needed.
-    async fn live(&self, role: Role) -> Result<(Arc<Connection>, Option<Channel>, u64), AmqpError> {
+    async fn live(&self, role: Role) -> Result<Live, AmqpError> {
         let slot = match role {
             Role::Consumer => &self.inner.consumer,
             Role::Publisher => &self.inner.publisher,
         };
         let mut guard = slot.lock().await;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(AmqpError::Closed);
+        }
         if let Some(live) = guard.as_mut()
             && live.conn.status().connected()
         {
@@ -334,24 +367,26 @@ impl AmqpBroker {
                 // The channel was closed (e.g. a publish to a missing exchange): a new one.
                 live.publisher = Some(confirm_channel(&live.conn).await?);
             }
-            return Ok((live.conn.clone(), live.publisher.clone(), live.generation));
+            return Ok(live.clone());
         }
         let mut last = None;
         for u in &self.inner.urls {
             match self.open(u, role).await {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
-                    let publisher = match role {
-                        Role::Publisher => Some(confirm_channel(&conn).await?),
-                        Role::Consumer => None,
+                    let (publisher, blocked) = match role {
+                        Role::Publisher => {
+                            let channel = confirm_channel(&conn).await?;
+                            self.inner.delay_levels.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                            (Some(channel), watch_blocked(&conn, &self.inner.io))
+                        }
+                        // A consumer connection publishes nothing: never blocked.
+                        Role::Consumer => (None, watch::channel(false).1),
                     };
-                    if role == Role::Publisher {
-                        self.watch_blocked(&conn);
-                        self.inner.delay_levels.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                    }
                     let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-                    *guard = Some(Live { conn: conn.clone(), publisher: publisher.clone(), generation });
-                    return Ok((conn, publisher, generation));
+                    let live = Live { conn, publisher, generation, blocked };
+                    *guard = Some(live.clone());
+                    return Ok(live);
                 }
                 Err(e) => {
                     tracing::debug!("cannot connect to {}: {e}", u.display());
@@ -404,44 +439,28 @@ impl AmqpBroker {
         }
     }
 
-    /// Follow `connection.blocked` / `connection.unblocked` on the publisher connection.
-    fn watch_blocked(&self, conn: &Arc<Connection>) {
-        let mut events = conn.events_listener();
-        let weak = Arc::downgrade(conn);
-        let blocked = self.inner.blocked.clone();
-        blocked.send_replace(false);
-        self.inner.io.spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    e = events.next() => e,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                        match weak.upgrade() {
-                            Some(c) if !c.status().closed() => continue,
-                            _ => { blocked.send_replace(false); return; }
-                        }
-                    }
-                };
-                match event {
-                    Some(Event::ConnectionBlocked(reason)) => {
-                        tracing::warn!("the broker blocked publishing ({reason}); waiting for it to resume");
-                        blocked.send_replace(true);
-                    }
-                    Some(Event::ConnectionUnblocked) => {
-                        tracing::info!("the broker resumed publishing");
-                        blocked.send_replace(false);
-                    }
-                    Some(Event::Error(e)) => tracing::debug!("broker connection event: {e}"),
-                    Some(_) => {}
-                    None => return,
-                }
+    /// Close the connections with `connection.close` (200), each waited for
+    /// at most [`CLOSE_WAIT`], and open no new ones: call once what went
+    /// through them (acknowledgements, results) has been flushed. A consumer
+    /// must have been stopped first, or it would see its connection end.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        for (slot, kind) in [(&self.inner.consumer, "consumer"), (&self.inner.publisher, "publisher")] {
+            let Some(live) = slot.lock().await.take() else { continue };
+            if !live.conn.status().connected() {
+                continue;
             }
-        });
+            match tokio::time::timeout(CLOSE_WAIT, live.conn.close(200, "OK".into())).await {
+                Ok(Ok(())) => tracing::debug!("closed the {kind} connection"),
+                Ok(Err(e)) => tracing::debug!("could not close the {kind} connection cleanly: {e}"),
+                Err(_) => tracing::debug!("the broker did not confirm closing the {kind} connection in {CLOSE_WAIT:?}"),
+            }
+        }
     }
 
     /// Declare the task queues the worker consumes, as a Celery client does.
     pub async fn declare(&self, queues: &[String]) -> Result<(), AmqpError> {
-        let (conn, _, _) = self.live(Role::Publisher).await?;
-        let channel = conn.create_channel().await?;
+        let channel = self.live(Role::Publisher).await?.conn.create_channel().await?;
         for q in queues {
             declare_queue(&channel, q, &self.inner.topology).await?;
         }
@@ -459,14 +478,20 @@ impl AmqpBroker {
     ) -> Result<(), AmqpError> {
         let exchange = short_string("exchange", exchange)?;
         let routing_key = short_string("routing_key", routing_key)?;
-        // Never publish into a blocked connection: wait until the broker resumes.
-        let mut blocked = self.inner.blocked.subscribe();
-        while *blocked.borrow_and_update() {
-            if blocked.changed().await.is_err() {
-                break;
+        // Never publish into a blocked connection: wait until the broker
+        // resumes, or until that connection ends (its flag then clears and its
+        // sender goes), and look for a live connection again.
+        let channel = loop {
+            let Live { publisher, mut blocked, .. } = self.live(Role::Publisher).await?;
+            if !*blocked.borrow_and_update() {
+                break publisher;
             }
-        }
-        let (_, channel, _) = self.live(Role::Publisher).await?;
+            if blocked.changed().await.is_err() && *blocked.borrow() {
+                // Its watcher went without clearing it (its runtime is
+                // shutting down): publish rather than spin on a stale flag.
+                break publisher;
+            }
+        };
         let Some(channel) = channel else { return Err(AmqpError::Lost("no publisher channel".into())) };
         let confirm = channel
             .basic_publish(exchange, routing_key, BasicPublishOptions::default(), body, properties)
@@ -498,7 +523,7 @@ impl AmqpBroker {
 
     /// Declare delay level `level` once per publisher connection.
     async fn declare_delay_level(&self, level: u32) -> Result<(), AmqpError> {
-        let (conn, _, generation) = self.live(Role::Publisher).await?;
+        let Live { conn, generation, .. } = self.live(Role::Publisher).await?;
         if self.inner.delay_levels.lock().unwrap_or_else(|p| p.into_inner()).get(&level) == Some(&generation) {
             return Ok(());
         }
@@ -549,26 +574,29 @@ impl AmqpBroker {
         mut stop: watch::Receiver<bool>,
         tx: mpsc::Sender<AmqpDelivery>,
     ) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::default();
         let mut reconnecting = false;
         loop {
             if *stop.borrow() {
                 return;
             }
-            match self.consume_once(&queues, prefetch, &mut stop, &tx, &mut reconnecting).await {
+            match self.consume_once(&queues, prefetch, &mut stop, &tx, &mut reconnecting, &mut backoff).await {
                 Ok(()) => return,
+                // Closed at exit, or stopping anyway: nothing to reconnect for.
+                Err(AmqpError::Closed) => return,
+                Err(_) if *stop.borrow() => return,
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::error!(
                         "consumer: Cannot connect to {}: {e}. Trying again in {:.2} seconds...",
                         self.display_url(),
-                        backoff.as_secs_f64()
+                        delay.as_secs_f64()
                     );
                     reconnecting = true;
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(delay) => {}
                         _ = stop.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(8));
                 }
             }
         }
@@ -582,8 +610,9 @@ impl AmqpBroker {
         stop: &mut watch::Receiver<bool>,
         tx: &mpsc::Sender<AmqpDelivery>,
         reconnecting: &mut bool,
+        backoff: &mut Backoff,
     ) -> Result<(), AmqpError> {
-        let (conn, _, _) = self.live(Role::Consumer).await?;
+        let Live { conn, .. } = self.live(Role::Consumer).await?;
         let channel = conn.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
         let window = Arc::new(Mutex::new(AckWindow::default()));
@@ -597,6 +626,8 @@ impl AmqpBroker {
         if std::mem::take(reconnecting) {
             tracing::info!("consumer: Connected to {}", self.display_url());
         }
+        // Consuming again: the next loss starts the back-off from its first step.
+        backoff.reset();
         loop {
             let item = tokio::select! {
                 biased;
@@ -640,7 +671,7 @@ impl AmqpBroker {
                                 acker: d.acker,
                                 tag: d.delivery_tag,
                                 window: window.clone(),
-                                _channel: channel.clone(),
+                                channel: channel.clone(),
                             },
                         })
                         .await
@@ -692,6 +723,88 @@ impl AmqpBroker {
 type ConsumerStream = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = (String, Option<lapin::Result<lapin::message::Delivery>>)> + Send>,
 >;
+
+/// The waits between a consumer's reconnection attempts: 0.2 s, doubling up
+/// to 8 s; back to 0.2 s once consuming has resumed ([`Backoff::reset`]), so a
+/// connection lost after hours of service is retried as fast as the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MAX: Duration = Duration::from_secs(8);
+
+    /// How long to wait before the next attempt (and double the one after).
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(Self::MAX);
+        delay
+    }
+
+    /// An attempt succeeded: start over.
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+/// Follow `connection.blocked` / `connection.unblocked` on one publisher
+/// connection. The flag returned is that connection's own: when the
+/// connection ends (closed by either side, or failed), it goes back to false
+/// and its sender goes, so a publish waiting on it looks for a live
+/// connection again instead of waiting for an unblock that cannot come.
+/// The watcher runs on `io`, the runtime the connection's socket lives on.
+fn watch_blocked(conn: &Arc<Connection>, io: &tokio::runtime::Handle) -> watch::Receiver<bool> {
+    let (flag, blocked) = watch::channel(false);
+    let weak = Arc::downgrade(conn);
+    let alive = move || weak.upgrade().is_some_and(|c| c.status().connected());
+    io.spawn(follow_blocked(conn.events_listener(), alive, flag, LIVENESS_TICK));
+    blocked
+}
+
+/// [`watch_blocked`]'s task: mirror the connection's events into `flag` while
+/// `alive()` holds (looked at on every event and every `tick`), then clear the
+/// flag and drop it.
+async fn follow_blocked(
+    events: impl futures_util::Stream<Item = Event>,
+    alive: impl Fn() -> bool,
+    flag: watch::Sender<bool>,
+    tick: Duration,
+) {
+    let mut events = std::pin::pin!(events);
+    while alive() {
+        let event = tokio::select! {
+            e = events.next() => e,
+            _ = tokio::time::sleep(tick) => continue,
+            // Nobody can wait on it any more (the connection was replaced).
+            _ = flag.closed() => break,
+        };
+        match event {
+            Some(Event::ConnectionBlocked(reason)) => {
+                tracing::warn!("the broker blocked publishing ({reason}); waiting for it to resume");
+                flag.send_replace(true);
+            }
+            Some(Event::ConnectionUnblocked) => {
+                tracing::info!("the broker resumed publishing");
+                flag.send_replace(false);
+            }
+            // An error ends the connection: `alive()` now says so.
+            Some(Event::Error(e)) => tracing::debug!("publisher connection event: {e}"),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    if flag.send_replace(false) {
+        tracing::info!("the blocked publisher connection is gone; publishing goes on over a new one");
+    }
+}
 
 /// A channel in publisher-confirm mode.
 async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
@@ -765,6 +878,91 @@ mod tests {
         assert!(!AmqpError::Url(UrlError::Empty).is_connection_error());
         assert!(AmqpError::Timeout("h".into()).is_connection_error());
         assert!(AmqpError::Nacked.is_connection_error());
+    }
+
+    /// A connection's events, fed by the test, and whether it is still up.
+    struct FakeConnection {
+        events: tokio::sync::mpsc::UnboundedSender<Event>,
+        up: Arc<AtomicBool>,
+        blocked: watch::Receiver<bool>,
+        watcher: tokio::task::JoinHandle<()>,
+    }
+
+    /// [`follow_blocked`] on a fake connection; `tick` is how often it looks whether the connection is up.
+    fn watch_fake(tick: Duration) -> FakeConnection {
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let up = Arc::new(AtomicBool::new(true));
+        let (flag, blocked) = watch::channel(false);
+        let alive = {
+            let up = up.clone();
+            move || up.load(Ordering::SeqCst)
+        };
+        let watcher = tokio::spawn(follow_blocked(stream, alive, flag, tick));
+        FakeConnection { events, up, blocked, watcher }
+    }
+
+    async fn flag_becomes(blocked: &mut watch::Receiver<bool>, value: bool) {
+        tokio::time::timeout(Duration::from_secs(5), blocked.wait_for(|b| *b == value))
+            .await
+            .unwrap_or_else(|_| panic!("the blocked flag never became {value}"))
+            .expect("the flag is still watched");
+    }
+
+    #[tokio::test]
+    async fn the_blocked_flag_follows_the_broker_while_the_connection_lives() {
+        let mut c = watch_fake(Duration::from_secs(60));
+        c.events.send(Event::ConnectionBlocked("low on memory".into())).unwrap();
+        flag_becomes(&mut c.blocked, true).await;
+        c.events.send(Event::ConnectionUnblocked).unwrap();
+        flag_becomes(&mut c.blocked, false).await;
+        assert!(!c.watcher.is_finished());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_flag_clears_when_its_connection_fails_without_an_unblock() {
+        // The broker closes a blocked connection (`rabbitmqctl close_connection`,
+        // a restart): lapin marks it errored and reports an error event, and no
+        // `connection.unblocked` ever comes on it.
+        let mut c = watch_fake(Duration::from_secs(60));
+        c.events.send(Event::ConnectionBlocked("low on memory".into())).unwrap();
+        flag_becomes(&mut c.blocked, true).await;
+        c.up.store(false, Ordering::SeqCst);
+        let error = lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Error));
+        c.events.send(Event::Error(error)).unwrap();
+        flag_becomes(&mut c.blocked, false).await;
+        // And the flag's sender is gone: a publish waiting on it wakes and reconnects.
+        tokio::time::timeout(Duration::from_secs(5), c.watcher).await.expect("the watcher ended").unwrap();
+        assert!(c.blocked.changed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_blocked_flag_clears_when_its_connection_ends_silently() {
+        // Closed with no event at all (a `close-ok` to our own close): the tick finds it.
+        let mut c = watch_fake(Duration::from_millis(20));
+        c.events.send(Event::ConnectionBlocked("low on disk".into())).unwrap();
+        flag_becomes(&mut c.blocked, true).await;
+        c.up.store(false, Ordering::SeqCst);
+        flag_becomes(&mut c.blocked, false).await;
+        tokio::time::timeout(Duration::from_secs(5), c.watcher).await.expect("the watcher ended").unwrap();
+    }
+
+    #[test]
+    fn the_consumer_back_off_doubles_to_its_cap_and_starts_over_once_consuming_resumed() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(waits, [200, 400, 800, 1600, 3200, 6400, 8000, 8000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_settle_lapin_refuses_is_an_error_the_broker_recovers_from() {
+        assert!(settled(true).is_ok());
+        let refused = settled(false).unwrap_err();
+        assert!(matches!(refused, AmqpError::Unsettled));
+        assert!(refused.is_connection_error());
+        assert!(!AmqpError::Closed.is_connection_error());
     }
 
     #[test]

@@ -4,9 +4,14 @@
 //! transports' QoS bookkeeping applies: a [`Delivery`] carries the channel's
 //! delivery tag ([`DeliveryAck`]); `ack` → `basic.ack` (what is pending goes
 //! out together, without waiting for more, as one `multiple` ack where
-//! [`super::acks::AckWindow`] allows), `requeue` → `basic.reject(requeue=true)`, `hold` → nothing (the broker
-//! keeps an unacknowledged message for as long as its channel lives). The
-//! consumer sets `basic.qos` from the prefetch window it is given. Two
+//! [`super::acks::AckWindow`] allows), `requeue` → `basic.reject(requeue=true)`,
+//! `hold` → nothing (the broker keeps an unacknowledged message for as long as
+//! its channel lives), and a delivery whose channel has closed is stale (the
+//! broker requeued it and delivers it again): never handed out, and dropped
+//! by the worker if it holds one. The consumer sets `basic.qos` from the
+//! prefetch window it is given. The event loops share the process's two
+//! connections (each consumer its own channel); the transport that opened
+//! them closes them ([`Transport::close`], `connection.close`). Two
 //! capabilities only AMQP has: [`DelayedDelivery`] (far-future ETAs parked in
 //! delay queues, see [`AmqpBroker::park`]) and [`ReplyPublisher`] (the
 //! `rpc://` backend's confirmed reply messages).
@@ -31,6 +36,9 @@ const FETCH_WAIT: Duration = Duration::from_secs(1);
 pub struct AmqpTransport {
     broker: AmqpBroker,
     config: AmqpConfig,
+    /// The transport that connected (not one an event loop got from
+    /// [`Transport::open_channel`]): only it closes the shared connections.
+    owner: bool,
 }
 
 impl AmqpTransport {
@@ -38,7 +46,7 @@ impl AmqpTransport {
     pub async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
         let broker =
             AmqpBroker::connect(&config.url, config.ssl.clone(), config.topology.clone(), &config.name).await?;
-        Ok(AmqpTransport { broker, config })
+        Ok(AmqpTransport { broker, config, owner: true })
     }
 }
 
@@ -66,9 +74,9 @@ impl Transport for AmqpTransport {
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
         // The same two connections (lapin drives each from its own I/O thread);
         // each loop's consumer gets its own channel on the consumer connection.
-        Box::pin(
-            async move { Ok(Broker::new(AmqpTransport { broker: self.broker.clone(), config: self.config.clone() })) },
-        )
+        Box::pin(async move {
+            Ok(Broker::new(AmqpTransport { broker: self.broker.clone(), config: self.config.clone(), owner: false }))
+        })
     }
 
     fn consume<'a>(
@@ -99,6 +107,16 @@ impl Transport for AmqpTransport {
 
     fn replies(&self) -> Option<&dyn ReplyPublisher> {
         Some(self)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // An event loop's view of the shared connections leaves them to
+            // the process's transport, closed once every loop has ended.
+            if self.owner {
+                self.broker.close().await;
+            }
+        })
     }
 }
 
@@ -136,11 +154,17 @@ struct AmqpConsumer {
 }
 
 impl AmqpConsumer {
-    fn delivery(&self, d: AmqpDelivery) -> Delivery {
+    /// The worker's view of `d`; `None` if its channel has closed meanwhile
+    /// (the broker delivers it again on the next one).
+    fn delivery(&self, d: AmqpDelivery) -> Option<Delivery> {
+        if d.ack.is_stale() {
+            tracing::debug!("dropping a message received on a channel that has closed since; the broker redelivers it");
+            return None;
+        }
         let handle = AmqpAck { ack: d.ack, acks: self.acks.clone() };
         let mut message = d.message;
         message.delivery.queue = Some(d.queue);
-        Delivery { message: Ok(message), acker: Acker::new(handle), idle: false }
+        Some(Delivery { message: Ok(message), acker: Acker::new(handle), idle: false })
     }
 }
 
@@ -149,14 +173,14 @@ impl Consumer for AmqpConsumer {
         Box::pin(async move {
             let mut out = Vec::new();
             match tokio::time::timeout(FETCH_WAIT, self.deliveries.recv()).await {
-                Ok(Some(d)) => out.push(self.delivery(d)),
+                Ok(Some(d)) => out.extend(self.delivery(d)),
                 // Stopped: nothing will come any more.
                 Ok(None) => tokio::time::sleep(FETCH_WAIT).await,
                 Err(_) => {}
             }
             while out.len() < max {
                 match self.deliveries.try_recv() {
-                    Ok(d) => out.push(self.delivery(d)),
+                    Ok(d) => out.extend(self.delivery(d)),
                     Err(_) => break,
                 }
             }
@@ -206,5 +230,9 @@ impl AckHandle for AmqpAck {
 
     fn clone_box(&self) -> Box<dyn AckHandle> {
         Box::new(self.clone())
+    }
+
+    fn is_stale(&self) -> bool {
+        self.ack.is_stale()
     }
 }
