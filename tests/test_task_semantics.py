@@ -232,3 +232,4 @@ def test_the_worker_routes_what_it_publishes(form, worker, client):
         assert msg["headers"]["id"] == child_id
     assert AsyncResult(msg["headers"]["id"], app=client.app).state == "PENDING"
     client.redis.client.delete("routed")
+

@@ -25,6 +25,14 @@
 //! bounded instead: at most [`MAX_HELD`] rate-limited messages per worker wait
 //! outside the prefetch window; beyond that, the next ones keep their prefetch
 //! slot while they wait (Celery's behaviour), which throttles fetching.
+//!
+//! On AMQP the worker's window is not the whole story: RabbitMQ counts every
+//! unacknowledged delivery against the consumer's `basic.qos`, and a held
+//! message is unacknowledged. Until the AMQP consumer raises its QoS for held
+//! messages (Celery's `qos.increment_eventually`, as for ETA tasks) or
+//! rate-limited messages are parked in the delay queues, a long backlog of
+//! rate-limited tasks can still fill RabbitMQ's prefetch there; the pacing
+//! itself is as precise as on Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
