@@ -440,7 +440,11 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let mut task = NewTask::new(a.call.task.clone(), args, kwargs);
     let route = settings.route(&a.call.task);
     let o = &mut task.options;
-    o.queue = a.queue.clone().or(route.queue).unwrap_or_else(|| settings.task_default_queue.clone());
+    // `--queue` overrides task_routes; else the route's exchange and key (on AMQP), or its queue.
+    (o.exchange, o.queue) = match &a.queue {
+        Some(q) => (String::new(), q.clone()),
+        None => route.publish_target(&settings.task_default_queue, settings.exchange_routing()),
+    };
     o.priority = a.priority.or(route.priority);
     let now = chrono::Utc::now();
     let after =
@@ -455,7 +459,7 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
     let broker_url = settings.effective_broker_url();
     runtime()?.block_on(async {
         let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac call").await?;
-        if broker.name() == "amqp" {
+        if broker.name() == "amqp" && task.options.exchange.is_empty() {
             // As a Celery client does: the queue exists before the task is published to it.
             broker.declare(std::slice::from_ref(&task.options.queue)).await?;
         }

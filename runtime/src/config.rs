@@ -19,6 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{ByteSize, LimitsOverride, SandboxConfig};
 
+mod rate;
+mod routes;
+
+pub use rate::{RateError, RateLimit};
+pub use routes::{REGEX_PREFIX, Route, RouteKey, Router, TaskRoutes};
+
 /// Errors reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -37,8 +43,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Annotation {
-    /// Celery's `rate_limit`, e.g. `"10/s"`, `"100/m"`.
-    pub rate_limit: Option<String>,
+    /// Celery's `rate_limit`, e.g. `"10/s"`, `"100/m"` (see [`RateLimit`]).
+    pub rate_limit: Option<RateLimit>,
     /// Hard time limit in seconds (also the sandbox's wall-clock limit).
     pub time_limit: Option<f64>,
     /// Soft time limit in seconds (accepted; a wasm guest cannot catch it, see README).
@@ -73,20 +79,6 @@ impl Annotation {
             max_stack: self.max_stack,
         }
     }
-}
-
-/// A `task_routes` entry: where a task (or glob of tasks) is sent.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Queue name.
-    pub queue: Option<String>,
-    /// Exchange (AMQP).
-    pub exchange: Option<String>,
-    /// Routing key.
-    pub routing_key: Option<String>,
-    /// Priority.
-    pub priority: Option<u8>,
 }
 
 /// kombu's `broker_transport_options` that Celeriac honours.
@@ -248,8 +240,10 @@ pub struct Settings {
     pub task_soft_time_limit: Option<f64>,
     /// Queue for tasks with no route.
     pub task_default_queue: String,
-    /// Task name (or glob like `tasks.*`) → route.
-    pub task_routes: BTreeMap<String, Route>,
+    /// Task name, glob (`tasks.*`) or regex (`re:...`) → route, or a list of such routers.
+    pub task_routes: TaskRoutes,
+    /// Rate limit of tasks with none in `task_annotations` (Celery's `task_default_rate_limit`).
+    pub task_default_rate_limit: Option<RateLimit>,
     /// Task name (or `*`) → annotation.
     pub task_annotations: BTreeMap<String, Annotation>,
     /// Number of task calls run at once (default: number of CPUs).
@@ -291,7 +285,8 @@ impl Default for Settings {
             task_time_limit: None,
             task_soft_time_limit: None,
             task_default_queue: "celery".into(),
-            task_routes: BTreeMap::new(),
+            task_routes: TaskRoutes::default(),
+            task_default_rate_limit: None,
             task_annotations: BTreeMap::new(),
             worker_concurrency: None,
             worker_prefetch_multiplier: 4,
@@ -324,6 +319,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "task_soft_time_limit",
     "task_default_queue",
     "task_routes",
+    "task_default_rate_limit",
     "task_annotations",
     "worker_concurrency",
     "worker_prefetch_multiplier",
@@ -430,10 +426,18 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             "task_routes" => Some(ROUTE_KEYS),
             _ => None,
         };
-        if let (Some(allowed), Some(t)) = (per_task, value.as_table()) {
-            for (task, inner) in t {
-                if let Some(inner) = inner.as_table() {
-                    check_inner(inner, allowed, &format!("{key}.\"{task}\""))?;
+        // `task_routes` may also be a list of routers (`[[task_routes]]`).
+        let tables: Vec<&toml::Table> = match value {
+            toml::Value::Table(t) => vec![t],
+            toml::Value::Array(a) => a.iter().filter_map(toml::Value::as_table).collect(),
+            _ => Vec::new(),
+        };
+        if let Some(allowed) = per_task {
+            for t in tables {
+                for (task, inner) in t {
+                    if let Some(inner) = inner.as_table() {
+                        check_inner(inner, allowed, &format!("{key}.\"{task}\""))?;
+                    }
                 }
             }
         }
@@ -572,18 +576,28 @@ impl Settings {
         a
     }
 
-    /// The queue `task` is routed to by `task_routes` (exact names first, then
-    /// globs in file order), or the default queue.
+    /// Where `task` is sent: the first route `task_routes` has for it (see
+    /// `config/routes.rs`), its queue defaulting to `task_default_queue`, as Celery's
+    /// `Router.route` fills it in.
     pub fn route(&self, task: &str) -> Route {
-        if let Some(r) = self.task_routes.get(task) {
-            return r.clone();
+        let mut route = self.task_routes.route(task).cloned().unwrap_or_default();
+        if route.queue.is_none() {
+            route.queue = Some(self.task_default_queue.clone());
         }
-        for (pattern, r) in &self.task_routes {
-            if glob_match(pattern, task) {
-                return r.clone();
-            }
-        }
-        Route { queue: Some(self.task_default_queue.clone()), ..Route::default() }
+        route
+    }
+
+    /// Whether the broker routes through exchanges (AMQP), so that a route's
+    /// `exchange` and `routing_key` decide where a message goes.
+    pub fn exchange_routing(&self) -> bool {
+        crate::broker::amqp::url::is_amqp_url(&self.effective_broker_url())
+    }
+
+    /// The tasks per second `task` may start at on one worker (`None`: unlimited):
+    /// its annotation's `rate_limit` (`annotation` is [`Settings::annotation`]'s
+    /// answer for it), else `task_default_rate_limit`.
+    pub fn rate_limit(&self, annotation: &Annotation) -> Option<f64> {
+        annotation.rate_limit.as_ref().or(self.task_default_rate_limit.as_ref()).and_then(RateLimit::tasks_per_second)
     }
 
     /// Worker concurrency: the setting, or the number of CPUs.
@@ -746,6 +760,53 @@ visibility_timeout = 5
     fn result_expires_false_means_never() {
         let s = Settings::from_toml("result_expires = false", "t").unwrap();
         assert_eq!(s.result_expires, ResultExpires(None));
+    }
+
+    #[test]
+    fn the_seed_celeryconfig_translated_to_toml_is_accepted() {
+        let s = Settings::from_toml(
+            r#"
+broker_url = "redis://localhost:6379/0"
+result_backend = "redis://localhost:6379/1"
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "Europe/Oslo"
+enable_utc = true
+[task_routes]
+"tasks.add" = "low-priority"
+[task_annotations."tasks.add"]
+rate_limit = "10/m"
+"#,
+            "seed",
+        )
+        .unwrap();
+        assert_eq!(s.route("tasks.add").queue.as_deref(), Some("low-priority"));
+        assert_eq!(s.route("tasks.mul").queue.as_deref(), Some("celery"));
+        assert_eq!(s.rate_limit(&s.annotation("tasks.add")), Some(10.0 / 60.0));
+        assert_eq!(s.rate_limit(&s.annotation("tasks.mul")), None);
+    }
+
+    #[test]
+    fn a_star_annotation_and_the_default_rate_limit_apply_to_every_task_unless_overridden() {
+        let s = Settings::from_toml(
+            "task_default_rate_limit = \"5/s\"\n[task_annotations.\"*\"]\nrate_limit = \"10/s\"\n\
+             [task_annotations.\"tasks.add\"]\nrate_limit = \"0\"",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(s.rate_limit(&s.annotation("tasks.mul")), Some(10.0));
+        assert_eq!(s.rate_limit(&s.annotation("tasks.add")), None);
+        let s = Settings::from_toml("task_default_rate_limit = 5", "t").unwrap();
+        assert_eq!(s.rate_limit(&s.annotation("tasks.mul")), Some(5.0));
+        let e = Settings::from_toml("[task_annotations.\"*\"]\nrate_limit = \"10/d\"", "t").unwrap_err();
+        assert!(e.to_string().contains("invalid rate limit \"10/d\""), "{e}");
+    }
+
+    #[test]
+    fn a_list_of_routers_is_checked_for_typos_too() {
+        let e = Settings::from_toml("[[task_routes]]\n[task_routes.\"tasks.add\"]\nqueu = \"q\"", "t").unwrap_err();
+        assert!(e.to_string().contains("did you mean"), "{e}");
     }
 
     #[test]

@@ -119,12 +119,11 @@ fn from_signature(
     }
     let route = settings.route(name);
     let o = &mut task.options;
-    o.queue = opts
-        .get("queue")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .or(route.queue)
-        .unwrap_or_else(|| settings.task_default_queue.clone());
+    // A queue in the signature's options wins over task_routes, as in Celery.
+    (o.exchange, o.queue) = match opts.get("queue").and_then(Value::as_str) {
+        Some(q) => (String::new(), q.to_string()),
+        None => route.publish_target(&settings.task_default_queue, settings.exchange_routing()),
+    };
     o.priority = opts.get("priority").and_then(Value::as_u64).map(|p| p.min(255) as u8).or(route.priority);
     o.parent_id = Some(parent.id.clone());
     o.root_id = Some(parent.root_id.clone().unwrap_or_else(|| parent.id.clone()));

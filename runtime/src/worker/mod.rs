@@ -31,6 +31,7 @@
 mod banner;
 pub mod canvas;
 mod listing;
+mod rate;
 mod request;
 #[cfg(test)]
 mod tests;
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     /// run in any free slot, on that loop, interleaved with the stuck call
     /// (a running guest yields at every epoch tick), instead of waiting behind it.
     pub run_slots: Arc<Semaphore>,
+    /// Rate-limit token buckets, shared by every event loop (the limit is per worker).
+    pub rate_limits: Arc<rate::RateLimits>,
     /// Tasks that ran and are waiting for their result to be written. Bounds
     /// memory when the result backend is slower than the tasks.
     pub backlog: Arc<Semaphore>,
@@ -129,6 +132,7 @@ impl Shared {
         accept: AcceptContent,
         hostname: String,
         run_slots: Arc<Semaphore>,
+        rate_limits: Arc<rate::RateLimits>,
         phase: watch::Receiver<Phase>,
     ) -> Shared {
         let results = backend.clone().map(|b| {
@@ -147,6 +151,7 @@ impl Shared {
             accept,
             hostname,
             run_slots,
+            rate_limits,
             backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
             results,
             phase,
@@ -246,11 +251,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
+    let rate_limits = Arc::new(rate::RateLimits::default());
     for i in 0..loops {
         let ctx = LoopContext {
             index: i,
             slots: concurrency / loops + u32::from(i < concurrency % loops),
             run_slots: run_slots.clone(),
+            rate_limits: rate_limits.clone(),
             sandbox: sandbox.clone(),
             settings: settings.clone(),
             accept: accept.clone(),
@@ -295,6 +302,7 @@ struct LoopContext {
     index: u32,
     slots: u32,
     run_slots: Arc<Semaphore>,
+    rate_limits: Arc<rate::RateLimits>,
     sandbox: Arc<Sandbox>,
     settings: Settings,
     accept: AcceptContent,
@@ -335,6 +343,7 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             ctx.accept,
             ctx.hostname,
             ctx.run_slots,
+            ctx.rate_limits,
             ctx.phase,
         ));
         tracing::debug!("event loop {} consuming with {} run slots", ctx.index, ctx.slots);

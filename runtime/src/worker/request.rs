@@ -198,14 +198,12 @@ async fn run(
             return;
         }
     }
+    // Wait for a rate-limit token (worker/rate.rs), held out of the prefetch window like an ETA task.
+    if !Box::pin(rate_limit(s, &msg, &annotation, acker, &mut prefetch)).await {
+        return Box::pin(acker.requeue()).await;
+    }
     if msg.is_expired(Utc::now()) {
-        tracing::info!("Task {name}[{}] expired at {:?}; discarding it (REVOKED)", msg.id, msg.expires);
-        if !ignores_result(s, &msg, &annotation) {
-            acker.hold();
-            store(s, &routing, base_meta(&msg, ResultMeta::revoked(&msg.id, "expired"))).await;
-        }
-        acker.ack();
-        return;
+        return Box::pin(expired(s, acker, &msg, &routing, &annotation)).await;
     }
     if s.stopping() {
         return Box::pin(acker.requeue()).await;
@@ -227,6 +225,12 @@ async fn run(
     // Last look before it runs (it may have waited long for the slot); the slot goes to the next one.
     if stale(acker, &name, &msg.id, "as a run slot freed up") {
         return;
+    }
+    // Checked again as the task starts, as Celery does: one that waited for a
+    // slot past its `expires` is revoked, not run.
+    if msg.is_expired(Utc::now()) {
+        drop(slot);
+        return Box::pin(expired(s, acker, &msg, &routing, &annotation)).await;
     }
     let _backlog;
     if !acks_late {
@@ -329,6 +333,39 @@ async fn run(
         acker.ack();
     }
     drop(prefetch);
+}
+
+/// A task past its `expires`: store `REVOKED` (unless results are off for it) and drop the message.
+async fn expired(s: &Shared, acker: &mut Acker, msg: &TaskMessage, routing: &Routing, annotation: &Annotation) {
+    tracing::info!("Task {}[{}] expired at {:?}; discarding it (REVOKED)", msg.display_name(), msg.id, msg.expires);
+    if !ignores_result(s, msg, annotation) {
+        acker.hold();
+        store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, "expired"))).await;
+    }
+    acker.ack();
+}
+
+/// Wait for the task's rate-limit token, if it has a limit and the bucket is
+/// empty: the message is held (acknowledged by no one) and, while there is
+/// room (`rate::MAX_HELD`), leaves the prefetch window. False when the worker
+/// began stopping first: the caller gives the message back.
+async fn rate_limit(
+    s: &Shared,
+    msg: &TaskMessage,
+    annotation: &Annotation,
+    acker: &mut Acker,
+    prefetch: &mut Option<OwnedSemaphorePermit>,
+) -> bool {
+    let limit = s.settings.rate_limit(annotation);
+    let Some(wait) = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now()) else { return true };
+    tracing::debug!("Task {}[{}] rate limited: starts in {wait:?}", msg.display_name(), msg.id);
+    acker.hold();
+    let _held = s.rate_limits.hold().inspect(|_| *prefetch = None);
+    tokio::select! {
+        biased;
+        _ = stopped(s.phase.clone()) => false,
+        _ = tokio::time::sleep(wait) => true,
+    }
 }
 
 /// Count a finished chord header member; the worker that completes the chord

@@ -61,6 +61,7 @@ impl Rig {
             accept,
             "celeriac@test".into(),
             Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            Arc::default(),
             rx,
         ));
         Rig { memory, shared, backend, phase, _dir: dir }
