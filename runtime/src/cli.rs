@@ -468,7 +468,7 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
         let waiter =
             if a.wait { Some(result_backend(&settings, Some(&broker)).await?.waiter(&task.id).await?) } else { None };
         broker.publish(&task.options.queue, &encoded).await?;
-        match waiter {
+        let outcome = match waiter {
             None => {
                 println!("{}", task.id);
                 Ok(ExitCode::SUCCESS)
@@ -478,7 +478,10 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
                 let meta = sub.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0))).await?;
                 print_meta(&meta)
             }
-        }
+        };
+        // AMQP: connection.close rather than a dropped socket.
+        broker.close().await;
+        outcome
     })
 }
 
