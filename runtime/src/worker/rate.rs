@@ -28,11 +28,13 @@
 //!
 //! On AMQP the worker's window is not the whole story: RabbitMQ counts every
 //! unacknowledged delivery against the consumer's `basic.qos`, and a held
-//! message is unacknowledged. Until the AMQP consumer raises its QoS for held
-//! messages (Celery's `qos.increment_eventually`, as for ETA tasks) or
-//! rate-limited messages are parked in the delay queues, a long backlog of
-//! rate-limited tasks can still fill RabbitMQ's prefetch there; the pacing
-//! itself is as precise as on Redis.
+//! message is unacknowledged. Celery raises its QoS for held messages
+//! (`qos.increment_eventually`), which needs global QoS; a per-consumer
+//! `basic.qos` (what RabbitMQ 4 and quorum queues accept) applies only to
+//! consumers created after it. Until long token waits are parked in the delay
+//! queues (with the booked start time in a header, so the task needs no second
+//! token on its return), a long backlog of rate-limited tasks can still fill
+//! RabbitMQ's prefetch there; the pacing itself is as precise as on Redis.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
