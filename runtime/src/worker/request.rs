@@ -1,8 +1,9 @@
 //! Handling one received message: decode, check, wait for its ETA and a run
 //! slot, run it in the sandbox, store the outcome, acknowledge.
 //!
-//! Every path ends with the message acknowledged (or put back on warm
-//! shutdown) and, when the task id is known and results are on, a stored
+//! Every path ends with the message settled — acknowledged, rejected without
+//! requeue (an unknown or invalid task, as Celery), or put back on warm
+//! shutdown — and, when the task id is known and results are on, a stored
 //! state the client can read: bad input becomes a `FAILURE`, never a crash.
 //! The one exception is a stale delivery ([`Acker::is_stale`]: the broker took
 //! it back when the connection it came on closed, and delivers it again):
