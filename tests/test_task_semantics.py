@@ -90,7 +90,8 @@ def test_a_task_that_waits_for_its_token_past_its_expiry_is_revoked(worker, clie
     assert client.mul.delay(1, 1).get(timeout=30) == 1
     results = [client.add.apply_async((i, i), expires=1.2) for i in range(3)]
     wait_until(lambda: all(r.ready() for r in results), 30, message="all three calls done")
-    assert [r.state for r in results] == ["SUCCESS", "SUCCESS", "REVOKED"]
+    # Which call gets the third token depends on which event loop takes which message first.
+    assert sorted(r.state for r in results) == ["REVOKED", "SUCCESS", "SUCCESS"]
 
 
 def test_warm_shutdown_gives_back_rate_limited_tasks(worker, client):
