@@ -4,7 +4,8 @@
 # Why this exists: the harness (bench.py) needs redis-server/redis-benchmark
 # and a Python environment with Celery; this script provides both from a clean
 # clone, then hands over to bench.py with all the arguments:
-#   * installs redis-server with apt-get if it is missing (as root, Debian);
+#   * installs redis-server (or, with --broker amqp, rabbitmq-server) with apt-get
+#     if it is missing (as root, Debian);
 #   * creates bench/.venv (git-ignored) and installs bench/requirements.txt
 #     into it, again only when that file changed;
 #   * exec's bench/.venv/bin/python bench/bench.py "$@" (so Ctrl-C reaches the
@@ -19,15 +20,38 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 PYTHON="${PYTHON:-python3}"
 
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
+# `apt_install PKG WHAT`: install a Debian package (as root), or say how and stop.
+apt_install() {
     if [ "$(id -u)" -ne 0 ]; then
-        echo "redis-server is missing: install it (apt-get install -y redis-server) and rerun" >&2
+        echo "$2 is missing: install it (apt-get install -y $1) and rerun" >&2
         exit 1
     fi
-    echo "[bench] installing redis-server with apt-get" >&2
+    echo "[bench] installing $1 with apt-get" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+}
+
+# Which broker the harness will start (bench.py reads --broker itself).
+broker=redis
+prev=
+for arg in "$@"; do
+    case "$prev/$arg" in
+        --broker/*) broker="$arg" ;;
+    esac
+    case "$arg" in
+        --broker=*) broker="${arg#--broker=}" ;;
+    esac
+    prev="$arg"
+done
+
+if [ "$broker" = amqp ]; then
+    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        apt_install rabbitmq-server rabbitmq-server
+        service rabbitmq-server stop >/dev/null 2>&1 || true   # the harness runs its own node
+    fi
+elif ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/dev/null 2>&1; then
     # Debian's package may start a system-wide redis on 6379; the harness uses its own port anyway.
+    apt_install redis-server redis-server
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -35,12 +59,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     if ! "$PYTHON" -m venv "$VENV"; then
         # Debian's own python3 ships venv separately.
         rm -rf "$VENV"
-        if [ "$(id -u)" -ne 0 ]; then
-            echo "cannot create a venv: install python3-venv and rerun" >&2
-            exit 1
-        fi
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        apt_install python3-venv "python3's venv module"
         "$PYTHON" -m venv "$VENV"
     fi
 fi
@@ -50,22 +69,6 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     echo "[bench] installing bench/requirements.txt into $VENV" >&2
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
     echo "$want" > "$stamp"
-fi
-
-if [ "${1:-}" = "--broker" ] && [ "${2:-}" = "amqp" ]; then
-    # Over RabbitMQ: a private rabbitmq-server node (tests/conftest.py's RabbitServer), rpc:// results.
-    shift 2
-    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
-        if [ "$(id -u)" -ne 0 ]; then
-            echo "rabbitmq-server is missing: install it (apt-get install -y rabbitmq-server) and rerun" >&2
-            exit 1
-        fi
-        echo "[bench] installing rabbitmq-server with apt-get" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
-        service rabbitmq-server stop >/dev/null 2>&1 || true   # the harness runs its own node
-    fi
-    exec "$VENV/bin/python" "$HERE/bench.py" --broker amqp "$@"
 fi
 
 if [ "${1:-}" = "--callgrind" ]; then

@@ -597,6 +597,15 @@ def rabbitmq_server(tmp_path_factory):
 # Celeriac worker
 # --------------------------------------------------------------------------
 
+def close_apps(apps) -> None:
+    """Close the Celery client apps a test made (a broker already stopped is fine)."""
+    for app in apps:
+        try:
+            app.close()
+        except Exception:
+            pass
+
+
 def _base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     # Keep the developer's CELERIAC_* settings out of the worker: each test says
     # exactly what it configures.

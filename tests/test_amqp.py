@@ -26,8 +26,8 @@ from collections import Counter
 import pytest
 from celery import Celery, chord, group
 
-from conftest import (STANDIN, TESTS_DIR, ManagedProcess, READY_TIMEOUT, _base_env, declare_tasks,
-                      new_task_id, wait_until)
+from conftest import (STANDIN, TESTS_DIR, ManagedProcess, READY_TIMEOUT, _base_env, close_apps,
+                      declare_tasks, new_task_id, wait_until)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,11 +49,7 @@ def amqp_app(rabbitmq_server, vhost):
         return app, declare_tasks(app)
 
     yield make
-    for app in made:
-        try:
-            app.close()
-        except Exception:
-            pass
+    close_apps(made)
 
 
 def toml_config(**settings) -> str:

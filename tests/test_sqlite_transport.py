@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (CELERIAC_BIN, CELERIAC_TASKS, STANDIN, ManagedProcess, WorkerFactory, _base_env,
+from conftest import (CELERIAC_BIN, CELERIAC_TASKS, STANDIN, ManagedProcess, WorkerFactory, _base_env, close_apps,
                       declare_tasks, wait_until)
 
 RECEIVED = re.compile(r"Task tasks\.add\[([0-9a-f-]{36})\] received")
@@ -63,11 +63,7 @@ def sqlite_client():
         return app, declare_tasks(app)
 
     yield make
-    for app in made:
-        try:
-            app.close()
-        except Exception:
-            pass
+    close_apps(made)
 
 
 def query(db: Path, sql: str, *args):
