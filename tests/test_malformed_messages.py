@@ -1,7 +1,7 @@
 """Malformed messages pushed straight onto the ``celery`` list.
 
-A Python worker loses or dies on several of these (shared/celery-wire/redis
-section 7). Celeriac must log each one at WARNING/ERROR level, drop it (no
+A Python worker loses or dies on several of these (observed when the Redis
+wire captures in tests/fixtures/redis were made). Celeriac must log each one at WARNING/ERROR level, drop it (no
 poison message left in ``unacked``) and keep serving.
 """
 

@@ -3,7 +3,8 @@ backend on one SQLite file (``sqla+sqlite:///`` / ``db+sqlite:///``).
 
 No Redis here: these tests start workers on a file in the test's temp dir
 (``broker_flags=False`` plus a config naming the file), or with no broker
-configured at all in a temp working directory. Formats: shared/celery-wire/sqlite/.
+configured at all in a temp working directory. Formats: kombu's SQLAlchemy transport and Celery's
+database backend, as runtime/src/broker/sqlite.rs and backend/database.rs describe them.
 """
 
 from __future__ import annotations
