@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -678,3 +679,41 @@ def test_celeriac_call_publishes_over_amqp(worker, rabbitmq_server, vhost, redis
                          capture_output=True, text=True, timeout=60, env=_base_env(), cwd=REPO_ROOT,
                          stdin=subprocess.DEVNULL)
     assert out.returncode != 0 and "rpc://" in out.stderr, out.stderr
+
+
+# --------------------------------------------------------------------------
+# Remote control and events over RabbitMQ (issue #11; the Redis side is test_remote_control.py)
+# --------------------------------------------------------------------------
+
+def test_inspect_and_control_answer_over_rabbitmq(worker, rabbitmq_server, vhost, amqp_app):
+    amqp_worker(worker, rabbitmq_server, vhost, name="rc@amqp", concurrency=2)
+    app, tasks = amqp_app()
+    out = subprocess.run([sys.executable, "-m", "celery", "-b", rabbitmq_server.url(vhost), "inspect", "ping",
+                          "-d", "rc@amqp"], capture_output=True, text=True, timeout=60, env=_base_env(),
+                         stdin=subprocess.DEVNULL)
+    assert "->  rc@amqp: OK" in out.stdout and "pong" in out.stdout, out.stdout + out.stderr
+    inspect = app.control.inspect(destination=["rc@amqp"], timeout=5)
+    assert tasks["add"].delay(2, 2).get(timeout=15) == 4
+    stats = inspect.stats()["rc@amqp"]
+    assert stats["broker"]["transport"] == "amqp" and stats["total"]["tasks.add"] == 1
+    assert "tasks.add" in inspect.registered()["rc@amqp"]
+    reply = app.control.rate_limit("tasks.add", "10/m", destination=["rc@amqp"], reply=True, timeout=5)
+    assert reply == [{"rc@amqp": {"ok": "new rate limit set successfully"}}]
+    spin = tasks["spin"].delay()
+    assert wait_until(lambda: [r["id"] for r in inspect.active()["rc@amqp"]] == [spin.id], timeout=15)
+    reply = app.control.revoke(spin.id, terminate=True, destination=["rc@amqp"], reply=True, timeout=5)
+    assert reply == [{"rc@amqp": {"ok": f"terminate: {spin.id}"}}]
+    spin.get(timeout=15, propagate=False)
+    assert spin.state == "REVOKED", spin.state
+
+
+def test_task_events_over_rabbitmq_rebuild_task_states_in_celerys_state(worker, rabbitmq_server, vhost, amqp_app):
+    from test_remote_control import EventCapture
+    amqp_worker(worker, rabbitmq_server, vhost, name="ev@amqp", extra_args=["-E"])
+    app, tasks = amqp_app()
+    with EventCapture(app) as cap:
+        r = tasks["add"].delay(3, 3)
+        assert r.get(timeout=15) == 6
+        assert wait_until(lambda: "task-succeeded" in cap.types(), timeout=10), cap.types()
+    assert cap.state.tasks[r.id].state == "SUCCESS"
+    assert cap.state.tasks[r.id].worker.hostname == "ev@amqp"

@@ -168,7 +168,7 @@ struct WorkerArgs {
     /// Messages prefetched per concurrency slot.
     #[arg(long)]
     prefetch_multiplier: Option<u32>,
-    /// Send task events (not implemented yet: reported at start-up).
+    /// Send task events (task-received, -started, -succeeded, ...) for `celery events` and Flower.
     #[arg(short = 'E', long = "task-events")]
     task_events: bool,
 }
@@ -376,8 +376,8 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = a.prefetch_multiplier {
         settings.worker_prefetch_multiplier = p;
     }
-    if a.task_events || settings.worker_send_task_events {
-        tracing::warn!("task events (-E) are not implemented yet; no events will be sent");
+    if a.task_events {
+        settings.worker_send_task_events = true;
     }
     // Sandbox options from the command line override the config's [sandbox] table.
     let mut sb = settings.sandbox_config();

@@ -55,6 +55,7 @@ use crate::config::{Settings, TransportOptions};
 use crate::connection::UrlError;
 use crate::connection::sqlite::DbError;
 use crate::connection::url;
+use crate::protocol::pidbox::Outgoing;
 use crate::protocol::{EncodedTask, Envelope, ProtocolError, RawMessage};
 
 /// A boxed future, so that transports can be trait objects.
@@ -116,6 +117,11 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 
+    /// Fanout: kombu's pidbox (remote control) and Celery's events.
+    fn fanout(&self) -> Option<&dyn Fanout> {
+        None
+    }
+
     /// Close this transport's connections cleanly (AMQP: `connection.close`
     /// with 200, so the broker does not log a dropped socket), once everything
     /// they carry (acknowledgements, results) has been flushed. Nothing is
@@ -150,6 +156,35 @@ pub trait ReplyPublisher: Send + Sync {
         body: &'a [u8],
         serializer: crate::protocol::Serializer,
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A transport with fanout exchanges, which kombu's pidbox (remote control:
+/// `celery inspect`, `celery control`) and Celery's events travel over.
+pub trait Fanout: Send + Sync {
+    /// Bind the node `hostname`'s pidbox queue to `celery.pidbox` as kombu
+    /// does, and receive what control clients broadcast there.
+    fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>>;
+
+    /// Publish to a fanout or topic exchange (`celeryev` events, a
+    /// `celery.pidbox` broadcast). Nobody listening is not an error.
+    fn broadcast<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Publish a control reply to the direct exchange `reply.celery.pidbox`
+    /// under the client's id. Dropped when that client no longer listens.
+    fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A node's pidbox subscription.
+pub trait Mailbox: Send {
+    /// The next control message. Reconnects by itself when the connection
+    /// drops (requests broadcast meanwhile are missed, as with kombu); an
+    /// error only when the transport was closed.
+    fn next(&mut self) -> BoxFuture<'_, Result<RawMessage, BrokerError>>;
+
+    /// Remove the node's binding (at shutdown), as kombu does.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Receives messages from the queues it was opened on.

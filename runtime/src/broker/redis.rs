@@ -18,6 +18,8 @@
 //! [`Acker::hold`](super::Acker::hold)). That one message has kombu's
 //! window (popped, not yet recorded: lost if the worker dies right then).
 
+mod fanout;
+
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -451,6 +453,8 @@ impl RedisBroker {
 #[derive(Clone)]
 pub struct RedisTransport {
     url: String,
+    /// For the pidbox subscription (a connection of its own).
+    client: redis::Client,
     broker: RedisBroker,
     held: Held,
 }
@@ -461,6 +465,7 @@ impl RedisTransport {
     pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
         Ok(RedisTransport {
             url: url.to_string(),
+            client: redis_conn::open_client(url)?,
             broker: RedisBroker::connect(url, opts).await?,
             held: Held::default(),
         })
@@ -476,6 +481,10 @@ impl Transport for RedisTransport {
         Capabilities { fanout: true, priorities: true }
     }
 
+    fn fanout(&self) -> Option<&dyn crate::broker::Fanout> {
+        Some(self)
+    }
+
     fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(self.broker.declare(queues))
     }
@@ -487,7 +496,12 @@ impl Transport for RedisTransport {
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
         Box::pin(async move {
             let broker = RedisBroker::connect(&self.url, self.broker.opts.clone()).await?;
-            Ok(Broker::new(RedisTransport { url: self.url.clone(), broker, held: self.held.clone() }))
+            Ok(Broker::new(RedisTransport {
+                url: self.url.clone(),
+                client: self.client.clone(),
+                broker,
+                held: self.held.clone(),
+            }))
         })
     }
 

@@ -32,6 +32,7 @@ use serde_json::{Map, Number, Value};
 
 use super::content::Serializer;
 use super::message::{DeliveryInfo, EncodedTask, RawMessage};
+use super::pidbox::Outgoing;
 
 /// AMQP `delivery_mode` for messages that survive a broker restart.
 pub const PERSISTENT: u8 = 2;
@@ -231,6 +232,19 @@ pub fn result_properties(
         .with_delivery_mode(if persistent { PERSISTENT } else { TRANSIENT })
         .with_priority(0)
         .with_correlation_id(short_string("correlation_id", task_id)?))
+}
+
+/// The properties kombu publishes a control reply or an event with (see
+/// `tests/fixtures/amqp/control_pidbox`, `events`): JSON, its headers,
+/// `delivery_mode` 1, `priority` 0.
+pub fn outgoing_properties(message: &Outgoing) -> Result<BasicProperties, AmqpEncodeError> {
+    let json = Serializer::Json;
+    Ok(BasicProperties::default()
+        .with_content_type(short_string("content_type", json.content_type())?)
+        .with_content_encoding(short_string("content_encoding", json.content_encoding())?)
+        .with_headers(json_to_table(&message.headers)?)
+        .with_delivery_mode(message.delivery_mode)
+        .with_priority(0))
 }
 
 /// Celery's `task_default_queue_type`.

@@ -16,6 +16,8 @@
 //!   field tables (RabbitMQ), and the queue arguments Celery declares.
 //! - [`content`]: the JSON and msgpack serializers and the `accept_content`
 //!   gate (pickle is never deserialised).
+//! - [`pidbox`]: kombu's remote-control mailbox (requests, replies, node
+//!   matching) and Celery's event messages.
 //! - [`result`]: `celery-task-meta-*` values: building them in Celery's key
 //!   order and parsing stored ones.
 //! - [`exception`]: exceptions as stored in results, the module of each
@@ -44,6 +46,7 @@ pub mod envelope;
 pub mod error;
 pub mod exception;
 pub mod message;
+pub mod pidbox;
 pub mod pyjson;
 pub mod repr;
 pub mod result;

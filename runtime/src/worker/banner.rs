@@ -47,7 +47,12 @@ pub fn banner(
     b.push_str(&format!("- ** ---------- .> results:     {results}\n"));
     let loops = super::event_loops(concurrency);
     b.push_str(&format!("- *** --- * --- .> concurrency: {concurrency} (wasm sandbox, {loops} event loops)\n"));
-    b.push_str("-- ******* ---- .> task events: OFF (not implemented yet)\n");
+    // Celery's wording.
+    b.push_str(if settings.worker_send_task_events {
+        "-- ******* ---- .> task events: ON\n"
+    } else {
+        "-- ******* ---- .> task events: OFF (enable -E to monitor tasks in this worker)\n"
+    });
     b.push_str("--- ***** ----- \n");
     b.push_str(" -------------- [queues]\n");
     for q in queues {

@@ -30,9 +30,12 @@
 
 mod banner;
 pub mod canvas;
+mod control;
+mod events;
 mod listing;
 mod rate;
 mod request;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -118,6 +121,8 @@ pub(crate) struct Shared {
     pub results: Option<batch::Batcher<Reply>>,
     /// Current shutdown phase.
     pub phase: watch::Receiver<Phase>,
+    /// What the worker holds and did (remote control, events).
+    pub state: Arc<state::WorkerState>,
 }
 
 impl Shared {
@@ -134,6 +139,7 @@ impl Shared {
         run_slots: Arc<Semaphore>,
         rate_limits: Arc<rate::RateLimits>,
         phase: watch::Receiver<Phase>,
+        state: Arc<state::WorkerState>,
     ) -> Shared {
         let results = backend.clone().map(|b| {
             batch::Batcher::spawn(None, move |replies: Vec<Reply>| {
@@ -155,6 +161,7 @@ impl Shared {
             backlog: Arc::new(Semaphore::new(RESULT_BACKLOG)),
             results,
             phase,
+            state,
         }
     }
 
@@ -248,10 +255,37 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let _housekeeping = broker.start_housekeeping().await;
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let phase_tx = Arc::new(phase_tx);
+    let state = Arc::new(state::WorkerState::new(&opts.hostname, settings.worker_send_task_events));
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
     let rate_limits = Arc::new(rate::RateLimits::default());
+    // Remote control and events, where the transport has fanout.
+    let heartbeat = Arc::new(tokio::sync::Notify::new());
+    let mut dispatcher = None;
+    let mut pidbox = None;
+    if let Some(fanout) = broker.fanout() {
+        dispatcher = Some(events::Dispatcher::start(broker.clone(), state.clone(), heartbeat.clone()).await);
+        match fanout.listen(&opts.hostname).await {
+            Ok(mailbox) => {
+                let panel = control::Panel {
+                    state: state.clone(),
+                    broker: broker.clone(),
+                    sandbox: sandbox.clone(),
+                    settings: settings.clone(),
+                    queues: queues.clone(),
+                    broker_url: broker_url.clone(),
+                    concurrency,
+                    run_slots: run_slots.clone(),
+                    phase: phase_tx.clone(),
+                    heartbeat: heartbeat.clone(),
+                };
+                pidbox = Some(tokio::spawn(control::serve(panel, mailbox, phase_rx.clone())));
+            }
+            Err(e) => tracing::error!("remote control is unavailable: cannot listen on the pidbox: {e}"),
+        }
+    }
     for i in 0..loops {
         let ctx = LoopContext {
             index: i,
@@ -268,6 +302,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             queues: queues.clone(),
             hostname: opts.hostname.clone(),
             phase: phase_rx.clone(),
+            state: state.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("celeriac-loop-{i}"))
@@ -277,7 +312,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
     tracing::info!("{} {READY_LINE}", opts.hostname);
 
-    tokio::spawn(signals(phase_tx));
+    tokio::spawn(signals(phase_tx.clone()));
     let joined = tokio::task::spawn_blocking(move || {
         threads
             .into_iter()
@@ -285,6 +320,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
     })
     .await?;
+    // Remote control stops with the warm shutdown; worker-offline goes last.
+    if let Some(p) = pidbox {
+        let _ = p.await;
+    }
+    if let Some(d) = dispatcher {
+        d.stop().await;
+    }
     // The event loops have closed their own connections; this one's declarations are long done.
     broker.close().await;
     joined.into_iter().collect()
@@ -314,6 +356,7 @@ struct LoopContext {
     queues: Vec<String>,
     hostname: String,
     phase: watch::Receiver<Phase>,
+    state: Arc<state::WorkerState>,
 }
 
 /// One single-threaded event loop, on its own thread: its own connections,
@@ -345,6 +388,7 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             ctx.run_slots,
             ctx.rate_limits,
             ctx.phase,
+            ctx.state,
         ));
         tracing::debug!("event loop {} consuming with {} run slots", ctx.index, ctx.slots);
         let (handlers, consumer) = consume(shared.clone(), consumer, ctx.slots).await;
@@ -381,7 +425,7 @@ where
 }
 
 /// Turn SIGTERM/SIGINT into shutdown phases: warm first, cold on the second.
-async fn signals(phase: watch::Sender<Phase>) {
+async fn signals(phase: Arc<watch::Sender<Phase>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");

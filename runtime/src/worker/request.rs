@@ -16,13 +16,14 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
+use super::state::Tracked;
 use super::{Phase, Shared, canvas, retry};
 use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
 use crate::broker::{Acker, BadMessage, Delivery};
-use crate::config::Annotation;
+use crate::config::{Annotation, RateLimit};
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{EncodedTask, ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
-use crate::sandbox::{Invocation, Outcome, Request, StateUpdate};
+use crate::sandbox::{CallReport, Invocation, Outcome, Request, StateUpdate};
 
 /// Handle one delivery to the end.
 pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
@@ -165,7 +166,12 @@ async fn run(
     // for a backlog slot, which bounds results not yet written.
     let name = msg.display_name().to_string();
     tracing::info!("Task {name}[{}] received", msg.id);
+    // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
+    let tracked = s.state.track(&msg);
     let annotation = s.settings.annotation(&msg.task);
+    if tracked.is_revoked() {
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+    }
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
     // Parking a stale delivery would leave two copies: the parked one and the redelivered one.
     if stale(acker, &name, &msg.id, "before starting") {
@@ -189,12 +195,15 @@ async fn run(
         // Celery does not count ETA tasks against the prefetch limit.
         prefetch = None;
         acker.hold();
+        tracked.scheduled(crate::protocol::time::isoformat(&eta), msg.delivery.priority.unwrap_or(0));
         tokio::select! {
             // Biased: once the worker is stopping, never start (give back instead).
             biased;
             _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
+            _ = tracked.revoked() => {}
             _ = tokio::time::sleep(wait) => {}
         }
+        tracked.reserved();
         if stale(acker, &name, &msg.id, "when its ETA came") {
             return;
         }
@@ -204,7 +213,7 @@ async fn run(
         return Box::pin(acker.requeue()).await;
     }
     if msg.is_expired(Utc::now()) {
-        return Box::pin(expired(s, acker, &msg, &routing, &annotation)).await;
+        return Box::pin(expired(s, acker, &msg, &routing, &annotation, &tracked)).await;
     }
     if s.stopping() {
         return Box::pin(acker.requeue()).await;
@@ -217,6 +226,9 @@ async fn run(
             let slot = tokio::select! {
                 biased;
                 _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
+                _ = tracked.revoked() => {
+                    return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+                }
                 p = s.run_slots.acquire() => p,
             };
             let Ok(slot) = slot else { return Box::pin(acker.requeue()).await };
@@ -231,8 +243,13 @@ async fn run(
     // slot past its `expires` is revoked, not run.
     if msg.is_expired(Utc::now()) {
         drop(slot);
-        return Box::pin(expired(s, acker, &msg, &routing, &annotation)).await;
+        return Box::pin(expired(s, acker, &msg, &routing, &annotation, &tracked)).await;
     }
+    if tracked.is_revoked() {
+        drop(slot);
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+    }
+    tracked.started(!acks_late);
     let _backlog;
     if !acks_late {
         acker.ack();
@@ -271,15 +288,27 @@ async fn run(
         args: serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
         kwargs: serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
         request: request_context(s, &msg),
-        message_time_limit: msg.timelimit.hard,
+        // A time limit set by `control time_limit` tightens the task's own.
+        message_time_limit: match (msg.timelimit.hard, s.state.hard_time_limit(&msg.task)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         state_sink: Some(sink),
     };
     // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
     // as with Celery's task logger; the worker's lines are plain.
     let span = crate::logging::task_span(msg.display_name(), &msg.id);
-    let result = s.sandbox.call(&msg.task, invocation).instrument(span).await;
+    let call = s.sandbox.call(&msg.task, invocation).instrument(span);
+    // `control revoke --terminate` stops the call (the sandbox is dropped mid-run).
+    let result = Box::pin(terminable(call, &tracked)).await;
     // The slot is for running: storing the outcome must not hold up the next task.
     drop(slot);
+    let Some(result) = result else {
+        if let Some(w) = writer {
+            w.abort();
+        }
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, true)).await;
+    };
     if let Some(w) = writer {
         // The sink was moved into the call and is dropped now: the writer
         // stores the last update and ends, before the final state is written.
@@ -295,7 +324,7 @@ async fn run(
             return;
         }
     };
-    let secs = result.report.wall.as_secs_f64();
+    tracked.finished(&msg.task);
     tracing::debug!("fuel consumed: {}, peak memory: {} bytes", result.report.fuel_consumed, result.report.peak_memory);
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
@@ -303,7 +332,7 @@ async fn run(
     match result.outcome {
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
-            tracing::info!("Task {name}[{}] succeeded in {secs:.6}s: {}", msg.id, saferepr(&value, Some(1024), 8));
+            announce_success(&tracked, &name, &msg.id, &value, &result.report);
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
             if results.is_some() {
@@ -315,7 +344,7 @@ async fn run(
             let module = f.exc_module.clone();
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
-            tracing::error!("Task {name}[{}] raised unexpected: {}\n{}", msg.id, exc.repr(), f.traceback.trim_end());
+            announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, &result.report);
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
                 store(s, &routing, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
@@ -337,13 +366,108 @@ async fn run(
 }
 
 /// A task past its `expires`: store `REVOKED` (unless results are off for it) and drop the message.
-async fn expired(s: &Shared, acker: &mut Acker, msg: &TaskMessage, routing: &Routing, annotation: &Annotation) {
+async fn expired(
+    s: &Shared,
+    acker: &mut Acker,
+    msg: &TaskMessage,
+    routing: &Routing,
+    annotation: &Annotation,
+    tracked: &Tracked,
+) {
     tracing::info!("Task {}[{}] expired at {:?}; discarding it (REVOKED)", msg.display_name(), msg.id, msg.expires);
+    tracked.event("task-revoked", revoked_fields(false, false, true));
     if !ignores_result(s, msg, annotation) {
         acker.hold();
         store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, "expired"))).await;
     }
     acker.ack();
+}
+
+/// A revoked task (`control revoke`): `REVOKED` stored (unless results are
+/// off for it), `task-revoked` sent, the message acknowledged, as Celery's
+/// `Request._announce_revoked`. `terminated` when it was stopped running.
+async fn revoked(
+    s: &Shared,
+    acker: &mut Acker,
+    msg: &TaskMessage,
+    routing: &Routing,
+    annotation: &Annotation,
+    tracked: &Tracked,
+    terminated: bool,
+) {
+    let reason = if terminated { "terminated" } else { "revoked" };
+    if terminated {
+        tracing::error!(
+            "Task handler raised error: Terminated(15)\nTask {}[{}] terminated",
+            msg.display_name(),
+            msg.id
+        );
+    } else {
+        tracing::info!("Discarding revoked task: {}[{}].", msg.display_name(), msg.id);
+    }
+    tracked.event("task-revoked", revoked_fields(terminated, terminated, false));
+    if !ignores_result(s, msg, annotation) {
+        acker.hold();
+        store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, reason))).await;
+    }
+    acker.ack();
+}
+
+/// `task-revoked`'s fields: `terminated`, `signum` (15, SIGTERM, when terminated), `expired`.
+fn revoked_fields(terminated: bool, signalled: bool, expired: bool) -> serde_json::Map<String, Value> {
+    let mut f = serde_json::Map::new();
+    f.insert("terminated".into(), Value::from(terminated));
+    f.insert("signum".into(), if signalled { Value::from(15) } else { Value::Null });
+    f.insert("expired".into(), Value::from(expired));
+    f
+}
+
+/// Run `call` unless `control revoke --terminate` stops it first (`None`).
+async fn terminable<F: std::future::Future>(call: F, tracked: &Tracked) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    loop {
+        tokio::select! {
+            r = &mut call => return Some(r),
+            // A wake-up left from before it started (a plain revoke) is not a terminate.
+            _ = tracked.revoked() => if tracked.is_terminated() { return None },
+        }
+    }
+}
+
+/// The sandbox figures Celeriac adds to `task-succeeded`/`task-failed`.
+fn sandbox_fields(report: &CallReport, f: &mut serde_json::Map<String, Value>) {
+    f.insert("fuel_consumed".into(), Value::from(report.fuel_consumed));
+    f.insert("peak_memory".into(), Value::from(report.peak_memory));
+    f.insert("sandbox_time".into(), Value::from(report.wall.as_secs_f64()));
+}
+
+/// A success: its log line and its `task-succeeded` event, from one place.
+fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, report: &CallReport) {
+    let secs = report.wall.as_secs_f64();
+    let repr = saferepr(value, Some(1024), 8);
+    tracing::info!("Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
+    let mut f = serde_json::Map::new();
+    f.insert("result".into(), Value::from(repr));
+    f.insert("runtime".into(), Value::from(secs));
+    sandbox_fields(report, &mut f);
+    tracked.event("task-succeeded", f);
+}
+
+/// A failure: its log line and its `task-failed` event, from one place.
+fn announce_failure(
+    tracked: &Tracked,
+    name: &str,
+    id: &str,
+    exc: &ExceptionInfo,
+    traceback: &str,
+    report: &CallReport,
+) {
+    tracing::error!("Task {name}[{id}] raised unexpected: {}\n{}", exc.repr(), traceback.trim_end());
+    let mut f = serde_json::Map::new();
+    f.insert("exception".into(), Value::from(exc.repr()));
+    f.insert("traceback".into(), Value::from(traceback));
+    sandbox_fields(report, &mut f);
+    tracked.event("task-failed", f);
 }
 
 /// Wait for the task's rate-limit token, if it has a limit and the bucket is
@@ -357,7 +481,11 @@ async fn rate_limit(
     acker: &mut Acker,
     prefetch: &mut Option<OwnedSemaphorePermit>,
 ) -> bool {
-    let limit = s.settings.rate_limit(annotation);
+    // A limit set by `control rate_limit` replaces the configured one.
+    let limit = match s.state.rate_limit(&msg.task) {
+        Some(set) => set.as_ref().and_then(RateLimit::tasks_per_second),
+        None => s.settings.rate_limit(annotation),
+    };
     let Some(wait) = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now()) else { return true };
     tracing::debug!("Task {}[{}] rate limited: starts in {wait:?}", msg.display_name(), msg.id);
     acker.hold();

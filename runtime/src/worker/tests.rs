@@ -63,6 +63,7 @@ impl Rig {
             Arc::new(tokio::sync::Semaphore::new(slots as usize)),
             Arc::default(),
             rx,
+            Arc::new(super::state::WorkerState::new("celeriac@test", false)),
         ));
         Rig { memory, shared, backend, phase, _dir: dir }
     }

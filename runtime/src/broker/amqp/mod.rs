@@ -48,6 +48,7 @@
 //!   the same queue see an ordinary (redelivered-looking) task message.
 
 pub mod acks;
+mod fanout;
 pub mod transport;
 pub mod url;
 
@@ -204,6 +205,8 @@ struct Inner {
     closed: AtomicBool,
     /// Delay levels already declared on the current publisher connection.
     delay_levels: Mutex<HashMap<u32, u64>>,
+    /// Exchanges (pidbox, events) declared, with the publisher connection's generation.
+    declared: Mutex<HashMap<String, u64>>,
 }
 
 /// A connection to an AMQP broker (cheap to clone).
@@ -339,6 +342,7 @@ impl AmqpBroker {
                 generation: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 delay_levels: Mutex::new(HashMap::new()),
+                declared: Mutex::new(HashMap::new()),
             }),
         };
         broker.live(Role::Publisher).await?;

@@ -48,6 +48,11 @@ impl AmqpTransport {
             AmqpBroker::connect(&config.url, config.ssl.clone(), config.topology.clone(), &config.name).await?;
         Ok(AmqpTransport { broker, config, owner: true })
     }
+
+    /// The shared connections.
+    pub(super) fn broker(&self) -> &AmqpBroker {
+        &self.broker
+    }
 }
 
 impl Transport for AmqpTransport {
@@ -106,6 +111,10 @@ impl Transport for AmqpTransport {
     }
 
     fn replies(&self) -> Option<&dyn ReplyPublisher> {
+        Some(self)
+    }
+
+    fn fanout(&self) -> Option<&dyn crate::broker::Fanout> {
         Some(self)
     }
 

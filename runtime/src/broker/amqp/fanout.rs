@@ -1,0 +1,171 @@
+//! kombu's pidbox and Celery's events on AMQP, declared as Celery 5.7
+//! declares them (`tests/fixtures/amqp/`, README "Topology"):
+//!
+//! - `celery.pidbox`: fanout exchange, not durable. The node's queue
+//!   `<node>.celery.pidbox` is exclusive and auto-deleted, with `x-expires`
+//!   10 s and `x-message-ttl` 300 s, bound with key `""`, consumed with
+//!   `no_ack` (a control message is never redelivered).
+//! - `reply.celery.pidbox`: direct exchange, not durable; a reply is
+//!   published under the client's id and dropped by the broker if that
+//!   client's queue is gone.
+//! - `celeryev`: topic exchange, durable; events under their routing key.
+//!
+//! The mailbox consumes on the consumer connection and, when that drops,
+//! declares and consumes again with back-off (the exclusive queue died with
+//! the old connection; what was broadcast meanwhile is missed, as with Celery).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use super::transport::AmqpTransport;
+use super::{AmqpBroker, AmqpError, Live, Role};
+use crate::broker::{BoxFuture, BrokerError, Fanout, Mailbox};
+use crate::protocol::RawMessage;
+use crate::protocol::amqp::{self as wire, Deliver, short_string};
+use crate::protocol::pidbox::{EVENT_EXCHANGE, Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue};
+
+/// Celery 5.7's pidbox queue arguments: `x-expires` 10 s, `x-message-ttl` 300 s.
+fn pidbox_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(10_000));
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(300_000));
+    args
+}
+
+/// How Celery declares the exchange a message of `exchange` goes to.
+fn exchange_kind(exchange: &str) -> (ExchangeKind, bool) {
+    match exchange {
+        EVENT_EXCHANGE => (ExchangeKind::Topic, true),
+        PIDBOX_EXCHANGE => (ExchangeKind::Fanout, false),
+        _ => (ExchangeKind::Direct, false),
+    }
+}
+
+impl AmqpBroker {
+    /// Declare `exchange` as Celery does, once per publisher connection.
+    async fn declare_exchange(&self, exchange: &str) -> Result<(), AmqpError> {
+        let Live { conn, generation, .. } = self.live(Role::Publisher).await?;
+        let key = format!("exchange:{exchange}");
+        if self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&generation) {
+            return Ok(());
+        }
+        let (kind, durable) = exchange_kind(exchange);
+        let channel = conn.create_channel().await?;
+        let opts = ExchangeDeclareOptions { durable, ..ExchangeDeclareOptions::default() };
+        channel.exchange_declare(short_string("exchange", exchange)?, kind, opts, FieldTable::default()).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        self.inner.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(key, generation);
+        Ok(())
+    }
+
+    /// Publish a control reply, broadcast or event (confirmed).
+    pub async fn publish_outgoing(&self, message: &Outgoing) -> Result<(), AmqpError> {
+        self.declare_exchange(&message.exchange).await?;
+        let props = wire::outgoing_properties(message)?;
+        self.publish(&message.exchange, &message.routing_key, &message.body, props).await
+    }
+
+    /// Declare the node's pidbox queue on a new consumer channel and consume it.
+    async fn consume_pidbox(&self, hostname: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
+        let Live { conn, .. } = self.live(Role::Consumer).await?;
+        let channel = conn.create_channel().await?;
+        let exchange = short_string("exchange", PIDBOX_EXCHANGE)?;
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = short_string("queue", &node_queue(hostname))?;
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(queue.clone(), opts, pidbox_queue_arguments()).await?;
+        channel
+            .queue_bind(queue.clone(), exchange, "".into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        let tag = format!("celeriac-pidbox-{}", uuid::Uuid::new_v4());
+        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+        let consumer = channel.basic_consume(queue, tag.as_str().into(), no_ack, FieldTable::default()).await?;
+        Ok((channel, consumer))
+    }
+}
+
+impl Fanout for AmqpTransport {
+    fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>> {
+        Box::pin(async move {
+            let broker = self.broker().clone();
+            let (channel, consumer) = broker.consume_pidbox(hostname).await?;
+            Ok(Box::new(AmqpMailbox { broker, hostname: hostname.to_string(), session: Some((channel, consumer)) })
+                as Box<dyn Mailbox>)
+        })
+    }
+
+    fn broadcast<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move { Ok(self.broker().publish_outgoing(message).await?) })
+    }
+
+    fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
+        debug_assert_eq!(message.exchange, REPLY_EXCHANGE);
+        Box::pin(async move { Ok(self.broker().publish_outgoing(message).await?) })
+    }
+}
+
+/// The node's pidbox consumer, re-declared after a connection loss.
+struct AmqpMailbox {
+    broker: AmqpBroker,
+    hostname: String,
+    /// The channel (kept open while consuming) and its consumer.
+    session: Option<(Channel, lapin::Consumer)>,
+}
+
+impl Mailbox for AmqpMailbox {
+    fn next(&mut self) -> BoxFuture<'_, Result<RawMessage, BrokerError>> {
+        Box::pin(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let Some((_, consumer)) = self.session.as_mut() else {
+                    match self.broker.consume_pidbox(&self.hostname).await {
+                        Ok(s) => {
+                            tracing::info!("pidbox: consuming {} again", node_queue(&self.hostname));
+                            self.session = Some(s);
+                        }
+                        Err(AmqpError::Closed) => return Err(AmqpError::Closed.into()),
+                        Err(e) => {
+                            tracing::warn!(
+                                "pidbox: cannot consume {}: {e}; again in {delay:?}",
+                                node_queue(&self.hostname)
+                            );
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(8));
+                        }
+                    }
+                    continue;
+                };
+                match consumer.next().await {
+                    Some(Ok(d)) => {
+                        let deliver = Deliver {
+                            delivery_tag: d.delivery_tag,
+                            exchange: d.exchange.as_str().to_string(),
+                            routing_key: d.routing_key.as_str().to_string(),
+                            redelivered: d.redelivered,
+                        };
+                        return Ok(wire::raw_message(&deliver, &d.properties, d.data));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!("pidbox: the consumer failed: {e}; consuming again");
+                        self.session = None;
+                    }
+                    None => {
+                        tracing::warn!("pidbox: the consumer ended; consuming again");
+                        self.session = None;
+                    }
+                }
+            }
+        })
+    }
+}

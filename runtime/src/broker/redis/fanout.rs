@@ -1,0 +1,166 @@
+//! kombu's Redis fanout, for the pidbox (remote control) and events.
+//!
+//! On Redis a fanout exchange is pub/sub, not lists
+//! (`tests/fixtures/redis/05-remote-control`): with kombu's default
+//! `fanout_prefix` and `fanout_patterns`, a message for exchange `X` and
+//! routing key `k` is `PUBLISH /<db>.X/k` (`/<db>.X` when `k` is empty), and a
+//! worker `PSUBSCRIBE`s `/<db>.celery.pidbox`. It also registers its node
+//! queue in the exchange's binding table the way kombu 5.7 does (`SADD
+//! _kombu.binding.celery.pidbox "\x06\x16\x06\x16<node>.celery.pidbox"` and
+//! the exchange's deadline raised with `ZADD _kombu.binding_deadlines GT`),
+//! and removes it at shutdown; other bindings and deadlines are left alone.
+//! A control reply goes to the direct exchange `reply.celery.pidbox`: the
+//! client's binding (`SMEMBERS _kombu.binding.reply.celery.pidbox`) names its
+//! reply list, which gets an `LPUSH`; with no binding (the client is gone)
+//! the reply is dropped, as kombu drops an undeliverable message.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+
+use super::RedisTransport;
+use crate::broker::{BoxFuture, BrokerError, Fanout, Mailbox};
+use crate::protocol::pidbox::{Outgoing, PIDBOX_EXCHANGE, node_queue};
+use crate::protocol::{Envelope, RawMessage};
+
+/// How long kombu 5.7 keeps a binding without a new declaration (ms).
+const BINDING_TTL_MS: u64 = 3_600_000;
+
+impl RedisTransport {
+    /// kombu's `keyprefix_fanout` channel for exchange `exchange` and routing key `routing_key`.
+    fn fanout_channel(&self, exchange: &str, routing_key: &str) -> String {
+        let db = self.client.get_connection_info().redis_settings().db();
+        if routing_key.is_empty() { format!("/{db}.{exchange}") } else { format!("/{db}.{exchange}/{routing_key}") }
+    }
+
+    /// `(binding key, member)` of the node's pidbox queue, as kombu stores it.
+    fn pidbox_binding(&self, hostname: &str) -> (String, String) {
+        let sep = &self.broker.opts.sep;
+        (self.broker.key(&format!("_kombu.binding.{PIDBOX_EXCHANGE}")), format!("{sep}{sep}{}", node_queue(hostname)))
+    }
+}
+
+impl Fanout for RedisTransport {
+    fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>> {
+        Box::pin(async move {
+            let (key, member) = self.pidbox_binding(hostname);
+            let deadline = chrono::Utc::now().timestamp_millis() as u64 + BINDING_TTL_MS;
+            let mut c = self.broker.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.sadd(&key, &member).ignore();
+            pipe.cmd("ZADD")
+                .arg(self.broker.key("_kombu.binding_deadlines"))
+                .arg("GT")
+                .arg(deadline)
+                .arg(PIDBOX_EXCHANGE)
+                .ignore();
+            let _: () = pipe.query_async(&mut c).await?;
+            let mut mailbox = RedisMailbox {
+                client: self.client.clone(),
+                channel: self.fanout_channel(PIDBOX_EXCHANGE, ""),
+                stream: None,
+                conn: c,
+                binding: (key, member),
+            };
+            mailbox.subscribe().await?;
+            Ok(Box::new(mailbox) as Box<dyn Mailbox>)
+        })
+    }
+
+    fn broadcast<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let channel = self.fanout_channel(&message.exchange, &message.routing_key);
+            let mut c = self.broker.conn.clone();
+            let _: i64 = c.publish(channel, message.to_envelope().to_bytes()).await?;
+            Ok(())
+        })
+    }
+
+    fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut c = self.broker.conn.clone();
+            let table = self.broker.key(&format!("_kombu.binding.{}", message.exchange));
+            let members: Vec<String> = c.smembers(table).await?;
+            let sep = self.broker.opts.sep.as_str();
+            let queues: Vec<&str> = members
+                .iter()
+                .filter_map(|m| {
+                    let mut it = m.split(sep);
+                    let (rk, _pattern, queue) = (it.next()?, it.next()?, it.next()?);
+                    (rk == message.routing_key).then_some(queue)
+                })
+                .collect();
+            if queues.is_empty() {
+                tracing::debug!("no client listens for control reply {}; dropped", message.routing_key);
+            }
+            let bytes = message.to_envelope().to_bytes();
+            for q in queues {
+                let _: i64 = c.lpush(self.broker.list_for(q, 0), &bytes).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A `PSUBSCRIBE` on the node's pidbox channel, re-subscribed when its connection drops.
+struct RedisMailbox {
+    client: redis::Client,
+    channel: String,
+    stream: Option<redis::aio::PubSubStream>,
+    /// For removing the binding at shutdown.
+    conn: redis::aio::ConnectionManager,
+    binding: (String, String),
+}
+
+impl RedisMailbox {
+    async fn subscribe(&mut self) -> Result<(), BrokerError> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.psubscribe(&self.channel).await?;
+        self.stream = Some(pubsub.into_on_message());
+        Ok(())
+    }
+}
+
+impl Mailbox for RedisMailbox {
+    fn next(&mut self) -> BoxFuture<'_, Result<RawMessage, BrokerError>> {
+        Box::pin(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                let Some(stream) = self.stream.as_mut() else {
+                    if let Err(e) = self.subscribe().await {
+                        tracing::warn!("pidbox: cannot subscribe to {}: {e}; again in {delay:?}", self.channel);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(8));
+                    } else {
+                        tracing::info!("pidbox: listening on {} again", self.channel);
+                    }
+                    continue;
+                };
+                let Some(msg) = stream.next().await else {
+                    tracing::warn!("pidbox: the subscription to {} was lost; subscribing again", self.channel);
+                    self.stream = None;
+                    continue;
+                };
+                match Envelope::parse(msg.get_payload_bytes()).and_then(|e| e.into_raw_message()) {
+                    Ok(raw) => return Ok(raw),
+                    Err(e) => tracing::warn!(
+                        "pidbox: ignoring an unreadable control message ({e}): {}",
+                        crate::broker::preview(msg.get_payload_bytes())
+                    ),
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stream = None;
+            let (key, member) = &self.binding;
+            let r: redis::RedisResult<i64> = self.conn.srem(key, member).await;
+            if let Err(e) = r {
+                tracing::debug!("pidbox: cannot remove the node's binding: {e}");
+            }
+        })
+    }
+}

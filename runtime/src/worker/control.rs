@@ -1,0 +1,466 @@
+//! The worker's pidbox node: kombu's `Node` with Celery's control panel
+//! (`celery.worker.control`), so `celery inspect`, `celery control`,
+//! `celery status` and Flower work against a Celeriac worker.
+//!
+//! Requests arrive on the transport's [`Mailbox`]; each one for this node
+//! (see [`ControlRequest::is_for`]) that has not expired is answered, when it
+//! asks for a reply, with Celery's reply shape: `{"ok": ...}` /
+//! `{"error": ...}` for control commands, the data itself for inspect
+//! commands, and `{"error": "KeyError('<method>')"}` for a command Celeriac
+//! does not know (kombu's `Node.dispatch` answers an unknown handler so).
+//! The replies' wording is Celery 5.7's (`celery/worker/control.py`). A
+//! command never fails the worker: a bad request is logged and, where the
+//! client waits, answered with an error.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use super::Phase;
+use super::state::WorkerState;
+use crate::broker::{Broker, Mailbox};
+use crate::config::{RateLimit, Settings};
+use crate::connection::url::mask_password;
+use crate::protocol::pidbox::ControlRequest;
+use crate::protocol::py_repr;
+use crate::sandbox::Sandbox;
+
+/// What the control panel reads and changes.
+pub(crate) struct Panel {
+    pub state: Arc<WorkerState>,
+    pub broker: Broker,
+    pub sandbox: Arc<Sandbox>,
+    pub settings: Settings,
+    pub queues: Vec<String>,
+    pub broker_url: String,
+    pub concurrency: u32,
+    /// The worker's run slots (`pool_grow` / `pool_shrink`).
+    pub run_slots: Arc<Semaphore>,
+    /// Shutdown (`shutdown`).
+    pub phase: Arc<watch::Sender<Phase>>,
+    /// Asks the event dispatcher for a heartbeat now (`heartbeat`).
+    pub heartbeat: Arc<Notify>,
+}
+
+fn ok(text: impl Into<String>) -> Value {
+    json!({ "ok": text.into() })
+}
+
+fn nok(text: impl Into<String>) -> Value {
+    json!({ "error": text.into() })
+}
+
+/// Serve the node's mailbox until the worker stops.
+pub(crate) async fn serve(panel: Panel, mut mailbox: Box<dyn Mailbox>, mut phase: watch::Receiver<Phase>) {
+    loop {
+        let raw = tokio::select! {
+            r = mailbox.next() => r,
+            _ = async { phase.wait_for(|p| *p != Phase::Running).await.is_ok() } => break,
+        };
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::debug!("pidbox: {e}; no more remote control");
+                return;
+            }
+        };
+        let request = match ControlRequest::decode(&raw) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("pidbox: {e}; ignored");
+                continue;
+            }
+        };
+        panel.state.adjust(request.clock);
+        if !request.is_for(panel.state.hostname()) {
+            continue;
+        }
+        if request.is_expired(super::state::now_epoch()) {
+            tracing::debug!("pidbox: {} request expired before it arrived; ignored", request.method);
+            continue;
+        }
+        tracing::debug!(
+            "pidbox received method {} [reply_to:{:?} ticket:{:?}]",
+            request.method,
+            request.reply_to,
+            request.ticket
+        );
+        let Some(reply) = panel.dispatch(&request).await else { continue };
+        let Some(fanout) = panel.broker.fanout() else { continue };
+        if let Some(message) = request.reply(panel.state.hostname(), reply, panel.state.forward())
+            && let Err(e) = fanout.reply(&message).await
+        {
+            tracing::warn!("pidbox: cannot reply to {}: {e}", request.method);
+        }
+    }
+    mailbox.close().await;
+}
+
+impl Panel {
+    /// Run one command: the reply, or `None` when the command gets none (`shutdown`).
+    async fn dispatch(&self, req: &ControlRequest) -> Option<Value> {
+        let args = &req.arguments;
+        let s = &self.state;
+        Some(match req.method.as_str() {
+            "ping" => ok("pong"),
+            "stats" => self.stats(),
+            "active" | "dump_active" => Value::Array(s.requests("active")),
+            "reserved" | "dump_reserved" => Value::Array(s.requests("reserved")),
+            "scheduled" | "dump_schedule" => Value::Array(s.requests("scheduled")),
+            "revoked" | "dump_revoked" => json!(s.revoked_ids()),
+            "registered" | "dump_tasks" => self.registered(args),
+            "active_queues" => Value::Array(self.queues.iter().map(|q| queue_info(q)).collect()),
+            "conf" | "dump_conf" => self.conf(),
+            "report" => ok(self.report()),
+            "query_task" => Value::Object(s.query(&string_list(args.get("ids")))),
+            "clock" => json!({ "clock": s.clock() }),
+            "hello" => {
+                let from = args.get("from_node").and_then(Value::as_str).unwrap_or_default();
+                if from == s.hostname() {
+                    Value::Null
+                } else {
+                    tracing::info!("sync with {from}");
+                    s.merge_revoked(&string_list(args.get("revoked")));
+                    json!({ "revoked": s.revoked_ids(), "clock": s.forward() })
+                }
+            }
+            "revoke" => self.revoke(args, args.get("terminate").and_then(Value::as_bool).unwrap_or(false)),
+            "terminate" => self.revoke(args, true),
+            "rate_limit" => self.rate_limit(args),
+            "time_limit" => self.time_limit(args),
+            "enable_events" => {
+                if s.set_task_events(true) {
+                    tracing::info!("Events of group {{task}} enabled by remote.");
+                    ok("task events enabled")
+                } else {
+                    ok("task events already enabled")
+                }
+            }
+            "disable_events" => {
+                if s.set_task_events(false) {
+                    tracing::info!("Events of group {{task}} disabled by remote.");
+                    ok("task events disabled")
+                } else {
+                    ok("task events already disabled")
+                }
+            }
+            "heartbeat" => {
+                tracing::debug!("Heartbeat requested by remote.");
+                self.heartbeat.notify_one();
+                Value::Null
+            }
+            "election" => Value::Null,
+            "pool_grow" => {
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
+                self.run_slots.add_permits(n);
+                tracing::info!("pool: {n} more run slot(s)");
+                ok("pool will grow")
+            }
+            "pool_shrink" => {
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
+                let slots = self.run_slots.clone();
+                // Taken as running tasks finish, and never given back.
+                tokio::spawn(async move {
+                    if let Ok(p) = slots.acquire_many_owned(n).await {
+                        p.forget();
+                    }
+                });
+                ok("pool will shrink")
+            }
+            "autoscale" => nok("ValueError('Autoscale not enabled')"),
+            "pool_restart" => nok("ValueError('Pool restarts not enabled')"),
+            "add_consumer" | "cancel_consumer" => nok(format!(
+                "{}: Celeriac does not change its queues at run time yet; restart the worker with -Q",
+                req.method
+            )),
+            "shutdown" => {
+                let msg = args.get("msg").and_then(Value::as_str).unwrap_or("Got shutdown from remote");
+                tracing::warn!("{msg}");
+                let _ = self.phase.send(Phase::Warm);
+                return None;
+            }
+            other => {
+                tracing::error!("No such control command: {other}");
+                nok(format!("KeyError({})", py_repr(&Value::from(other))))
+            }
+        })
+    }
+
+    /// Celery's `stats` reply layout.
+    fn stats(&self) -> Value {
+        let s = &self.state;
+        let soft = self.settings.task_soft_time_limit;
+        let hard = self.settings.task_time_limit;
+        let timeouts = match (soft, hard) {
+            (None, None) => json!([]),
+            _ => json!([soft, hard]),
+        };
+        let prefetch = self.settings.worker_prefetch_multiplier.max(1) * self.concurrency;
+        json!({
+            "total": s.totals(),
+            "pid": s.source.pid,
+            "clock": s.clock().to_string(),
+            "uptime": s.uptime(),
+            "pool": {
+                "implementation": "celeriac:WasmSandbox",
+                "max-concurrency": self.concurrency,
+                "processes": [s.source.pid],
+                "max-tasks-per-child": null,
+                "put-guarded-by-semaphore": false,
+                "timeouts": timeouts,
+            },
+            "broker": broker_info(&self.broker_url, self.broker.name()),
+            "prefetch_count": prefetch,
+            "rusage": rusage(),
+        })
+    }
+
+    /// `registered`: task names, each followed by the attributes asked for
+    /// (`taskinfoitems`) that it has, as Celery's `_extract_info`.
+    fn registered(&self, args: &Map<String, Value>) -> Value {
+        let items = string_list(args.get("taskinfoitems"));
+        let mut names: Vec<String> = self.sandbox.tasks().iter().map(|t| t.name.clone()).collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let mut fields = Vec::new();
+                for item in &items {
+                    let value = match item.as_str() {
+                        "rate_limit" => self.rate_limit_of(&name).map(|r| r.to_string()),
+                        "time_limit" => self.settings.annotation(&name).time_limit.map(|t| t.to_string()),
+                        _ => None,
+                    };
+                    if let Some(v) = value {
+                        fields.push(format!("{item}={v}"));
+                    }
+                }
+                if fields.is_empty() {
+                    Value::from(name)
+                } else {
+                    Value::from(format!("{name} [{}]", fields.join(" ")))
+                }
+            })
+            .collect()
+    }
+
+    /// The rate limit in force for `task`.
+    fn rate_limit_of(&self, task: &str) -> Option<RateLimit> {
+        match self.state.rate_limit(task) {
+            Some(set) => set,
+            None => self.settings.annotation(task).rate_limit.or_else(|| self.settings.task_default_rate_limit.clone()),
+        }
+    }
+
+    fn conf(&self) -> Value {
+        let mut conf = match serde_json::to_value(&self.settings) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        for (key, value) in conf.iter_mut() {
+            if is_secret(key) {
+                *value = Value::from("********");
+            } else if let Value::String(s) = value
+                && s.contains("://")
+            {
+                *s = mask_password(s);
+            }
+        }
+        Value::Object(conf)
+    }
+
+    fn report(&self) -> String {
+        format!(
+            "software -> celeriac:{} (wasmtime sandbox)\nplatform -> system:{} arch:{}\nsettings -> transport:{} results:{}\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            self.broker.name(),
+            self.settings.effective_result_backend().map(|u| mask_password(&u)).unwrap_or_else(|| "disabled".into()),
+        )
+    }
+
+    fn revoke(&self, args: &Map<String, Value>, terminate: bool) -> Value {
+        let ids = string_list(args.get("task_id"));
+        let (_held, running) = self.state.revoke(&ids, terminate);
+        if terminate {
+            let signal = args.get("signal").and_then(Value::as_str).unwrap_or("SIGTERM");
+            for id in &running {
+                tracing::info!("Terminating {id} ({signal})");
+            }
+            if running.is_empty() {
+                return ok("terminate: tasks unknown");
+            }
+            return ok(format!("terminate: {}", running.join(", ")));
+        }
+        tracing::info!("Tasks flagged as revoked: {}", ids.join(", "));
+        // Celery formats the Python set of ids.
+        let set: Vec<String> = ids.iter().map(|id| py_repr(&Value::from(id.as_str()))).collect();
+        ok(format!("tasks {{{}}} flagged as revoked", set.join(", ")))
+    }
+
+    fn rate_limit(&self, args: &Map<String, Value>) -> Value {
+        let text = match args.get("rate_limit") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        };
+        let limit = match RateLimit::parse(&text) {
+            Ok(l) => l,
+            Err(e) => {
+                return nok(format!("Invalid rate limit string: ValueError({})", py_repr(&Value::from(e.to_string()))));
+            }
+        };
+        let Some(task) = args.get("task_name").and_then(Value::as_str).filter(|t| self.sandbox.task(t).is_some())
+        else {
+            tracing::error!("Rate limit attempt for unknown task {:?}", args.get("task_name"));
+            return nok("unknown task");
+        };
+        if limit.tasks_per_second().is_none() {
+            self.state.set_rate_limit(task, None);
+            tracing::info!("Rate limits disabled for tasks of type {task}");
+            return ok("rate limit disabled successfully");
+        }
+        tracing::info!("New rate limit for tasks of type {task}: {text}.");
+        self.state.set_rate_limit(task, Some(limit));
+        ok("new rate limit set successfully")
+    }
+
+    fn time_limit(&self, args: &Map<String, Value>) -> Value {
+        let Some(task) = args.get("task_name").and_then(Value::as_str).filter(|t| self.sandbox.task(t).is_some())
+        else {
+            tracing::error!("Change time limit attempt for unknown task {:?}", args.get("task_name"));
+            return nok("unknown task");
+        };
+        let soft = args.get("soft").and_then(Value::as_f64);
+        let hard = args.get("hard").and_then(Value::as_f64);
+        self.state.set_time_limit(task, soft, hard);
+        tracing::info!(
+            "New time limits for tasks of type {task}: soft={} hard={}",
+            soft.map_or("None".into(), |v| v.to_string()),
+            hard.map_or("None".into(), |v| v.to_string())
+        );
+        ok("time limits set successfully")
+    }
+}
+
+/// A list argument that Celery sends as a list or a single string.
+fn string_list(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// Celery's `conf` censors keys that look secret.
+fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_uppercase();
+    ["API", "TOKEN", "KEY", "SECRET", "PASS", "SIGNATURE", "DATABASE"].iter().any(|s| k.contains(s))
+}
+
+/// kombu's `Queue.as_dict()` of a queue consumed from the default exchange.
+fn queue_info(queue: &str) -> Value {
+    json!({
+        "name": queue,
+        "exchange": {
+            "name": queue, "type": "direct", "arguments": null, "durable": true, "passive": false,
+            "auto_delete": false, "delivery_mode": null, "no_declare": false,
+        },
+        "routing_key": queue,
+        "queue_arguments": null,
+        "binding_arguments": null,
+        "consumer_arguments": null,
+        "durable": true,
+        "exclusive": false,
+        "auto_delete": false,
+        "no_ack": false,
+        "alias": null,
+        "bindings": [],
+        "no_declare": null,
+        "expires": null,
+        "message_ttl": null,
+        "max_length": null,
+        "max_length_bytes": null,
+        "max_priority": null,
+    })
+}
+
+/// kombu's `Connection.info()` for the broker URL.
+fn broker_info(url: &str, transport: &str) -> Value {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (userinfo, hostpart) = rest.rsplit_once('@').map_or((None, rest), |(u, h)| (Some(u), h));
+    let (hostport, vhost) = hostpart.split_once('/').unwrap_or((hostpart, ""));
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, p.parse::<u16>().ok()),
+        _ => (hostport, None),
+    };
+    let userid = userinfo.map(|u| u.split(':').next().unwrap_or_default()).filter(|u| !u.is_empty());
+    let vhost = vhost.split('?').next().unwrap_or_default();
+    json!({
+        "hostname": if host.is_empty() { "localhost" } else { host },
+        "userid": userid,
+        "virtual_host": if vhost.is_empty() && transport == "amqp" { "/" } else { vhost },
+        "port": port,
+        "insist": false,
+        "ssl": url.starts_with("rediss") || url.starts_with("amqps"),
+        "transport": transport,
+        "connect_timeout": 4,
+        "transport_options": {},
+        "login_method": null,
+        "uri_prefix": null,
+        "heartbeat": 120.0,
+        "failover_strategy": "round-robin",
+        "alternates": [],
+    })
+}
+
+/// `getrusage(RUSAGE_SELF)` in Celery's layout.
+fn rusage() -> Value {
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage struct.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) } != 0 {
+        return json!({});
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    json!({
+        "utime": secs(r.ru_utime), "stime": secs(r.ru_stime), "maxrss": r.ru_maxrss,
+        "ixrss": r.ru_ixrss, "idrss": r.ru_idrss, "isrss": r.ru_isrss, "minflt": r.ru_minflt,
+        "majflt": r.ru_majflt, "nswap": r.ru_nswap, "inblock": r.ru_inblock, "oublock": r.ru_oublock,
+        "msgsnd": r.ru_msgsnd, "msgrcv": r.ru_msgrcv, "nsignals": r.ru_nsignals, "nvcsw": r.ru_nvcsw,
+        "nivcsw": r.ru_nivcsw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_are_described_as_kombu_describes_them() {
+        let i = broker_info("redis://:secret@localhost:6379/0", "redis");
+        assert_eq!(i["hostname"], "localhost");
+        assert_eq!(i["port"], 6379);
+        assert_eq!(i["virtual_host"], "0");
+        assert!(!i.to_string().contains("secret"));
+        let i = broker_info("amqp://guest:guest@rabbit:5672//", "amqp");
+        assert_eq!(i["userid"], "guest");
+        assert_eq!(i["virtual_host"], "/");
+        assert!(!i.to_string().contains("guest:guest"));
+    }
+
+    #[test]
+    fn list_arguments_come_as_lists_or_single_strings() {
+        assert_eq!(string_list(Some(&json!(["a", "b"]))), vec!["a", "b"]);
+        assert_eq!(string_list(Some(&json!("a"))), vec!["a"]);
+        assert!(string_list(None).is_empty());
+    }
+
+    #[test]
+    fn secrets_are_censored_in_conf() {
+        assert!(is_secret("security_key") && is_secret("broker_password") && !is_secret("broker_url"));
+    }
+}
