@@ -275,3 +275,42 @@ def test_control_shutdown_stops_the_worker(worker, redis_server):
     celery_cli(redis_server, "control", "shutdown", "-d", NODE, "-t", "1")
     assert wait_until(lambda: not w.alive, timeout=30), "the worker did not stop"
     assert w.returncode == 0
+
+
+@pytest.mark.celeriac_only
+def test_metrics_parse_as_openmetrics_and_count_the_tasks_run(worker, client):
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from conftest import free_port
+
+    port = free_port()
+    worker(name=NODE, extra_args=["--metrics", f"127.0.0.1:{port}"])
+    for i in range(3):
+        assert client.tasks["add"].delay(i, i).get(timeout=10) == 2 * i
+    with pytest.raises(Exception):
+        client.tasks["fail"].delay("boom").get(timeout=10)
+    time.sleep(0.3)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = resp.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    def sample(family: str, suffix: str = "", **labels) -> float:
+        for s in families[family].samples:
+            if s.name == family + suffix and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+        raise AssertionError(f"no {family}{suffix} {labels} in:\n{text}")
+
+    assert sample("celeriac_tasks", "_total", task="tasks.add", state="SUCCESS") == 3
+    assert sample("celeriac_tasks", "_total", task="tasks.fail", state="FAILURE") == 1
+    assert sample("celeriac_task_runtime_seconds", "_count", task="tasks.add") == 3
+    assert sample("celeriac_task_sandbox_seconds", "_count", task="tasks.add") == 3
+    assert sample("celeriac_task_fuel", "_total", task="tasks.add") > 0
+    assert sample("celeriac_task_memory_peak_bytes", task="tasks.add") >= 65536
+    assert sample("celeriac_requests", state="active") == 0
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+    assert e.value.code == 404

@@ -171,6 +171,9 @@ struct WorkerArgs {
     /// Send task events (task-received, -started, -succeeded, ...) for `celery events` and Flower.
     #[arg(short = 'E', long = "task-events")]
     task_events: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9808 (also worker_metrics_address).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +381,9 @@ fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     }
     if a.task_events {
         settings.worker_send_task_events = true;
+    }
+    if let Some(addr) = &a.metrics {
+        settings.worker_metrics_address = Some(addr.clone());
     }
     // Sandbox options from the command line override the config's [sandbox] table.
     let mut sb = settings.sandbox_config();

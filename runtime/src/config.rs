@@ -252,6 +252,8 @@ pub struct Settings {
     pub worker_prefetch_multiplier: u32,
     /// Send task events (`-E`).
     pub worker_send_task_events: bool,
+    /// Celeriac: serve Prometheus metrics at `http://<this address>/metrics` (`--metrics`).
+    pub worker_metrics_address: Option<String>,
     /// AMQP: `x-max-priority` of the task queues (must match the clients').
     pub task_queue_max_priority: Option<u8>,
     /// AMQP: `classic` or `quorum` (`x-queue-type`), as the clients declare.
@@ -291,6 +293,7 @@ impl Default for Settings {
             worker_concurrency: None,
             worker_prefetch_multiplier: 4,
             worker_send_task_events: false,
+            worker_metrics_address: None,
             task_queue_max_priority: None,
             task_default_queue_type: "classic".into(),
             task_create_missing_queue_type: "classic".into(),
@@ -324,6 +327,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "worker_concurrency",
     "worker_prefetch_multiplier",
     "worker_send_task_events",
+    "worker_metrics_address",
     "task_queue_max_priority",
     "task_default_queue_type",
     "task_create_missing_queue_type",

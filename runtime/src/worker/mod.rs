@@ -33,6 +33,7 @@ pub mod canvas;
 mod control;
 mod events;
 mod listing;
+mod metrics;
 mod rate;
 mod request;
 mod state;
@@ -257,6 +258,11 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let phase_tx = Arc::new(phase_tx);
     let state = Arc::new(state::WorkerState::new(&opts.hostname, settings.worker_send_task_events));
+    if let Some(addr) = &settings.worker_metrics_address {
+        metrics::serve(addr, state.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot serve metrics on {addr}: {e}"))?;
+    }
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
@@ -525,6 +531,7 @@ async fn consume(
                 }
             }
             Err(e) => {
+                shared.state.metrics.broker_error();
                 tracing::error!(
                     "consumer: Cannot connect to the broker: {e}. Trying again in {:.2} seconds...",
                     backoff.as_secs_f64()

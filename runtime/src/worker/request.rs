@@ -324,7 +324,6 @@ async fn run(
             return;
         }
     };
-    tracked.finished(&msg.task);
     tracing::debug!("fuel consumed: {}, peak memory: {} bytes", result.report.fuel_consumed, result.report.peak_memory);
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
@@ -333,6 +332,7 @@ async fn run(
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
             announce_success(&tracked, &name, &msg.id, &value, &result.report);
+            tracked.finished(&msg.task, "SUCCESS", Some(&result.report));
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
             if results.is_some() {
@@ -345,6 +345,7 @@ async fn run(
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, &result.report);
+            tracked.finished(&msg.task, "FAILURE", Some(&result.report));
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
                 store(s, &routing, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
@@ -376,6 +377,7 @@ async fn expired(
 ) {
     tracing::info!("Task {}[{}] expired at {:?}; discarding it (REVOKED)", msg.display_name(), msg.id, msg.expires);
     tracked.event("task-revoked", revoked_fields(false, false, true));
+    tracked.finished(&msg.task, "REVOKED", None);
     if !ignores_result(s, msg, annotation) {
         acker.hold();
         store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, "expired"))).await;
@@ -406,6 +408,7 @@ async fn revoked(
         tracing::info!("Discarding revoked task: {}[{}].", msg.display_name(), msg.id);
     }
     tracked.event("task-revoked", revoked_fields(terminated, terminated, false));
+    tracked.finished(&msg.task, "REVOKED", None);
     if !ignores_result(s, msg, annotation) {
         acker.hold();
         store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, reason))).await;

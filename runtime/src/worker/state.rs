@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, mpsc};
 
+use super::metrics::Metrics;
 use crate::config::RateLimit;
+use crate::sandbox::CallReport;
 use crate::protocol::pidbox::EventSource;
 use crate::protocol::{TaskMessage, args_repr, kwargs_repr};
 
@@ -98,6 +100,8 @@ pub(crate) struct WorkerState {
     time_limits: Mutex<HashMap<String, TimeLimits>>,
     /// Where task events go (the event dispatcher), once it runs.
     events: Mutex<Option<mpsc::UnboundedSender<Value>>>,
+    /// The Prometheus metrics (`--metrics`).
+    pub metrics: Metrics,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +135,7 @@ impl WorkerState {
             rate_limits: Mutex::default(),
             time_limits: Mutex::default(),
             events: Mutex::default(),
+            metrics: Metrics::default(),
         }
     }
 
@@ -174,6 +179,20 @@ impl WorkerState {
     /// Finished tasks per name (`stats.total`).
     pub fn totals(&self) -> BTreeMap<String, u64> {
         lock(&self.totals).clone()
+    }
+
+    /// How many tracked requests are reserved, scheduled and active.
+    pub fn held_counts(&self) -> [(&'static str, usize); 3] {
+        let requests = lock(&self.requests);
+        let mut n = [0; 3];
+        for e in requests.values() {
+            n[match e.status {
+                Status::Reserved => 0,
+                Status::Scheduled { .. } => 1,
+                Status::Active { .. } => 2,
+            }] += 1;
+        }
+        [("reserved", n[0]), ("scheduled", n[1]), ("active", n[2])]
     }
 
     /// Requests running now.
@@ -264,10 +283,13 @@ impl WorkerState {
         }
     }
 
-    /// Count a finished task.
-    fn finished(&self, name: &str) {
-        *lock(&self.totals).entry(name.to_string()).or_default() += 1;
-        self.processed.fetch_add(1, Ordering::Relaxed);
+    /// Count a finished task (ran to `SUCCESS`/`FAILURE`, or `REVOKED`).
+    fn finished(&self, name: &str, state: &str, report: Option<&CallReport>, runtime: Option<Duration>) {
+        if report.is_some() {
+            *lock(&self.totals).entry(name.to_string()).or_default() += 1;
+            self.processed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.metrics.finished(name, state, report, runtime);
     }
 
     /// Whether `id` was revoked.
@@ -453,9 +475,14 @@ impl Tracked {
         self.state.task_event(event_type, all);
     }
 
-    /// It ran to an end (success or failure): counted in `stats.total`.
-    pub fn finished(&self, name: &str) {
-        self.state.finished(name);
+    /// It reached its final `state`: counted in the metrics and, when it ran
+    /// (`report`), in `stats.total`. `runtime` is from its start to now.
+    pub fn finished(&self, name: &str, state: &str, report: Option<&CallReport>) {
+        let runtime = match lock(&self.state.requests).get(&self.id).map(|e| e.status.clone()) {
+            Some(Status::Active { time_start, .. }) => Some(Duration::from_secs_f64((now_epoch() - time_start).max(0.0))),
+            _ => None,
+        };
+        self.state.finished(name, state, report, runtime);
     }
 }
 
@@ -499,7 +526,8 @@ mod tests {
         assert_eq!(active[0]["acknowledged"], true);
         assert_eq!(active[0]["worker_pid"], std::process::id());
         assert_eq!(s.query(&["a".into(), "zz".into()]).len(), 1);
-        a.finished("tasks.add");
+        let report = CallReport { wall: Duration::from_millis(1), fuel_consumed: 10, peak_memory: 1 };
+        a.finished("tasks.add", "SUCCESS", Some(&report));
         drop(a);
         drop(b);
         assert!(s.requests("active").is_empty() && s.requests("scheduled").is_empty());
