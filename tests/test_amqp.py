@@ -27,7 +27,7 @@ from collections import Counter
 import pytest
 from celery import Celery, chord, group
 
-from conftest import (STANDIN, TESTS_DIR, ManagedProcess, READY_TIMEOUT, _base_env, close_apps,
+from conftest import (CELERIAC_BIN, STANDIN, TESTS_DIR, ManagedProcess, READY_TIMEOUT, _base_env, close_apps,
                       declare_tasks, new_task_id, wait_until)
 
 pytestmark = pytest.mark.timeout(300)
@@ -717,3 +717,12 @@ def test_task_events_over_rabbitmq_rebuild_task_states_in_celerys_state(worker, 
         assert wait_until(lambda: "task-succeeded" in cap.types(), timeout=10), cap.types()
     assert cap.state.tasks[r.id].state == "SUCCESS"
     assert cap.state.tasks[r.id].worker.hostname == "ev@amqp"
+
+
+@pytest.mark.celeriac_only
+def test_celeriac_inspect_answers_over_rabbitmq(worker, rabbitmq_server, vhost):
+    amqp_worker(worker, rabbitmq_server, vhost, name="cli@amqp")
+    out = subprocess.run([str(CELERIAC_BIN), "inspect", "ping", "--broker", rabbitmq_server.url(vhost), "-d",
+                          "cli@amqp", "-t", "5"], capture_output=True, text=True, timeout=60, env=_base_env(),
+                         stdin=subprocess.DEVNULL)
+    assert out.stdout == "->  cli@amqp: OK\n        pong\n\n1 node online.\n", out.stdout + out.stderr

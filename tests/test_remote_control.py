@@ -314,3 +314,29 @@ def test_metrics_parse_as_openmetrics_and_count_the_tasks_run(worker, client):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
     assert e.value.code == 404
+
+
+@pytest.mark.celeriac_only
+def test_celeriac_inspect_control_and_status_work_without_python_against_both_kinds_of_worker(
+        worker, python_worker, client, celeriac_cli):
+    worker(name=NODE)
+    python_worker(name="py@test")
+    status = celeriac_cli("status", "-d", f"{NODE},py@test", "-t", "5")
+    assert status.returncode == 0, status.stderr
+    assert f"->  {NODE}: OK" in status.stdout and "->  py@test: OK" in status.stdout
+    assert "2 nodes online." in status.stdout
+    ping = celeriac_cli("inspect", "ping", "-d", NODE, "-t", "5")
+    assert ping.stdout == f"->  {NODE}: OK\n        pong\n\n1 node online.\n", ping.stdout
+    registered = celeriac_cli("inspect", "registered", "-d", "py@test", "-t", "5")
+    assert "    * pytasks.hello" in registered.stdout, registered.stdout
+    limit = celeriac_cli("control", "rate_limit", "tasks.add", "10/m", "-d", NODE, "-t", "5")
+    assert "new rate limit set successfully" in limit.stdout, limit.stdout + limit.stderr
+    assert "tasks.add [rate_limit=10/m]" in str(client.app.control.inspect(destination=[NODE], timeout=5)
+                                                    .registered("rate_limit"))
+    stats = celeriac_cli("inspect", "stats", "-j", "-d", NODE, "-t", "5")
+    import json
+    assert json.loads(stats.stdout)[NODE]["pool"]["max-concurrency"] >= 1
+    nobody = celeriac_cli("inspect", "ping", "-d", "nobody@nowhere", "-t", "0.5")
+    assert nobody.returncode == 69 and "No nodes replied within time constraint" in nobody.stderr
+    typo = celeriac_cli("control", "rate_limt", "tasks.add", "1/s")
+    assert typo.returncode != 0 and "Available control commands" in typo.stderr and "rate_limit" in typo.stderr

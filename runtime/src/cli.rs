@@ -37,6 +37,51 @@ enum Command {
     Run(RunArgs),
     /// List the tasks a directory of components serves, and the files that failed to load.
     Tasks(TasksArgs),
+    /// Ask the workers (Celeriac or Python) what they do, as `celery inspect`: ping, stats, active,
+    /// reserved, scheduled, registered, revoked, active_queues, conf, report, query_task, clock.
+    Inspect(RemoteArgs),
+    /// Change the workers, as `celery control`: rate_limit, time_limit, revoke, terminate,
+    /// enable_events, disable_events, heartbeat, pool_grow, pool_shrink, shutdown, ...
+    Control(RemoteArgs),
+    /// List the workers that answer, as `celery status`.
+    Status(StatusArgs),
+}
+
+/// `celeriac inspect` / `celeriac control`.
+#[derive(Debug, Args)]
+struct RemoteArgs {
+    #[command(flatten)]
+    conn: ConnectionArgs,
+    /// The command, then its arguments (e.g. `rate_limit tasks.add 10/m`).
+    command: String,
+    /// The command's arguments.
+    #[arg(allow_negative_numbers = true)]
+    args: Vec<String>,
+    /// Seconds to wait for replies.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    timeout: f64,
+    /// Only these nodes (comma-separated names).
+    #[arg(short = 'd', long, value_delimiter = ',')]
+    destination: Vec<String>,
+    /// Print the replies as one JSON object.
+    #[arg(short = 'j', long)]
+    json: bool,
+}
+
+/// `celeriac status`.
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    conn: ConnectionArgs,
+    /// Seconds to wait for replies.
+    #[arg(short = 't', long, default_value_t = 1.0)]
+    timeout: f64,
+    /// Only these nodes (comma-separated names).
+    #[arg(short = 'd', long, value_delimiter = ',')]
+    destination: Vec<String>,
+    /// Print the replies as one JSON object.
+    #[arg(short = 'j', long)]
+    json: bool,
 }
 
 /// Where the task components are, and how to sandbox them.
@@ -259,6 +304,9 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(a),
         Command::Run(a) => run(a),
         Command::Tasks(a) => tasks(a),
+        Command::Inspect(a) => remote(crate::remote::Kind::Inspect, a),
+        Command::Control(a) => remote(crate::remote::Kind::Control, a),
+        Command::Status(a) => status(a),
     };
     match result {
         Ok(code) => code,
@@ -267,6 +315,62 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Celery's exit status when no node replied (`EX_UNAVAILABLE`).
+const EX_UNAVAILABLE: u8 = 69;
+
+/// `celeriac inspect` / `celeriac control`: broadcast, print the replies as `celery` does.
+fn remote(kind: crate::remote::Kind, a: RemoteArgs) -> anyhow::Result<ExitCode> {
+    crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
+    let arguments = crate::remote::compile_arguments(kind, &a.command, &a.args)?;
+    let replies = broadcast(&a.conn, &a.command, arguments, &a.destination, a.timeout)?;
+    Ok(print_replies(&replies, true, a.json))
+}
+
+/// `celeriac status`: who answers a ping.
+fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
+    let replies = broadcast(&a.conn, "ping", serde_json::Map::new(), &a.destination, a.timeout)?;
+    Ok(print_replies(&replies, false, a.json))
+}
+
+/// Connect and broadcast one remote command.
+fn broadcast(
+    conn: &ConnectionArgs,
+    method: &str,
+    arguments: serde_json::Map<String, serde_json::Value>,
+    destination: &[String],
+    timeout: f64,
+) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    let settings = conn.settings()?;
+    let broker_url = settings.effective_broker_url();
+    let destination = (!destination.is_empty()).then_some(destination);
+    let timeout = std::time::Duration::from_secs_f64(timeout.max(0.01));
+    runtime()?.block_on(async {
+        let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac control").await?;
+        let replies = crate::remote::broadcast(&broker, method, arguments, destination, timeout).await;
+        broker.close().await;
+        Ok(replies?)
+    })
+}
+
+/// Print replies as `celery inspect` does; exit 69 when there are none.
+fn print_replies(replies: &[(String, serde_json::Value)], show_body: bool, json: bool) -> ExitCode {
+    if replies.is_empty() {
+        eprintln!("Error: No nodes replied within time constraint");
+        return ExitCode::from(EX_UNAVAILABLE);
+    }
+    if json {
+        let all: serde_json::Map<String, serde_json::Value> = replies.iter().cloned().collect();
+        println!("{}", serde_json::Value::Object(all));
+        return ExitCode::SUCCESS;
+    }
+    for (node, reply) in replies {
+        println!("{}", crate::remote::format_reply(node, reply, show_body));
+    }
+    println!("\n{}", crate::remote::nodes_online(replies.len()));
+    ExitCode::SUCCESS
 }
 
 /// A multi-threaded tokio runtime for one command.

@@ -6,8 +6,9 @@
 //! [`connection`] holds URLs and server connections, [`broker`] and
 //! [`backend`] speak to Redis and SQLite the way kombu and Celery do,
 //! [`sandbox`] runs task components under limits, [`worker`] ties them
-//! together, [`config`] reads Celery's setting names, and [`cli`] is the
-//! `celeriac` command.
+//! together, [`config`] reads Celery's setting names, [`remote`] is the
+//! client side of remote control (`celeriac inspect/control/status`), and
+//! [`cli`] is the `celeriac` command.
 
 pub mod backend;
 pub mod batch;
@@ -17,5 +18,6 @@ pub mod config;
 pub mod connection;
 pub mod logging;
 pub mod protocol;
+pub mod remote;
 pub mod sandbox;
 pub mod worker;

@@ -172,6 +172,18 @@ pub trait Fanout: Send + Sync {
     /// Publish a control reply to the direct exchange `reply.celery.pidbox`
     /// under the client's id. Dropped when that client no longer listens.
     fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The client side (`celeriac inspect`): bind the reply queue of client
+    /// `oid`, broadcast `request`, and collect what arrives there for up to
+    /// `timeout`, or until `limit` messages came; the reply queue is removed
+    /// afterwards, as kombu's `Mailbox._collect` does.
+    fn call<'a>(
+        &'a self,
+        request: &'a Outgoing,
+        oid: &'a str,
+        timeout: std::time::Duration,
+        limit: Option<usize>,
+    ) -> BoxFuture<'a, Result<Vec<RawMessage>, BrokerError>>;
 }
 
 /// A node's pidbox subscription.

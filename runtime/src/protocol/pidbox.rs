@@ -169,6 +169,54 @@ impl ControlRequest {
     }
 }
 
+/// A control request as `celery inspect`/`control` broadcasts it, from a
+/// client whose replies come to `oid`: body `{method, arguments, destination,
+/// pattern, matcher, ticket, reply_to}`, headers `clock` and `expires`
+/// (`now + timeout`), `delivery_mode` 2, to `celery.pidbox` with key `""`.
+#[allow(clippy::too_many_arguments)]
+pub fn request_message(
+    method: &str,
+    arguments: Map<String, Value>,
+    destination: Option<&[String]>,
+    ticket: &str,
+    oid: &str,
+    clock: u64,
+    expires: f64,
+) -> Outgoing {
+    let mut body = Map::new();
+    body.insert("method".into(), Value::from(method));
+    body.insert("arguments".into(), Value::Object(arguments));
+    body.insert("destination".into(), destination.map_or(Value::Null, |d| Value::from(d.to_vec())));
+    body.insert("pattern".into(), Value::Null);
+    body.insert("matcher".into(), Value::Null);
+    body.insert("ticket".into(), Value::from(ticket));
+    let mut reply_to = Map::new();
+    reply_to.insert("exchange".into(), Value::from(REPLY_EXCHANGE));
+    reply_to.insert("routing_key".into(), Value::from(oid));
+    body.insert("reply_to".into(), Value::Object(reply_to));
+    let mut headers = Map::new();
+    headers.insert("clock".into(), Value::from(clock));
+    headers.insert("expires".into(), Value::from(expires));
+    Outgoing {
+        exchange: PIDBOX_EXCHANGE.into(),
+        routing_key: String::new(),
+        headers,
+        body: super::pyjson::to_vec(&Value::Object(body)),
+        delivery_mode: 2,
+    }
+}
+
+/// A control reply as a client reads it: the ticket it answers and
+/// `{node: reply}`.
+pub fn decode_reply(raw: &RawMessage) -> Result<(Option<String>, Map<String, Value>), PidboxError> {
+    let ct = raw.content_type.as_deref().unwrap_or("application/json");
+    let serializer = Serializer::from_name(ct).ok_or_else(|| PidboxError::ContentType(ct.to_string()))?;
+    let Value::Object(body) = serializer.decode(&raw.body)? else {
+        return Err(PidboxError::Shape("a reply is not an object"));
+    };
+    Ok((raw.headers.get("ticket").and_then(Value::as_str).map(str::to_owned), body))
+}
+
 /// A clock header: an integer, or (from some clients) its decimal string.
 fn header_u64(v: &Value) -> Option<u64> {
     v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok()))
@@ -339,6 +387,20 @@ mod tests {
         // Same key order too (compared as text).
         assert_eq!(crate::protocol::pyjson::to_string(&ours), crate::protocol::pyjson::to_string(&theirs));
         assert_eq!(out.routing_key, req.reply_to.unwrap().routing_key);
+    }
+
+    #[test]
+    fn a_request_we_send_is_read_back_as_the_captured_one_is() {
+        let (theirs, _) = captured_request("ping");
+        let dest = vec!["w1@vm".to_string()];
+        let out = request_message("ping", Map::new(), Some(&dest), "t-1", "oid-1", 1, 2e9);
+        let env = Envelope::parse(&out.to_envelope().to_bytes()).unwrap();
+        let ours = ControlRequest::decode(&env.to_raw_message().unwrap()).unwrap();
+        assert_eq!((ours.method.as_str(), &ours.destination, ours.clock), ("ping", &theirs.destination, 1));
+        assert_eq!(ours.reply_to.unwrap().routing_key, "oid-1");
+        assert_eq!(env.properties["delivery_info"]["exchange"], PIDBOX_EXCHANGE);
+        let reply = ours.ticket.map(|_| "t-1");
+        assert_eq!(reply, Some("t-1"));
     }
 
     #[test]

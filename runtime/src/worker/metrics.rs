@@ -66,11 +66,7 @@ impl Default for Metrics {
         let tasks = Family::<TaskStateLabel, Counter>::default();
         registry.register("tasks", "Tasks finished, by name and final state", tasks.clone());
         let runtime = TimeHistograms::new_with_constructor(seconds_histogram as fn() -> Histogram);
-        registry.register(
-            "task_runtime_seconds",
-            "Time from a task's start to its outcome, by task",
-            runtime.clone(),
-        );
+        registry.register("task_runtime_seconds", "Time from a task's start to its outcome, by task", runtime.clone());
         let sandbox = TimeHistograms::new_with_constructor(seconds_histogram as fn() -> Histogram);
         registry.register("task_sandbox_seconds", "Time inside the wasm sandbox per call, by task", sandbox.clone());
         let fuel = Family::<TaskLabel, Counter>::default();

@@ -19,9 +19,9 @@ use tokio::sync::{Notify, mpsc};
 
 use super::metrics::Metrics;
 use crate::config::RateLimit;
-use crate::sandbox::CallReport;
 use crate::protocol::pidbox::EventSource;
 use crate::protocol::{TaskMessage, args_repr, kwargs_repr};
+use crate::sandbox::CallReport;
 
 /// Celery's `REVOKES_MAX` and `REVOKE_EXPIRES`: at most 50,000 revoked ids, each kept 3 hours.
 const REVOKES_MAX: usize = 50_000;
@@ -479,7 +479,9 @@ impl Tracked {
     /// (`report`), in `stats.total`. `runtime` is from its start to now.
     pub fn finished(&self, name: &str, state: &str, report: Option<&CallReport>) {
         let runtime = match lock(&self.state.requests).get(&self.id).map(|e| e.status.clone()) {
-            Some(Status::Active { time_start, .. }) => Some(Duration::from_secs_f64((now_epoch() - time_start).max(0.0))),
+            Some(Status::Active { time_start, .. }) => {
+                Some(Duration::from_secs_f64((now_epoch() - time_start).max(0.0)))
+            }
             _ => None,
         };
         self.state.finished(name, state, report, runtime);

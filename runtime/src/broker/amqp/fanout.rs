@@ -26,7 +26,7 @@ use super::{AmqpBroker, AmqpError, Live, Role};
 use crate::broker::{BoxFuture, BrokerError, Fanout, Mailbox};
 use crate::protocol::RawMessage;
 use crate::protocol::amqp::{self as wire, Deliver, short_string};
-use crate::protocol::pidbox::{EVENT_EXCHANGE, Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue};
+use crate::protocol::pidbox::{EVENT_EXCHANGE, Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue, reply_queue};
 
 /// Celery 5.7's pidbox queue arguments: `x-expires` 10 s, `x-message-ttl` 300 s.
 fn pidbox_queue_arguments() -> FieldTable {
@@ -95,6 +95,39 @@ impl AmqpBroker {
     }
 }
 
+impl AmqpBroker {
+    /// Declare client `oid`'s reply queue as Celery does and consume it.
+    async fn consume_replies(&self, oid: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
+        let Live { conn, .. } = self.live(Role::Consumer).await?;
+        let channel = conn.create_channel().await?;
+        let exchange = short_string("exchange", REPLY_EXCHANGE)?;
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = short_string("queue", &reply_queue(oid))?;
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(queue.clone(), opts, pidbox_queue_arguments()).await?;
+        channel
+            .queue_bind(
+                queue.clone(),
+                exchange,
+                short_string("routing_key", oid)?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let tag = format!("celeriac-reply-{oid}");
+        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+        let consumer = channel.basic_consume(queue, tag.as_str().into(), no_ack, FieldTable::default()).await?;
+        Ok((channel, consumer))
+    }
+}
+
 impl Fanout for AmqpTransport {
     fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>> {
         Box::pin(async move {
@@ -112,6 +145,40 @@ impl Fanout for AmqpTransport {
     fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
         debug_assert_eq!(message.exchange, REPLY_EXCHANGE);
         Box::pin(async move { Ok(self.broker().publish_outgoing(message).await?) })
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a Outgoing,
+        oid: &'a str,
+        timeout: Duration,
+        limit: Option<usize>,
+    ) -> BoxFuture<'a, Result<Vec<RawMessage>, BrokerError>> {
+        Box::pin(async move {
+            let broker = self.broker();
+            let (channel, mut consumer) = broker.consume_replies(oid).await?;
+            broker.publish_outgoing(request).await?;
+            let end = tokio::time::Instant::now() + timeout;
+            let mut out = Vec::new();
+            while limit.is_none_or(|l| out.len() < l) {
+                match tokio::time::timeout_at(end, consumer.next()).await {
+                    Ok(Some(Ok(d))) => {
+                        let deliver = Deliver {
+                            delivery_tag: d.delivery_tag,
+                            exchange: d.exchange.as_str().to_string(),
+                            routing_key: d.routing_key.as_str().to_string(),
+                            redelivered: d.redelivered,
+                        };
+                        out.push(wire::raw_message(&deliver, &d.properties, d.data));
+                    }
+                    Ok(Some(Err(e))) => return Err(AmqpError::from(e).into()),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // The exclusive, auto-deleted reply queue goes with its channel.
+            let _ = channel.close(200, "collected".into()).await;
+            Ok(out)
+        })
     }
 }
 

@@ -21,7 +21,8 @@ use redis::AsyncCommands;
 
 use super::RedisTransport;
 use crate::broker::{BoxFuture, BrokerError, Fanout, Mailbox};
-use crate::protocol::pidbox::{Outgoing, PIDBOX_EXCHANGE, node_queue};
+use crate::connection::redis as redis_conn;
+use crate::protocol::pidbox::{Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue, reply_queue};
 use crate::protocol::{Envelope, RawMessage};
 
 /// How long kombu 5.7 keeps a binding without a new declaration (ms).
@@ -99,6 +100,58 @@ impl Fanout for RedisTransport {
                 let _: i64 = c.lpush(self.broker.list_for(q, 0), &bytes).await?;
             }
             Ok(())
+        })
+    }
+
+    fn call<'a>(
+        &'a self,
+        request: &'a Outgoing,
+        oid: &'a str,
+        timeout: Duration,
+        limit: Option<usize>,
+    ) -> BoxFuture<'a, Result<Vec<RawMessage>, BrokerError>> {
+        Box::pin(async move {
+            let sep = &self.broker.opts.sep;
+            let queue = reply_queue(oid);
+            let key = self.broker.key(&format!("_kombu.binding.{REPLY_EXCHANGE}"));
+            let member = format!("{oid}{sep}{sep}{queue}");
+            let list = self.broker.list_for(&queue, 0);
+            let mut c = self.broker.conn.clone();
+            let deadline = chrono::Utc::now().timestamp_millis() as u64 + BINDING_TTL_MS;
+            let mut pipe = redis::pipe();
+            pipe.sadd(&key, &member).ignore();
+            pipe.cmd("ZADD")
+                .arg(self.broker.key("_kombu.binding_deadlines"))
+                .arg("GT")
+                .arg(deadline)
+                .arg(REPLY_EXCHANGE)
+                .ignore();
+            let _: () = pipe.query_async(&mut c).await?;
+            let collected = async {
+                self.broadcast(request).await?;
+                // Its own connection: a BRPOP would hold up every other command on a shared one.
+                let mut blocking = redis_conn::connect(&self.client, timeout + Duration::from_secs(10)).await?;
+                let end = tokio::time::Instant::now() + timeout;
+                let mut out = Vec::new();
+                while limit.is_none_or(|l| out.len() < l) {
+                    let left = end.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let popped: Option<(String, Vec<u8>)> = blocking.brpop(&list, left.as_secs_f64().max(0.01)).await?;
+                    let Some((_, bytes)) = popped else { break };
+                    match Envelope::parse(&bytes).and_then(|e| e.into_raw_message()) {
+                        Ok(raw) => out.push(raw),
+                        Err(e) => tracing::warn!("ignoring an unreadable control reply: {e}"),
+                    }
+                }
+                Ok::<_, BrokerError>(out)
+            }
+            .await;
+            let mut cleanup = redis::pipe();
+            cleanup.srem(&key, &member).ignore().del(&list).ignore();
+            let _: redis::RedisResult<()> = cleanup.query_async(&mut c).await;
+            collected
         })
     }
 }

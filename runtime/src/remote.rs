@@ -1,0 +1,296 @@
+//! The client side of remote control, for operators without Python:
+//! `celeriac inspect`, `celeriac control` and `celeriac status`, which do what
+//! `celery inspect/control/status` do (kombu's `Mailbox._broadcast` +
+//! `_collect`) and print what they print (`celery/bin/control.py`): one
+//! `->  <node>: OK` block per reply, then `N nodes online.`; "Error: No nodes
+//! replied within time constraint" and exit status 69 when none answers.
+//! They work against Celeriac and Python workers alike.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::broker::{Broker, BrokerError};
+use crate::protocol::pidbox::{decode_reply, request_message};
+use crate::protocol::py_repr;
+
+/// A command: its name, the arguments it takes in order, and the name of
+/// its variadic argument (Celery's `Panel.meta`).
+type Spec = (&'static str, &'static [(&'static str, ArgType)], Option<&'static str>);
+
+/// Inspect commands (read-only).
+const INSPECT: &[Spec] = &[
+    ("active", &[], None),
+    ("active_queues", &[], None),
+    ("clock", &[], None),
+    ("conf", &[("with_defaults", ArgType::Bool)], None),
+    ("ping", &[], None),
+    ("query_task", &[], Some("ids")),
+    ("registered", &[], Some("taskinfoitems")),
+    ("report", &[], None),
+    ("reserved", &[], None),
+    ("revoked", &[], None),
+    ("scheduled", &[], None),
+    ("stats", &[], None),
+];
+
+/// Control commands (they change the worker).
+const CONTROL: &[Spec] = &[
+    (
+        "add_consumer",
+        &[
+            ("queue", ArgType::Str),
+            ("exchange", ArgType::Str),
+            ("exchange_type", ArgType::Str),
+            ("routing_key", ArgType::Str),
+        ],
+        None,
+    ),
+    ("autoscale", &[("max", ArgType::Int), ("min", ArgType::Int)], None),
+    ("cancel_consumer", &[("queue", ArgType::Str)], None),
+    ("disable_events", &[], None),
+    ("enable_events", &[], None),
+    ("heartbeat", &[], None),
+    ("pool_grow", &[("n", ArgType::Int)], None),
+    ("pool_shrink", &[("n", ArgType::Int)], None),
+    ("rate_limit", &[("task_name", ArgType::Str), ("rate_limit", ArgType::Str)], None),
+    ("revoke", &[], Some("task_id")),
+    ("shutdown", &[], None),
+    ("terminate", &[("signal", ArgType::Str)], Some("task_id")),
+    ("time_limit", &[("task_name", ArgType::Str), ("soft", ArgType::Float), ("hard", ArgType::Float)], None),
+];
+
+/// How a command-line argument is typed into the request.
+#[derive(Debug, Clone, Copy)]
+enum ArgType {
+    Str,
+    Int,
+    Float,
+    Bool,
+}
+
+/// Which kind of remote command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `inspect`: read-only.
+    Inspect,
+    /// `control`: changes workers.
+    Control,
+}
+
+/// Errors of the remote-control client.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// Not a command of that kind.
+    #[error("Command {command} not recognized. Available {kind} commands: {available}")]
+    UnknownCommand { command: String, kind: &'static str, available: String },
+    /// An argument that does not parse.
+    #[error("Command {command:?}: argument {name} must be {expected}, not {value:?}")]
+    BadArgument { command: String, name: &'static str, expected: &'static str, value: String },
+    /// More arguments than the command takes.
+    #[error("Command {command:?} takes arguments: {signature}")]
+    TooMany { command: String, signature: String },
+    /// The transport has no broadcast (SQLite).
+    #[error("the {0} transport has no broadcast: remote control needs Redis or RabbitMQ")]
+    NoFanout(&'static str),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Kind {
+    fn table(self) -> &'static [Spec] {
+        match self {
+            Kind::Inspect => INSPECT,
+            Kind::Control => CONTROL,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Inspect => "inspect",
+            Kind::Control => "control",
+        }
+    }
+
+    /// The commands of this kind, for `--help`.
+    pub fn commands(self) -> Vec<&'static str> {
+        self.table().iter().map(|(n, _, _)| *n).collect()
+    }
+}
+
+/// The request arguments of `command` from its command-line words (Celery's
+/// `_compile_arguments`: positional ones by the command's signature, the
+/// rest into its variadic argument).
+pub fn compile_arguments(kind: Kind, command: &str, words: &[String]) -> Result<Map<String, Value>, RemoteError> {
+    let Some((_, positional, variadic)) = kind.table().iter().find(|(n, _, _)| *n == command) else {
+        return Err(RemoteError::UnknownCommand {
+            command: command.to_string(),
+            kind: kind.name(),
+            available: kind.commands().join(", "),
+        });
+    };
+    let mut args = Map::new();
+    let mut words = words.iter();
+    for (name, ty) in positional.iter() {
+        let Some(w) = words.next() else { break };
+        let bad =
+            |expected| RemoteError::BadArgument { command: command.to_string(), name, expected, value: w.clone() };
+        let v = match ty {
+            ArgType::Str => Value::from(w.as_str()),
+            ArgType::Int => Value::from(w.parse::<i64>().map_err(|_| bad("an integer"))?),
+            ArgType::Float => Value::from(w.parse::<f64>().map_err(|_| bad("a number"))?),
+            ArgType::Bool => Value::from(matches!(w.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")),
+        };
+        args.insert((*name).to_string(), v);
+    }
+    let rest: Vec<Value> = words.map(|w| Value::from(w.as_str())).collect();
+    match variadic {
+        Some(v) => {
+            args.insert((*v).to_string(), Value::Array(rest));
+        }
+        None if !rest.is_empty() => {
+            let signature = positional.iter().map(|(n, _)| format!("<{n}>")).collect::<Vec<_>>().join(" ");
+            return Err(RemoteError::TooMany { command: command.to_string(), signature });
+        }
+        None => {}
+    }
+    Ok(args)
+}
+
+/// Broadcast `method` and collect `(node, reply)` pairs for `timeout` (or
+/// until every node of `destination` answered).
+pub async fn broadcast(
+    broker: &Broker,
+    method: &str,
+    arguments: Map<String, Value>,
+    destination: Option<&[String]>,
+    timeout: Duration,
+) -> Result<Vec<(String, Value)>, RemoteError> {
+    let fanout = broker.fanout().ok_or(RemoteError::NoFanout(broker.name()))?;
+    let oid = uuid::Uuid::new_v4().to_string();
+    let ticket = uuid::Uuid::new_v4().to_string();
+    let expires = crate::protocol::time::now_secs() + timeout.as_secs_f64();
+    let request = request_message(method, arguments, destination, &ticket, &oid, 1, expires);
+    let limit = destination.map(<[String]>::len);
+    let raw = fanout.call(&request, &oid, timeout, limit).await?;
+    let mut replies = Vec::new();
+    for r in raw {
+        match decode_reply(&r) {
+            Ok((t, body)) if t.as_deref().is_none_or(|t| t == ticket) => replies.extend(body),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("ignoring a control reply: {e}"),
+        }
+    }
+    Ok(replies)
+}
+
+/// One reply as `celery inspect` prints it: `->  node: OK` and, when
+/// `show_body`, the reply indented below.
+pub fn format_reply(node: &str, reply: &Value, show_body: bool) -> String {
+    let (ok, body) = pretty(reply);
+    let status = if ok { "OK" } else { "ERROR" };
+    let mut out = format!("->  {node}: {status}");
+    if show_body {
+        for line in body.lines() {
+            out.push_str("\n    ");
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// Celery's `CLIContext.pretty`: (ok, text).
+fn pretty(v: &Value) -> (bool, String) {
+    match v {
+        Value::Array(items) if items.is_empty() => (true, "- empty -".into()),
+        Value::Array(items) => (true, items.iter().map(|i| format!("* {}", py_str(i))).collect::<Vec<_>>().join("\n")),
+        Value::Object(m) if m.contains_key("ok") => (true, indent(&pretty(&m["ok"]).1, 4)),
+        Value::Object(m) if m.contains_key("error") => (false, pretty(&m["error"]).1),
+        Value::Object(_) => (true, sorted_json(v)),
+        Value::String(s) => (true, s.clone()),
+        other => (true, py_repr(other)),
+    }
+}
+
+/// `str()` of a list item: strings as they are, the rest as Python reprs.
+fn py_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => py_repr(other),
+    }
+}
+
+/// `json.dumps(v, sort_keys=True, indent=4)`.
+fn sorted_json(v: &Value) -> String {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sort(&m[k]))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    if serde::Serialize::serialize(&sort(v), &mut ser).is_err() {
+        return v.to_string();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// `N node(s) online.`
+pub fn nodes_online(n: usize) -> String {
+    format!("{n} {} online.", if n == 1 { "node" } else { "nodes" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn replies_print_as_celery_prints_them() {
+        assert_eq!(format_reply("w@h", &json!({"ok": "pong"}), true), "->  w@h: OK\n        pong");
+        assert_eq!(
+            format_reply("w@h", &json!(["tasks.add", "tasks.mul"]), true),
+            "->  w@h: OK\n    * tasks.add\n    * tasks.mul"
+        );
+        assert_eq!(format_reply("w@h", &json!([]), true), "->  w@h: OK\n    - empty -");
+        assert_eq!(format_reply("w@h", &json!({"error": "unknown task"}), true), "->  w@h: ERROR\n    unknown task");
+        assert_eq!(
+            format_reply("w@h", &json!({"b": 1, "a": [1]}), true),
+            "->  w@h: OK\n    {\n        \"a\": [\n            1\n        ],\n        \"b\": 1\n    }"
+        );
+        assert_eq!(format_reply("w@h", &json!({"ok": "pong"}), false), "->  w@h: OK");
+        assert_eq!(nodes_online(1), "1 node online.");
+        assert_eq!(nodes_online(2), "2 nodes online.");
+    }
+
+    #[test]
+    fn arguments_follow_each_commands_signature() {
+        let words = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let a = compile_arguments(Kind::Control, "rate_limit", &words(&["tasks.add", "10/m"])).unwrap();
+        assert_eq!(Value::Object(a), json!({"task_name": "tasks.add", "rate_limit": "10/m"}));
+        let a = compile_arguments(Kind::Control, "terminate", &words(&["SIGTERM", "a", "b"])).unwrap();
+        assert_eq!(Value::Object(a), json!({"signal": "SIGTERM", "task_id": ["a", "b"]}));
+        let a = compile_arguments(Kind::Control, "time_limit", &words(&["tasks.spin", "1.5"])).unwrap();
+        assert_eq!(Value::Object(a), json!({"task_name": "tasks.spin", "soft": 1.5}));
+        assert!(matches!(
+            compile_arguments(Kind::Control, "pool_grow", &words(&["x"])),
+            Err(RemoteError::BadArgument { .. })
+        ));
+        assert!(matches!(compile_arguments(Kind::Inspect, "ping", &words(&["x"])), Err(RemoteError::TooMany { .. })));
+        let e = compile_arguments(Kind::Inspect, "rate_limit", &[]).unwrap_err().to_string();
+        assert!(e.contains("not recognized") && e.contains("ping"), "{e}");
+    }
+}
