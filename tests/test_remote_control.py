@@ -10,6 +10,7 @@ behaviour end to end. Every test here also passes against a real Python worker
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -340,3 +341,39 @@ def test_celeriac_inspect_control_and_status_work_without_python_against_both_ki
     assert nobody.returncode == 69 and "No nodes replied within time constraint" in nobody.stderr
     typo = celeriac_cli("control", "rate_limt", "tasks.add", "1/s")
     assert typo.returncode != 0 and "Available control commands" in typo.stderr and "rate_limit" in typo.stderr
+
+
+@pytest.mark.celeriac_only
+def test_celeriac_events_dumps_what_celery_events_dump_shows_and_call_can_send_task_sent(
+        worker, client, redis_server):
+    from conftest import CELERIAC_BIN
+
+    worker(name=NODE, extra_args=["-E"])
+    dump = subprocess.Popen([str(CELERIAC_BIN), "events", "--dump", "--duration", "6", "--broker",
+                             redis_server.url(0)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_base_env(), cwd=REPO_ROOT)
+    celery_dump = subprocess.Popen([sys.executable, "-m", "celery", "-b", redis_server.url(0), "events", "--dump"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_base_env(),
+                                   cwd=REPO_ROOT)
+    try:
+        time.sleep(2)
+        sent = subprocess.run([str(CELERIAC_BIN), "call", "tasks.add", "20", "22", "--send-sent-event", "--wait",
+                               "--broker", redis_server.url(0), "--result-backend", redis_server.url(1)],
+                              capture_output=True, text=True, timeout=30, env=_base_env(), cwd=REPO_ROOT)
+        assert sent.stdout.strip() == "42", sent.stdout + sent.stderr
+        task_id = sent.stderr.strip().splitlines()[0]
+        ours, _ = dump.communicate(timeout=20)
+    finally:
+        celery_dump.terminate()
+        theirs, _ = celery_dump.communicate(timeout=10)
+        if dump.poll() is None:
+            dump.kill()
+    for out in (ours, theirs):
+        assert f"task sent: tasks.add({task_id}) args=(20, 22) kwargs={{}}" in out, out
+        assert f"{NODE} [" in out and f"task received: tasks.add({task_id})" in out, out
+        assert f"task succeeded: tasks.add({task_id}) args=(20, 22) kwargs={{}}" in out and "result=42" in out, out
+        assert "heartbeat: active=" in out, out
+    # The same event, formatted alike (but for the receiver's own local_received).
+    pick = lambda text: [re.sub(r"local_received=[0-9.]+", "", line) for line in text.splitlines()
+                         if f"task succeeded: tasks.add({task_id})" in line]
+    assert pick(ours) == pick(theirs)

@@ -45,6 +45,21 @@ enum Command {
     Control(RemoteArgs),
     /// List the workers that answer, as `celery status`.
     Status(StatusArgs),
+    /// Print the events workers send as they come, as `celery events --dump`.
+    Events(EventsArgs),
+}
+
+/// `celeriac events`.
+#[derive(Debug, Args)]
+struct EventsArgs {
+    #[command(flatten)]
+    conn: ConnectionArgs,
+    /// Dump events as text (the only view; accepted for Celery's habit).
+    #[arg(short = 'd', long)]
+    dump: bool,
+    /// Stop after this many seconds (default: until Ctrl+C).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
 }
 
 /// `celeriac inspect` / `celeriac control`.
@@ -248,6 +263,9 @@ struct CallArgs {
     /// Ask the worker not to store a result.
     #[arg(long)]
     ignore_result: bool,
+    /// Also send a `task-sent` event (Celery's `task_send_sent_event`), for `celery events` and Flower.
+    #[arg(long)]
+    send_sent_event: bool,
     /// Wait for the result and print it (the task id goes to stderr).
     #[arg(long)]
     wait: bool,
@@ -307,6 +325,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(a) => remote(crate::remote::Kind::Inspect, a),
         Command::Control(a) => remote(crate::remote::Kind::Control, a),
         Command::Status(a) => status(a),
+        Command::Events(a) => events(a),
     };
     match result {
         Ok(code) => code,
@@ -333,6 +352,57 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
     let replies = broadcast(&a.conn, "ping", serde_json::Map::new(), &a.destination, a.timeout)?;
     Ok(print_replies(&replies, false, a.json))
+}
+
+/// `celeriac events`: every event, one line each, as `celery events --dump` prints it.
+fn events(a: EventsArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
+    let _ = a.dump;
+    let settings = a.conn.settings()?;
+    let broker_url = settings.effective_broker_url();
+    runtime()?.block_on(async {
+        let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac events").await?;
+        let fanout = broker.fanout().ok_or(crate::remote::RemoteError::NoFanout(broker.name()))?;
+        let mut mailbox = fanout.events().await?;
+        println!("-> evdump: starting capture...");
+        let mut names = std::collections::HashMap::new();
+        let until = a.duration.map(|d| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(d.max(0.0)));
+        loop {
+            let next = mailbox.next();
+            let raw = match until {
+                Some(t) => match tokio::time::timeout_at(t, next).await {
+                    Ok(r) => r,
+                    Err(_) => break,
+                },
+                None => tokio::select! {
+                    r = next => r,
+                    _ = tokio::signal::ctrl_c() => break,
+                },
+            };
+            for event in crate::remote::split_events(&raw?) {
+                println!("{}", crate::remote::dump_line(event, &mut names));
+            }
+            let _ = std::io::stdout().flush();
+        }
+        broker.close().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Send the `task-sent` event of `task`, as a Celery client with
+/// `task_send_sent_event` does (from its `gen<pid>@host` node).
+async fn send_sent_event(broker: &crate::broker::Broker, task: &NewTask) {
+    let Some(fanout) = broker.fanout() else {
+        tracing::warn!("the {} transport has no events: no task-sent event", broker.name());
+        return;
+    };
+    let source = crate::protocol::pidbox::EventSource::this_process(&crate::protocol::default_origin());
+    let event = source.event("task-sent", 1, crate::protocol::time::now_secs(), task.sent_event_fields());
+    let message = crate::protocol::pidbox::Outgoing::event(&source.hostname, "task.sent", &event);
+    if let Err(e) = fanout.broadcast(&message).await {
+        tracing::warn!("cannot send the task-sent event: {e}");
+    }
 }
 
 /// Connect and broadcast one remote command.
@@ -578,6 +648,9 @@ fn call(a: CallArgs) -> anyhow::Result<ExitCode> {
         let waiter =
             if a.wait { Some(result_backend(&settings, Some(&broker)).await?.waiter(&task.id).await?) } else { None };
         broker.publish(&task.options.queue, &encoded).await?;
+        if a.send_sent_event {
+            send_sent_event(&broker, &task).await;
+        }
         let outcome = match waiter {
             None => {
                 println!("{}", task.id);

@@ -6,13 +6,14 @@
 //! replied within time constraint" and exit status 69 when none answers.
 //! They work against Celeriac and Python workers alike.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::broker::{Broker, BrokerError};
 use crate::protocol::pidbox::{decode_reply, request_message};
-use crate::protocol::py_repr;
+use crate::protocol::{RawMessage, Serializer, py_repr};
 
 /// A command: its name, the arguments it takes in order, and the name of
 /// its variadic argument (Celery's `Panel.meta`).
@@ -248,6 +249,77 @@ fn indent(text: &str, n: usize) -> String {
     text.lines().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
 }
 
+/// The events in one `celeryev` message: a `task.multi` list, or one event.
+pub fn split_events(raw: &RawMessage) -> Vec<Map<String, Value>> {
+    let value = match raw.content_type.as_deref().and_then(Serializer::from_name).unwrap_or_default().decode(&raw.body)
+    {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!("ignoring an undecodable event: {e}");
+            return Vec::new();
+        }
+    };
+    let items = match value {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    items
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Object(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One event as `celery events --dump` prints it (Celery's `Dumper.on_event`):
+/// `<host> [<utc time>] <type>: [<task>] <field>=<value>, ...`, fields sorted,
+/// with the `local_received` time the receiver adds. `names` remembers each
+/// task's `name(uuid) args=… kwargs=…` from its `task-received`/`task-sent`.
+pub fn dump_line(mut ev: Map<String, Value>, names: &mut HashMap<String, String>) -> String {
+    ev.insert("local_received".into(), Value::from(crate::protocol::time::now_secs()));
+    let timestamp = ev.remove("timestamp").and_then(|t| t.as_f64()).map(py_datetime).unwrap_or_default();
+    let kind = ev.remove("type").and_then(|t| t.as_str().map(str::to_lowercase)).unwrap_or_default();
+    let hostname = ev.remove("hostname").map(|h| py_str(&h)).unwrap_or_default();
+    let human = match kind.as_str() {
+        "worker-offline" => "shutdown".to_string(),
+        "worker-online" => "started".to_string(),
+        "worker-heartbeat" => "heartbeat".to_string(),
+        other => other.replace('-', " "),
+    };
+    let task = if kind.starts_with("task-") {
+        let uuid = ev.remove("uuid").map(|u| py_str(&u)).unwrap_or_default();
+        if kind == "task-received" || kind == "task-sent" {
+            let mut take = |k: &str| ev.remove(k).map(|v| py_str(&v)).unwrap_or_else(|| "None".into());
+            let described = format!("{}({uuid}) args={} kwargs={}", take("name"), take("args"), take("kwargs"));
+            names.insert(uuid, described.clone());
+            Some(described)
+        } else {
+            Some(names.get(&uuid).cloned().unwrap_or_default())
+        }
+    } else {
+        None
+    };
+    let mut keys: Vec<&String> = ev.keys().collect();
+    keys.sort();
+    let fields = keys.iter().map(|k| format!("{k}={}", py_str(&ev[*k]))).collect::<Vec<_>>().join(", ");
+    let sep = if fields.is_empty() { "" } else { ":" };
+    match task {
+        Some(task) => format!("{hostname} [{timestamp}] {human}{sep} {task} {fields}"),
+        None => format!("{hostname} [{timestamp}] {human}{sep} {fields}"),
+    }
+}
+
+/// `str(datetime.fromtimestamp(t, tz=timezone.utc))`.
+fn py_datetime(t: f64) -> String {
+    let Some(dt) = chrono::DateTime::from_timestamp_micros((t * 1e6).round() as i64) else { return t.to_string() };
+    if dt.timestamp_subsec_micros() == 0 {
+        dt.format("%Y-%m-%d %H:%M:%S+00:00").to_string()
+    } else {
+        dt.format("%Y-%m-%d %H:%M:%S%.6f+00:00").to_string()
+    }
+}
+
 /// `N node(s) online.`
 pub fn nodes_online(n: usize) -> String {
     format!("{n} {} online.", if n == 1 { "node" } else { "nodes" })
@@ -274,6 +346,40 @@ mod tests {
         assert_eq!(format_reply("w@h", &json!({"ok": "pong"}), false), "->  w@h: OK");
         assert_eq!(nodes_online(1), "1 node online.");
         assert_eq!(nodes_online(2), "2 nodes online.");
+    }
+
+    #[test]
+    fn events_dump_as_celery_events_dump_prints_them() {
+        let mut names = HashMap::new();
+        let received = json!({"hostname": "w@h", "utcoffset": 0.0, "pid": 7, "clock": 3, "uuid": "u1",
+            "name": "tasks.add", "args": "(4, 4)", "kwargs": "{}", "root_id": "u1", "parent_id": null, "retries": 0,
+            "eta": null, "expires": null, "timestamp": 1796055094.995670, "type": "task-received"});
+        let Value::Object(received) = received else { unreachable!() };
+        let line = dump_line(received, &mut names);
+        assert!(line.starts_with("w@h [2026-11-30 16:11:34.995670+00:00] task received: tasks.add(u1) args=(4, 4) kwargs={} clock=3, eta=None, expires=None, local_received="), "{line}");
+        assert!(line.ends_with("parent_id=None, pid=7, retries=0, root_id=u1, utcoffset=0.0"), "{line}");
+        let Value::Object(ok) = json!({"hostname": "w@h", "uuid": "u1", "result": "8", "timestamp": 1796055095.0,
+            "type": "task-succeeded"})
+        else {
+            unreachable!()
+        };
+        let line = dump_line(ok, &mut names);
+        assert!(
+            line.starts_with(
+                "w@h [2026-11-30 16:11:35+00:00] task succeeded: tasks.add(u1) args=(4, 4) kwargs={} local_received="
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with(", result=8"), "{line}");
+        let Value::Object(hb) =
+            json!({"hostname": "w@h", "freq": 2.0, "timestamp": 1796055095.0, "type": "worker-heartbeat"})
+        else {
+            unreachable!()
+        };
+        assert!(
+            dump_line(hb, &mut names)
+                .starts_with("w@h [2026-11-30 16:11:35+00:00] heartbeat: freq=2.0, local_received=")
+        );
     }
 
     #[test]

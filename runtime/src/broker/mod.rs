@@ -173,6 +173,10 @@ pub trait Fanout: Send + Sync {
     /// under the client's id. Dropped when that client no longer listens.
     fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>>;
 
+    /// Receive every event published to `celeryev` (`celeriac events`), as
+    /// Celery's `EventReceiver` does: a `#` binding of a queue of our own.
+    fn events(&self) -> BoxFuture<'_, Result<Box<dyn Mailbox>, BrokerError>>;
+
     /// The client side (`celeriac inspect`): bind the reply queue of client
     /// `oid`, broadcast `request`, and collect what arrives there for up to
     /// `timeout`, or until `limit` messages came; the reply queue is removed

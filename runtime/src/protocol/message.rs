@@ -730,6 +730,33 @@ impl NewTask {
         h
     }
 
+    /// The fields of its `task-sent` event, as Celery's `send_task_message`
+    /// fills them: `uuid, root_id, parent_id, name, args, kwargs, retries,
+    /// eta, expires` (reprs as in the headers), then `queue, exchange, routing_key`.
+    pub fn sent_event_fields(&self) -> Map<String, Value> {
+        let h = self.headers();
+        let o = &self.options;
+        let mut f = Map::new();
+        f.insert("uuid".to_owned(), Value::String(self.id.clone()));
+        for (field, header) in [
+            ("root_id", "root_id"),
+            ("parent_id", "parent_id"),
+            ("name", "task"),
+            ("args", "argsrepr"),
+            ("kwargs", "kwargsrepr"),
+            ("retries", "retries"),
+            ("eta", "eta"),
+            ("expires", "expires"),
+        ] {
+            f.insert(field.to_owned(), h.get(header).cloned().unwrap_or(Value::Null));
+        }
+        f.insert("queue".to_owned(), Value::String(o.queue.clone()));
+        f.insert("exchange".to_owned(), Value::String(o.exchange.clone()));
+        // The queue name is the routing key, on the default exchange and on a routed one.
+        f.insert("routing_key".to_owned(), Value::String(o.queue.clone()));
+        f
+    }
+
     /// The protocol-2 body value: `[args, kwargs, embed]`.
     pub fn body_value(&self) -> Value {
         Value::Array(vec![

@@ -327,6 +327,17 @@ pub struct EventSource {
 }
 
 impl EventSource {
+    /// This process as node `hostname`.
+    pub fn this_process(hostname: &str) -> EventSource {
+        // Celery's `utcoffset()`: hours west of UTC, floored.
+        let east = chrono::Local::now().offset().local_minus_utc();
+        EventSource {
+            hostname: hostname.to_string(),
+            utcoffset: (-east).div_euclid(3600) as f64,
+            pid: std::process::id(),
+        }
+    }
+
     /// One event, fields in Celery's order: `hostname, utcoffset, pid,
     /// clock`, then `fields`, then `timestamp, type`.
     pub fn event(&self, event_type: &str, clock: u64, timestamp: f64, fields: Map<String, Value>) -> Value {

@@ -113,17 +113,11 @@ pub(crate) fn now_epoch() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Celery's `utcoffset()`: hours west of UTC, floored.
-fn utcoffset() -> f64 {
-    let east = chrono::Local::now().offset().local_minus_utc();
-    (-east).div_euclid(3600) as f64
-}
-
 impl WorkerState {
     /// A fresh state for node `hostname`, task events on or off.
     pub fn new(hostname: &str, task_events: bool) -> WorkerState {
         WorkerState {
-            source: EventSource { hostname: hostname.to_string(), utcoffset: utcoffset(), pid: std::process::id() },
+            source: EventSource::this_process(hostname),
             started: Instant::now(),
             clock: AtomicU64::new(0),
             seq: AtomicU64::new(0),

@@ -69,6 +69,32 @@ impl AmqpBroker {
         self.publish(&message.exchange, &message.routing_key, &message.body, props).await
     }
 
+    /// Declare what `source` receives from on a new consumer channel and consume it.
+    async fn consume_source(&self, source: &Source) -> Result<(Channel, lapin::Consumer), AmqpError> {
+        match source {
+            Source::Pidbox(hostname) => self.consume_pidbox(hostname).await,
+            Source::Events(queue) => self.consume_events(queue).await,
+        }
+    }
+
+    /// An event receiver's queue, as Celery's `EventReceiver` declares it:
+    /// `celeryev.<uuid>`, exclusive and auto-deleted, bound to `celeryev` with `#`.
+    async fn consume_events(&self, queue: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
+        let Live { conn, .. } = self.live(Role::Consumer).await?;
+        let channel = conn.create_channel().await?;
+        let exchange = short_string("exchange", EVENT_EXCHANGE)?;
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        channel.exchange_declare(exchange.clone(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+        let q = short_string("queue", queue)?;
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(q.clone(), opts, FieldTable::default()).await?;
+        channel.queue_bind(q.clone(), exchange, "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        let tag = format!("celeriac-events-{}", uuid::Uuid::new_v4());
+        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+        let consumer = channel.basic_consume(q, tag.as_str().into(), no_ack, FieldTable::default()).await?;
+        Ok((channel, consumer))
+    }
+
     /// Declare the node's pidbox queue on a new consumer channel and consume it.
     async fn consume_pidbox(&self, hostname: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
         let Live { conn, .. } = self.live(Role::Consumer).await?;
@@ -132,9 +158,9 @@ impl Fanout for AmqpTransport {
     fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>> {
         Box::pin(async move {
             let broker = self.broker().clone();
-            let (channel, consumer) = broker.consume_pidbox(hostname).await?;
-            Ok(Box::new(AmqpMailbox { broker, hostname: hostname.to_string(), session: Some((channel, consumer)) })
-                as Box<dyn Mailbox>)
+            let source = Source::Pidbox(hostname.to_string());
+            let session = Some(broker.consume_source(&source).await?);
+            Ok(Box::new(AmqpMailbox { broker, source, session }) as Box<dyn Mailbox>)
         })
     }
 
@@ -145,6 +171,15 @@ impl Fanout for AmqpTransport {
     fn reply<'a>(&'a self, message: &'a Outgoing) -> BoxFuture<'a, Result<(), BrokerError>> {
         debug_assert_eq!(message.exchange, REPLY_EXCHANGE);
         Box::pin(async move { Ok(self.broker().publish_outgoing(message).await?) })
+    }
+
+    fn events(&self) -> BoxFuture<'_, Result<Box<dyn Mailbox>, BrokerError>> {
+        Box::pin(async move {
+            let broker = self.broker().clone();
+            let source = Source::Events(format!("celeryev.{}", uuid::Uuid::new_v4()));
+            let session = Some(broker.consume_source(&source).await?);
+            Ok(Box::new(AmqpMailbox { broker, source, session }) as Box<dyn Mailbox>)
+        })
     }
 
     fn call<'a>(
@@ -182,10 +217,27 @@ impl Fanout for AmqpTransport {
     }
 }
 
-/// The node's pidbox consumer, re-declared after a connection loss.
+/// What a mailbox consumes.
+enum Source {
+    /// The node's pidbox queue.
+    Pidbox(String),
+    /// An event receiver's queue (its name).
+    Events(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Pidbox(host) => f.write_str(&node_queue(host)),
+            Source::Events(queue) => f.write_str(queue),
+        }
+    }
+}
+
+/// A pidbox or event consumer, re-declared after a connection loss.
 struct AmqpMailbox {
     broker: AmqpBroker,
-    hostname: String,
+    source: Source,
     /// The channel (kept open while consuming) and its consumer.
     session: Option<(Channel, lapin::Consumer)>,
 }
@@ -196,17 +248,14 @@ impl Mailbox for AmqpMailbox {
             let mut delay = Duration::from_millis(200);
             loop {
                 let Some((_, consumer)) = self.session.as_mut() else {
-                    match self.broker.consume_pidbox(&self.hostname).await {
+                    match self.broker.consume_source(&self.source).await {
                         Ok(s) => {
-                            tracing::info!("pidbox: consuming {} again", node_queue(&self.hostname));
+                            tracing::info!("consuming {} again", self.source);
                             self.session = Some(s);
                         }
                         Err(AmqpError::Closed) => return Err(AmqpError::Closed.into()),
                         Err(e) => {
-                            tracing::warn!(
-                                "pidbox: cannot consume {}: {e}; again in {delay:?}",
-                                node_queue(&self.hostname)
-                            );
+                            tracing::warn!("cannot consume {}: {e}; again in {delay:?}", self.source);
                             tokio::time::sleep(delay).await;
                             delay = (delay * 2).min(Duration::from_secs(8));
                         }
@@ -224,11 +273,11 @@ impl Mailbox for AmqpMailbox {
                         return Ok(wire::raw_message(&deliver, &d.properties, d.data));
                     }
                     Some(Err(e)) => {
-                        tracing::warn!("pidbox: the consumer failed: {e}; consuming again");
+                        tracing::warn!("the consumer of {} failed: {e}; consuming again", self.source);
                         self.session = None;
                     }
                     None => {
-                        tracing::warn!("pidbox: the consumer ended; consuming again");
+                        tracing::warn!("the consumer of {} ended; consuming again", self.source);
                         self.session = None;
                     }
                 }

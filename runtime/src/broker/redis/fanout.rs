@@ -22,7 +22,7 @@ use redis::AsyncCommands;
 use super::RedisTransport;
 use crate::broker::{BoxFuture, BrokerError, Fanout, Mailbox};
 use crate::connection::redis as redis_conn;
-use crate::protocol::pidbox::{Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue, reply_queue};
+use crate::protocol::pidbox::{EVENT_EXCHANGE, Outgoing, PIDBOX_EXCHANGE, REPLY_EXCHANGE, node_queue, reply_queue};
 use crate::protocol::{Envelope, RawMessage};
 
 /// How long kombu 5.7 keeps a binding without a new declaration (ms).
@@ -33,6 +33,23 @@ impl RedisTransport {
     fn fanout_channel(&self, exchange: &str, routing_key: &str) -> String {
         let db = self.client.get_connection_info().redis_settings().db();
         if routing_key.is_empty() { format!("/{db}.{exchange}") } else { format!("/{db}.{exchange}/{routing_key}") }
+    }
+
+    /// Add `member` to `exchange`'s binding table and raise the exchange's
+    /// deadline, as kombu 5.7's binding script does.
+    async fn bind(&self, exchange: &str, member: &str) -> Result<(), BrokerError> {
+        let deadline = chrono::Utc::now().timestamp_millis() as u64 + BINDING_TTL_MS;
+        let mut pipe = redis::pipe();
+        pipe.sadd(self.broker.key(&format!("_kombu.binding.{exchange}")), member).ignore();
+        pipe.cmd("ZADD")
+            .arg(self.broker.key("_kombu.binding_deadlines"))
+            .arg("GT")
+            .arg(deadline)
+            .arg(exchange)
+            .ignore();
+        let mut c = self.broker.conn.clone();
+        let _: () = pipe.query_async(&mut c).await?;
+        Ok(())
     }
 
     /// `(binding key, member)` of the node's pidbox queue, as kombu stores it.
@@ -46,23 +63,13 @@ impl Fanout for RedisTransport {
     fn listen<'a>(&'a self, hostname: &'a str) -> BoxFuture<'a, Result<Box<dyn Mailbox>, BrokerError>> {
         Box::pin(async move {
             let (key, member) = self.pidbox_binding(hostname);
-            let deadline = chrono::Utc::now().timestamp_millis() as u64 + BINDING_TTL_MS;
-            let mut c = self.broker.conn.clone();
-            let mut pipe = redis::pipe();
-            pipe.sadd(&key, &member).ignore();
-            pipe.cmd("ZADD")
-                .arg(self.broker.key("_kombu.binding_deadlines"))
-                .arg("GT")
-                .arg(deadline)
-                .arg(PIDBOX_EXCHANGE)
-                .ignore();
-            let _: () = pipe.query_async(&mut c).await?;
+            self.bind(PIDBOX_EXCHANGE, &member).await?;
             let mut mailbox = RedisMailbox {
                 client: self.client.clone(),
                 channel: self.fanout_channel(PIDBOX_EXCHANGE, ""),
                 stream: None,
-                conn: c,
-                binding: (key, member),
+                conn: self.broker.conn.clone(),
+                binding: Some((key, member)),
             };
             mailbox.subscribe().await?;
             Ok(Box::new(mailbox) as Box<dyn Mailbox>)
@@ -103,6 +110,21 @@ impl Fanout for RedisTransport {
         })
     }
 
+    fn events(&self) -> BoxFuture<'_, Result<Box<dyn Mailbox>, BrokerError>> {
+        Box::pin(async move {
+            // kombu turns the `#` binding into the pattern `*`.
+            let mut mailbox = RedisMailbox {
+                client: self.client.clone(),
+                channel: self.fanout_channel(EVENT_EXCHANGE, "*"),
+                stream: None,
+                conn: self.broker.conn.clone(),
+                binding: None,
+            };
+            mailbox.subscribe().await?;
+            Ok(Box::new(mailbox) as Box<dyn Mailbox>)
+        })
+    }
+
     fn call<'a>(
         &'a self,
         request: &'a Outgoing,
@@ -117,16 +139,7 @@ impl Fanout for RedisTransport {
             let member = format!("{oid}{sep}{sep}{queue}");
             let list = self.broker.list_for(&queue, 0);
             let mut c = self.broker.conn.clone();
-            let deadline = chrono::Utc::now().timestamp_millis() as u64 + BINDING_TTL_MS;
-            let mut pipe = redis::pipe();
-            pipe.sadd(&key, &member).ignore();
-            pipe.cmd("ZADD")
-                .arg(self.broker.key("_kombu.binding_deadlines"))
-                .arg("GT")
-                .arg(deadline)
-                .arg(REPLY_EXCHANGE)
-                .ignore();
-            let _: () = pipe.query_async(&mut c).await?;
+            self.bind(REPLY_EXCHANGE, &member).await?;
             let collected = async {
                 self.broadcast(request).await?;
                 // Its own connection: a BRPOP would hold up every other command on a shared one.
@@ -163,7 +176,8 @@ struct RedisMailbox {
     stream: Option<redis::aio::PubSubStream>,
     /// For removing the binding at shutdown.
     conn: redis::aio::ConnectionManager,
-    binding: (String, String),
+    /// The node's `(binding key, member)`, for a pidbox.
+    binding: Option<(String, String)>,
 }
 
 impl RedisMailbox {
@@ -182,23 +196,23 @@ impl Mailbox for RedisMailbox {
             loop {
                 let Some(stream) = self.stream.as_mut() else {
                     if let Err(e) = self.subscribe().await {
-                        tracing::warn!("pidbox: cannot subscribe to {}: {e}; again in {delay:?}", self.channel);
+                        tracing::warn!("cannot subscribe to {}: {e}; again in {delay:?}", self.channel);
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(8));
                     } else {
-                        tracing::info!("pidbox: listening on {} again", self.channel);
+                        tracing::info!("listening on {} again", self.channel);
                     }
                     continue;
                 };
                 let Some(msg) = stream.next().await else {
-                    tracing::warn!("pidbox: the subscription to {} was lost; subscribing again", self.channel);
+                    tracing::warn!("the subscription to {} was lost; subscribing again", self.channel);
                     self.stream = None;
                     continue;
                 };
                 match Envelope::parse(msg.get_payload_bytes()).and_then(|e| e.into_raw_message()) {
                     Ok(raw) => return Ok(raw),
                     Err(e) => tracing::warn!(
-                        "pidbox: ignoring an unreadable control message ({e}): {}",
+                        "ignoring an unreadable control message ({e}): {}",
                         crate::broker::preview(msg.get_payload_bytes())
                     ),
                 }
@@ -209,7 +223,7 @@ impl Mailbox for RedisMailbox {
     fn close(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.stream = None;
-            let (key, member) = &self.binding;
+            let Some((key, member)) = &self.binding else { return };
             let r: redis::RedisResult<i64> = self.conn.srem(key, member).await;
             if let Err(e) = r {
                 tracing::debug!("pidbox: cannot remove the node's binding: {e}");
