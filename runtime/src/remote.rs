@@ -353,7 +353,7 @@ mod tests {
         let mut names = HashMap::new();
         let received = json!({"hostname": "w@h", "utcoffset": 0.0, "pid": 7, "clock": 3, "uuid": "u1",
             "name": "tasks.add", "args": "(4, 4)", "kwargs": "{}", "root_id": "u1", "parent_id": null, "retries": 0,
-            "eta": null, "expires": null, "timestamp": 1796055094.995670, "type": "task-received"});
+            "eta": null, "expires": null, "timestamp": 1_796_055_094.995_67, "type": "task-received"});
         let Value::Object(received) = received else { unreachable!() };
         let line = dump_line(received, &mut names);
         assert!(line.starts_with("w@h [2026-11-30 16:11:34.995670+00:00] task received: tasks.add(u1) args=(4, 4) kwargs={} clock=3, eta=None, expires=None, local_received="), "{line}");
