@@ -639,12 +639,13 @@ class WorkerFactory:
                  name: str | None = None, config: str | None = None, env: dict[str, str] | None = None,
                  extra_args: Iterable[str] = (), redis: RedisServer | None = None,
                  broker_flags: bool = True, wait_ready: bool = True,
-                 ready_timeout: float = READY_TIMEOUT) -> ManagedProcess:
+                 ready_timeout: float = READY_TIMEOUT, app: Path | None = None) -> ManagedProcess:
         """Start ``celeriac worker``.
 
         ``config`` is TOML text (Celery setting names) written to a file and
         passed with ``--config``. ``broker_flags=False`` omits --broker and
-        --result-backend (to test the config file / env vars instead).
+        --result-backend (to test the config file / env vars instead). ``app`` is the
+        task directory (default ``CELERIAC_TASKS``).
         """
         server = redis or self.redis
         n = len(self.started)
@@ -658,7 +659,7 @@ class WorkerFactory:
             if not CELERIAC_BIN.exists():
                 pytest.fail(f"celeriac binary not found at {CELERIAC_BIN} "
                             f"(build it with `cargo build -p celeriac`, or set CELERIAC_BIN)", pytrace=False)
-            argv: list[str] = [str(CELERIAC_BIN), "worker", "-A", str(CELERIAC_TASKS)]
+            argv: list[str] = [str(CELERIAC_BIN), "worker", "-A", str(app or CELERIAC_TASKS)]
             if broker_flags:
                 argv += ["--broker", server.url(0), "--result-backend", server.url(1)]
             argv += ["--loglevel=INFO"]

@@ -173,6 +173,8 @@ pub struct LoadedComponent {
     pub from_cache: bool,
     /// Time spent compiling or deserialising it.
     pub load_time: Duration,
+    /// Its version: the first 12 hex digits of the file's SHA-256.
+    pub version: String,
     pre: TaskComponentPre<TaskState>,
     exports: Exports,
 }
@@ -218,6 +220,8 @@ pub struct CallResult {
     pub report: CallReport,
     /// The limits it ran with.
     pub limits: Limits,
+    /// The version of the component that ran it ([`LoadedComponent::version`]).
+    pub version: String,
     /// The worker-wide host memory held for this result until it is dropped
     /// (after the worker stored it); see [`HostBounds::max_host_memory`].
     pub host_memory: Option<HostMemory>,
@@ -284,6 +288,36 @@ struct Registry {
     pending: BTreeMap<String, String>,
 }
 
+impl Registry {
+    /// Stop serving the component loaded from `path`; the names it served.
+    fn remove_component(&mut self, path: &Path) -> Vec<String> {
+        let names: Vec<String> =
+            self.tasks.iter().filter(|(_, t)| t.component.path == path).map(|(n, _)| n.clone()).collect();
+        for n in &names {
+            self.tasks.remove(n);
+        }
+        self.components.retain(|c| c.path != path);
+        names
+    }
+}
+
+/// What one [`Sandbox::sync`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Files loaded or replaced.
+    pub loaded: Vec<PathBuf>,
+    /// Files that failed (an older version, if any, keeps serving).
+    pub failed: Vec<PathBuf>,
+    /// Files gone, no longer served.
+    pub removed: Vec<PathBuf>,
+}
+
+/// A component's version: the first 12 hex digits of its SHA-256.
+fn version_of(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The engines, their linkers and the loaded tasks.
 pub struct Sandbox {
     /// One per stack size in use; index 0 has the default stack size.
@@ -293,6 +327,8 @@ pub struct Sandbox {
     registry: RwLock<Registry>,
     /// Bumped whenever a component finishes loading (or fails to).
     changed: watch::Sender<u64>,
+    /// Held by the one [`Sandbox::sync`] running.
+    syncing: tokio::sync::Mutex<()>,
     /// Never more calls in flight than pool slots.
     slots: Arc<Semaphore>,
     /// Host memory for results not yet stored, in [`HOST_MEMORY_UNIT`]s.
@@ -321,6 +357,7 @@ impl Sandbox {
             config,
             registry: RwLock::default(),
             changed: watch::Sender::new(0),
+            syncing: tokio::sync::Mutex::new(()),
             _ticker: ticker,
         })
     }
@@ -469,6 +506,16 @@ impl Sandbox {
         c: &loader::Candidate,
     ) -> Result<(Arc<LoadedComponent>, Vec<TaskEntry>), String> {
         let bytes = Arc::new(loader::read_component(&c.path, root, self.config.bounds.max_component_size)?);
+        self.load_bytes(c, bytes).await
+    }
+
+    /// Check, compile and pre-link one component's bytes and list its tasks.
+    async fn load_bytes(
+        &self,
+        c: &loader::Candidate,
+        bytes: Arc<Vec<u8>>,
+    ) -> Result<(Arc<LoadedComponent>, Vec<TaskEntry>), String> {
+        let version = version_of(&bytes);
         match loader::binary_kind(&bytes) {
             loader::BinaryKind::NotWasm => return Err("not a WebAssembly file (bad magic header)".into()),
             loader::BinaryKind::CoreModule => {
@@ -487,6 +534,7 @@ impl Sandbox {
             display: c.display.clone(),
             from_cache,
             load_time,
+            version,
             pre,
             exports,
         });
@@ -616,6 +664,105 @@ impl Sandbox {
         store
     }
 
+    /// Hot deploy: bring what is served in line with the files under `root`
+    /// now. A new or changed file (by content) is loaded off the hot path and
+    /// swapped in at once: calls already running finish on the old version,
+    /// calls after the swap run the new one. A file that fails to load keeps
+    /// its old version serving (the failure is logged and listed). A removed
+    /// file stops being served (its running calls finish). Calls are
+    /// serialised: one sync at a time.
+    pub async fn sync(&self, root: &Path) -> SyncReport {
+        let _one_at_a_time = self.syncing.lock().await;
+        let mut report = SyncReport::default();
+        let (candidates, errors) = loader::discover(root);
+        let wanted: HashSet<&Path> = candidates.iter().map(|c| c.path.as_path()).collect();
+        // Removed files (and files now refused by name) stop being served.
+        {
+            let mut r = self.write();
+            let gone: Vec<PathBuf> =
+                r.components.iter().filter(|c| !wanted.contains(c.path.as_path())).map(|c| c.path.clone()).collect();
+            for path in gone {
+                let c = r.remove_component(&path);
+                tracing::warn!("{}: removed; its tasks are no longer served ({})", path.display(), c.join(", "));
+                report.removed.push(path);
+            }
+            r.errors.retain(|e| wanted.contains(e.path.as_path()));
+            for e in errors {
+                if !r.errors.iter().any(|o| o.path == e.path && o.reason == e.reason) {
+                    tracing::error!("cannot load {e}");
+                    r.errors.push(e);
+                }
+            }
+        }
+        for c in candidates {
+            let bytes = match loader::read_component(&c.path, root, self.config.bounds.max_component_size) {
+                Ok(b) => Arc::new(b),
+                Err(reason) => {
+                    self.refuse(&c, reason, &mut report);
+                    continue;
+                }
+            };
+            let version = version_of(&bytes);
+            let current = self.read().components.iter().find(|l| l.path == c.path).map(|l| l.version.clone());
+            if current.as_deref() == Some(version.as_str()) {
+                continue;
+            }
+            let loaded = match self.load_bytes(&c, bytes).await {
+                Ok(l) => l,
+                Err(reason) => {
+                    self.refuse(&c, reason, &mut report);
+                    continue;
+                }
+            };
+            let (component, entries) = loaded;
+            let mut r = self.write();
+            if let Some(taken) =
+                entries.iter().find(|e| r.tasks.get(&e.name).is_some_and(|t| t.component.path != c.path))
+            {
+                let reason = format!("task {} is already served by another file", taken.name);
+                drop(r);
+                self.refuse(&c, reason, &mut report);
+                continue;
+            }
+            r.remove_component(&c.path);
+            r.errors.retain(|e| e.path != c.path);
+            let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+            for e in entries {
+                r.tasks.insert(e.name.clone(), Arc::new(e));
+            }
+            match &current {
+                Some(old) => tracing::warn!(
+                    "{}: version {} replaces {old}; new calls of {} run it",
+                    c.display,
+                    component.version,
+                    names.join(", ")
+                ),
+                None => {
+                    tracing::warn!("{}: version {} loaded; serving {}", c.display, component.version, names.join(", "))
+                }
+            }
+            r.components.push(component);
+            report.loaded.push(c.path.clone());
+            drop(r);
+            self.changed.send_modify(|n| *n += 1);
+        }
+        report
+    }
+
+    /// A file that failed to load in a sync: logged, listed, its old version (if any) kept.
+    fn refuse(&self, c: &loader::Candidate, reason: String, report: &mut SyncReport) {
+        let e = LoadError { path: c.path.clone(), reason };
+        let mut r = self.write();
+        let keeps = r.components.iter().find(|l| l.path == c.path).map(|l| l.version.clone());
+        match &keeps {
+            Some(v) => tracing::error!("cannot load {e}; version {v} keeps serving"),
+            None => tracing::error!("cannot load {e}"),
+        }
+        r.errors.retain(|o| o.path != c.path);
+        r.errors.push(e);
+        report.failed.push(c.path.clone());
+    }
+
     /// The task registered under `name`, if any (now: see [`Sandbox::serves`]).
     pub fn task(&self, name: &str) -> Option<Arc<TaskEntry>> {
         self.read().tasks.get(name).cloned()
@@ -730,7 +877,7 @@ impl Sandbox {
             }
             Err(_elapsed) => Outcome::Failure(outcome::timed_out(&site, limits.time_limit)),
         };
-        Ok(CallResult { outcome, report, limits, host_memory })
+        Ok(CallResult { outcome, report, limits, version: entry.component.version.clone(), host_memory })
     }
 
     /// Parse a success result within the host-memory bounds: refused if

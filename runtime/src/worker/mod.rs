@@ -31,6 +31,7 @@
 mod banner;
 pub mod canvas;
 mod control;
+mod deploy;
 mod events;
 mod listing;
 mod metrics;
@@ -219,6 +220,14 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     if sandbox.tasks().is_empty() && sandbox.loading().is_empty() {
         anyhow::bail!("no task could be loaded from {}", opts.app.display());
     }
+    // Hot deploy: components added, replaced or removed under the directory are picked up.
+    let _hot_deploy = if opts.app.is_dir() {
+        deploy::watch(sandbox.clone(), opts.app.clone())
+            .inspect_err(|e| tracing::error!("hot deploy is off: cannot watch {}: {e}", opts.app.display()))
+            .ok()
+    } else {
+        None
+    };
     tokio::spawn({
         let (sandbox, app) = (sandbox.clone(), opts.app.clone());
         async move {

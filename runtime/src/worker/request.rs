@@ -23,7 +23,7 @@ use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::{Annotation, RateLimit};
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{EncodedTask, ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
-use crate::sandbox::{CallReport, Invocation, Outcome, Request, StateUpdate};
+use crate::sandbox::{CallReport, CallResult, Invocation, Outcome, Request, StateUpdate};
 
 /// Handle one delivery to the end.
 pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
@@ -328,11 +328,13 @@ async fn run(
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
     let chord_entry: Option<(&str, Value)>;
-    match result.outcome {
+    // The result's host memory stays reserved until the outcome is stored (it is dropped at the end).
+    let CallResult { outcome, report, version, host_memory: _held, .. } = result;
+    match outcome {
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
-            announce_success(&tracked, &name, &msg.id, &value, &result.report);
-            tracked.finished(&msg.task, "SUCCESS", Some(&result.report));
+            announce_success(&tracked, &name, &msg.id, &value, (&report, &version));
+            tracked.finished(&msg.task, "SUCCESS", Some(&report));
             // Continuations first, then the result naming them as children, as Celery does.
             let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
             if results.is_some() {
@@ -344,8 +346,8 @@ async fn run(
             let module = f.exc_module.clone();
             let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
-            announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, &result.report);
-            tracked.finished(&msg.task, "FAILURE", Some(&result.report));
+            announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, (&report, &version));
+            tracked.finished(&msg.task, "FAILURE", Some(&report));
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
                 store(s, &routing, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
@@ -437,39 +439,37 @@ async fn terminable<F: std::future::Future>(call: F, tracked: &Tracked) -> Optio
     }
 }
 
-/// The sandbox figures Celeriac adds to `task-succeeded`/`task-failed`.
-fn sandbox_fields(report: &CallReport, f: &mut serde_json::Map<String, Value>) {
+/// What a call used, and the version of the component that ran it.
+type Ran<'a> = (&'a CallReport, &'a str);
+
+/// The sandbox figures Celeriac adds to `task-succeeded`/`task-failed`:
+/// fuel, peak guest memory, time in the sandbox, the component's version.
+fn sandbox_fields((report, version): Ran, f: &mut serde_json::Map<String, Value>) {
     f.insert("fuel_consumed".into(), Value::from(report.fuel_consumed));
     f.insert("peak_memory".into(), Value::from(report.peak_memory));
     f.insert("sandbox_time".into(), Value::from(report.wall.as_secs_f64()));
+    f.insert("component_version".into(), Value::from(version));
 }
 
 /// A success: its log line and its `task-succeeded` event, from one place.
-fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, report: &CallReport) {
-    let secs = report.wall.as_secs_f64();
+fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, ran: Ran) {
+    let secs = ran.0.wall.as_secs_f64();
     let repr = saferepr(value, Some(1024), 8);
     tracing::info!("Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
     let mut f = serde_json::Map::new();
     f.insert("result".into(), Value::from(repr));
     f.insert("runtime".into(), Value::from(secs));
-    sandbox_fields(report, &mut f);
+    sandbox_fields(ran, &mut f);
     tracked.event("task-succeeded", f);
 }
 
 /// A failure: its log line and its `task-failed` event, from one place.
-fn announce_failure(
-    tracked: &Tracked,
-    name: &str,
-    id: &str,
-    exc: &ExceptionInfo,
-    traceback: &str,
-    report: &CallReport,
-) {
+fn announce_failure(tracked: &Tracked, name: &str, id: &str, exc: &ExceptionInfo, traceback: &str, ran: Ran) {
     tracing::error!("Task {name}[{id}] raised unexpected: {}\n{}", exc.repr(), traceback.trim_end());
     let mut f = serde_json::Map::new();
     f.insert("exception".into(), Value::from(exc.repr()));
     f.insert("traceback".into(), Value::from(traceback));
-    sandbox_fields(report, &mut f);
+    sandbox_fields(ran, &mut f);
     tracked.event("task-failed", f);
 }
 
