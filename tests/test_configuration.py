@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CELERIAC_BIN, REPO_ROOT, _base_env, free_port
+from conftest import CELERIAC_BIN, CELERIAC_TASKS, REPO_ROOT, ManagedProcess, _base_env, free_port
 
 pytestmark = pytest.mark.celeriac_only
 
@@ -70,6 +70,21 @@ def test_a_celeryconfig_py_in_the_current_directory_is_read_without_config(tmp_p
     out = celeriac("check-config", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "celeryconfig.py" in out.stderr and 'broker_url = "pyamqp://"' in out.stdout, out.stderr
+
+
+def test_a_worker_started_beside_a_celeryconfig_py_serves_what_it_configures(tmp_path, redis_server, client):
+    """No --config, no --broker: the worker reads ./celeryconfig.py, as Celery's config_from_object would."""
+    (tmp_path / "celeryconfig.py").write_text(
+        f"broker_url = {redis_server.url(0)!r}\nresult_backend = {redis_server.url(1)!r}\n"
+        "task_annotations = {'tasks.add': {'rate_limit': '100/s'}}\n")
+    w = ManagedProcess("celeriac-worker-discovered", [CELERIAC_BIN, "worker", "-A", CELERIAC_TASKS, "-l", "INFO"],
+                       tmp_path / "worker.log", env=_base_env(), cwd=tmp_path)
+    try:
+        w.start().wait_ready()
+        assert "Reading celeryconfig.py from the current directory" in w.log_text(), w.tail()
+        assert client.add.delay(4, 4).get(timeout=30) == 8
+    finally:
+        w.stop()
 
 
 @pytest.mark.parametrize("source, where, why", [
