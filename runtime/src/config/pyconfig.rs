@@ -242,7 +242,7 @@ impl Reader<'_> {
         if prefix.contains('r') {
             return Ok(body.to_string());
         }
-        unescape(body).or_else(|reason| refuse(node, reason))
+        unescape(body).or_else(|e| refuse(node, e.to_string()))
     }
 
     /// A number: a literal, a signed literal, or `+ - * /` between numbers.
@@ -380,8 +380,14 @@ fn describe(node: Node<'_>) -> String {
     }
 }
 
+/// An escape sequence Python would refuse (or that needs a table this reader lacks).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct EscapeError(String);
+
 /// Decode a Python (non-raw) string literal's escapes.
-fn unescape(body: &str) -> Result<String, String> {
+fn unescape(body: &str) -> Result<String, EscapeError> {
+    let bad = |what: &str| EscapeError(what.to_string());
     let mut out = String::with_capacity(body.len());
     let mut chars = body.chars().peekable();
     while let Some(c) = chars.next() {
@@ -389,7 +395,7 @@ fn unescape(body: &str) -> Result<String, String> {
             out.push(c);
             continue;
         }
-        let Some(e) = chars.next() else { return Err("a string ends with a backslash".into()) };
+        let Some(e) = chars.next() else { return Err(bad("a string ends with a backslash")) };
         match e {
             '\n' => {}
             '\\' => out.push('\\'),
@@ -413,7 +419,7 @@ fn unescape(body: &str) -> Result<String, String> {
                         None => break,
                     }
                 }
-                out.push(char::from_u32(v).ok_or("an invalid octal escape")?);
+                out.push(char::from_u32(v).ok_or_else(|| bad("an invalid octal escape"))?);
             }
             'x' | 'u' | 'U' => {
                 let n = match e {
@@ -425,10 +431,10 @@ fn unescape(body: &str) -> Result<String, String> {
                 let v = (hex.len() == n).then(|| u32::from_str_radix(&hex, 16).ok()).flatten();
                 match v.and_then(char::from_u32) {
                     Some(ch) => out.push(ch),
-                    None => return Err(format!("an invalid \\{e} escape")),
+                    None => return Err(EscapeError(format!("an invalid \\{e} escape"))),
                 }
             }
-            'N' => return Err("a \\N{...} escape: write the character itself".into()),
+            'N' => return Err(bad("a \\N{...} escape: write the character itself")),
             other => {
                 // Python keeps an unknown escape as it is (with a warning).
                 out.push('\\');
