@@ -188,15 +188,16 @@ struct ConnectionArgs {
     /// Result backend URL, e.g. redis://localhost:6379/1.
     #[arg(long)]
     result_backend: Option<String>,
-    /// TOML config file with Celery setting names (also $CELERIAC_CONFIG).
+    /// Config file with Celery setting names: celeryconfig.py or TOML (also $CELERIAC_CONFIG;
+    /// default: ./celeryconfig.py if there is one).
     #[arg(long, env = "CELERIAC_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
 impl ConnectionArgs {
-    /// Settings: defaults ← config file ← CELERIAC_* environment ← these options.
+    /// Settings: defaults ← config file ← CELERY_*/CELERIAC_* environment ← these options.
     fn settings(&self) -> anyhow::Result<Settings> {
-        let mut s = Settings::load(self.config.as_deref())?;
+        let mut s = Settings::load(config_file(self.config.as_deref()).as_deref())?;
         if let Some(b) = &self.broker {
             s.broker_url = Some(b.clone());
         }
@@ -290,7 +291,8 @@ struct ResultArgs {
 
 #[derive(Debug, Args)]
 struct CheckConfigArgs {
-    /// The config file (default: $CELERIAC_CONFIG; none means defaults and environment).
+    /// The config file, celeryconfig.py or TOML (default: $CELERIAC_CONFIG, else ./celeryconfig.py if there
+    /// is one; none means defaults and environment).
     #[arg(env = "CELERIAC_CONFIG")]
     file: Option<PathBuf>,
 }
@@ -330,7 +332,8 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            // Whatever the error quotes, no password is printed.
+            eprintln!("Error: {}", crate::connection::url::mask_urls_in(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -688,12 +691,35 @@ fn result(a: ResultArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The config file to read: the one named, else Celery's `celeryconfig.py` in
+/// the current directory when there is one (logged, as it was not asked for).
+fn config_file(named: Option<&std::path::Path>) -> Option<PathBuf> {
+    if let Some(p) = named {
+        return Some(p.to_path_buf());
+    }
+    let found = crate::config::discover_config()?;
+    tracing::info!(
+        "Reading {} from the current directory (as Celery's config_from_object('celeryconfig') would)",
+        found.display()
+    );
+    Some(found)
+}
+
 fn check_config(a: CheckConfigArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(a.file.as_deref())?;
+    let file = a.file.clone().or_else(|| {
+        let found = crate::config::discover_config()?;
+        eprintln!("reading {} from the current directory", found.display());
+        Some(found)
+    });
+    let mut settings = Settings::load(file.as_deref())?;
     for w in settings.warnings() {
         eprintln!("warning: {w}");
     }
+    // Printed as `celery report` prints them: passwords masked.
+    use crate::connection::url::mask_password;
+    settings.broker_url = settings.broker_url.as_deref().map(mask_password);
+    settings.result_backend = settings.result_backend.as_deref().map(mask_password);
     print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
-    eprintln!("{}: OK", a.file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into()));
+    eprintln!("{}: OK", file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into()));
     Ok(ExitCode::SUCCESS)
 }

@@ -2,11 +2,21 @@
 //!
 //! A Celery user already knows `broker_url`, `result_backend`,
 //! `task_acks_late`, `task_routes`, `task_annotations`... so a Celeriac config
-//! file is a TOML file with exactly those names. Precedence, lowest first:
-//! built-in defaults, the file, `CELERIAC_<SETTING>` environment variables
-//! (e.g. `CELERIAC_BROKER_URL`), then command-line options. An unknown key is an
-//! error that suggests the closest valid name, like Celery's own
-//! `python -m celeryconfig` check would catch a typo.
+//! is Celery's: the user's `celeryconfig.py` as it is (a module of literal
+//! assignments, read without running Python: `config/pyconfig.rs`), or a TOML
+//! file with exactly the same names. With no `--config`, a `celeryconfig.py` in
+//! the current directory is read, as Celery's `config_from_object('celeryconfig')`
+//! would. Precedence, lowest first: built-in defaults, the file, Celery's
+//! `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND` environment variables (which
+//! override the config in Celery too), `CELERIAC_<SETTING>` environment
+//! variables (e.g. `CELERIAC_BROKER_URL`), then command-line options.
+//!
+//! Every one of Celery's 5.7 setting names is known (`config/celery_settings.rs`,
+//! generated from Celery itself), old uppercase names included: the ones
+//! Celeriac implements are honoured, the others are accepted and reported once
+//! as ignored by the worker (with why) or not implemented yet
+//! (`config/support.rs`). Only a name that is no Celery setting is an error,
+//! and it names the closest valid one.
 //!
 //! Sandbox limits live in `task_annotations` beside Celery's own annotations
 //! (`time_limit`, `fuel`, `max_memory`), and globally in a `[sandbox]` table.
@@ -19,8 +29,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::{ByteSize, LimitsOverride, SandboxConfig};
 
+mod celery_settings;
+mod pyconfig;
 mod rate;
 mod routes;
+mod support;
+
+pub use celery_settings::{CELERY_SETTINGS, CELERY_VERSION};
+pub use pyconfig::is_python_path;
 
 pub use rate::{RateError, RateLimit};
 pub use routes::{REGEX_PREFIX, Route, RouteKey, Router, TaskRoutes};
@@ -34,6 +50,12 @@ pub enum ConfigError {
     /// The file is not valid TOML or a value has the wrong type.
     #[error("invalid config {origin}: {message}")]
     Invalid { origin: String, message: String },
+    /// A `celeryconfig.py` holds something other than literal assignments.
+    #[error("{origin}:{line}: {reason}")]
+    Python { origin: String, line: usize, reason: String },
+    /// An environment variable's value does not fit its setting.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
     /// A key that is not a known setting.
     #[error("unknown setting {key:?} in {origin}{}", suggestion.as_ref().map(|s| format!(" (did you mean {s:?}?)")).unwrap_or_default())]
     UnknownKey { origin: String, key: String, suggestion: Option<String> },
@@ -268,6 +290,10 @@ pub struct Settings {
     pub broker_transport_options: TransportOptions,
     /// Sandbox settings.
     pub sandbox: SandboxSettings,
+    /// What loading noticed and the user should hear once: Celery settings
+    /// accepted but not honoured, unknown `CELERIAC_*` variables.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 impl Default for Settings {
@@ -301,6 +327,7 @@ impl Default for Settings {
             broker_use_ssl: None,
             broker_transport_options: TransportOptions::default(),
             sandbox: SandboxSettings::default(),
+            notices: Vec::new(),
         }
     }
 }
@@ -339,13 +366,102 @@ pub const SETTING_NAMES: &[&str] = &[
 
 /// The closest known name to `key`, if one is close enough to be a typo.
 fn suggest<'a>(key: &str, names: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    // Case as written (old names are uppercase), and lowercased (`Broker_Ulr`).
     let lower = key.to_ascii_lowercase();
     names
         .into_iter()
-        .map(|n| (strsim::jaro_winkler(&lower, n), n))
+        .map(|n| (strsim::jaro_winkler(key, n).max(strsim::jaro_winkler(&lower, n)), n))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, n)| n.to_string())
+}
+
+/// Celery's environment variables for settings, as `celery.app.utils.Settings` reads
+/// them: each overrides the config when set and not empty.
+pub const CELERY_ENV_SETTINGS: &[(&str, &str)] =
+    &[("CELERY_BROKER_URL", "broker_url"), ("CELERY_RESULT_BACKEND", "result_backend")];
+
+/// The prefix of Celeriac's own setting variables (`CELERIAC_BROKER_URL`).
+pub const ENV_PREFIX: &str = "CELERIAC_";
+
+/// `CELERIAC_*` variables that are no setting: the program's own and its tests' and tools'.
+pub const NON_SETTING_VARIABLES: &[&str] = &[
+    "CELERIAC_CONFIG",
+    "CELERIAC_BIN",
+    "CELERIAC_TASKS",
+    "CELERIAC_TASKS_DIR",
+    "CELERIAC_TEST_STANDIN",
+    "CELERIAC_BENCH",
+    "CELERIAC_PARAMS",
+];
+
+/// The notice for a `CELERIAC_*` variable that is no setting, naming the closest one.
+fn unknown_variable(var: &str) -> String {
+    let candidates: Vec<String> = SETTING_NAMES
+        .iter()
+        .filter(|n| **n != "sandbox")
+        .map(|n| format!("{ENV_PREFIX}{}", n.to_ascii_uppercase()))
+        .chain(NON_SETTING_VARIABLES.iter().map(|v| v.to_string()))
+        .collect();
+    let upper = var.to_ascii_uppercase();
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(&upper, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!(" (did you mean {c}?)"))
+        .unwrap_or_default();
+    format!("environment variable {var} is not a Celeriac setting and is ignored{best}")
+}
+
+/// The config file read when none is named: Celery's `config_from_object('celeryconfig')`
+/// imports this module from the current directory (the start of `sys.path`).
+pub const DISCOVERED_CONFIG: &str = "celeryconfig.py";
+
+/// `celeryconfig.py` in the current directory, if there is one.
+pub fn discover_config() -> Option<PathBuf> {
+    let p = Path::new(DISCOVERED_CONFIG);
+    p.is_file().then(|| p.to_path_buf())
+}
+
+/// Read a config file into a checked table of honoured settings: Python
+/// (`*.py`) or TOML by extension; Celery settings the worker does not honour
+/// are dropped with a notice; values are checked here, so an error names the file.
+fn read_file(path: &Path, notices: &mut Vec<String>) -> Result<toml::Table, ConfigError> {
+    let origin = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let table = if pyconfig::is_python_path(path) {
+        pyconfig::parse(&text, &origin)?
+    } else {
+        text.parse()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?
+    };
+    let table = sort_settings(table, &origin, notices)?;
+    Settings::deserialize(toml::Value::Table(table.clone()))
+        .map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    Ok(table)
+}
+
+/// Sort a file's top-level names: honoured settings are kept (old uppercase
+/// names renamed to new ones), Celery settings the worker does not honour are
+/// dropped with one notice each, and any other name is an error naming the
+/// closest of all the names Celery and Celeriac know.
+fn sort_settings(table: toml::Table, origin: &str, notices: &mut Vec<String>) -> Result<toml::Table, ConfigError> {
+    let mut out = toml::Table::new();
+    for (key, value) in table {
+        let name = support::new_name(&key).unwrap_or(key.as_str()).to_string();
+        if SETTING_NAMES.contains(&name.as_str()) {
+            out.insert(name, value);
+        } else if let Some(n) = support::notice(&name, origin) {
+            notices.push(n);
+        } else {
+            let suggestion = suggest(&key, support::all_names());
+            return Err(ConfigError::UnknownKey { origin: origin.into(), key, suggestion });
+        }
+    }
+    check_keys(&out, origin)?;
+    Ok(out)
 }
 
 /// Check every key of a table against the known names (recursing into the
@@ -401,13 +517,6 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
-        if !SETTING_NAMES.contains(&key.as_str()) {
-            return Err(ConfigError::UnknownKey {
-                origin: origin.into(),
-                key: key.clone(),
-                suggestion: suggest(key, SETTING_NAMES.iter().copied()),
-            });
-        }
         let check_inner = |t: &toml::Table, allowed: &[&str], prefix: &str| -> Result<(), ConfigError> {
             for k in t.keys() {
                 if !allowed.contains(&k.as_str()) {
@@ -502,19 +611,36 @@ impl Settings {
         let table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
-        check_keys(&table, origin)?;
-        Settings::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })
+        Settings::from_table(table, origin)
     }
 
-    /// Read a config file.
+    /// Parse settings from a `celeryconfig.py` module's text.
+    pub fn from_python(text: &str, origin: &str) -> Result<Settings, ConfigError> {
+        Settings::from_table(pyconfig::parse(text, origin)?, origin)
+    }
+
+    /// Settings from a parsed file (TOML, or Python turned into the same tree).
+    fn from_table(table: toml::Table, origin: &str) -> Result<Settings, ConfigError> {
+        let mut notices = Vec::new();
+        let table = sort_settings(table, origin, &mut notices)?;
+        let mut s = Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        s.notices = notices;
+        Ok(s)
+    }
+
+    /// Read a config file: a Python module (`*.py`, as Celery's `celeryconfig.py`) or TOML.
     pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Settings::from_toml(&text, &path.display().to_string())
+        let mut notices = Vec::new();
+        let table = read_file(path, &mut notices)?;
+        let mut s = Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid { origin: path.display().to_string(), message: e.to_string() })?;
+        s.notices = notices;
+        Ok(s)
     }
 
-    /// Load defaults ← file (if any) ← `CELERIAC_*` environment variables.
+    /// Load defaults ← file (if any) ← `CELERY_BROKER_URL` / `CELERY_RESULT_BACKEND`
+    /// ← `CELERIAC_*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Self::load_with_env(file, std::env::vars())
     }
@@ -524,24 +650,40 @@ impl Settings {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        let mut notices = Vec::new();
         let mut table = match file {
-            Some(p) => {
-                let text =
-                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
-                let t: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid {
-                    origin: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                check_keys(&t, &p.display().to_string())?;
-                t
-            }
+            Some(p) => read_file(p, &mut notices)?,
             None => toml::Table::new(),
         };
-        for (k, v) in env {
-            let Some(name) = k.strip_prefix("CELERIAC_") else { continue };
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        // Celery's own variables override the config, as `celery.app.utils.Settings`
+        // reads them (an empty one counts as unset, as Python's `or` does).
+        for (var, name) in CELERY_ENV_SETTINGS {
+            if let Some((_, v)) = env.iter().find(|(k, v)| k == var && !v.is_empty()) {
+                table.insert(name.to_string(), toml::Value::String(v.clone()));
+            }
+        }
+        for var in ["CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL"] {
+            if env.iter().any(|(k, v)| k == var && !v.is_empty()) {
+                notices.push(format!(
+                    "environment variable {var} is not implemented yet: the worker reads and writes through broker_url"
+                ));
+            }
+        }
+        for (var, v) in &env {
+            let Some(name) = var.strip_prefix(ENV_PREFIX) else { continue };
+            if NON_SETTING_VARIABLES.contains(&var.as_str()) {
+                continue;
+            }
             let name = name.to_ascii_lowercase();
+            let name = support::new_name(&name.to_ascii_uppercase()).map_or(name, str::to_string);
             if !SETTING_NAMES.contains(&name.as_str()) {
-                // Other CELERIAC_* variables (e.g. CELERIAC_BIN for tests) are not settings.
+                let origin = format!("environment variable {var}");
+                match support::notice(&name, &origin) {
+                    Some(n) => notices.push(n),
+                    None => notices.push(unknown_variable(var)),
+                }
                 continue;
             }
             // A value is TOML if it parses as one (`true`, `4`, `["json"]`), else a string.
@@ -549,11 +691,19 @@ impl Settings {
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|mut t| t.remove("v"))
-                .unwrap_or(toml::Value::String(v));
+                .unwrap_or_else(|| toml::Value::String(v.clone()));
+            // Checked alone first, so a bad value names the variable it came from.
+            let mut alone = toml::Table::new();
+            alone.insert(name.clone(), value.clone());
+            check_keys(&alone, var)?;
+            Settings::deserialize(toml::Value::Table(alone))
+                .map_err(|e| ConfigError::Env { var: var.clone(), message: e.to_string() })?;
             table.insert(name, value);
         }
-        Settings::deserialize(toml::Value::Table(table))
-            .map_err(|e| ConfigError::Invalid { origin: "settings".into(), message: e.to_string() })
+        let mut s = Settings::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid { origin: "settings".into(), message: e.to_string() })?;
+        s.notices = notices;
+        Ok(s)
     }
 
     /// The annotation for `task`: the `"*"` entry overlaid with the task's own.
@@ -589,6 +739,31 @@ impl Settings {
             route.queue = Some(self.task_default_queue.clone());
         }
         route
+    }
+
+    /// Warnings for `task_routes` entries that send tasks to a queue this worker
+    /// does not consume (`queues`: what it consumes): those tasks would wait there.
+    /// A route through an exchange with no queue named cannot be judged and is skipped.
+    pub fn unconsumed_routes(&self, queues: &[String]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (key, route) in self.task_routes.0.iter().flat_map(|r| r.0.iter()) {
+            let queue = match (&route.queue, &route.exchange) {
+                (Some(q), _) => q.clone(),
+                (None, None) => self.task_default_queue.clone(),
+                (None, Some(_)) => continue,
+            };
+            if queues.contains(&queue) || !seen.insert((key.to_string(), queue.clone())) {
+                continue;
+            }
+            let consumed = queues.join(",");
+            warnings.push(format!(
+                "task_routes sends {key} to queue {queue:?}, which this worker does not consume (it consumes \
+                 {consumed}): those tasks will wait there. Consume it too with -Q {consumed},{queue} (or start \
+                 another worker with -Q {queue})"
+            ));
+        }
+        warnings
     }
 
     /// Whether the broker routes through exchanges (AMQP), so that a route's
@@ -655,9 +830,10 @@ impl Settings {
         cfg
     }
 
-    /// Problems that are not errors but deserve a warning at start-up.
+    /// Problems that are not errors but deserve a warning at start-up (first
+    /// the load's [`Settings::notices`], each once).
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w = self.notices.clone();
         if self.accept_content.iter().any(|c| c.contains("pickle") || c.contains("python-serialize")) {
             w.push("accept_content lists pickle: Celeriac never deserialises pickle; such messages are refused".into());
         }
@@ -811,6 +987,134 @@ rate_limit = "10/m"
     fn a_list_of_routers_is_checked_for_typos_too() {
         let e = Settings::from_toml("[[task_routes]]\n[task_routes.\"tasks.add\"]\nqueu = \"q\"", "t").unwrap_err();
         assert!(e.to_string().contains("did you mean"), "{e}");
+    }
+
+    /// Seed `celeryconfig.py` of Celery's First Steps, verbatim.
+    const SEED_PY: &str = "broker_url = 'pyamqp://'\nresult_backend = 'rpc://'\n\ntask_serializer = 'json'\n\
+                           result_serializer = 'json'\naccept_content = ['json']\ntimezone = 'Europe/Oslo'\n\
+                           enable_utc = True\ntask_routes = {\n    'tasks.add': 'low-priority',\n}\n\
+                           task_annotations = {\n    'tasks.add': {'rate_limit': '10/m'}\n}\n";
+
+    #[test]
+    fn the_seed_celeryconfig_py_loads_as_it_is() {
+        let s = Settings::from_python(SEED_PY, "celeryconfig.py").unwrap();
+        assert_eq!(s.broker_url.as_deref(), Some("pyamqp://"));
+        assert_eq!(s.result_backend.as_deref(), Some("rpc://"));
+        assert_eq!(s.timezone, "Europe/Oslo");
+        assert!(s.enable_utc);
+        assert_eq!(s.route("tasks.add").queue.as_deref(), Some("low-priority"));
+        assert_eq!(s.rate_limit(&s.annotation("tasks.add")), Some(10.0 / 60.0));
+        assert!(s.notices.is_empty(), "{:?}", s.notices);
+        assert!(s.warnings().iter().any(|w| w.contains("Europe/Oslo")), "the time zone is explained");
+    }
+
+    #[test]
+    fn celery_settings_the_worker_does_not_honour_are_accepted_with_one_notice_each() {
+        let s = Settings::from_toml(
+            "broker_connection_retry_on_startup = true\ntask_always_eager = true\nimports = [\"proj.tasks\"]\n\
+             result_extended = true\nworker_max_tasks_per_child = 10\nCELERYBEAT_SCHEDULE = {}\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(s.notices.len(), 6, "{:?}", s.notices);
+        for name in ["broker_connection_retry_on_startup", "task_always_eager", "imports", "worker_max_tasks_per_child"]
+        {
+            let n = s.notices.iter().filter(|n| n.starts_with(&format!("{name} "))).collect::<Vec<_>>();
+            assert!(n.len() == 1 && n[0].contains("ignored by the worker: "), "{name}: {:?}", s.notices);
+        }
+        assert!(s.notices.iter().any(|n| n.starts_with("beat_schedule ")), "old names are reported by their new name");
+        assert!(s.notices.iter().any(|n| n.starts_with("result_extended ") && n.contains("not implemented yet")));
+        assert_eq!(s.warnings().iter().filter(|w| w.contains("task_always_eager")).count(), 1);
+    }
+
+    #[test]
+    fn a_name_that_is_no_celery_setting_suggests_from_every_celery_name() {
+        let e = Settings::from_toml("task_default_rate_limt = \"1/s\"", "t").unwrap_err();
+        assert!(e.to_string().contains("did you mean \"task_default_rate_limit\"?"), "{e}");
+        let e = Settings::from_toml("worker_max_task_per_child = 1", "t").unwrap_err();
+        assert!(e.to_string().contains("did you mean \"worker_max_tasks_per_child\"?"), "{e}");
+        let e = Settings::from_toml("CELERY_RESULT_BACKEN = \"x\"", "t").unwrap_err();
+        assert!(e.to_string().contains("did you mean \"CELERY_RESULT_BACKEND\"?"), "{e}");
+    }
+
+    #[test]
+    fn old_uppercase_names_set_the_new_settings() {
+        let s = Settings::from_python("BROKER_URL = 'redis://h/0'\nCELERY_RESULT_BACKEND = 'redis://h/1'\n", "c.py")
+            .unwrap();
+        assert_eq!(s.broker_url.as_deref(), Some("redis://h/0"));
+        assert_eq!(s.result_backend.as_deref(), Some("redis://h/1"));
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn celery_environment_variables_override_the_file_and_celeriacs_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("celeryconfig.py");
+        std::fs::write(&file, SEED_PY).unwrap();
+        let s = Settings::load_with_env(Some(&file), env(&[("CELERY_BROKER_URL", "redis://celery/0")])).unwrap();
+        assert_eq!(s.broker_url.as_deref(), Some("redis://celery/0"));
+        assert_eq!(s.result_backend.as_deref(), Some("rpc://"));
+        let s = Settings::load_with_env(Some(&file), env(&[("CELERY_BROKER_URL", "")])).unwrap();
+        assert_eq!(s.broker_url.as_deref(), Some("pyamqp://"), "an empty variable is unset, as Python's `or`");
+        let s = Settings::load_with_env(
+            Some(&file),
+            env(&[("CELERY_RESULT_BACKEND", "redis://celery/1"), ("CELERIAC_RESULT_BACKEND", "redis://mine/1")]),
+        )
+        .unwrap();
+        assert_eq!(s.result_backend.as_deref(), Some("redis://mine/1"));
+    }
+
+    #[test]
+    fn an_unknown_celeriac_variable_is_a_notice_naming_the_closest_one() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[("CELERIAC_BROKER_ULR", "x"), ("CELERIAC_CONFIG", "f"), ("CELERIAC_TASK_ALWAYS_EAGER", "true")]),
+        )
+        .unwrap();
+        assert_eq!(s.notices.len(), 2, "{:?}", s.notices);
+        assert!(s.notices[0].contains("CELERIAC_BROKER_ULR") && s.notices[0].contains("CELERIAC_BROKER_URL?"));
+        assert!(s.notices[1].contains("task_always_eager (environment variable CELERIAC_TASK_ALWAYS_EAGER)"));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_its_variable() {
+        let e = Settings::load_with_env(None, env(&[("CELERIAC_WORKER_CONCURRENCY", "many")])).unwrap_err();
+        assert!(e.to_string().starts_with("environment variable CELERIAC_WORKER_CONCURRENCY: "), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_in_a_python_file_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("celeryconfig.py");
+        std::fs::write(&file, "worker_concurrency = 'many'\n").unwrap();
+        let e = Settings::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("celeryconfig.py"), "{e}");
+        std::fs::write(&file, "import os\n").unwrap();
+        let e = Settings::load_with_env(Some(&file), env(&[])).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "celeryconfig.py:1: an import: Celeriac reads celeryconfig.py without running \
+                                          Python, so only literal assignments (name = 'value') are allowed"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn routes_to_queues_the_worker_does_not_consume_are_pointed_out() {
+        let s = Settings::from_python(SEED_PY, "c.py").unwrap();
+        let w = s.unconsumed_routes(&["celery".to_string()]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("tasks.add") && w[0].contains("\"low-priority\"") && w[0].contains("-Q celery,low-priority")
+        );
+        assert!(s.unconsumed_routes(&["celery".into(), "low-priority".into()]).is_empty());
+        let s = Settings::from_toml("[task_routes]\n\"a.*\" = { priority = 3 }\n", "t").unwrap();
+        assert!(s.unconsumed_routes(&["celery".into()]).is_empty(), "no queue: the default one");
+        assert_eq!(s.unconsumed_routes(&["other".into()]).len(), 1);
     }
 
     #[test]

@@ -22,8 +22,10 @@ pub mod url;
 use std::time::Duration;
 
 /// A URL that cannot be used: a configuration mistake, not worth retrying.
+/// Shown with every URL in the message masked ([`url::mask_urls_in`]), so no
+/// caller can print a password by quoting the URL.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error("{}", url::mask_urls_in(.0))]
 pub struct UrlError(pub String);
 
 /// Retry an operation with back-off until it succeeds, or give up after about

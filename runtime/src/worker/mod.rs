@@ -255,6 +255,9 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let concurrency = settings.concurrency();
     let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
     print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
+    for w in settings.unconsumed_routes(&queues) {
+        tracing::warn!("{w}");
+    }
     broker.declare(&queues).await?;
     let unsupported = broker.capabilities().unsupported_features();
     if !unsupported.is_empty() {
