@@ -22,7 +22,7 @@ pub enum Support {
 }
 
 /// Setting names Celeriac reads that are not Celery's (tables of its own).
-pub const CELERIAC_ONLY_SETTINGS: &[&str] = &["sandbox"];
+pub const CELERIAC_ONLY_SETTINGS: &[&str] = &["sandbox", "worker_metrics_address"];
 
 /// Whether `name` is one of Celery's setting names (new, lowercase style).
 pub fn is_celery_setting(name: &str) -> bool {
@@ -52,8 +52,12 @@ const PYTHON_LOGGING: &str = "it configures Python's logging; the worker writes 
 const PYTHON_CLASS: &str = "it names a Python class of the Python worker";
 const OTHER_BACKEND: &str = "the settings of a result backend Celeriac does not implement yet \
                              (it has redis://, rpc:// and db+sqlite://)";
-const EVENTS: &str = "task events are not sent yet (celery events / flower see no events from this worker)";
-const REMOTE_CONTROL: &str = "remote control (celery inspect / control) is not implemented yet";
+const EVENTS: &str = "the worker sends its events to Celery's default `celeryev` exchange, as JSON; this option is \
+                      not implemented yet";
+const EVENT_RECEIVERS: &str =
+    "it shapes the queues of event receivers (celery events, Flower), not what a worker sends";
+const REMOTE_CONTROL: &str = "the worker answers on Celery's default mailbox (`celery.pidbox`, its queue's default TTLs); \
+                              this option is not implemented yet";
 const BROKER_PARTS: &str = "give the broker as one broker_url instead";
 const REDIS_BACKEND_PARTS: &str = "give the result backend as one result_backend URL instead \
                                    (TLS options as rediss:// query parameters)";
@@ -89,6 +93,11 @@ pub fn support(name: &str) -> Option<Support> {
             "the db+sqlite:// backend uses Celery's default tables and engine; other database options are not \
              implemented yet",
         ),
+        "event_queue_ttl"
+        | "event_queue_expires"
+        | "event_queue_prefix"
+        | "event_queue_durable"
+        | "event_queue_exclusive" => Ignored(EVENT_RECEIVERS),
         _ if prefix("event_") => NotImplemented(EVENTS),
         _ if prefix("control_") => NotImplemented(REMOTE_CONTROL),
         _ if prefix("security_") => NotImplemented(SECURITY),
@@ -114,7 +123,9 @@ pub fn support(name: &str) -> Option<Support> {
             Ignored(CLIENT_ONLY)
         }
         "task_protocol" => Ignored("the worker reads messages of both protocol versions, 1 and 2"),
-        "task_send_sent_event" => Ignored("clients send task-sent events; the worker sends none"),
+        "task_send_sent_event" => {
+            Ignored("clients send task-sent events (`celeriac call --send-sent-event` does); the worker sends none")
+        }
         "broker_pool_limit" | "broker_pool_acquire_timeout" => {
             Ignored("it sizes the connection pool of Python producers; the worker keeps its own connections")
         }
@@ -151,8 +162,9 @@ pub fn support(name: &str) -> Option<Support> {
         "result_exchange" | "result_exchange_type" => {
             Ignored("they name the exchange of Celery's removed amqp result backend; rpc:// replies as Celery's does")
         }
-        "worker_send_task_events" => NotImplemented(EVENTS),
-        "worker_enable_remote_control" => NotImplemented(REMOTE_CONTROL),
+        "worker_enable_remote_control" => {
+            NotImplemented("remote control is always on over Redis and RabbitMQ (it cannot be switched off yet)")
+        }
         "result_extended" => NotImplemented("results are stored without the task's name, arguments, worker and queue"),
         // A worker setting with nothing more to say than that.
         _ => NotImplemented(""),
