@@ -275,6 +275,18 @@ def test_purge_counts_on_the_sqlite_broker(tmp_path):
     assert out.stdout.strip() == "No messages purged from 1 queue."
 
 
+def test_purge_counts_on_rabbitmq_with_queue_purge(rabbitmq_server):
+    vhost = rabbitmq_server.vhost()
+    url = rabbitmq_server.url(vhost)
+    for i in range(3):
+        out = run_celeriac("-b", url, "call", "tasks.add", str(i), "1")
+        assert out.returncode == 0, out.stderr
+    # A queue that does not exist holds nothing, as `celery purge` counts it.
+    out = run_celeriac("-b", url, "purge", "-f", "-Q", "celery,missing")
+    assert out.stdout.strip() == "Purged 3 messages from 2 known task queues.", out.stderr
+    assert rabbitmq_server.queue_counts(vhost)["celery"] == (0, 0)
+
+
 def test_worker_purge_erases_waiting_messages_before_consuming(worker, redis_server, celeriac_cli, client):
     ids = [last_line(celeriac_cli("call", "tasks.add", "1", str(i)).stdout) for i in range(2)]
     w = worker(extra_args=["--purge"])

@@ -179,10 +179,11 @@ pub fn call(g: &GlobalArgs, a: CallArgs) -> anyhow::Result<ExitCode> {
         // Subscribe before publishing, as a Python client does, so a fast worker cannot be missed.
         let waiter =
             if a.wait { Some(result_backend(&settings, Some(&broker)).await?.waiter(&task.id).await?) } else { None };
-        if amqp || task.options.exchange.is_empty() {
+        if amqp || !explicit {
+            // AMQP routes on the server; elsewhere a route's queue is the destination.
             broker.publish(&task.options.queue, &encoded).await?;
         } else {
-            // kombu's virtual transports: the exchange's bindings name the queues.
+            // --exchange on kombu's virtual transports: the exchange's bindings name the queues.
             let queues = broker.route(&task.options.exchange, &task.options.queue).await?;
             if queues.is_empty() {
                 eprintln!(
@@ -196,9 +197,7 @@ pub fn call(g: &GlobalArgs, a: CallArgs) -> anyhow::Result<ExitCode> {
         }
         let outcome = match waiter {
             None => {
-                if !g.quiet {
-                    println!("{}", task.id);
-                }
+                println!("{}", task.id);
                 Ok(ExitCode::SUCCESS)
             }
             Some(sub) => {

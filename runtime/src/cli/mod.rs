@@ -78,7 +78,7 @@ pub struct GlobalArgs {
     /// Change to this directory before anything else (relative paths are read from there).
     #[arg(long, value_name = "PATH", global = true, help_heading = "Global Options")]
     pub workdir: Option<PathBuf>,
-    /// Print less: no worker banner; `call` prints nothing on success without --wait.
+    /// Quiet: the worker prints no banner (as Celery's -q).
     #[arg(short = 'q', long, global = true, help_heading = "Global Options")]
     pub quiet: bool,
     /// No colours (accepted for Celery's sake: celeriac never colours its output).

@@ -83,9 +83,7 @@ pub fn purge(g: &GlobalArgs, a: PurgeArgs) -> anyhow::Result<ExitCode> {
         broker.close().await;
         anyhow::Ok(total)
     })?;
-    if !g.quiet {
-        println!("{}", purged_line(purged, names.len() as u64));
-    }
+    println!("{}", purged_line(purged, names.len() as u64));
     Ok(ExitCode::SUCCESS)
 }
 
