@@ -149,6 +149,7 @@ MOOT = [
     (["--uid", str(os.getuid()), "--gid", str(os.getgid())], None),
     (["--umask", "022"], None),
     (["-C"], None),
+    (["--loader", "celery.loaders.app:AppLoader", "--skip-checks"], None),
     (["-q"], None),
 ]
 

@@ -84,6 +84,12 @@ pub struct GlobalArgs {
     /// No colours (accepted for Celery's sake: celeriac never colours its output).
     #[arg(short = 'C', long, global = true, help_heading = "Global Options")]
     pub no_color: bool,
+    /// Accepted for Celery's sake: there is no Python loader; settings come from --config.
+    #[arg(long, value_name = "TEXT", global = true, help_heading = "Global Options")]
+    pub loader: Option<String>,
+    /// Accepted for Celery's sake: there are no Django checks to skip.
+    #[arg(long, global = true, help_heading = "Global Options")]
+    pub skip_checks: bool,
     /// The directory the command started in, before --workdir.
     #[arg(skip)]
     pub start_dir: Option<PathBuf>,
