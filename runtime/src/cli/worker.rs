@@ -25,7 +25,7 @@ pub struct WorkerArgs {
     #[command(flatten)]
     sandbox: SandboxArgs,
     // --- Worker Options ---
-    /// Node name; %h is replaced by the host name (default: celeriac@%h).
+    /// Node name; %h: host name, %n: its first label, %d: its domain (default: celeriac@%h).
     #[arg(short = 'n', long, help_heading = "Worker Options")]
     hostname: Option<String>,
     /// Start the worker in the background (a new session; use with --pidfile and -f/--logfile).
@@ -229,7 +229,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
     // Everything that can be refused is checked before detaching: nothing can be reported after.
     let mut settings = g.settings()?;
     let umask = a.umask.as_deref().map(daemon::parse_umask).transpose()?;
-    let hostname = a.hostname.as_deref().unwrap_or("celeriac@%h").replace("%h", &host_name());
+    let hostname = host_format(a.hostname.as_deref().unwrap_or("celeriac@%h"), &host_name());
     let logfile = a.logfile.as_deref().map(|f| PathBuf::from(daemon::node_format(f, &hostname)));
     let pidfile = a.pidfile.as_deref().map(|f| PathBuf::from(daemon::node_format(f, &hostname)));
     if a.detach {
@@ -312,6 +312,29 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// Celery's `host_format` for `-n`: `%h` the host name, `%n` its first
+/// label, `%d` its domain, `%%` a percent sign.
+fn host_format(template: &str, host: &str) -> String {
+    let (name, domain) = host.split_once('.').unwrap_or((host, ""));
+    let mut out = String::with_capacity(template.len() + host.len());
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('%', Some(k @ ('h' | 'n' | 'd' | '%'))) => {
+                chars.next();
+                out.push_str(match k {
+                    'h' => host,
+                    'n' => name,
+                    'd' => domain,
+                    _ => "%",
+                });
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
 /// `-c auto`: the CPUs this process may use (the standard library reads the
 /// cgroup CPU quota and the affinity mask on Linux).
 fn available_cpus() -> u32 {
@@ -328,6 +351,14 @@ mod tests {
         assert_eq!(parse_concurrency("AUTO"), Ok(Concurrency::Auto));
         assert!(parse_concurrency("-1").is_err());
         assert!(parse_concurrency("four").is_err());
+    }
+
+    #[test]
+    fn node_names_expand_host_name_and_domain_as_celery() {
+        assert_eq!(host_format("w1@%h", "box.example.com"), "w1@box.example.com");
+        assert_eq!(host_format("%n-%d@%h", "box.example.com"), "box-example.com@box.example.com");
+        assert_eq!(host_format("w@%n", "box"), "w@box");
+        assert_eq!(host_format("100%%", "box"), "100%");
     }
 
     #[test]
