@@ -1,6 +1,8 @@
 # Task components: `make tasks` builds every example component into
 # target/tasks/, where the worker loads them (see example-tasks/README.md).
-# The host (the worker itself) is built with plain `cargo build`.
+# The worker itself: `make build` (release, target/release/celeriac) and
+# `make install` (the same build, copied to ~/.cargo/bin/celeriac). `make demo`
+# uses that same release build, so the README's flow compiles wasmtime once.
 
 CARGO ?= cargo
 
@@ -17,12 +19,23 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks test-tasks clean-tasks guest-target demo FORCE
+.PHONY: tasks test-tasks clean-tasks guest-target demo build install FORCE
 
 # The main job on a fresh machine: build everything, start a worker on the
-# embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh).
+# embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh,
+# which runs `make tasks build` itself).
 demo:
 	bash scripts/demo.sh
+
+# The one host build: release, as the README uses it everywhere.
+build:
+	$(CARGO) build --release --locked -p celeriac
+
+# Puts `celeriac` on the PATH (~/.cargo/bin): `cargo install --path` builds in
+# this workspace's target/ with the release profile, so after `make build` or
+# `make demo` it compiles nothing again. Also builds the example tasks.
+install: tasks
+	$(CARGO) install --path runtime --locked
 
 tasks: $(COMPONENTS)
 

@@ -7,18 +7,26 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 
-make tasks
-cargo build -p celeriac
-bin="$root/target/debug/celeriac"
+# The release build the README uses everywhere (`make install` reuses it).
+make tasks build
+bin="$root/target/release/celeriac"
 
-# Worker and client share ./celeriac.sqlite in a scratch directory.
+# Worker and client share ./celeriac.sqlite in a scratch directory, removed at exit.
 work=$(mktemp -d)
+worker=
+cleanup() {
+    if [ -n "$worker" ]; then
+        kill "$worker" 2>/dev/null || true
+        wait "$worker" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 cd "$work"
-"$bin" worker -A "$root/target/tasks" --loglevel INFO >"$work/worker.log" 2>&1 &
+"$bin" -A "$root/target/tasks" worker --loglevel INFO >"$work/worker.log" 2>&1 &
 worker=$!
-trap 'kill "$worker" 2>/dev/null; wait "$worker" 2>/dev/null || true' EXIT
 
-echo "celeriac call tasks.add 4 4 --wait   (worker log: $work/worker.log)"
+echo "celeriac call tasks.add 4 4 --wait"
 if ! "$bin" call tasks.add 4 4 --wait --timeout 60; then
     echo "the call failed; worker log:" >&2
     tail -n 30 "$work/worker.log" >&2

@@ -117,3 +117,29 @@ pub fn init(loglevel: &str) -> Result<(), String> {
         .try_init()
         .map_err(|e| e.to_string())
 }
+
+/// Like [`init`], but the lines go to `path` (appended; created if missing),
+/// as Celery's `-f/--logfile` does.
+pub fn init_file(loglevel: &str, path: &std::path::Path) -> Result<(), String> {
+    let level = level_filter(loglevel)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},cranelift=warn,wasmtime=warn")));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(TaskTagLayer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::sync::Mutex::new(file))
+                .with_ansi(false)
+                .event_format(CeleryFormat),
+        )
+        .try_init()
+        .map_err(|e| e.to_string())
+}

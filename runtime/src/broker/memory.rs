@@ -219,6 +219,11 @@ impl Transport for MemoryTransport {
         Box::pin(async { Ok(()) })
     }
 
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        let n = self.state().queues.get_mut(queue).map(|q| std::mem::take(q).len() as u64).unwrap_or(0);
+        Box::pin(async move { Ok(n) })
+    }
+
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
         let channel = self.clone();
         Box::pin(async move { Ok(Broker::new(channel)) })
@@ -259,6 +264,22 @@ mod tests {
         c.flush().await;
         assert_eq!((t.unacked(), t.held().len()), (0, 0));
         assert_eq!(t.acked().len(), 1, "a second ack of the same delivery is not sent");
+    }
+
+    #[tokio::test]
+    async fn a_purge_counts_and_removes_only_the_waiting_messages_of_its_queue() {
+        let t = MemoryTransport::new();
+        for x in 0..3 {
+            t.publish("celery", &add(x)).await.unwrap();
+        }
+        t.publish("other", &add(9)).await.unwrap();
+        let mut c = t.consume(&["celery".into()], 1).await.unwrap();
+        let held = c.fetch(1).await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(t.purge("celery").await.unwrap(), 2, "the held message is not waiting");
+        assert_eq!(t.purge("celery").await.unwrap(), 0);
+        assert_eq!(t.purge("nowhere").await.unwrap(), 0);
+        assert_eq!(t.purge("other").await.unwrap(), 1);
     }
 
     #[tokio::test]

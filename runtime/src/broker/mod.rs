@@ -86,6 +86,21 @@ pub trait Transport: Send + Sync + 'static {
     /// Publish an encoded task message to `queue`.
     fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>>;
 
+    /// Remove every message waiting in `queue` and say how many there were
+    /// (kombu's `queue_purge`, what `celery purge` calls). Messages a worker
+    /// holds unacknowledged are not waiting and stay. A queue that does not
+    /// exist holds none.
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>>;
+
+    /// The queues a message published to `exchange` with `routing_key`
+    /// reaches, as kombu's virtual transports look them up in the exchange's
+    /// bindings (for `celeriac call --exchange`). Default: the queue the
+    /// routing key names. AMQP routes on the server and never asks.
+    fn route<'a>(&'a self, exchange: &'a str, routing_key: &'a str) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        let _ = exchange;
+        Box::pin(async move { Ok(vec![routing_key.to_string()]) })
+    }
+
     /// Another connection to the same broker, bound to the current runtime
     /// and sharing this one's bookkeeping (AMQP: a channel).
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>>;

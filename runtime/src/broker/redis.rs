@@ -383,7 +383,7 @@ impl RedisBroker {
 
     /// The queues an (exchange, routing key) pair delivers to: the routing key
     /// itself for the default exchange, else the exchange's bindings.
-    async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
+    pub async fn lookup(&self, exchange: &str, routing_key: &str) -> Result<Vec<String>, BrokerError> {
         if exchange.is_empty() {
             return Ok(vec![routing_key.to_string()]);
         }
@@ -441,6 +441,23 @@ impl RedisBroker {
         result
     }
 
+    /// kombu's `_purge`: the length of each priority list of `queue`, then
+    /// the lists deleted, in one transaction.
+    pub async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut steps = self.opts.priority_steps.clone();
+        steps.sort_unstable();
+        steps.dedup();
+        let lists: Vec<String> = steps.iter().map(|s| self.list_for(queue, *s)).collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for l in &lists {
+            pipe.llen(l).del(l).ignore();
+        }
+        let mut c = self.conn.clone();
+        let sizes: Vec<u64> = pipe.query_async(&mut c).await?;
+        Ok(sizes.iter().sum())
+    }
+
     /// Publish an envelope to `queue` (default exchange) at `priority`.
     pub async fn publish(&self, queue: &str, priority: u8, envelope: &[u8]) -> Result<(), BrokerError> {
         let mut c = self.conn.clone();
@@ -491,6 +508,14 @@ impl Transport for RedisTransport {
 
     fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move { self.broker.publish(queue, task.priority.unwrap_or(0), &task.to_redis_bytes()).await })
+    }
+
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(self.broker.purge(queue))
+    }
+
+    fn route<'a>(&'a self, exchange: &'a str, routing_key: &'a str) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        Box::pin(self.broker.lookup(exchange, routing_key))
     }
 
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {

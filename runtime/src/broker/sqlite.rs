@@ -345,6 +345,25 @@ impl SqliteBroker {
             .map_err(BrokerError::from)
     }
 
+    /// Delete the waiting (visible) messages of `queue`; claimed ones belong
+    /// to a worker and stay. Returns how many were deleted.
+    pub async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let queue = queue.to_string();
+        self.db
+            .run(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let n = tx.execute(
+                    "DELETE FROM kombu_message WHERE visible != 0 \
+                     AND queue_id IN (SELECT id FROM kombu_queue WHERE name = ?)",
+                    params![queue],
+                )?;
+                tx.commit()?;
+                Ok(n as u64)
+            })
+            .await
+            .map_err(BrokerError::from)
+    }
+
     /// Publish a task to `queue` exactly as kombu's producer does.
     pub async fn publish(&self, queue: &str, task: &EncodedTask) -> Result<(), BrokerError> {
         let payload = String::from_utf8(task.to_redis_bytes()).map_err(|e| BrokerError::Protocol(e.to_string()))?;
@@ -403,6 +422,10 @@ impl Transport for SqliteTransport {
 
     fn publish<'a>(&'a self, queue: &'a str, task: &'a EncodedTask) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(self.broker.publish(queue, task))
+    }
+
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(self.broker.purge(queue))
     }
 
     /// The pool is not tied to a runtime: channels share it (and the claims' owner).

@@ -87,6 +87,34 @@ pub struct WorkerOptions {
     pub queues: Vec<String>,
     /// Node name, e.g. `celeriac@host`.
     pub hostname: String,
+    /// Print the start-up banner (`-q` turns it off, as in Celery).
+    pub banner: bool,
+    /// Purge the consumed queues before consuming (`--purge`).
+    pub purge: bool,
+    /// Celery's worker features that travel as events (`--without-gossip`, ...).
+    pub features: Features,
+}
+
+/// The worker features Celery's command line turns off or tunes
+/// (`--without-gossip`, `--without-mingle`, `--without-heartbeat`,
+/// `--heartbeat-interval`). They all travel as events over a fanout exchange;
+/// the worker records them here for the events machinery to honour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Subscribe to other workers' events (gossip).
+    pub gossip: bool,
+    /// Ask other workers for their state at start-up (mingle).
+    pub mingle: bool,
+    /// Send `worker-heartbeat` events.
+    pub heartbeat: bool,
+    /// Seconds between heartbeats (`None`: Celery's default, 2 s).
+    pub heartbeat_interval: Option<u32>,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features { gossip: true, mingle: true, heartbeat: true, heartbeat_interval: None }
+    }
 }
 
 /// Shutdown phases, in order.
@@ -254,11 +282,16 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
 
     let concurrency = settings.concurrency();
     let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
-    print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
+    if opts.banner {
+        print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
+    }
     for w in settings.unconsumed_routes(&queues) {
         tracing::warn!("{w}");
     }
     broker.declare(&queues).await?;
+    if opts.purge {
+        purge(&broker, &queues).await?;
+    }
     let unsupported = broker.capabilities().unsupported_features();
     if !unsupported.is_empty() {
         tracing::warn!("Not available on the {} transport: {}", broker.name(), unsupported.join(", "));
@@ -348,6 +381,19 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     // The event loops have closed their own connections; this one's declarations are long done.
     broker.close().await;
     joined.into_iter().collect()
+}
+
+/// `--purge`: erase the consumed queues before consuming, with Celery's line.
+async fn purge(broker: &Broker, queues: &[String]) -> anyhow::Result<()> {
+    let mut count = 0;
+    for q in queues {
+        count += broker.purge(q).await?;
+    }
+    if count > 0 {
+        let what = if count == 1 { "message" } else { "messages" };
+        println!("purge: Erased {count} {what} from the queue.\n");
+    }
+    Ok(())
 }
 
 /// How many event loops to run: one per core, but never more than the

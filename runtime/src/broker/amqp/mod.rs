@@ -60,7 +60,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -470,6 +470,24 @@ impl AmqpBroker {
         }
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
+    }
+
+    /// `queue.purge` on a channel of its own: how many messages were waiting.
+    /// A queue that does not exist (the broker closes the channel with 404)
+    /// holds none, as `celery purge` counts it.
+    pub async fn purge(&self, queue: &str) -> Result<u64, AmqpError> {
+        let name = short_string("queue", queue)?;
+        let conn = self.live(Role::Publisher).await?.conn;
+        let channel = conn.create_channel().await?;
+        match channel.queue_purge(name, QueuePurgeOptions::default()).await {
+            Ok(n) => {
+                let _ = channel.close(200, "purged".into()).await;
+                Ok(u64::from(n))
+            }
+            // A channel error (no such queue); the connection itself is fine.
+            Err(_) if conn.status().connected() => Ok(0),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Publish a message and wait for the broker's confirm.

@@ -76,6 +76,10 @@ impl Transport for AmqpTransport {
         })
     }
 
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, BrokerError>> {
+        Box::pin(async move { Ok(self.broker.purge(queue).await?) })
+    }
+
     fn open_channel(&self) -> BoxFuture<'_, Result<Broker, BrokerError>> {
         // The same two connections (lapin drives each from its own I/O thread);
         // each loop's consumer gets its own channel on the consumer connection.
