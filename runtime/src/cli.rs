@@ -301,6 +301,7 @@ async fn load_sandbox(args: &SandboxArgs, max_concurrent: u32) -> anyhow::Result
         ..SandboxConfig::default()
     };
     args.apply(&mut cfg);
+    crate::sandbox::loader::check_app_dir(&args.app, &std::env::current_dir()?)?;
     let sandbox = Sandbox::new(cfg)?;
     sandbox.load(&args.app).await;
     Ok(sandbox)

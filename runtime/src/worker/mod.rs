@@ -195,6 +195,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     })?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
 
+    let cwd = std::env::current_dir()?;
+    crate::sandbox::loader::check_app_dir(&opts.app, &cwd)?;
     let sandbox_config =
         SandboxConfig { compiler: crate::sandbox::Compiler::this_executable(), ..settings.sandbox_config() };
     let sandbox = Arc::new(Sandbox::new(sandbox_config)?);
