@@ -317,11 +317,7 @@ fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
             for e in sandbox.load_errors() {
                 eprintln!("warning: {e}");
             }
-            let known: Vec<String> = sandbox.tasks().iter().map(|t| t.name.clone()).collect();
-            bail!(
-                "task {task} is not registered (known tasks: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
-            );
+            bail!("task {task} is not registered.\n{}", sandbox.not_registered_hint(&task));
         }
         let id = uuid::Uuid::new_v4().to_string();
         let inv = Invocation {

@@ -655,6 +655,80 @@ impl Sandbox {
         }
     }
 
+    /// What to tell a user about a task name nothing serves (the worker's
+    /// "Received unregistered task" line, `celeriac run`): the file that
+    /// would serve it, what that file serves or why it failed to load, the
+    /// prefixed name for a bare one (`add` → `tasks.add`), and the served
+    /// tasks when there are few. Several lines, no trailing newline.
+    pub fn not_registered_hint(&self, name: &str) -> String {
+        /// Up to this many served tasks are listed.
+        const LISTED: usize = 10;
+        let r = self.read();
+        let shown = |n: &str| format!("'{}'", bounds::escape_controls(bounds::truncate_end(n, 200)));
+        let mut lines = Vec::new();
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let alike: Vec<&str> =
+            r.tasks.keys().filter(|t| t.rsplit('.').next() == Some(last) && *t != name).map(String::as_str).collect();
+        match loader::component_for(name) {
+            None => lines.push(format!(
+                "A Celeriac task name is <component>.<task>: {} has no component prefix (tasks.wasm serves tasks.*).",
+                shown(name)
+            )),
+            Some((file, prefix)) => {
+                let siblings: Vec<&str> = r
+                    .tasks
+                    .keys()
+                    .filter(|t| t.rsplit_once('.').is_some_and(|(p, _)| p == prefix))
+                    .map(String::as_str)
+                    .collect();
+                let failed = r.errors.iter().find(|e| {
+                    e.path.ends_with(&file)
+                        || e.path.file_name() == Some(std::ffi::OsStr::new(&format!("{prefix}.wasm")))
+                });
+                if !siblings.is_empty() {
+                    let listed: Vec<&str> = siblings.iter().copied().take(LISTED).collect();
+                    lines.push(format!(
+                        "{} is loaded but has no task {}; it serves {}{}.",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200)),
+                        shown(last),
+                        listed.join(", "),
+                        if siblings.len() > LISTED { ", ..." } else { "" }
+                    ));
+                } else if let Some(e) = failed {
+                    lines.push(format!(
+                        "It would be served by {}, which failed to load: {e}",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200))
+                    ));
+                } else {
+                    let dotted = format!("{prefix}.wasm");
+                    lines.push(format!(
+                        "It would be served by {} in the worker's tasks directory (-A), which has no such file{}.",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200)),
+                        if dotted != file {
+                            format!(" (nor {})", bounds::escape_controls(bounds::truncate_end(&dotted, 200)))
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
+        if let [one] = alike.as_slice() {
+            lines.push(format!("Did you mean '{one}'?"));
+        } else if !alike.is_empty() && alike.len() <= LISTED {
+            lines.push(format!("Did you mean one of {}?", alike.join(", ")));
+        }
+        let served: Vec<&str> = r.tasks.keys().map(String::as_str).collect();
+        if served.is_empty() {
+            lines.push("This worker serves no task at all.".into());
+        } else if served.len() <= LISTED {
+            lines.push(format!("Served here: {}.", served.join(", ")));
+        } else {
+            lines.push(format!("{} tasks are served here (`celeriac tasks -A <dir>` lists them).", served.len()));
+        }
+        lines.join("\n")
+    }
+
     /// Every loaded task, by name.
     pub fn tasks(&self) -> Vec<Arc<TaskEntry>> {
         self.read().tasks.values().cloned().collect()

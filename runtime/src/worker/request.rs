@@ -63,10 +63,10 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
     }
     if s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
-            "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n\
-             Did you remember to put the component serving it in the worker's tasks directory?\n\
+            "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n{}\n\
              The delivery info for this task is: {{'exchange': '{}', 'routing_key': '{}'}}",
             msg.task,
+            s.sandbox.not_registered_hint(&msg.task),
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
