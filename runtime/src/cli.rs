@@ -298,6 +298,7 @@ async fn load_sandbox(args: &SandboxArgs, max_concurrent: u32) -> anyhow::Result
     let mut cfg = SandboxConfig {
         max_concurrent,
         compiler: crate::sandbox::Compiler::this_executable(),
+        compile_progress: crate::sandbox::CompileProgress::Stderr,
         ..SandboxConfig::default()
     };
     args.apply(&mut cfg);
