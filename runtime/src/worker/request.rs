@@ -319,8 +319,14 @@ async fn run(
     });
 
     let invocation = Invocation {
-        args: serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
-        kwargs: serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
+        args: match &msg.wide_args {
+            Some((args, _)) => args.clone(),
+            None => serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
+        },
+        kwargs: match &msg.wide_args {
+            Some((_, kwargs)) => kwargs.clone(),
+            None => serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
+        },
         request: request_context(s, &msg),
         message_time_limit: msg.timelimit.hard,
         state_sink: Some(sink),
