@@ -219,7 +219,7 @@ def test_a_type_error_names_python_types_not_rust_ones(worker, client):
     assert not re.search(r"i64|Vec<|Number", str(info.value)), str(info.value)
 
 
-@pytest.mark.standin_xfail(reason="Python ints do not overflow: stock Celery returns 9223372036854775808")
+@pytest.mark.standin_xfail("Python ints do not overflow: stock Celery returns 9223372036854775808")
 @pytest.mark.timeout(120)
 def test_an_int_sum_past_64_bits_is_an_overflow_error_not_a_wrapped_negative(worker, client):
     worker()
@@ -232,7 +232,7 @@ def test_an_int_sum_past_64_bits_is_an_overflow_error_not_a_wrapped_negative(wor
     assert client.add.delay(2**62, 2**61).get(timeout=30) == 2**62 + 2**61
 
 
-@pytest.mark.standin_xfail(reason="Python ints are unbounded: stock Celery adds them")
+@pytest.mark.standin_xfail("Python ints are unbounded: stock Celery adds them")
 @pytest.mark.timeout(120)
 def test_an_int_argument_wider_than_64_bits_is_an_overflow_error(worker, client):
     worker()

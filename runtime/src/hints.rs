@@ -54,8 +54,7 @@ mod tests {
 
     #[test]
     fn a_timeout_with_a_broker_names_it_without_its_password() {
-        let mut settings = Settings::default();
-        settings.broker_url = Some("redis://:secret@h:6379/0".into());
+        let settings = Settings { broker_url: Some("redis://:secret@h:6379/0".into()), ..Settings::default() };
         let msg = call_timed_out(&settings, "abc", Duration::from_secs(1));
         assert!(msg.contains("It was sent to redis://:**@h:6379/0: is a worker consuming"), "{msg}");
         assert!(!msg.contains("secret"), "{msg}");
