@@ -164,6 +164,10 @@ pub struct SandboxSettings {
     pub max_stack: Option<ByteSize>,
     /// Compiled-component cache directory; `""` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The compiled-component cache is pruned to this size at start-up, oldest first (default 1 GiB; 0: no bound).
+    pub cache_max_size: Option<ByteSize>,
+    /// Compiled components unused for this many seconds are pruned at start-up (default 30 days; 0: never).
+    pub cache_max_age: Option<f64>,
     /// Meter fuel (default true).
     pub fuel_metering: Option<bool>,
     /// Largest success result (JSON text) a task may return (default 8 MiB).
@@ -488,6 +492,8 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                 "time_limit",
                 "max_stack",
                 "cache_dir",
+                "cache_max_size",
+                "cache_max_age",
                 "fuel_metering",
                 "max_result_size",
                 "max_result_memory",
@@ -799,6 +805,12 @@ impl Settings {
         });
         if let Some(d) = &s.cache_dir {
             cfg.cache_dir = if d.as_os_str().is_empty() { None } else { Some(d.clone()) };
+        }
+        if let Some(size) = s.cache_max_size {
+            cfg.cache_max_size = size.as_u64();
+        }
+        if let Some(age) = s.cache_max_age.filter(|a| a.is_finite()) {
+            cfg.cache_max_age = Duration::from_secs_f64(age.clamp(0.0, 1e12));
         }
         if let Some(f) = s.fuel_metering {
             cfg.fuel_metering = f;

@@ -16,6 +16,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod hints;
 pub mod logging;
 pub mod protocol;
 pub mod remote;

@@ -100,7 +100,7 @@ async fn wrong_arguments_are_type_errors() {
     let (sb, _c) = sandbox().await;
     let f = failure(&call(&sb, "tasks.add", json!([4, "a"])).await).clone();
     assert_eq!(f.exc_type, "TypeError");
-    assert!(f.message.contains("'y'") && f.message.contains("i64"), "{}", f.message);
+    assert_eq!(f.message, "add() argument 'y' must be int, not str");
     let f = failure(&call(&sb, "tasks.add", json!([1, 2, 3])).await).clone();
     assert_eq!(f.message, "add() takes 2 positional arguments but 3 were given");
     let f = failure(&call(&sb, "tasks.add", json!([1])).await).clone();

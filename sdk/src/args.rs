@@ -76,23 +76,115 @@ impl<'a> Bound<'a> {
 
     /// Deserialises the value bound to parameter `index`; a left-out optional
     /// parameter deserialises from `null`. A value of the wrong shape gives
-    /// `TypeError: task() argument 'name' must be <type>, not <value>`.
+    /// CPython's `TypeError: task() argument 'name' must be int, not str`
+    /// (Python type names, and serde's detail for containers, in Python's
+    /// terms); an integer out of the parameter's range gives `OverflowError`,
+    /// as CPython does converting a Python int to a C integer.
     pub fn get<T: Deserialize<'a>>(&self, index: usize) -> Result<T, TaskError> {
         let value: &'a Value = self.values[index].unwrap_or(&NULL);
         T::deserialize(value).map_err(|e| {
             let param = &self.params[index];
-            let mut msg =
-                format!("{}() argument '{}' must be {}, not {}", self.task, param.name, param.ty, describe(value));
             let detail = e.to_string();
+            if let Some(overflow) = integer_overflow(&detail) {
+                return TaskError::new(
+                    "OverflowError",
+                    format!("{}() argument '{}': {overflow}", self.task, param.name),
+                );
+            }
+            let mut msg =
+                format!("{}() argument '{}' must be {}, not {}", self.task, param.name, param.ty, python_type(value));
             let redundant = matches!(value, Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_))
                 && (detail.starts_with("invalid type") || detail.starts_with("invalid value"));
             if !redundant {
                 msg.push_str(": ");
-                msg.push_str(&detail);
+                msg.push_str(&pythonize_detail(&detail));
             }
             TaskError::type_error(msg)
         })
     }
+}
+
+/// CPython's message for a Python int that does not fit the C integer it is
+/// converted to, if serde's `detail` says that is what happened (`invalid
+/// value: integer `-1`, expected u64`).
+fn integer_overflow(detail: &str) -> Option<&'static str> {
+    let rest = detail.strip_prefix("invalid value: integer `")?;
+    let (number, expected) = rest.split_once("`, expected ")?;
+    let unsigned = expected.starts_with('u') || expected.starts_with("NonZeroU");
+    Some(if number.starts_with('-') && unsigned {
+        "can't convert negative int to unsigned"
+    } else if number.starts_with('-') {
+        "Python int too small to convert to C long"
+    } else {
+        "Python int too large to convert to C long"
+    })
+}
+
+/// Python's name for the type of a JSON value: `int`, `float`, `str`,
+/// `bool`, `list`, `dict`, `NoneType`.
+pub fn python_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}
+
+/// serde's "invalid type: string \"a\", expected f64" in Python's terms:
+/// "invalid type: str 'a', expected float". Other details are kept, with
+/// serde's backquotes turned into Python's quotes.
+fn pythonize_detail(detail: &str) -> String {
+    let Some(rest) = detail.strip_prefix("invalid type: ") else { return detail.replace('`', "'") };
+    let Some((unexpected, expected)) = rest.rsplit_once(", expected ") else { return detail.replace('`', "'") };
+    let unexpected = if let Some(s) = unexpected.strip_prefix("string ") {
+        format!("str {}", python_str_repr(s))
+    } else if let Some(n) = unexpected.strip_prefix("integer ") {
+        format!("int {}", n.trim_matches('`'))
+    } else if let Some(n) = unexpected.strip_prefix("floating point ") {
+        format!("float {}", n.trim_matches('`'))
+    } else if let Some(b) = unexpected.strip_prefix("boolean ") {
+        format!("bool {}", if b.contains("true") { "True" } else { "False" })
+    } else {
+        match unexpected {
+            "null" | "unit value" => "None".to_string(),
+            "sequence" => "list".to_string(),
+            "map" => "dict".to_string(),
+            other => other.replace('`', "'"),
+        }
+    };
+    format!("invalid type: {unexpected}, expected {}", python_expected(expected))
+}
+
+/// serde's description of an expected type, as a Python type name.
+fn python_expected(expected: &str) -> String {
+    const INTS: &[&str] =
+        &["i8", "i16", "i32", "i64", "i128", "isize", "u8", "u16", "u32", "u64", "u128", "usize", "an integer"];
+    if INTS.contains(&expected) {
+        return "int".into();
+    }
+    match expected {
+        "f32" | "f64" | "a float" => "float".into(),
+        "a string" | "a borrowed string" | "a character" | "path string" => "str".into(),
+        "a boolean" => "bool".into(),
+        "a sequence" => "list".into(),
+        "a map" => "dict".into(),
+        "unit" => "None".into(),
+        "any valid JSON value" | "a JSON number" => "int or float".into(),
+        other => match other.strip_prefix("struct ") {
+            Some(name) => format!("{name} (a dict)"),
+            None => other.replace('`', "'"),
+        },
+    }
+}
+
+/// A string as Python's `repr` shows it, from serde's JSON-quoted form.
+fn python_str_repr(quoted: &str) -> String {
+    let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')).unwrap_or(quoted);
+    format!("'{}'", inner.replace('\'', "\\'"))
 }
 
 /// CPython: `f() takes 2 positional arguments but 3 were given`, or
@@ -125,15 +217,10 @@ fn quoted_list(names: &[&str]) -> String {
 /// `None`.
 pub fn describe(value: &Value) -> String {
     const MAX: usize = 40;
-    let kind = match value {
-        Value::Null => return "None".to_string(),
-        Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
-        Value::Number(_) => "int",
-        Value::String(_) => "str",
-        Value::Array(_) => "list",
-        Value::Object(_) => "dict",
-    };
+    if value.is_null() {
+        return "None".to_string();
+    }
+    let kind = python_type(value);
     let mut text = value.to_string();
     if text.chars().count() > MAX {
         text = text.chars().take(MAX).collect::<String>() + "...";
@@ -169,7 +256,54 @@ fn parse_json(text: &str) -> Result<Value, TaskError> {
     if text.trim().is_empty() {
         return Ok(Value::Null);
     }
+    if let Some(big) = oversized_integer(text) {
+        // serde_json would read it as a float and lose digits; the SDK's integers are 64-bit.
+        return Err(TaskError::new(
+            "OverflowError",
+            format!("Python int too large to convert to C long: {} (tasks take 64-bit integers)", shorten(big)),
+        ));
+    }
     serde_json::from_str(text).map_err(|e| TaskError::value_error(format!("invalid JSON arguments: {e}")))
+}
+
+/// The first integer literal in the JSON `text` (outside strings) that fits
+/// neither `i64` nor `u64`, if any. Python ints are unbounded; JSON carries
+/// them as written, and serde_json would silently turn such a one into an
+/// approximate float.
+fn oversized_integer(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                    i += 1;
+                }
+                let token = &text[start..i];
+                let integral = !token.contains(['.', 'e', 'E']);
+                if integral && token.parse::<i64>().is_err() && token.parse::<u64>().is_err() {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// At most 40 characters of `text`, with `...` when cut.
+fn shorten(text: &str) -> String {
+    if text.len() > 40 { format!("{}...", &text[..40]) } else { text.to_string() }
 }
 
 /// Serialises a task's return value to JSON text. A value that JSON cannot
@@ -187,15 +321,16 @@ mod tests {
     use serde_json::json;
 
     const ADD: &[Param] =
-        &[Param { name: "x", ty: "i64", optional: false }, Param { name: "y", ty: "i64", optional: false }];
+        &[Param { name: "x", ty: "int", optional: false }, Param { name: "y", ty: "int", optional: false }];
     const OPT: &[Param] =
-        &[Param { name: "a", ty: "String", optional: false }, Param { name: "b", ty: "i64 or None", optional: true }];
+        &[Param { name: "a", ty: "str", optional: false }, Param { name: "b", ty: "int or None", optional: true }];
     const NONE: &[Param] = &[];
-    const XS: &[Param] = &[Param { name: "numbers", ty: "Vec<f64>", optional: false }];
+    const XS: &[Param] = &[Param { name: "numbers", ty: "list[float]", optional: false }];
+    const UNSIGNED: &[Param] = &[Param { name: "n", ty: "int", optional: false }];
     const THREE: &[Param] = &[
-        Param { name: "x", ty: "i64", optional: false },
-        Param { name: "y", ty: "i64", optional: false },
-        Param { name: "z", ty: "i64", optional: false },
+        Param { name: "x", ty: "int", optional: false },
+        Param { name: "y", ty: "int", optional: false },
+        Param { name: "z", ty: "int", optional: false },
     ];
 
     fn call<'a>(params: &'static [Param], args: &'a Value, kwargs: &'a Value) -> Result<Bound<'a>, TaskError> {
@@ -282,22 +417,59 @@ mod tests {
     }
 
     #[test]
-    fn wrong_types() {
-        assert_eq!(get_err::<i64>(ADD, json!([1, "a"]), 1), "add() argument 'y' must be i64, not str \"a\"");
-        assert_eq!(get_err::<i64>(ADD, json!([1.5, 2]), 0), "add() argument 'x' must be i64, not float 1.5");
-        assert_eq!(get_err::<i64>(ADD, json!([null, 2]), 0), "add() argument 'x' must be i64, not None");
-        assert_eq!(get_err::<i64>(ADD, json!([true, 2]), 0), "add() argument 'x' must be i64, not bool true");
+    fn a_wrong_type_is_named_with_python_type_names_as_cpython_does() {
+        assert_eq!(get_err::<i64>(ADD, json!([1, "a"]), 1), "add() argument 'y' must be int, not str");
+        assert_eq!(get_err::<i64>(ADD, json!([1.5, 2]), 0), "add() argument 'x' must be int, not float");
+        assert_eq!(get_err::<i64>(ADD, json!([null, 2]), 0), "add() argument 'x' must be int, not NoneType");
+        assert_eq!(get_err::<i64>(ADD, json!([true, 2]), 0), "add() argument 'x' must be int, not bool");
         assert_eq!(
             get_err::<Option<i64>>(OPT, json!(["s", "x"]), 1),
-            "add() argument 'b' must be i64 or None, not str \"x\""
+            "add() argument 'b' must be int or None, not str"
         );
-        // Containers carry serde's detail.
+        // Containers carry serde's detail, in Python's terms.
         assert_eq!(
             get_err::<Vec<f64>>(XS, json!([[1, "a"]]), 0),
-            "add() argument 'numbers' must be Vec<f64>, not list [1,\"a\"]: invalid type: string \"a\", expected f64"
+            "add() argument 'numbers' must be list[float], not list: invalid type: str 'a', expected float"
         );
-        let long = get_err::<i64>(ADD, json!([1, "a".repeat(100)]), 1);
-        assert!(long.ends_with("...") && long.len() < 100, "{long}");
+        assert_eq!(
+            get_err::<Vec<f64>>(XS, json!([{"a": 1}]), 0),
+            "add() argument 'numbers' must be list[float], not dict: invalid type: dict, expected list"
+        );
+        for rust in ["i64", "f64", "Vec", "String"] {
+            let msg = get_err::<Vec<String>>(XS, json!([[1]]), 0);
+            assert!(!msg.contains(rust), "{msg}");
+        }
+    }
+
+    #[test]
+    fn an_integer_out_of_range_is_an_overflow_error_as_in_cpython() {
+        let kwargs = json!({});
+        let args = json!([9223372036854775808u64, 1]);
+        let e = call(ADD, &args, &kwargs).unwrap().get::<i64>(0).unwrap_err();
+        assert_eq!(
+            (e.exc_type.as_str(), e.message.as_str()),
+            ("OverflowError", "add() argument 'x': Python int too large to convert to C long")
+        );
+        let args = json!([-1]);
+        let e = call(UNSIGNED, &args, &kwargs).unwrap().get::<u64>(0).unwrap_err();
+        assert_eq!(
+            (e.exc_type.as_str(), e.message.as_str()),
+            ("OverflowError", "add() argument 'n': can't convert negative int to unsigned")
+        );
+        let args = json!([300]);
+        assert_eq!(call(UNSIGNED, &args, &kwargs).unwrap().get::<u8>(0).unwrap_err().exc_type, "OverflowError");
+    }
+
+    #[test]
+    fn an_integer_wider_than_64_bits_in_the_arguments_is_an_overflow_error_not_a_rounded_float() {
+        let e = parse_args("add", "[1180591620717411303424, 1]").unwrap_err();
+        assert_eq!(e.exc_type, "OverflowError");
+        assert!(e.message.starts_with("Python int too large to convert to C long: 1180591620717411303424"), "{e}");
+        assert_eq!(parse_kwargs("t", r#"{"x": -99999999999999999999}"#).unwrap_err().exc_type, "OverflowError");
+        // Limits themselves, floats, and digits inside strings are fine.
+        let ok = r#"[9223372036854775807, -9223372036854775808, 18446744073709551615, 1e300, 1.5, "123456789012345678901234"]"#;
+        assert_eq!(parse_args("t", ok).unwrap().len(), 6);
+        assert!(parse_args("t", r#"["a\"99999999999999999999999"]"#).is_ok());
     }
 
     #[test]

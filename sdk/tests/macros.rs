@@ -37,6 +37,11 @@ fn flip(p: Point) -> Point {
 fn nothing() {}
 
 #[task]
+fn lines(points: Vec<Point>) -> usize {
+    points.len()
+}
+
+#[task]
 fn parse(s: String) -> Result<i64, TaskError> {
     Ok(s.trim().parse::<i64>()?)
 }
@@ -61,7 +66,7 @@ mod nested {
     }
 }
 
-celeriac_sdk::export_tasks!(add, div, greet, flip, nothing, parse, stringly, io, nested::sub);
+celeriac_sdk::export_tasks!(add, div, greet, flip, nothing, lines, parse, stringly, io, nested::sub);
 
 fn call(name: &str, args: &str, kwargs: &str) -> Result<String, TaskError> {
     <__CeleriacComponent as celeriac_sdk::__private::Guest>::invoke(name.into(), args.into(), kwargs.into()).map_err(
@@ -84,7 +89,7 @@ fn original_functions_stay_callable() {
 #[test]
 fn task_names() {
     let names = <__CeleriacComponent as celeriac_sdk::__private::Guest>::tasks();
-    assert_eq!(names, ["add", "div", "greeting", "flip", "nothing", "parse", "stringly", "io", "sub"]);
+    assert_eq!(names, ["add", "div", "greeting", "flip", "nothing", "lines", "parse", "stringly", "io", "sub"]);
 }
 
 #[test]
@@ -120,16 +125,32 @@ fn type_errors() {
     assert_eq!(type_error("add", "[1]", "{}"), "add() missing 1 required positional argument: 'y'");
     assert_eq!(type_error("add", "[1, 2]", r#"{"z": 3}"#), "add() got an unexpected keyword argument 'z'");
     assert_eq!(type_error("add", "[1, 2]", r#"{"x": 3}"#), "add() got multiple values for argument 'x'");
-    assert_eq!(type_error("add", r#"[1, "a"]"#, "{}"), r#"add() argument 'y' must be i64, not str "a""#);
-    assert_eq!(type_error("greeting", "[1]", "{}"), "greeting() argument 'name' must be &str, not int 1");
+    assert_eq!(type_error("add", r#"[1, "a"]"#, "{}"), "add() argument 'y' must be int, not str");
+    assert_eq!(type_error("greeting", "[1]", "{}"), "greeting() argument 'name' must be str, not int");
     assert_eq!(
         type_error("greeting", r#"["a", 5]"#, "{}"),
-        "greeting() argument 'greeting' must be String or None, not int 5"
+        "greeting() argument 'greeting' must be str or None, not int"
     );
     assert_eq!(
         type_error("flip", r#"[{"x": 1}]"#, "{}"),
-        r#"flip() argument 'p' must be Point, not dict {"x":1}: missing field `y`"#
+        "flip() argument 'p' must be Point, not dict: missing field 'y'"
+    );
+    assert_eq!(type_error("flip", r#"["p"]"#, "{}"), "flip() argument 'p' must be Point, not str");
+    assert_eq!(
+        type_error("lines", r#"[[{"x": 1, "y": "2"}]]"#, "{}").split(':').next(),
+        Some("lines() argument 'points' must be list[Point], not list")
     );
     assert_eq!(type_error("sub", "[1]", "{}"), "sub() missing 1 required positional argument: 'y'");
     assert_eq!(type_error("add", "{}", "{}"), "add() positional arguments must be a JSON array, not dict {}");
+}
+
+#[test]
+fn an_integer_that_does_not_fit_the_parameter_is_an_overflow_error() {
+    let e = call("add", "[9223372036854775808, 1]", "{}").unwrap_err();
+    assert_eq!(
+        (e.exc_type.as_str(), e.message.as_str()),
+        ("OverflowError", "add() argument 'x': Python int too large to convert to C long")
+    );
+    let e = call("add", "[1180591620717411303424, 1]", "{}").unwrap_err();
+    assert_eq!(e.exc_type, "OverflowError");
 }

@@ -11,26 +11,35 @@ use std::hint::black_box;
 use celeriac_sdk::{TaskError, task};
 use serde_json::json;
 
-/// `add(x, y)`: the sum of two integers.
+/// `add(x, y)`: the sum of two integers. Python's ints never wrap around;
+/// these are 64-bit, so a sum that does not fit raises `OverflowError`.
 #[task]
-fn add(x: i64, y: i64) -> i64 {
-    x.wrapping_add(y)
+fn add(x: i64, y: i64) -> Result<i64, TaskError> {
+    x.checked_add(y).ok_or_else(|| overflow(x, "+", y))
 }
 
-/// `mul(x, y)`: the product of two integers.
+/// `mul(x, y)`: the product of two integers (`OverflowError` past 64 bits).
 #[task]
-fn mul(x: i64, y: i64) -> i64 {
-    x.wrapping_mul(y)
+fn mul(x: i64, y: i64) -> Result<i64, TaskError> {
+    x.checked_mul(y).ok_or_else(|| overflow(x, "*", y))
+}
+
+/// Python's `OverflowError` for an integer result that does not fit 64 bits.
+fn overflow(x: i64, op: &str, y: i64) -> TaskError {
+    TaskError::new("OverflowError", format!("int too large: {x} {op} {y} does not fit in a 64-bit integer"))
 }
 
 /// `xsum(numbers)`: the sum of a list of numbers. Like Python's `sum`, a list
 /// of integers sums to an integer; any float makes the result a float.
 #[task]
-fn xsum(numbers: Vec<serde_json::Number>) -> serde_json::Value {
+fn xsum(numbers: Vec<serde_json::Number>) -> Result<serde_json::Value, TaskError> {
     let ints: Option<Vec<i64>> = numbers.iter().map(serde_json::Number::as_i64).collect();
     match ints {
-        Some(ints) => json!(ints.iter().fold(0i64, |a, b| a.wrapping_add(*b))),
-        None => json!(numbers.iter().filter_map(serde_json::Number::as_f64).sum::<f64>()),
+        Some(ints) => match ints.iter().try_fold(0i64, |a, b| a.checked_add(*b)) {
+            Some(sum) => Ok(json!(sum)),
+            None => Err(TaskError::new("OverflowError", "int too large: the sum does not fit in a 64-bit integer")),
+        },
+        None => Ok(json!(numbers.iter().filter_map(serde_json::Number::as_f64).sum::<f64>())),
     }
 }
 

@@ -208,8 +208,13 @@ pub fn call(g: &GlobalArgs, a: CallArgs) -> anyhow::Result<ExitCode> {
             }
             Some(sub) => {
                 eprintln!("{}", task.id);
-                let meta = sub.wait(std::time::Duration::from_secs_f64(a.timeout.max(0.0))).await?;
-                Ok(print_meta(&meta))
+                let timeout = std::time::Duration::from_secs_f64(a.timeout.max(0.0));
+                match sub.wait(timeout).await {
+                    Err(crate::backend::BackendError::Timeout(_)) => {
+                        Err(anyhow::anyhow!(crate::hints::call_timed_out(&settings, &task.id, timeout)))
+                    }
+                    other => Ok(print_meta(&other?)),
+                }
             }
         };
         // AMQP: connection.close rather than a dropped socket.

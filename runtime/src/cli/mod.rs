@@ -343,9 +343,11 @@ async fn load_sandbox(app: &Path, args: &SandboxArgs, max_concurrent: u32) -> an
     let mut cfg = SandboxConfig {
         max_concurrent,
         compiler: crate::sandbox::Compiler::this_executable(),
+        compile_progress: crate::sandbox::CompileProgress::Stderr,
         ..SandboxConfig::default()
     };
     args.apply(&mut cfg);
+    crate::sandbox::loader::check_app_dir(app, &std::env::current_dir()?)?;
     let sandbox = Sandbox::new(cfg)?;
     sandbox.load(app).await;
     Ok(sandbox)
@@ -362,11 +364,7 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
             for e in sandbox.load_errors() {
                 eprintln!("warning: {e}");
             }
-            let known: Vec<String> = sandbox.tasks().iter().map(|t| t.name.clone()).collect();
-            bail!(
-                "task {task} is not registered (known tasks: {})",
-                if known.is_empty() { "none".into() } else { known.join(", ") }
-            );
+            bail!("task {task} is not registered.\n{}", sandbox.not_registered_hint(&task));
         }
         let id = uuid::Uuid::new_v4().to_string();
         let inv = Invocation {

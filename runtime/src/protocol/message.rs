@@ -260,6 +260,10 @@ pub struct TaskMessage {
     pub protocol: ProtocolVersion,
     /// Delivery details.
     pub delivery: DeliveryInfo,
+    /// The args and kwargs JSON texts as sent, when they hold an int wider
+    /// than 64 bits, which `args`/`kwargs` can only hold rounded to a float
+    /// (see [`bigint`](super::bigint)): the task gets these instead.
+    pub wide_args: Option<(String, String)>,
 }
 
 impl TaskMessage {
@@ -279,6 +283,7 @@ impl TaskMessage {
         })?;
 
         let is_v2 = headers.get("task").and_then(Value::as_str).is_some_and(|t| !t.is_empty());
+        let wide_args = if is_v2 && serializer == Serializer::Json { super::bigint::wide_args(&body) } else { None };
         let (protocol, args, kwargs, embed) = if is_v2 {
             let (args, kwargs, embed) = split_v2_body(payload, &partial)?;
             (ProtocolVersion::V2, args, kwargs, embed)
@@ -369,6 +374,7 @@ impl TaskMessage {
             serializer,
             protocol,
             delivery,
+            wide_args,
         })
     }
 

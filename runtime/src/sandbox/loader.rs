@@ -126,6 +126,148 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
     (found, errors)
 }
 
+/// Where `make tasks` puts the example components, relative to the project.
+pub const BUILT_TASKS_DIR: &str = "target/tasks";
+
+/// Why `-A` names nothing a worker can load: what was looked for, what was
+/// found, and what to do. Each variant's text is the whole message.
+#[derive(Debug, thiserror::Error)]
+pub enum AppDirError {
+    /// Nothing exists at the path (often a Python module name: `-A tasks`).
+    #[error("-A {given}: no such directory or .wasm file (looked for {looked}).{found}\n{next}")]
+    Missing {
+        /// The path as given.
+        given: String,
+        /// The absolute path looked at.
+        looked: String,
+        /// What was found nearby (a Python module of that name), as a sentence.
+        found: String,
+        /// What to do.
+        next: String,
+    },
+    /// A file that is not a `.wasm` component (a Python module: `-A tasks.py`).
+    #[error("-A {given}: {looked} is {kind}, not a WebAssembly component.\n{next}")]
+    NotAComponent {
+        /// The path as given.
+        given: String,
+        /// The absolute path.
+        looked: String,
+        /// What it is: "a Python module", "a file".
+        kind: String,
+        /// What to do.
+        next: String,
+    },
+    /// A directory without any `.wasm` file in it.
+    #[error("-A {given}: no .wasm component in {looked} ({found}).\n{next}")]
+    NoComponents {
+        /// The path as given.
+        given: String,
+        /// The absolute path.
+        looked: String,
+        /// What the directory holds.
+        found: String,
+        /// What to do.
+        next: String,
+    },
+}
+
+/// Check that `-A`'s `root` can hold task components before anything is
+/// loaded, so a Celery habit (`-A tasks`, `-A proj.tasks`, `-A tasks.py`: a
+/// Python module) or a build not yet made gets an answer that says what to
+/// do instead of an empty worker. `cwd` is where relative paths start.
+pub fn check_app_dir(root: &Path, cwd: &Path) -> Result<(), AppDirError> {
+    let given = root.display().to_string();
+    let path = cwd.join(root);
+    let looked = path.display().to_string();
+    let next = next_step(cwd);
+    let meta = std::fs::metadata(&path);
+    let given_s = given.as_str();
+    // `-A proj.tasks` is the module proj/tasks.py; `-A tasks` is tasks.py.
+    let module = if given_s.ends_with(".py") {
+        PathBuf::from(given_s)
+    } else {
+        PathBuf::from(format!("{}.py", given_s.replace('.', "/")))
+    };
+    let module_file = Some(module).filter(|p| cwd.join(p).is_file());
+    match meta {
+        Err(_) => {
+            let found = match &module_file {
+                Some(m) => format!(
+                    " Found {}, a Python module: -A names Python modules for Celery, but Celeriac runs tasks \
+                     compiled to WebAssembly components and -A takes the directory that holds them.",
+                    m.display()
+                ),
+                None if !given_s.contains('/') && !given_s.ends_with(".wasm") => " -A is not a Python module name \
+                     for Celeriac: it takes the directory that holds the task components (.wasm files)."
+                    .to_string(),
+                None => String::new(),
+            };
+            Err(AppDirError::Missing { given, looked, found, next })
+        }
+        Ok(m) if m.is_file() && root.extension().is_none_or(|e| e != "wasm") => {
+            let kind = if root.extension().is_some_and(|e| e == "py") { "a Python module" } else { "a file" };
+            Err(AppDirError::NotAComponent { given, looked, kind: kind.into(), next })
+        }
+        Ok(m) if m.is_dir() => {
+            let (found, errors) = discover(&path);
+            if !found.is_empty() || !errors.is_empty() {
+                return Ok(());
+            }
+            Err(AppDirError::NoComponents { given, looked, found: describe_dir(&path), next })
+        }
+        Ok(_) => Ok(()),
+    }
+}
+
+/// What a directory without components holds, for [`AppDirError::NoComponents`]:
+/// "it is empty", or "it holds tasks.py, __init__.py".
+fn describe_dir(dir: &Path) -> String {
+    const SHOWN: usize = 5;
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().map(|e| escape_controls(&e.file_name().to_string_lossy()).into_owned()).collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    if names.is_empty() {
+        return "it is empty".into();
+    }
+    let more = names.len().saturating_sub(SHOWN);
+    names.truncate(SHOWN);
+    let python = names.iter().any(|n| n.ends_with(".py"));
+    format!(
+        "it holds {}{}{}",
+        names.join(", "),
+        if more > 0 { format!(" and {more} more") } else { String::new() },
+        if python { ": Python files, which Celeriac does not run" } else { "" }
+    )
+}
+
+/// The next step after a bad `-A`: point at the built components if they
+/// are there, else say how to build them.
+fn next_step(cwd: &Path) -> String {
+    let built = cwd.join(BUILT_TASKS_DIR);
+    let (found, _) = if built.is_dir() { discover(&built) } else { (Vec::new(), Vec::new()) };
+    if found.is_empty() {
+        format!(
+            "Build the task components first (`make tasks` builds {BUILT_TASKS_DIR}/tasks.wasm from \
+             example-tasks/; see example-tasks/README.md), then point -A at the directory of .wasm files: \
+             -A {BUILT_TASKS_DIR}"
+        )
+    } else {
+        let files: Vec<&str> = found.iter().map(|c| c.display.as_str()).take(3).collect();
+        format!("{BUILT_TASKS_DIR} holds {}: use -A {BUILT_TASKS_DIR}", files.join(", "))
+    }
+}
+
+/// The component file that would serve task `name`, and the prefix it
+/// serves: `proj/tasks.wasm` (or `proj.tasks.wasm`) for `proj.tasks.add`.
+/// `None` for a name without a prefix (`add`).
+pub fn component_for(name: &str) -> Option<(String, &str)> {
+    let (prefix, _) = name.rsplit_once('.')?;
+    Some((format!("{}.wasm", prefix.replace('.', "/")), prefix))
+}
+
 /// Read a component file, checked before and while reading: it must be a
 /// regular file (a symlink must resolve to one inside `root`, the task
 /// directory) of at most `max` bytes. FIFOs, devices and sockets are refused
@@ -275,6 +417,49 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         assert!(read_component(&root.join("pipe.wasm"), root, 100).unwrap_err().contains("a FIFO"));
         assert!(read_component(Path::new("/dev/zero"), Path::new("/dev/zero"), 100).unwrap_err().contains("a device"));
+    }
+
+    #[test]
+    fn a_missing_app_names_the_python_module_found_and_the_next_step() {
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::write(cwd.path().join("tasks.py"), b"from celery import Celery\n").unwrap();
+        let e = check_app_dir(Path::new("tasks"), cwd.path()).unwrap_err().to_string();
+        assert!(e.starts_with("-A tasks: no such directory or .wasm file (looked for "), "{e}");
+        assert!(e.contains("Found tasks.py, a Python module"), "{e}");
+        assert!(e.contains("make tasks") && e.contains("-A target/tasks"), "{e}");
+        std::fs::create_dir_all(cwd.path().join("proj")).unwrap();
+        std::fs::write(cwd.path().join("proj/tasks.py"), b"").unwrap();
+        let e = check_app_dir(Path::new("proj.tasks"), cwd.path()).unwrap_err().to_string();
+        assert!(e.contains("Found proj/tasks.py, a Python module"), "{e}");
+        let e = check_app_dir(&cwd.path().join("tasks.py"), cwd.path()).unwrap_err().to_string();
+        assert!(e.contains("is a Python module, not a WebAssembly component"), "{e}");
+        let e = check_app_dir(Path::new("nothing/here"), cwd.path()).unwrap_err().to_string();
+        assert!(e.contains("no such directory") && !e.contains("Found"), "{e}");
+    }
+
+    #[test]
+    fn an_app_directory_without_components_says_what_it_holds() {
+        let cwd = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(cwd.path().join("empty")).unwrap();
+        let e = check_app_dir(Path::new("empty"), cwd.path()).unwrap_err().to_string();
+        assert!(e.contains("no .wasm component in") && e.contains("(it is empty)"), "{e}");
+        std::fs::create_dir_all(cwd.path().join("proj")).unwrap();
+        std::fs::write(cwd.path().join("proj/tasks.py"), b"").unwrap();
+        let e = check_app_dir(Path::new("proj"), cwd.path()).unwrap_err().to_string();
+        assert!(e.contains("it holds tasks.py: Python files"), "{e}");
+        // Once built, the message points at the built directory.
+        std::fs::create_dir_all(cwd.path().join(BUILT_TASKS_DIR)).unwrap();
+        std::fs::write(cwd.path().join(BUILT_TASKS_DIR).join("tasks.wasm"), b"").unwrap();
+        let e = check_app_dir(Path::new("proj"), cwd.path()).unwrap_err().to_string();
+        assert!(e.ends_with("target/tasks holds tasks.wasm: use -A target/tasks"), "{e}");
+        assert!(check_app_dir(Path::new(BUILT_TASKS_DIR), cwd.path()).is_ok());
+    }
+
+    #[test]
+    fn a_task_name_maps_to_the_file_that_would_serve_it() {
+        assert_eq!(component_for("proj.tasks.add"), Some(("proj/tasks.wasm".to_string(), "proj.tasks")));
+        assert_eq!(component_for("tasks.add"), Some(("tasks.wasm".to_string(), "tasks")));
+        assert_eq!(component_for("add"), None);
     }
 
     #[test]

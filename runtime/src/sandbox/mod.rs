@@ -76,6 +76,19 @@ const LOAD_PARALLELISM: usize = 2;
 /// Host memory is reserved for results in units of this many bytes.
 const HOST_MEMORY_UNIT: usize = 64 << 10;
 
+/// Components at least this large get a progress line on stderr when a CLI
+/// command compiles them (compiling takes seconds from here on).
+pub const STDERR_PROGRESS_MIN_SIZE: usize = 1 << 20;
+
+/// Where the progress of a compile (a cache miss) is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompileProgress {
+    /// The log, at INFO, for every compile.
+    Log,
+    /// Standard error, for components of at least [`STDERR_PROGRESS_MIN_SIZE`].
+    Stderr,
+}
+
 /// How the sandbox is set up.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -91,6 +104,13 @@ pub struct SandboxConfig {
     pub pooling: bool,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// The cache is pruned to this many bytes after loading (0: no bound).
+    pub cache_max_size: u64,
+    /// Cached artifacts unused for longer are pruned after loading (0: no bound).
+    pub cache_max_age: Duration,
+    /// Where "compiling X (19 MiB)…" lines go: the log at INFO (the worker),
+    /// or stderr for components of at least [`STDERR_PROGRESS_MIN_SIZE`] (CLI commands).
+    pub compile_progress: CompileProgress,
     /// Bounds on what the host does for a guest.
     pub bounds: HostBounds,
     /// Who compiles components (the worker: a child process of its own binary).
@@ -106,6 +126,9 @@ impl Default for SandboxConfig {
             max_concurrent: 16,
             pooling: true,
             cache_dir: cache::ArtifactCache::default_dir(),
+            cache_max_size: cache::DEFAULT_MAX_SIZE,
+            cache_max_age: cache::DEFAULT_MAX_AGE,
+            compile_progress: CompileProgress::Log,
             bounds: HostBounds::default(),
             compiler: Compiler::default(),
         }
@@ -456,6 +479,24 @@ impl Sandbox {
     }
 
     async fn load_all(&self, root: &Path, candidates: Vec<loader::Candidate>) {
+        self.load_each(root, candidates).await;
+        // Pruned once what this process uses is known (and so kept).
+        let (cache, size, age) = (self.cache.clone(), self.config.cache_max_size, self.config.cache_max_age);
+        if let Ok(p) = tokio::task::spawn_blocking(move || cache.prune(size, age)).await
+            && p.files > 0
+        {
+            tracing::info!(
+                "pruned {} compiled component(s) ({}) from the cache ({} left; cache_max_size {}, cache_max_age {}s)",
+                p.files,
+                ByteSize(p.bytes),
+                ByteSize(p.kept_bytes),
+                ByteSize(size),
+                age.as_secs()
+            );
+        }
+    }
+
+    async fn load_each(&self, root: &Path, candidates: Vec<loader::Candidate>) {
         futures_util::stream::iter(candidates)
             .for_each_concurrent(LOAD_PARALLELISM, |c| async move {
                 // A panic while loading (a bug) must still end the wait of
@@ -526,7 +567,7 @@ impl Sandbox {
             loader::BinaryKind::Component => {}
         }
         let started = Instant::now();
-        let (component, from_cache) = self.compile(0, bytes.clone()).await?;
+        let (component, from_cache) = self.compile(0, bytes.clone(), &c.display).await?;
         let load_time = started.elapsed();
         let (pre, exports) = self.prelink(0, &component)?;
         let loaded = Arc::new(LoadedComponent {
@@ -565,7 +606,7 @@ impl Sandbox {
             } else if let Some(found) = other_stacks.get(&engine) {
                 found.clone()
             } else {
-                let (component, _) = self.compile(engine, bytes.clone()).await?;
+                let (component, _) = self.compile(engine, bytes.clone(), &c.display).await?;
                 let found = self.prelink(engine, &component)?;
                 other_stacks.insert(engine, found.clone());
                 found
@@ -577,13 +618,14 @@ impl Sandbox {
 
     /// The compiled component for `wasm` on engine `engine`: from the on-disk
     /// cache, or compiled within the compile budget.
-    async fn compile(&self, engine: usize, wasm: Arc<Vec<u8>>) -> Result<(Component, bool), String> {
+    async fn compile(&self, engine: usize, wasm: Arc<Vec<u8>>, display: &str) -> Result<(Component, bool), String> {
         let set = &self.engines[engine];
         let b = &self.config.bounds;
         let cached = self.cache.path_for(&set.engine, &wasm);
         if let Some(c) = cached.as_deref().and_then(|p| self.cache.lookup(&set.engine, p)) {
             return Ok((c, true));
         }
+        let progress = Progress::start(self.config.compile_progress, display, wasm.len());
         // Compiled into a temporary file (the cache directory may be read-only),
         // read back (not mapped: a noexec mount would refuse to map it executable),
         // then stored in the cache if it can be.
@@ -600,6 +642,7 @@ impl Sandbox {
         .map_err(|e| e.to_string())
         .and_then(|()| std::fs::read(&out).map_err(|e| format!("cannot read the compiled component: {e}")));
         let _ = std::fs::remove_file(&out);
+        progress.done(compiled.as_ref().err());
         let compiled = compiled?;
         // SAFETY: the artifact was written just now by an engine with the same
         // settings (the compiler process or this one); wasmtime checks its
@@ -802,6 +845,80 @@ impl Sandbox {
         }
     }
 
+    /// What to tell a user about a task name nothing serves (the worker's
+    /// "Received unregistered task" line, `celeriac run`): the file that
+    /// would serve it, what that file serves or why it failed to load, the
+    /// prefixed name for a bare one (`add` → `tasks.add`), and the served
+    /// tasks when there are few. Several lines, no trailing newline.
+    pub fn not_registered_hint(&self, name: &str) -> String {
+        /// Up to this many served tasks are listed.
+        const LISTED: usize = 10;
+        let r = self.read();
+        let shown = |n: &str| format!("'{}'", bounds::escape_controls(bounds::truncate_end(n, 200)));
+        let mut lines = Vec::new();
+        let last = name.rsplit('.').next().unwrap_or(name);
+        let alike: Vec<&str> =
+            r.tasks.keys().filter(|t| t.rsplit('.').next() == Some(last) && *t != name).map(String::as_str).collect();
+        match loader::component_for(name) {
+            None => lines.push(format!(
+                "A Celeriac task name is <component>.<task>: {} has no component prefix (tasks.wasm serves tasks.*).",
+                shown(name)
+            )),
+            Some((file, prefix)) => {
+                let siblings: Vec<&str> = r
+                    .tasks
+                    .keys()
+                    .filter(|t| t.rsplit_once('.').is_some_and(|(p, _)| p == prefix))
+                    .map(String::as_str)
+                    .collect();
+                let failed = r.errors.iter().find(|e| {
+                    e.path.ends_with(&file)
+                        || e.path.file_name() == Some(std::ffi::OsStr::new(&format!("{prefix}.wasm")))
+                });
+                if !siblings.is_empty() {
+                    let listed: Vec<&str> = siblings.iter().copied().take(LISTED).collect();
+                    lines.push(format!(
+                        "{} is loaded but has no task {}; it serves {}{}.",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200)),
+                        shown(last),
+                        listed.join(", "),
+                        if siblings.len() > LISTED { ", ..." } else { "" }
+                    ));
+                } else if let Some(e) = failed {
+                    lines.push(format!(
+                        "It would be served by {}, which failed to load: {e}",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200))
+                    ));
+                } else {
+                    let dotted = format!("{prefix}.wasm");
+                    lines.push(format!(
+                        "It would be served by {} in the worker's tasks directory (-A), which has no such file{}.",
+                        bounds::escape_controls(bounds::truncate_end(&file, 200)),
+                        if dotted != file {
+                            format!(" (nor {})", bounds::escape_controls(bounds::truncate_end(&dotted, 200)))
+                        } else {
+                            String::new()
+                        }
+                    ));
+                }
+            }
+        }
+        if let [one] = alike.as_slice() {
+            lines.push(format!("Did you mean '{one}'?"));
+        } else if !alike.is_empty() && alike.len() <= LISTED {
+            lines.push(format!("Did you mean one of {}?", alike.join(", ")));
+        }
+        let served: Vec<&str> = r.tasks.keys().map(String::as_str).collect();
+        if served.is_empty() {
+            lines.push("This worker serves no task at all.".into());
+        } else if served.len() <= LISTED {
+            lines.push(format!("Served here: {}.", served.join(", ")));
+        } else {
+            lines.push(format!("{} tasks are served here (`celeriac tasks -A <dir>` lists them).", served.len()));
+        }
+        lines.join("\n")
+    }
+
     /// Every loaded task, by name.
     pub fn tasks(&self) -> Vec<Arc<TaskEntry>> {
         self.read().tasks.values().cloned().collect()
@@ -906,6 +1023,46 @@ impl Sandbox {
             .map_err(|_| outcome::result_too_costly(site, json.len(), cost, b.max_host_memory))?;
         let value = serde_json::from_str(&json).map_err(|e| outcome::bad_result(site, &e))?;
         Ok((value, HostMemory { _permit: permit }))
+    }
+}
+
+/// The "compiling tasks.wasm (19 MiB)…" line of one compile, and its "…
+/// in 16.2s" ending (see [`CompileProgress`]).
+struct Progress {
+    to_stderr: bool,
+    shown: bool,
+    display: String,
+    started: Instant,
+}
+
+impl Progress {
+    fn start(how: CompileProgress, display: &str, size: usize) -> Progress {
+        let to_stderr = how == CompileProgress::Stderr;
+        let shown = !to_stderr || size >= STDERR_PROGRESS_MIN_SIZE;
+        let display = bounds::escape_controls(display).into_owned();
+        let line = format!("compiling {display} ({})…", ByteSize(size as u64));
+        if shown && to_stderr {
+            eprintln!("{line}");
+        } else if shown {
+            tracing::info!("{line}");
+        }
+        Progress { to_stderr, shown, display, started: Instant::now() }
+    }
+
+    fn done(self, failed: Option<&String>) {
+        if !self.shown {
+            return;
+        }
+        let secs = self.started.elapsed().as_secs_f64();
+        let line = match failed {
+            None => format!("compiled {} in {secs:.1}s (cached for the next start)", self.display),
+            Some(_) => format!("compiling {} failed after {secs:.1}s", self.display),
+        };
+        if self.to_stderr {
+            eprintln!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
     }
 }
 

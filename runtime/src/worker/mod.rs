@@ -23,8 +23,10 @@
 //!
 //! Shutdown: the first SIGTERM/SIGINT is a warm shutdown (stop consuming, put
 //! back prefetched messages that have not started, let running tasks finish
-//! within a bound); a second one is a cold shutdown (exit now; unacknowledged
-//! messages are restored by the next sweep). Either way the broker
+//! within a bound); a second one is a cold shutdown (running tasks are
+//! stopped and their messages put back on their queues — requeued when acks
+//! are late, re-sent when the message was acknowledged as the task started,
+//! where Celery loses it); a third exits at once. Either way the broker
 //! connections are closed last ([`Transport::close`](crate::broker::Transport::close):
 //! AMQP's `connection.close`), after what the finished tasks queued is written.
 
@@ -60,6 +62,9 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 
 /// How long a warm shutdown waits for running tasks before giving up.
 const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a cold shutdown waits for running tasks to give their messages back.
+const COLD_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many scheduler ticks the consumer gives a task received while idle
 /// before fetching again: one to run it, one for the result batcher to
@@ -232,6 +237,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     })?;
     let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
 
+    let cwd = std::env::current_dir()?;
+    crate::sandbox::loader::check_app_dir(&opts.app, &cwd)?;
     let sandbox_config =
         SandboxConfig { compiler: crate::sandbox::Compiler::this_executable(), ..settings.sandbox_config() };
     let sandbox = Arc::new(Sandbox::new(sandbox_config)?);
@@ -488,30 +495,48 @@ where
     }
 }
 
-/// Turn SIGTERM/SIGINT into shutdown phases: warm first, cold on the second.
+/// Turn SIGTERM/SIGINT into shutdown phases, saying what each does in
+/// Celery's words: the first is a warm shutdown, the second a cold one
+/// (running tasks are stopped and their messages put back, see
+/// `request::cancelled_by_cold_shutdown`), a third exits at once.
 async fn signals(phase: Arc<watch::Sender<Phase>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the worker with SIGKILL");
         return;
     };
-    let mut next = Phase::Warm;
-    loop {
+    for received in 1u32.. {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        match next {
-            Phase::Warm => tracing::warn!("worker: Warm shutdown (MainProcess)"),
-            _ => tracing::warn!("worker: Cold shutdown (MainProcess)"),
+        match received {
+            1 => {
+                tracing::warn!("{WARM_SHUTDOWN_HINT}");
+                tracing::warn!("worker: Warm shutdown (MainProcess)");
+                let _ = phase.send(Phase::Warm);
+            }
+            2 => {
+                tracing::warn!("worker: Cold shutdown (MainProcess)");
+                tracing::warn!("{COLD_SHUTDOWN_HINT}");
+                let _ = phase.send(Phase::Cold);
+            }
+            _ => {
+                tracing::error!("worker: Hard shutdown: exiting now; running tasks' messages are not put back");
+                std::process::exit(1);
+            }
         }
-        let _ = phase.send(next);
-        if next == Phase::Cold {
-            return;
-        }
-        next = Phase::Cold;
     }
 }
+
+/// Celery 5.7's line on the first Ctrl+C (here on the first SIGTERM too: a
+/// second one of either is a cold shutdown).
+pub const WARM_SHUTDOWN_HINT: &str =
+    "worker: Hitting Ctrl+C again will initiate cold shutdown, terminating all running tasks!";
+
+/// What a cold shutdown does to running tasks, said before it does it.
+pub const COLD_SHUTDOWN_HINT: &str = "worker: Terminating running tasks; their messages go back to their queues \
+     (requeued with task_acks_late, else re-sent), so they run again. Hitting Ctrl+C again exits at once.";
 
 /// How many unacknowledged messages a loop with `concurrency` run slots may
 /// hold: `worker_prefetch_multiplier` × concurrency, as Celery's QoS counts.
@@ -621,11 +646,29 @@ async fn shutdown(shared: Arc<Shared>, mut handlers: tokio::task::JoinSet<()>, c
         }
         consumer.flush().await;
     };
-    tokio::select! {
-        _ = finish => {}
-        _ = cold => tracing::warn!("cold shutdown: leaving running tasks; their messages stay unacknowledged"),
+    let cut_short = tokio::select! {
+        _ = finish => false,
+        _ = cold => true,
         _ = tokio::time::sleep(WARM_SHUTDOWN_TIMEOUT) => {
-            tracing::warn!("warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; leaving running tasks")
+            tracing::warn!(
+                "warm shutdown timed out after {WARM_SHUTDOWN_TIMEOUT:?}; running tasks are left, their messages \
+                 unacknowledged (the broker gives them back: AMQP at once, Redis/SQLite after visibility_timeout)"
+            );
+            false
+        }
+    };
+    if cut_short {
+        // Running tasks stop at once and give their messages back (request.rs):
+        // wait for that, and for acknowledgements already queued, within a bound.
+        let settle = async {
+            while handlers.join_next().await.is_some() {}
+            consumer.flush().await;
+        };
+        if tokio::time::timeout(COLD_SHUTDOWN_TIMEOUT, settle).await.is_err() {
+            tracing::warn!(
+                "cold shutdown: some messages could not be given back within {COLD_SHUTDOWN_TIMEOUT:?}; the broker \
+                 restores them (AMQP at once, Redis/SQLite after visibility_timeout)"
+            );
         }
     }
     // Last: acknowledgements and results are written (or abandoned), so the

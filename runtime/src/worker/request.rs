@@ -64,10 +64,10 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
     }
     if s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
-            "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n\
-             Did you remember to put the component serving it in the worker's tasks directory?\n\
+            "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n{}\n\
              The delivery info for this task is: {{'exchange': '{}', 'routing_key': '{}'}}",
             msg.task,
+            s.sandbox.not_registered_hint(&msg.task),
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
@@ -153,6 +153,57 @@ async fn stopped(mut phase: watch::Receiver<Phase>) {
         }
     }
 }
+
+/// Wait until `phase` is `Cold`.
+async fn cold_shutdown(mut phase: watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() != Phase::Cold {
+        if phase.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A running task stopped by a cold shutdown: its message goes back to its
+/// queue so that it runs again, and the log says so. With late acks the
+/// message is still unacknowledged: it is requeued. With early acks it was
+/// acknowledged as the task started, so Celery loses it; here a copy is
+/// published back to the queue it came from (same id), and only if that
+/// fails is it lost — which the log then says.
+async fn cancelled_by_cold_shutdown(s: &Shared, acker: &mut Acker, msg: &TaskMessage, acks_late: bool) {
+    let (name, id) = (msg.display_name(), &msg.id);
+    if acks_late {
+        acker.requeue().await;
+        tracing::warn!(
+            "Task {name}[{id}] terminated by cold shutdown; its message was put back on the queue \
+             (task_acks_late) and runs again"
+        );
+        return;
+    }
+    let queue = msg.delivery.queue.clone().unwrap_or_else(|| msg.delivery.routing_key.clone());
+    let copy =
+        msg.to_new_task().encode().map(|e| EncodedTask { routing_key: queue.clone(), exchange: String::new(), ..e });
+    let sent = match &copy {
+        Ok(encoded) => tokio::time::timeout(COLD_REPUBLISH_TIMEOUT, s.broker.publish(&queue, encoded)).await,
+        Err(e) => {
+            tracing::debug!("cannot re-encode {name}[{id}]: {e}");
+            Ok(Ok(()))
+        }
+    };
+    match (copy.is_ok(), sent) {
+        (true, Ok(Ok(()))) => tracing::warn!(
+            "Task {name}[{id}] terminated by cold shutdown; its message had been acknowledged as it started \
+             (early ack), so a copy was sent back to queue '{queue}' and it runs again"
+        ),
+        _ => tracing::error!(
+            "Task {name}[{id}] terminated by cold shutdown and lost: its message was acknowledged as it started \
+             (early ack, as in Celery) and could not be sent back; set task_acks_late = true to have running tasks \
+             put back on their queue"
+        ),
+    }
+}
+
+/// How long a cold shutdown tries to send a running early-ack task back to its queue.
+const COLD_REPUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Run a decoded task message.
 async fn run(
@@ -285,8 +336,14 @@ async fn run(
     });
 
     let invocation = Invocation {
-        args: serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
-        kwargs: serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
+        args: match &msg.wide_args {
+            Some((args, _)) => args.clone(),
+            None => serde_json::to_string(&msg.args).unwrap_or_else(|_| "[]".into()),
+        },
+        kwargs: match &msg.wide_args {
+            Some((_, kwargs)) => kwargs.clone(),
+            None => serde_json::to_string(&msg.kwargs).unwrap_or_else(|_| "{}".into()),
+        },
         request: request_context(s, &msg),
         // A time limit set by `control time_limit` tightens the task's own.
         message_time_limit: match (msg.timelimit.hard, s.state.hard_time_limit(&msg.task)) {
@@ -299,8 +356,16 @@ async fn run(
     // as with Celery's task logger; the worker's lines are plain.
     let span = crate::logging::task_span(msg.display_name(), &msg.id);
     let call = s.sandbox.call(&msg.task, invocation).instrument(span);
-    // `control revoke --terminate` stops the call (the sandbox is dropped mid-run).
-    let result = Box::pin(terminable(call, &tracked)).await;
+    let result = tokio::select! {
+        biased;
+        // `control revoke --terminate` stops the call (the sandbox is dropped mid-run): `None`.
+        r = Box::pin(terminable(call, &tracked)) => r,
+        // A cold shutdown stops the call where it is (the guest is dropped).
+        _ = cold_shutdown(s.phase.clone()) => {
+            drop(slot);
+            return Box::pin(cancelled_by_cold_shutdown(s, acker, &msg, acks_late)).await;
+        }
+    };
     // The slot is for running: storing the outcome must not hold up the next task.
     drop(slot);
     let Some(result) = result else {

@@ -92,8 +92,8 @@ fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStrea
         let pname = pname.strip_prefix("r#").unwrap_or(&pname).to_string();
         let ty = &*typed.ty;
         let (optional, shown) = match option_inner(ty) {
-            Some(inner) => (true, format!("{} or None", type_to_string(inner))),
-            None => (false, type_to_string(ty)),
+            Some(inner) => (true, format!("{} or None", python_type(inner))),
+            None => (false, python_type(ty)),
         };
         params.push(quote! {
             ::celeriac_sdk::__private::Param { name: #pname, ty: #shown, optional: #optional }
@@ -172,6 +172,63 @@ fn option_inner(ty: &Type) -> Option<&Type> {
     match args.args.iter().collect::<Vec<_>>().as_slice() {
         [GenericArgument::Type(inner)] => Some(inner),
         _ => None,
+    }
+}
+
+/// The Python type a client must send for a Rust parameter type, as a
+/// `TypeError` names it: `i64` → `int`, `Vec<f64>` → `list[float]`,
+/// `HashMap<String, i64>` → `dict[str, int]`, `&str` → `str`. A type of the
+/// task's own (a serde struct) keeps its name, as Python names a class.
+fn python_type(ty: &Type) -> String {
+    match ty {
+        Type::Reference(r) => python_type(&r.elem),
+        Type::Paren(p) => python_type(&p.elem),
+        Type::Group(g) => python_type(&g.elem),
+        Type::Slice(s) => format!("list[{}]", python_type(&s.elem)),
+        Type::Array(a) => format!("list[{}]", python_type(&a.elem)),
+        Type::Tuple(t) if t.elems.is_empty() => "None".to_string(),
+        Type::Tuple(t) => {
+            let items: Vec<String> = t.elems.iter().map(python_type).collect();
+            format!("tuple[{}]", items.join(", "))
+        }
+        Type::Path(tp) => {
+            let Some(last) = tp.path.segments.last() else { return type_to_string(ty) };
+            let args: Vec<&Type> = match &last.arguments {
+                PathArguments::AngleBracketed(a) => a
+                    .args
+                    .iter()
+                    .filter_map(|g| match g {
+                        GenericArgument::Type(t) => Some(t),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let name = last.ident.to_string();
+            match (name.as_str(), args.as_slice()) {
+                (
+                    "i8" | "i16" | "i32" | "i64" | "i128" | "isize" | "u8" | "u16" | "u32" | "u64" | "u128" | "usize",
+                    [],
+                ) => "int".to_string(),
+                (n, _) if n.starts_with("NonZero") => "int".to_string(),
+                ("f32" | "f64", []) => "float".to_string(),
+                ("bool", []) => "bool".to_string(),
+                ("String" | "str" | "char" | "PathBuf" | "Path" | "OsString" | "Cow", _) => "str".to_string(),
+                ("Number", []) => "int or float".to_string(),
+                ("Value", []) => "object".to_string(),
+                ("Option", [inner]) => format!("{} or None", python_type(inner)),
+                ("Box" | "Rc" | "Arc", [inner]) => python_type(inner),
+                ("Vec" | "VecDeque" | "LinkedList" | "HashSet" | "BTreeSet" | "BinaryHeap" | "IndexSet", [inner]) => {
+                    format!("list[{}]", python_type(inner))
+                }
+                ("HashMap" | "BTreeMap" | "IndexMap", [k, v]) => {
+                    format!("dict[{}, {}]", python_type(k), python_type(v))
+                }
+                ("Map", _) => "dict".to_string(),
+                _ => type_to_string(ty),
+            }
+        }
+        _ => type_to_string(ty),
     }
 }
 
@@ -300,4 +357,32 @@ pub fn export_tasks(input: TokenStream) -> TokenStream {
         );
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_type;
+
+    fn py(ty: &str) -> String {
+        python_type(&syn::parse_str(ty).unwrap())
+    }
+
+    #[test]
+    fn rust_parameter_types_are_shown_as_the_python_types_a_client_sends() {
+        assert_eq!(py("i64"), "int");
+        assert_eq!(py("u8"), "int");
+        assert_eq!(py("f64"), "float");
+        assert_eq!(py("&str"), "str");
+        assert_eq!(py("&'a str"), "str");
+        assert_eq!(py("String"), "str");
+        assert_eq!(py("bool"), "bool");
+        assert_eq!(py("Vec<f64>"), "list[float]");
+        assert_eq!(py("Vec<Line>"), "list[Line]");
+        assert_eq!(py("std::collections::HashMap<String, Vec<i64>>"), "dict[str, list[int]]");
+        assert_eq!(py("Option<i32>"), "int or None");
+        assert_eq!(py("serde_json::Value"), "object");
+        assert_eq!(py("(i64, String)"), "tuple[int, str]");
+        assert_eq!(py("()"), "None");
+        assert_eq!(py("Line"), "Line");
+    }
 }
