@@ -19,20 +19,20 @@ pub struct RemoteArgs {
     /// The command's arguments (e.g. `tasks.add 10/m`).
     #[arg(allow_negative_numbers = true)]
     args: Vec<String>,
-    /// Seconds to wait for replies.
-    #[arg(short = 't', long, default_value_t = 1.0)]
-    timeout: f64,
-    /// Only these nodes (comma-separated names).
-    #[arg(short = 'd', long, value_delimiter = ',')]
-    destination: Vec<String>,
-    /// Print the replies as one JSON object.
-    #[arg(short = 'j', long)]
-    json: bool,
+    #[command(flatten)]
+    replies: Replies,
 }
 
 /// `celeriac status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    replies: Replies,
+}
+
+/// Which replies to wait for, and how to print them (`celery inspect`'s options).
+#[derive(Debug, Args)]
+struct Replies {
     /// Seconds to wait for replies.
     #[arg(short = 't', long, default_value_t = 1.0)]
     timeout: f64,
@@ -59,15 +59,17 @@ pub struct EventsArgs {
 pub fn remote(g: &GlobalArgs, kind: crate::remote::Kind, a: RemoteArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
     let arguments = crate::remote::compile_arguments(kind, &a.command, &a.args)?;
-    let replies = broadcast(g, &a.command, arguments, &a.destination, a.timeout)?;
-    Ok(print_replies(&replies, true, a.json))
+    let r = &a.replies;
+    let replies = broadcast(g, &a.command, arguments, &r.destination, r.timeout)?;
+    Ok(print_replies(&replies, true, r.json))
 }
 
 /// `celeriac status`: who answers a ping.
 pub fn status(g: &GlobalArgs, a: StatusArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init("ERROR").map_err(anyhow::Error::msg)?;
-    let replies = broadcast(g, "ping", serde_json::Map::new(), &a.destination, a.timeout)?;
-    Ok(print_replies(&replies, false, a.json))
+    let r = &a.replies;
+    let replies = broadcast(g, "ping", serde_json::Map::new(), &r.destination, r.timeout)?;
+    Ok(print_replies(&replies, false, r.json))
 }
 
 /// `celeriac events`: every event, one line each, as `celery events --dump` prints it.

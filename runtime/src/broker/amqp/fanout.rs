@@ -80,76 +80,44 @@ impl AmqpBroker {
     /// An event receiver's queue, as Celery's `EventReceiver` declares it:
     /// `celeryev.<uuid>`, exclusive and auto-deleted, bound to `celeryev` with `#`.
     async fn consume_events(&self, queue: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
-        let Live { conn, .. } = self.live(Role::Consumer).await?;
-        let channel = conn.create_channel().await?;
-        let exchange = short_string("exchange", EVENT_EXCHANGE)?;
-        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-        channel.exchange_declare(exchange.clone(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
-        let q = short_string("queue", queue)?;
-        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        channel.queue_declare(q.clone(), opts, FieldTable::default()).await?;
-        channel.queue_bind(q.clone(), exchange, "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
-        let tag = format!("celeriac-events-{}", uuid::Uuid::new_v4());
-        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let consumer = channel.basic_consume(q, tag.as_str().into(), no_ack, FieldTable::default()).await?;
-        Ok((channel, consumer))
+        self.consume_exclusive(EVENT_EXCHANGE, queue, "#", FieldTable::default()).await
     }
 
     /// Declare the node's pidbox queue on a new consumer channel and consume it.
     async fn consume_pidbox(&self, hostname: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
-        let Live { conn, .. } = self.live(Role::Consumer).await?;
-        let channel = conn.create_channel().await?;
-        let exchange = short_string("exchange", PIDBOX_EXCHANGE)?;
-        channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let queue = short_string("queue", &node_queue(hostname))?;
-        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        channel.queue_declare(queue.clone(), opts, pidbox_queue_arguments()).await?;
-        channel
-            .queue_bind(queue.clone(), exchange, "".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
-        let tag = format!("celeriac-pidbox-{}", uuid::Uuid::new_v4());
-        let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let consumer = channel.basic_consume(queue, tag.as_str().into(), no_ack, FieldTable::default()).await?;
-        Ok((channel, consumer))
+        self.consume_exclusive(PIDBOX_EXCHANGE, &node_queue(hostname), "", pidbox_queue_arguments()).await
     }
-}
 
-impl AmqpBroker {
     /// Declare client `oid`'s reply queue as Celery does and consume it.
     async fn consume_replies(&self, oid: &str) -> Result<(Channel, lapin::Consumer), AmqpError> {
+        self.consume_exclusive(REPLY_EXCHANGE, &reply_queue(oid), oid, pidbox_queue_arguments()).await
+    }
+
+    /// On a new consumer channel: `exchange` declared as Celery declares it,
+    /// an exclusive, auto-deleted `queue` with `arguments` bound to it with
+    /// `key`, and a `no_ack` consumer of that queue (what is broadcast is
+    /// never redelivered).
+    async fn consume_exclusive(
+        &self,
+        exchange: &str,
+        queue: &str,
+        key: &str,
+        arguments: FieldTable,
+    ) -> Result<(Channel, lapin::Consumer), AmqpError> {
         let Live { conn, .. } = self.live(Role::Consumer).await?;
         let channel = conn.create_channel().await?;
-        let exchange = short_string("exchange", REPLY_EXCHANGE)?;
-        channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let queue = short_string("queue", &reply_queue(oid))?;
+        let (kind, durable) = exchange_kind(exchange);
+        let ex = short_string("exchange", exchange)?;
+        let opts = ExchangeDeclareOptions { durable, ..ExchangeDeclareOptions::default() };
+        channel.exchange_declare(ex.clone(), kind, opts, FieldTable::default()).await?;
+        let q = short_string("queue", queue)?;
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        channel.queue_declare(queue.clone(), opts, pidbox_queue_arguments()).await?;
-        channel
-            .queue_bind(
-                queue.clone(),
-                exchange,
-                short_string("routing_key", oid)?,
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let tag = format!("celeriac-reply-{oid}");
+        channel.queue_declare(q.clone(), opts, arguments).await?;
+        let key = short_string("routing_key", key)?;
+        channel.queue_bind(q.clone(), ex, key, QueueBindOptions::default(), FieldTable::default()).await?;
+        let tag = format!("celeriac-{}", uuid::Uuid::new_v4());
         let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
-        let consumer = channel.basic_consume(queue, tag.as_str().into(), no_ack, FieldTable::default()).await?;
+        let consumer = channel.basic_consume(q, tag.as_str().into(), no_ack, FieldTable::default()).await?;
         Ok((channel, consumer))
     }
 }
