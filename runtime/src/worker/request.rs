@@ -521,6 +521,9 @@ fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, ran:
     let secs = ran.0.wall.as_secs_f64();
     let repr = saferepr(value, Some(1024), 8);
     tracing::info!("Task {name}[{id}] succeeded in {secs:.6}s: {repr}");
+    if !tracked.events_on() {
+        return;
+    }
     let mut f = serde_json::Map::new();
     f.insert("result".into(), Value::from(repr));
     f.insert("runtime".into(), Value::from(secs));
@@ -531,6 +534,9 @@ fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, ran:
 /// A failure: its log line and its `task-failed` event, from one place.
 fn announce_failure(tracked: &Tracked, name: &str, id: &str, exc: &ExceptionInfo, traceback: &str, ran: Ran) {
     tracing::error!("Task {name}[{id}] raised unexpected: {}\n{}", exc.repr(), traceback.trim_end());
+    if !tracked.events_on() {
+        return;
+    }
     let mut f = serde_json::Map::new();
     f.insert("exception".into(), Value::from(exc.repr()));
     f.insert("traceback".into(), Value::from(traceback));

@@ -254,6 +254,10 @@ impl WorkerState {
         };
         let (revoke, terminate) = (entry.revoke.clone(), entry.terminate.clone());
         lock(&self.requests).insert(msg.id.clone(), entry);
+        let tracked = Tracked { state: self.clone(), id: msg.id.clone(), revoke, terminate };
+        if !self.task_events() {
+            return tracked;
+        }
         let mut fields = Map::new();
         fields.insert("uuid".into(), Value::from(msg.id.as_str()));
         fields.insert("name".into(), Value::from(msg.task.as_str()));
@@ -268,7 +272,7 @@ impl WorkerState {
             msg.expires.map_or(Value::Null, |t| Value::from(crate::protocol::time::isoformat(&t))),
         );
         self.task_event("task-received", fields);
-        Tracked { state: self.clone(), id: msg.id.clone(), revoke, terminate }
+        tracked
     }
 
     fn set_status(&self, id: &str, status: Status) {
@@ -459,6 +463,11 @@ impl Tracked {
     /// Resolves when it is revoked (waiting) or terminated (running).
     pub async fn revoked(&self) {
         self.revoke.notified().await
+    }
+
+    /// Whether task events are sent (so that building one is worth it).
+    pub fn events_on(&self) -> bool {
+        self.state.task_events()
     }
 
     /// A task event about this request (`uuid` first, then `fields`).
