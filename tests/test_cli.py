@@ -139,7 +139,7 @@ MOOT = [
     (["--events"], None),
     (["--task-events"], None),
     (["--without-gossip", "--without-mingle", "--without-heartbeat", "--heartbeat-interval", "5"], None),
-    (["-S", "worker-state.db"], "keeps no state on disk"),
+    (["-S", "worker-state.db"], "state database worker-state.db: 0 revoked task id(s) restored"),
     (["-X", "elsewhere"], None),
     (["-I", "proj.tasks"], "no Python modules are imported"),
     (["-B"], "run `celery -A proj beat` next to this worker"),

@@ -377,3 +377,46 @@ def test_celeriac_events_dumps_what_celery_events_dump_shows_and_call_can_send_t
     pick = lambda text: [re.sub(r"local_received=[0-9.]+", "", line) for line in text.splitlines()
                          if f"task succeeded: tasks.add({task_id})" in line]
     assert pick(ours) == pick(theirs)
+
+
+def test_revoked_ids_survive_a_restart_with_a_state_database(worker, client, tmp_path):
+    """-S keeps revoked ids across a restart: a task revoked before it was even sent is not run after it."""
+    from conftest import new_task_id
+    db = tmp_path / "worker.state"
+    first = worker(name=NODE, extra_args=["-S", str(db)])
+    task_id = new_task_id()
+    replies = client.app.control.revoke(task_id, destination=[NODE], reply=True, timeout=5)
+    assert replies[0][NODE]["ok"] == f"tasks {{'{task_id}'}} flagged as revoked"
+    first.terminate()
+    second = worker(name=NODE, extra_args=["-S", str(db)])
+    assert task_id in inspect(client, "revoked")
+    r = client.tasks["add"].apply_async((1, 1), task_id=task_id)
+    assert wait_until(lambda: r.state == "REVOKED", timeout=15), r.state
+    assert f"tasks.add[{task_id}] succeeded" not in second.log_text()
+
+
+@pytest.mark.standin_xfail("the stand-in runs --without-mingle")
+def test_a_new_worker_learns_the_revoked_ids_of_the_others_by_mingling(worker, client):
+    from conftest import new_task_id
+    worker(name=NODE)
+    task_id = new_task_id()
+    client.app.control.revoke(task_id, destination=[NODE], reply=True, timeout=5)
+    worker(name="late@test")
+    got = lambda: task_id in (client.app.control.inspect(destination=["late@test"], timeout=5).revoked() or {}).get(
+        "late@test", [])
+    assert wait_until(got, timeout=10), "the new worker never learnt the revoked id"
+
+
+def test_without_heartbeat_the_worker_sends_no_worker_events(worker, client):
+    worker(name=NODE, extra_args=["--without-heartbeat"])
+    with EventCapture(client.app) as cap:
+        time.sleep(4.5)
+    assert not [e for e in cap.events if e.get("hostname") == NODE and e["type"].startswith("worker-")]
+
+
+@pytest.mark.standin_xfail("the stand-in runs --without-heartbeat")
+def test_the_heartbeat_interval_sets_the_heartbeats_frequency(worker, client):
+    worker(name=NODE, extra_args=["--heartbeat-interval", "1"])
+    with EventCapture(client.app) as cap:
+        assert wait_until(lambda: len([e for e in cap.events if e["type"] == "worker-heartbeat"]) >= 3, timeout=6)
+    assert {e["freq"] for e in cap.events if e["type"] == "worker-heartbeat"} == {1.0}

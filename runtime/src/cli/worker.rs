@@ -31,7 +31,8 @@ pub struct WorkerArgs {
     /// Start the worker in the background (a new session; use with --pidfile and -f/--logfile).
     #[arg(short = 'D', long, help_heading = "Worker Options")]
     detach: bool,
-    /// Celery's revoked-ids state database (accepted; this worker keeps no state on disk).
+    /// Keep revoked task ids (and the logical clock) in this file across restarts (Celery's state database;
+    /// Celeriac's own JSON format).
     #[arg(short = 'S', long, value_name = "PATH", help_heading = "Worker Options")]
     statedb: Option<PathBuf>,
     /// Log level.
@@ -205,9 +206,6 @@ impl WorkerArgs {
         if let Some((max, min)) = self.autoscale {
             say(false, format!("--autoscale {max},{min}: sandboxes are made per call, so concurrency is {max}"));
         }
-        if let Some(p) = &self.statedb {
-            say(true, format!("-S {}: this worker keeps no state on disk (revoked ids are not kept)", p.display()));
-        }
         if !self.include.is_empty() {
             let modules = self.include.join(",");
             say(true, format!("-I {modules}: no Python modules are imported; the tasks are the components of -A"));
@@ -302,6 +300,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
             if a.queues.is_empty() { settings.task_default_queue.clone() } else { a.queues.join(",") }
         );
     }
+    let statedb = a.statedb.as_deref().map(|f| PathBuf::from(daemon::node_format(&f.to_string_lossy(), &hostname)));
     let opts = crate::worker::WorkerOptions {
         settings,
         app,
@@ -309,6 +308,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
         hostname,
         banner: !g.quiet,
         purge: a.purge,
+        statedb,
         features: crate::worker::Features {
             gossip: !a.without_gossip,
             mingle: !a.without_mingle,

@@ -41,6 +41,8 @@ pub(crate) struct Panel {
     pub phase: Arc<watch::Sender<Phase>>,
     /// Asks the event dispatcher for a heartbeat now (`heartbeat`).
     pub heartbeat: Arc<Notify>,
+    /// Where revoked ids are kept across restarts (`-S`), saved after each change.
+    pub statedb: Option<std::path::PathBuf>,
 }
 
 fn ok(text: impl Into<String>) -> Value {
@@ -122,6 +124,7 @@ impl Panel {
                 } else {
                     tracing::info!("sync with {from}");
                     s.merge_revoked(&string_list(args.get("revoked")));
+                    self.save_state();
                     json!({ "revoked": s.revoked_ids(), "clock": s.forward() })
                 }
             }
@@ -281,9 +284,19 @@ impl Panel {
         )
     }
 
+    /// Keep the revoked ids on disk (`-S`), if asked to.
+    fn save_state(&self) {
+        if let Some(db) = &self.statedb
+            && let Err(e) = super::statedb::save(db, &self.state)
+        {
+            tracing::error!("{e}");
+        }
+    }
+
     fn revoke(&self, args: &Map<String, Value>, terminate: bool) -> Value {
         let ids = string_list(args.get("task_id"));
         let (_held, running) = self.state.revoke(&ids, terminate);
+        self.save_state();
         if terminate {
             let signal = args.get("signal").and_then(Value::as_str).unwrap_or("SIGTERM");
             for id in &running {
@@ -343,6 +356,50 @@ impl Panel {
             hard.map_or("None".into(), |v| v.to_string())
         );
         ok("time limits set successfully")
+    }
+}
+
+/// Celery's mingle: at start-up, ask the other nodes (`hello`, 1 s) for their
+/// revoked ids and clock, and merge them; "mingle: all alone" when none answers.
+pub(crate) async fn mingle(broker: Broker, state: Arc<WorkerState>) {
+    let Some(fanout) = broker.fanout() else { return };
+    tracing::info!("mingle: searching for neighbors");
+    let oid = uuid::Uuid::new_v4().to_string();
+    let ticket = uuid::Uuid::new_v4().to_string();
+    let mut args = Map::new();
+    args.insert("from_node".into(), Value::from(state.hostname()));
+    args.insert("revoked".into(), json!(state.revoked_ids()));
+    let expires = super::state::now_epoch() + 1.0;
+    let request =
+        crate::protocol::pidbox::request_message("hello", args, None, &ticket, &oid, state.forward(), expires);
+    let raw = match fanout.call(&request, &oid, std::time::Duration::from_secs(1), None).await {
+        Ok(raw) => raw,
+        Err(e) => {
+            tracing::warn!("mingle: {e}");
+            return;
+        }
+    };
+    let mut synced = 0;
+    for r in &raw {
+        let Ok((t, body)) = crate::protocol::pidbox::decode_reply(r) else { continue };
+        if t.as_deref().is_some_and(|t| t != ticket) {
+            continue;
+        }
+        for (node, reply) in body {
+            if node == state.hostname() || !reply.is_object() {
+                continue;
+            }
+            state.merge_revoked(&string_list(reply.get("revoked")));
+            if let Some(clock) = reply.get("clock").and_then(Value::as_u64) {
+                state.adjust(clock);
+            }
+            synced += 1;
+        }
+    }
+    if synced == 0 {
+        tracing::info!("mingle: all alone");
+    } else {
+        tracing::info!("mingle: sync with {synced} nodes");
     }
 }
 

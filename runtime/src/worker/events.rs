@@ -33,13 +33,24 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Send `worker-online` and start the heartbeat and the task events'
-    /// delivery over `broker` (which must have fanout).
-    pub async fn start(broker: Broker, state: Arc<WorkerState>, heartbeat: Arc<Notify>) -> Dispatcher {
+    /// delivery over `broker` (which must have fanout). With
+    /// `--without-heartbeat` no worker event is sent (Celery's heart is off).
+    pub async fn start(
+        broker: Broker,
+        state: Arc<WorkerState>,
+        heartbeat: Arc<Notify>,
+        features: &super::Features,
+    ) -> Dispatcher {
         let (tx, rx) = mpsc::unbounded_channel();
         state.connect_events(tx);
-        send(&broker, &state, &state.worker_event("worker-online", HEARTBEAT.as_secs_f64())).await;
+        let heart = features.heartbeat.then(|| {
+            features.heartbeat_interval.filter(|s| *s > 0).map_or(HEARTBEAT, |s| Duration::from_secs(s.into()))
+        });
+        if let Some(freq) = heart {
+            send(&broker, &state, &state.worker_event("worker-online", freq.as_secs_f64())).await;
+        }
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(run(broker, state, rx, heartbeat, stopped));
+        let task = tokio::spawn(run(broker, state, rx, heartbeat, heart, stopped));
         Dispatcher { task, stop }
     }
 
@@ -55,9 +66,11 @@ async fn run(
     state: Arc<WorkerState>,
     mut events: mpsc::UnboundedReceiver<Value>,
     heartbeat: Arc<Notify>,
+    heart: Option<Duration>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let freq = heart.unwrap_or(HEARTBEAT);
+    let mut tick = tokio::time::interval(freq);
     tick.tick().await;
     loop {
         tokio::select! {
@@ -68,8 +81,8 @@ async fn run(
                 }
                 send_batch(&broker, &state, batch).await;
             }
-            _ = tick.tick() => {
-                send(&broker, &state, &state.worker_event("worker-heartbeat", HEARTBEAT.as_secs_f64())).await;
+            _ = tick.tick(), if heart.is_some() => {
+                send(&broker, &state, &state.worker_event("worker-heartbeat", freq.as_secs_f64())).await;
             }
             _ = heartbeat.notified() => {
                 // Celery's `heartbeat` control command sends `freq=5`.
@@ -85,7 +98,9 @@ async fn run(
     if !rest.is_empty() {
         send_batch(&broker, &state, rest).await;
     }
-    send(&broker, &state, &state.worker_event("worker-offline", HEARTBEAT.as_secs_f64())).await;
+    if heart.is_some() {
+        send(&broker, &state, &state.worker_event("worker-offline", freq.as_secs_f64())).await;
+    }
 }
 
 /// One task event alone goes as itself (Celery flushes a single buffered

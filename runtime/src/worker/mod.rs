@@ -40,6 +40,7 @@ mod metrics;
 mod rate;
 mod request;
 mod state;
+mod statedb;
 #[cfg(test)]
 mod tests;
 
@@ -96,6 +97,8 @@ pub struct WorkerOptions {
     pub banner: bool,
     /// Purge the consumed queues before consuming (`--purge`).
     pub purge: bool,
+    /// Keep revoked ids across restarts in this file (`-S/--statedb`).
+    pub statedb: Option<PathBuf>,
     /// Celery's worker features that travel as events (`--without-gossip`, ...).
     pub features: Features,
 }
@@ -310,6 +313,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let phase_tx = Arc::new(phase_tx);
     let state = Arc::new(state::WorkerState::new(&opts.hostname, settings.worker_send_task_events));
+    if let Some(db) = &opts.statedb {
+        let n = statedb::load(db, &state)?;
+        tracing::info!("state database {}: {n} revoked task id(s) restored", db.display());
+    }
     if let Some(addr) = &settings.worker_metrics_address {
         metrics::serve(addr, state.clone())
             .await
@@ -324,7 +331,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let mut dispatcher = None;
     let mut pidbox = None;
     if let Some(fanout) = broker.fanout() {
-        dispatcher = Some(events::Dispatcher::start(broker.clone(), state.clone(), heartbeat.clone()).await);
+        dispatcher =
+            Some(events::Dispatcher::start(broker.clone(), state.clone(), heartbeat.clone(), &opts.features).await);
         match fanout.listen(&opts.hostname).await {
             Ok(mailbox) => {
                 let panel = control::Panel {
@@ -338,8 +346,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                     run_slots: run_slots.clone(),
                     phase: phase_tx.clone(),
                     heartbeat: heartbeat.clone(),
+                    statedb: opts.statedb.clone(),
                 };
                 pidbox = Some(tokio::spawn(control::serve(panel, mailbox, phase_rx.clone())));
+                if opts.features.mingle {
+                    // In the background: serving does not wait for the other nodes.
+                    tokio::spawn(control::mingle(broker.clone(), state.clone()));
+                }
             }
             Err(e) => tracing::error!("remote control is unavailable: cannot listen on the pidbox: {e}"),
         }
@@ -384,6 +397,11 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
     if let Some(d) = dispatcher {
         d.stop().await;
+    }
+    if let Some(db) = &opts.statedb
+        && let Err(e) = statedb::save(db, &state)
+    {
+        tracing::error!("{e}");
     }
     // The event loops have closed their own connections; this one's declarations are long done.
     broker.close().await;

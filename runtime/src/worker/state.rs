@@ -331,6 +331,33 @@ impl WorkerState {
         r.order.iter().map(|(id, _)| id.clone()).collect()
     }
 
+    /// The revoked ids with when each was revoked (epoch seconds), oldest first.
+    pub fn revoked_since(&self) -> Vec<(String, f64)> {
+        let now = (Instant::now(), now_epoch());
+        let mut r = lock(&self.revoked);
+        r.purge(now.0);
+        r.order.iter().map(|(id, at)| (id.clone(), now.1 - now.0.duration_since(*at).as_secs_f64())).collect()
+    }
+
+    /// Restore revoked ids saved with [`WorkerState::revoked_since`]; those
+    /// past Celery's 3 hours are dropped.
+    pub fn restore_revoked(&self, entries: &[(String, f64)]) {
+        let (now, epoch) = (Instant::now(), now_epoch());
+        let mut sorted: Vec<&(String, f64)> = entries.iter().collect();
+        sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut r = lock(&self.revoked);
+        for (id, at) in sorted {
+            let age = Duration::from_secs_f64((epoch - at).max(0.0));
+            if age < REVOKE_EXPIRES
+                && let Some(when) = now.checked_sub(age)
+                && r.ids.insert(id.clone())
+            {
+                r.order.push_back((id.clone(), when));
+            }
+        }
+        r.purge(now);
+    }
+
     /// Merge another worker's revoked ids (`hello`).
     pub fn merge_revoked(&self, ids: &[String]) {
         let now = Instant::now();
