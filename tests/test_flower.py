@@ -348,9 +348,11 @@ def test_flowers_workers_page_in_headless_chromium_lists_the_worker_online(worke
         pytest.skip("chromium is not installed (.ci/run installs the Debian package: apt-get install -y chromium)")
     worker(name=NODE, extra_args=["-E"])
     f = flower()
-    assert client.tasks["add"].delay(4, 4).get(timeout=20) == 8
     wait_until(lambda: f.status().get(NODE) is True, timeout=20,
                message=lambda: f"Flower to show {NODE} online: {f.status()}")
+    ok = client.tasks["add"].delay(4, 4)
+    assert ok.get(timeout=20) == 8
+    f.wait_for_task_states({ok.id: "SUCCESS"})
 
     url = f"{f.base}/workers"
     page = run_chromium(binary, tmp_path / "chromium-profile", "--virtual-time-budget=5000", "--dump-dom", url)
@@ -361,8 +363,9 @@ def test_flowers_workers_page_in_headless_chromium_lists_the_worker_online(worke
     assert row is not None, f"no row for {NODE} in Flower's workers table:\n{dom[-5000:]}"
     assert re.search(r">\s*Online\s*<", row), f"{NODE} is not shown online:\n{row}"
     # The page's own figures, filled in by its script from /workers?json=1.
-    online = re.search(r'id="workers-online"[^>]*>\s*([^<]*)<', dom)
-    assert online and online.group(1).strip() == "1", online and online.group(0)
+    for metric in ("workers-online", "workers-succeeded"):
+        figure = re.search(rf'id="{metric}"[^>]*>\s*([^<]*)<', dom)
+        assert figure and figure.group(1).strip() == "1", (metric, figure and figure.group(0))
 
     shot = tmp_path / "flower-workers.png"
     snap = run_chromium(binary, tmp_path / "chromium-profile", "--virtual-time-budget=5000",
