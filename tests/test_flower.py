@@ -301,6 +301,8 @@ def test_flowers_revoke_call_with_terminate_stops_a_running_spin(worker, client,
     assert wait_until(lambda: [r["id"] for r in inspect(client, "active")] == [spin.id], timeout=20)
     f.wait_for_task_states({spin.id: "STARTED"})
 
+    # Flower parses terminate=true with its strtobool and sends `"terminate": 1`, not `true`: the worker
+    # must test the flag for Python's truth, as Celery's panel does.
     status, body = f.post(f"/api/task/revoke/{spin.id}", terminate="true")
     assert status == 200 and json.loads(body) == {"message": f"Revoked '{spin.id}'"}, (status, body)
     assert wait_until(lambda: spin.state == "REVOKED", timeout=20), spin.state
