@@ -243,20 +243,39 @@ def test_worker_heartbeats_arrive_without_task_events_and_mark_the_worker_alive(
     assert cap2.types() <= {"worker-heartbeat", "worker-offline"}
 
 
+class Dump:
+    """An event dump (`celery events --dump` or `celeriac events`) writing to a file, ready once it has
+    received a first event (a heartbeat: every 2 s), so that nothing sent afterwards can be missed."""
+
+    def __init__(self, argv: list[str], path):
+        self.path = path
+        self.out = open(path, "w")
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, text=True, env=_base_env(),
+                                     cwd=REPO_ROOT)
+
+    def wait_receiving(self, timeout: float = 20) -> None:
+        assert wait_until(lambda: "heartbeat" in self.path.read_text(), timeout=timeout), self.path.read_text()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.out.close()
+        return self.path.read_text()
+
+
 @pytest.mark.celeriac_only
-def test_events_dump_shows_the_workers_worker_and_task_events(worker, client, redis_server):
+def test_events_dump_shows_the_workers_worker_and_task_events(worker, client, redis_server, tmp_path):
     worker(name=NODE, extra_args=["-E"])
-    argv = [sys.executable, "-m", "celery", "-b", redis_server.url(0), "events", "--dump"]
-    dump = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_base_env(),
-                            cwd=REPO_ROOT)
+    dump = Dump([sys.executable, "-m", "celery", "-b", redis_server.url(0), "events", "--dump"],
+                tmp_path / "dump.txt")
     try:
-        time.sleep(2)
+        dump.wait_receiving()
         r = client.tasks["add"].delay(2, 2)
         assert r.get(timeout=10) == 4
-        time.sleep(2.5)
+        assert wait_until(lambda: f"task succeeded: tasks.add({r.id})" in dump.path.read_text(), timeout=10)
     finally:
-        dump.terminate()
-        out, _ = dump.communicate(timeout=10)
+        out = dump.stop()
     assert f"{NODE} [" in out and "heartbeat" in out, out
     assert f"task received: tasks.add({r.id})" in out, out
     assert f"task succeeded: tasks.add({r.id})" in out and "result=4" in out, out
@@ -345,29 +364,26 @@ def test_celeriac_inspect_control_and_status_work_without_python_against_both_ki
 
 @pytest.mark.celeriac_only
 def test_celeriac_events_dumps_what_celery_events_dump_shows_and_call_can_send_task_sent(
-        worker, client, redis_server):
+        worker, client, redis_server, tmp_path):
     from conftest import CELERIAC_BIN
 
     worker(name=NODE, extra_args=["-E"])
-    dump = subprocess.Popen([str(CELERIAC_BIN), "events", "--dump", "--duration", "6", "--broker",
-                             redis_server.url(0)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_base_env(), cwd=REPO_ROOT)
-    celery_dump = subprocess.Popen([sys.executable, "-m", "celery", "-b", redis_server.url(0), "events", "--dump"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_base_env(),
-                                   cwd=REPO_ROOT)
+    dump = Dump([str(CELERIAC_BIN), "events", "--dump", "--broker", redis_server.url(0)], tmp_path / "ours.txt")
+    celery_dump = Dump([sys.executable, "-m", "celery", "-b", redis_server.url(0), "events", "--dump"],
+                       tmp_path / "theirs.txt")
     try:
-        time.sleep(2)
+        dump.wait_receiving()
+        celery_dump.wait_receiving()
         sent = subprocess.run([str(CELERIAC_BIN), "call", "tasks.add", "20", "22", "--send-sent-event", "--wait",
                                "--broker", redis_server.url(0), "--result-backend", redis_server.url(1)],
                               capture_output=True, text=True, timeout=30, env=_base_env(), cwd=REPO_ROOT)
         assert sent.stdout.strip() == "42", sent.stdout + sent.stderr
         task_id = sent.stderr.strip().splitlines()[0]
-        ours, _ = dump.communicate(timeout=20)
+        for d in (dump, celery_dump):
+            assert wait_until(lambda: f"task succeeded: tasks.add({task_id})" in d.path.read_text(), timeout=10)
     finally:
-        celery_dump.terminate()
-        theirs, _ = celery_dump.communicate(timeout=10)
-        if dump.poll() is None:
-            dump.kill()
+        ours = dump.stop()
+        theirs = celery_dump.stop()
     for out in (ours, theirs):
         assert f"task sent: tasks.add({task_id}) args=(20, 22) kwargs={{}}" in out, out
         assert f"{NODE} [" in out and f"task received: tasks.add({task_id})" in out, out

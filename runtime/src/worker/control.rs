@@ -128,7 +128,7 @@ impl Panel {
                     json!({ "revoked": s.revoked_ids(), "clock": s.forward() })
                 }
             }
-            "revoke" => self.revoke(args, args.get("terminate").and_then(Value::as_bool).unwrap_or(false)),
+            "revoke" => self.revoke(args, args.get("terminate").is_some_and(py_truthy)),
             "terminate" => self.revoke(args, true),
             "rate_limit" => self.rate_limit(args),
             "time_limit" => self.time_limit(args),
@@ -412,6 +412,20 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Python's truth value of a JSON argument, as Celery's panel tests a flag
+/// (`if terminate:`): Flower's API sends `terminate=true` as the integer `1`
+/// (its `strtobool`), and `0`, `""`, `[]`, `{}` and `null` are false.
+fn py_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 /// Celery's `conf` censors keys that look secret.
 fn is_secret(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
@@ -514,6 +528,17 @@ mod tests {
         assert_eq!(string_list(Some(&json!(["a", "b"]))), vec!["a", "b"]);
         assert_eq!(string_list(Some(&json!("a"))), vec!["a"]);
         assert!(string_list(None).is_empty());
+    }
+
+    #[test]
+    fn flags_are_tested_for_pythons_truth_as_celery_does() {
+        // Flower's `POST /api/task/revoke/<id>?terminate=true` arrives as `"terminate": 1`.
+        for yes in [json!(true), json!(1), json!(2.5), json!("yes"), json!([0]), json!({"a": 1})] {
+            assert!(py_truthy(&yes), "{yes}");
+        }
+        for no in [json!(false), json!(0), json!(0.0), json!(""), json!([]), json!({}), Value::Null] {
+            assert!(!py_truthy(&no), "{no}");
+        }
     }
 
     #[test]
