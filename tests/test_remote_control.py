@@ -436,3 +436,21 @@ def test_the_heartbeat_interval_sets_the_heartbeats_frequency(worker, client):
     with EventCapture(client.app) as cap:
         assert wait_until(lambda: len([e for e in cap.events if e["type"] == "worker-heartbeat"]) >= 3, timeout=6)
     assert {e["freq"] for e in cap.events if e["type"] == "worker-heartbeat"} == {1.0}
+
+
+def test_add_consumer_and_cancel_consumer_change_the_queues_the_worker_serves(worker, client, redis_server):
+    worker(name=NODE)
+    out = celery_cli(redis_server, "control", "add_consumer", "extra", "-d", NODE)
+    assert "add consumer extra" in out.stdout, out.stdout + out.stderr
+    assert wait_until(lambda: "extra" in [q["name"] for q in inspect(client, "active_queues")], timeout=10)
+    assert client.tasks["add"].apply_async((1, 2), queue="extra").get(timeout=15) == 3
+    out = celery_cli(redis_server, "control", "cancel_consumer", "celery", "-d", NODE)
+    assert "no longer consuming from celery" in out.stdout, out.stdout + out.stderr
+    assert wait_until(lambda: [q["name"] for q in inspect(client, "active_queues")] == ["extra"], timeout=10)
+    time.sleep(2)  # every event loop has opened its consumer on the new set by now
+    stranded = client.tasks["add"].apply_async((2, 2), queue="celery")
+    assert client.tasks["add"].apply_async((3, 3), queue="extra").get(timeout=15) == 6
+    time.sleep(2)
+    assert stranded.state == "PENDING", "a cancelled queue was still consumed"
+    celery_cli(redis_server, "control", "add_consumer", "celery", "-d", NODE)
+    assert stranded.get(timeout=15) == 4

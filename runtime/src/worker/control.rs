@@ -32,7 +32,8 @@ pub(crate) struct Panel {
     pub broker: Broker,
     pub sandbox: Arc<Sandbox>,
     pub settings: Settings,
-    pub queues: Vec<String>,
+    /// The queues consumed; `add_consumer`/`cancel_consumer` change them (every event loop follows).
+    pub queues: Arc<watch::Sender<Vec<String>>>,
     pub broker_url: String,
     pub concurrency: u32,
     /// The worker's run slots (`pool_grow` / `pool_shrink`).
@@ -112,7 +113,7 @@ impl Panel {
             "scheduled" | "dump_schedule" => Value::Array(s.requests("scheduled")),
             "revoked" | "dump_revoked" => json!(s.revoked_ids()),
             "registered" | "dump_tasks" => self.registered(args),
-            "active_queues" => Value::Array(self.queues.iter().map(|q| queue_info(q)).collect()),
+            "active_queues" => Value::Array(self.queues.borrow().iter().map(|q| queue_info(q)).collect()),
             "conf" | "dump_conf" => self.conf(),
             "report" => ok(self.report()),
             "query_task" => Value::Object(s.query(&string_list(args.get("ids")))),
@@ -173,10 +174,22 @@ impl Panel {
             }
             "autoscale" => nok("ValueError('Autoscale not enabled')"),
             "pool_restart" => nok("ValueError('Pool restarts not enabled')"),
-            "add_consumer" | "cancel_consumer" => nok(format!(
-                "{}: Celeriac does not change its queues at run time yet; restart the worker with -Q",
-                req.method
-            )),
+            "add_consumer" => match args.get("queue").and_then(Value::as_str) {
+                Some(queue) => self.add_consumer(queue).await,
+                None => nok("TypeError(\"add_consumer() missing 1 required positional argument: 'queue'\")"),
+            },
+            "cancel_consumer" => match args.get("queue").and_then(Value::as_str) {
+                Some(queue) => {
+                    tracing::info!("Canceling queue {queue}");
+                    self.queues.send_if_modified(|qs| {
+                        let before = qs.len();
+                        qs.retain(|q| q != queue);
+                        qs.len() != before
+                    });
+                    ok(format!("no longer consuming from {queue}"))
+                }
+                None => nok("TypeError(\"cancel_consumer() missing 1 required positional argument: 'queue'\")"),
+            },
             "shutdown" => {
                 let msg = args.get("msg").and_then(Value::as_str).unwrap_or("Got shutdown from remote");
                 tracing::warn!("{msg}");
@@ -246,6 +259,19 @@ impl Panel {
                 }
             })
             .collect()
+    }
+
+    /// `add_consumer`: declare `queue` as a Celery client does and consume it
+    /// too (each event loop opens a consumer on the new set within a second).
+    async fn add_consumer(&self, queue: &str) -> Value {
+        if !self.queues.borrow().iter().any(|q| q == queue) {
+            if let Err(e) = self.broker.declare(&[queue.to_string()]).await {
+                return nok(format!("cannot declare queue {queue}: {e}"));
+            }
+            self.queues.send_modify(|qs| qs.push(queue.to_string()));
+            tracing::info!("Started consuming from {queue}");
+        }
+        ok(format!("add consumer {queue}"))
     }
 
     /// The rate limit in force for `task`.

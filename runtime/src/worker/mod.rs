@@ -161,6 +161,8 @@ pub(crate) struct Shared {
     pub phase: watch::Receiver<Phase>,
     /// What the worker holds and did (remote control, events).
     pub state: Arc<state::WorkerState>,
+    /// The queues to consume; `add_consumer`/`cancel_consumer` change them.
+    pub queues: watch::Receiver<Vec<String>>,
 }
 
 impl Shared {
@@ -178,6 +180,7 @@ impl Shared {
         rate_limits: Arc<rate::RateLimits>,
         phase: watch::Receiver<Phase>,
         state: Arc<state::WorkerState>,
+        queues: watch::Receiver<Vec<String>>,
     ) -> Shared {
         let results = backend.clone().map(|b| {
             batch::Batcher::spawn(None, move |replies: Vec<Reply>| {
@@ -200,6 +203,7 @@ impl Shared {
             results,
             phase,
             state,
+            queues,
         }
     }
 
@@ -312,6 +316,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let phase_tx = Arc::new(phase_tx);
+    let queues_tx = Arc::new(watch::Sender::new(queues.clone()));
     let state = Arc::new(state::WorkerState::new(&opts.hostname, settings.worker_send_task_events));
     if let Some(db) = &opts.statedb {
         let n = statedb::load(db, &state)?;
@@ -340,7 +345,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                     broker: broker.clone(),
                     sandbox: sandbox.clone(),
                     settings: settings.clone(),
-                    queues: queues.clone(),
+                    queues: queues_tx.clone(),
                     broker_url: broker_url.clone(),
                     concurrency,
                     run_slots: run_slots.clone(),
@@ -370,7 +375,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             broker: broker.clone(),
             broker_url: broker_url.clone(),
             backend_url: backend_url.clone(),
-            queues: queues.clone(),
+            queues: queues_tx.subscribe(),
             hostname: opts.hostname.clone(),
             phase: phase_rx.clone(),
             state: state.clone(),
@@ -442,7 +447,7 @@ struct LoopContext {
     broker: Broker,
     broker_url: String,
     backend_url: Option<String>,
-    queues: Vec<String>,
+    queues: watch::Receiver<Vec<String>>,
     hostname: String,
     phase: watch::Receiver<Phase>,
     state: Arc<state::WorkerState>,
@@ -466,7 +471,8 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             }
         };
         let prefetch = prefetch_window(&ctx.settings, ctx.slots);
-        let consumer = connect_with_retry("broker", url, || broker.consume(&ctx.queues, prefetch)).await?;
+        let queues = ctx.queues.borrow().clone();
+        let consumer = connect_with_retry("broker", url, || broker.consume(&queues, prefetch)).await?;
         let shared = Arc::new(Shared::new(
             ctx.sandbox,
             broker,
@@ -478,6 +484,7 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             ctx.rate_limits,
             ctx.phase,
             ctx.state,
+            ctx.queues,
         ));
         tracing::debug!("event loop {} consuming with {} run slots", ctx.index, ctx.slots);
         let (handlers, consumer) = consume(shared.clone(), consumer, ctx.slots).await;
@@ -575,9 +582,24 @@ async fn consume(
     let mut handlers = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     let mut phase = shared.phase.clone();
+    let mut queues = shared.queues.clone();
+    // The queues this consumer was opened on (`add_consumer`/`cancel_consumer` change them).
+    queues.mark_unchanged();
     while !shared.stopping() {
         // Reap finished handlers so the set does not grow.
         while handlers.try_join_next().is_some() {}
+        if queues.has_changed().unwrap_or(false) {
+            let wanted = queues.borrow_and_update().clone();
+            consumer = Box::pin(switch_queues(&shared, consumer, &wanted, prefetch)).await;
+        }
+        if queues.borrow().is_empty() {
+            // Every queue cancelled: consume nothing until one is added.
+            tokio::select! {
+                _ = queues.changed() => {}
+                _ = phase.changed() => {}
+            }
+            continue;
+        }
         let first = tokio::select! {
             p = room.clone().acquire_owned() => p,
             changed = phase.changed() => {
@@ -643,6 +665,47 @@ async fn consume(
         }
     }
     (handlers, consumer)
+}
+
+/// A consumer on the queues `wanted` now, replacing `consumer` (which keeps
+/// acknowledging what it delivered: flushing the new one flushes it too). On
+/// failure the old consumer goes on.
+async fn switch_queues(
+    shared: &Shared,
+    consumer: Box<dyn Consumer>,
+    wanted: &[String],
+    prefetch: usize,
+) -> Box<dyn Consumer> {
+    if wanted.is_empty() {
+        return consumer;
+    }
+    match shared.broker.consume(wanted, prefetch).await {
+        Ok(current) => Box::new(Replaced { current, old: consumer }),
+        Err(e) => {
+            tracing::error!("cannot consume {}: {e}; still consuming the previous queues", wanted.join(", "));
+            consumer
+        }
+    }
+}
+
+/// A consumer that replaced another one when the queues changed.
+struct Replaced {
+    current: Box<dyn Consumer>,
+    old: Box<dyn Consumer>,
+}
+
+impl Consumer for Replaced {
+    fn fetch(&mut self, max: usize) -> crate::broker::BoxFuture<'_, Result<Vec<crate::broker::Delivery>, BrokerError>> {
+        self.current.fetch(max)
+    }
+
+    fn flush(&self) -> crate::broker::BoxFuture<'_, ()> {
+        let (old, current) = (self.old.flush(), self.current.flush());
+        Box::pin(async move {
+            old.await;
+            current.await;
+        })
+    }
 }
 
 /// Wait for running tasks (bounded), unless a cold shutdown cuts it short.

@@ -64,6 +64,7 @@ impl Rig {
             Arc::default(),
             rx,
             Arc::new(super::state::WorkerState::new("celeriac@test", false)),
+            watch::channel(vec!["celery".to_string()]).1,
         ));
         Rig { memory, shared, backend, phase, _dir: dir }
     }
