@@ -227,6 +227,17 @@ def test_celery_state_rebuilds_task_states_from_the_workers_events(worker, clien
     assert received["hostname"] == NODE and received["pid"] > 0 and received["clock"] > 0
 
 
+def test_an_unregistered_task_is_announced_as_failed_with_not_registered(worker, client):
+    worker(name=NODE, extra_args=["-E"])
+    with EventCapture(client.app) as cap:
+        r = client.app.send_task("tasks.nope", (1,))
+        assert wait_until(lambda: any(e.get("uuid") == r.id for e in cap.events), timeout=10)
+        time.sleep(0.5)
+    mine = [e for e in cap.events if e.get("uuid") == r.id]
+    assert [e["type"] for e in mine] == ["task-failed"]
+    assert mine[0]["exception"] == "NotRegistered('tasks.nope')"
+
+
 @pytest.mark.standin_xfail("the stand-in worker runs --without-heartbeat")
 def test_worker_heartbeats_arrive_without_task_events_and_mark_the_worker_alive(worker, client):
     w = worker(name=NODE)

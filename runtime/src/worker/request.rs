@@ -71,6 +71,11 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
             msg.delivery.exchange,
             msg.delivery.routing_key
         );
+        // Celery's on_unknown_task sends task-failed (there is no request yet, so no task-received).
+        let mut fields = serde_json::Map::new();
+        fields.insert("uuid".into(), Value::from(msg.id.as_str()));
+        fields.insert("exception".into(), Value::from(ExceptionInfo::not_registered(&msg.task).repr()));
+        s.state.task_event("task-failed", fields);
         acker.hold();
         Box::pin(store_exception(s, &msg, &routing, &ExceptionInfo::not_registered(&msg.task), None)).await;
         // Celery's on_unknown_task: reject without requeue (dead-lettered where the queue says so).
