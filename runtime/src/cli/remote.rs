@@ -85,7 +85,10 @@ pub fn events(g: &GlobalArgs, a: EventsArgs) -> anyhow::Result<ExitCode> {
         let mut mailbox = fanout.events().await?;
         println!("-> evdump: starting capture...");
         let mut names = std::collections::HashMap::new();
-        let until = a.duration.map(|d| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(d.max(0.0)));
+        let until = match a.duration {
+            None => None,
+            Some(d) => Some(tokio::time::Instant::now() + seconds("--duration", d)?),
+        };
         loop {
             let next = mailbox.next();
             let raw = match until {
@@ -119,13 +122,19 @@ fn broadcast(
     let settings = g.settings()?;
     let broker_url = settings.effective_broker_url();
     let destination = (!destination.is_empty()).then_some(destination);
-    let timeout = std::time::Duration::from_secs_f64(timeout.max(0.01));
+    let timeout = seconds("-t/--timeout", timeout.max(0.01))?;
     runtime()?.block_on(async {
         let broker = crate::broker::Broker::connect_with_settings(&broker_url, &settings, "celeriac control").await?;
         let replies = crate::remote::broadcast(&broker, method, arguments, destination, timeout).await;
         broker.close().await;
         Ok(replies?)
     })
+}
+
+/// A number of seconds given on the command line, as a duration.
+fn seconds(option: &str, secs: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(secs.max(0.0))
+        .map_err(|_| anyhow::anyhow!("{option} {secs}: not a number of seconds this command can wait"))
 }
 
 /// Print replies as `celery inspect` does; exit 69 when there are none.

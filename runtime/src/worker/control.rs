@@ -46,6 +46,9 @@ pub(crate) struct Panel {
     pub statedb: Option<std::path::PathBuf>,
 }
 
+/// The most run slots one `pool_grow` / `pool_shrink` adds or takes.
+const MAX_POOL_CHANGE: u64 = 10_000;
+
 fn ok(text: impl Into<String>) -> Value {
     json!({ "ok": text.into() })
 }
@@ -156,13 +159,14 @@ impl Panel {
             }
             "election" => Value::Null,
             "pool_grow" => {
-                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as usize;
+                // Bounded: a semaphore refuses (panics at) more than usize::MAX >> 3 permits.
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1).min(MAX_POOL_CHANGE) as usize;
                 self.run_slots.add_permits(n);
                 tracing::info!("pool: {n} more run slot(s)");
                 ok("pool will grow")
             }
             "pool_shrink" => {
-                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1) as u32;
+                let n = args.get("n").and_then(Value::as_u64).unwrap_or(1).min(MAX_POOL_CHANGE) as u32;
                 let slots = self.run_slots.clone();
                 // Taken as running tasks finish, and never given back.
                 tokio::spawn(async move {

@@ -347,7 +347,8 @@ impl WorkerState {
         sorted.sort_by(|a, b| a.1.total_cmp(&b.1));
         let mut r = lock(&self.revoked);
         for (id, at) in sorted {
-            let age = Duration::from_secs_f64((epoch - at).max(0.0));
+            // A time from a damaged file (far past, far future) is skipped or taken as now.
+            let Ok(age) = Duration::try_from_secs_f64((epoch - at).max(0.0)) else { continue };
             if age < REVOKE_EXPIRES
                 && let Some(when) = now.checked_sub(age)
                 && r.ids.insert(id.clone())
