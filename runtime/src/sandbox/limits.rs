@@ -85,8 +85,8 @@ impl Limits {
     /// Tighten the time limit to a message's own hard limit (seconds), if any.
     /// A client can shorten the worker's limit, never extend it.
     pub fn tightened_by_message(mut self, hard_seconds: Option<f64>) -> Limits {
-        if let Some(s) = hard_seconds.filter(|s| s.is_finite() && *s > 0.0) {
-            let d = Duration::from_secs_f64(s);
+        // A limit too large for a duration (1e300 s) tightens nothing.
+        if let Some(d) = hard_seconds.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok()) {
             if d < self.time_limit {
                 self.time_limit = d;
             }
@@ -260,6 +260,10 @@ mod tests {
         assert_eq!(l.tightened_by_message(Some(1.0)).time_limit, Duration::from_secs(1));
         assert_eq!(l.tightened_by_message(Some(100.0)).time_limit, Duration::from_secs(10));
         assert_eq!(l.tightened_by_message(None).time_limit, Duration::from_secs(10));
+        // Values a message (or `control time_limit`) can carry that are no duration at all.
+        for odd in [1e300, f64::INFINITY, f64::NAN, -1.0, 0.0] {
+            assert_eq!(l.tightened_by_message(Some(odd)).time_limit, Duration::from_secs(10), "{odd}");
+        }
     }
 
     #[test]
