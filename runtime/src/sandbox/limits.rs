@@ -86,10 +86,10 @@ impl Limits {
     /// A client can shorten the worker's limit, never extend it.
     pub fn tightened_by_message(mut self, hard_seconds: Option<f64>) -> Limits {
         // A limit too large for a duration (1e300 s) tightens nothing.
-        if let Some(d) = hard_seconds.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-            if d < self.time_limit {
-                self.time_limit = d;
-            }
+        if let Some(d) = hard_seconds.filter(|s| *s > 0.0).and_then(|s| Duration::try_from_secs_f64(s).ok())
+            && d < self.time_limit
+        {
+            self.time_limit = d;
         }
         self
     }
