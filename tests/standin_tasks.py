@@ -84,3 +84,33 @@ def progress(self, n):
         self.update_state(state="PROGRESS", meta={"current": i, "total": n})
         time.sleep(0.05)
     return n
+
+
+class ExpectedException(Exception):
+    pass
+
+
+@app.task(name="tasks.flaky", bind=True, max_retries=3, default_retry_delay=1)
+def flaky(self, n):
+    if self.request.retries < n:
+        exc = ValueError("flaky: attempt %d of %d" % (self.request.retries + 1, n + 1))
+        raise self.retry(exc=exc, countdown=0.1)
+    return self.request.retries
+
+
+@app.task(name="tasks.autoflaky", bind=True, autoretry_for=(ValueError,), max_retries=5,
+          retry_backoff=1, retry_backoff_max=1, retry_jitter=False)
+def autoflaky(self, n):
+    if self.request.retries < n:
+        raise ValueError("autoflaky: attempt %d" % (self.request.retries + 1))
+    return self.request.retries
+
+
+@app.task(name="tasks.expected_fail")
+def expected_fail():
+    raise ExpectedException("Task expected to fail", "test")
+
+
+@app.task(name="tasks.limited", rate_limit="2/s")
+def limited():
+    return True

@@ -250,6 +250,7 @@ async fn call_add(sandbox: &Sandbox, task: &str, i: i64) -> anyhow::Result<Durat
         Outcome::Success(v) if v.as_i64() == Some(2 * i) => Ok(r.report.wall),
         Outcome::Success(v) => bail!("{task}({i}, {i}) returned {v}, expected {}", 2 * i),
         Outcome::Failure(f) => bail!("{task}({i}, {i}) failed: {} {}\n{}", f.exc_type, f.message, f.traceback),
+        Outcome::Retry(r) => bail!("{task}({i}, {i}) asked for a retry: {r:?}"),
     }
 }
 

@@ -54,6 +54,7 @@ fn success(r: &CallResult) -> &Value {
     match &r.outcome {
         Outcome::Success(v) => v,
         Outcome::Failure(f) => panic!("expected success, got {}\n{}", f.repr(), f.traceback),
+        Outcome::Retry(r) => panic!("expected success, got a retry request {r:?}"),
     }
 }
 
@@ -61,6 +62,7 @@ fn failure(r: &CallResult) -> &TaskFailure {
     match &r.outcome {
         Outcome::Failure(f) => f,
         Outcome::Success(v) => panic!("expected a failure, got {v}"),
+        Outcome::Retry(r) => panic!("expected a failure, got a retry request {r:?}"),
     }
 }
 

@@ -96,7 +96,7 @@ mod host;
 pub mod log;
 
 pub use celeriac_sdk_macros::{export_tasks, task};
-pub use error::TaskError;
+pub use error::{Raise, Retry, TaskError};
 pub use host::{Request, request, update_state, update_state_json};
 
 /// Implementation details used by the macros' expansions. Not a stable API.
@@ -108,9 +108,9 @@ pub mod __private {
 
     use serde_json::{Map, Value};
 
-    use crate::TaskError;
+    use crate::{Raise, TaskError};
 
-    /// Bindings for `wit/task.wit`, world `task-component`.
+    /// Bindings for `wit/task.wit` (`celeriac:task@0.2.0`), world `task-component`.
     #[allow(missing_docs, clippy::all)]
     pub mod bindings {
         wit_bindgen::generate!({
@@ -125,18 +125,88 @@ pub mod __private {
 
     /// The WIT `task-error` record.
     pub use bindings::celeriac::task::types::TaskError as WitTaskError;
+    /// The WIT `raised` variant and `task-info` record.
+    pub use bindings::celeriac::task::types::{Raised, TaskInfo};
+    use bindings::celeriac::task::types::{RetryRequest, TaskOptions as WitTaskOptions};
     pub use bindings::exports::celeriac::task::task::Guest;
 
     /// The wrapper `#[task]` generates: binds `args`/`kwargs`, calls the task,
     /// encodes its result.
-    pub type TaskFn = fn(&[Value], &Map<String, Value>) -> Result<String, TaskError>;
+    pub type TaskFn = fn(&[Value], &Map<String, Value>) -> Result<String, Raise>;
 
-    /// One task of a component: its name (without the component prefix) and
-    /// its wrapper.
+    /// The options a task declares with `#[task(...)]` (Celery's
+    /// `@app.task(...)` keyword arguments); `None` keeps the worker's default.
+    #[derive(Clone, Copy, Default)]
+    pub struct TaskOptions {
+        /// `rate_limit`, e.g. `"10/m"`.
+        pub rate_limit: Option<&'static str>,
+        /// `time_limit`, seconds.
+        pub time_limit: Option<f64>,
+        /// `soft_time_limit`, seconds.
+        pub soft_time_limit: Option<f64>,
+        /// `max_retries`.
+        pub max_retries: Option<u32>,
+        /// `default_retry_delay`, seconds.
+        pub default_retry_delay: Option<f64>,
+        /// `autoretry_for`, exception class names.
+        pub autoretry_for: &'static [&'static str],
+        /// `retry_backoff` factor (`true` is 1).
+        pub retry_backoff: Option<u32>,
+        /// `retry_backoff_max`, seconds.
+        pub retry_backoff_max: Option<u32>,
+        /// `retry_jitter`.
+        pub retry_jitter: Option<bool>,
+        /// `acks_late`.
+        pub acks_late: Option<bool>,
+        /// `ignore_result`.
+        pub ignore_result: Option<bool>,
+        /// `queue`.
+        pub queue: Option<&'static str>,
+    }
+
+    impl TaskOptions {
+        /// No options declared (a `const` `Default`).
+        pub const NONE: TaskOptions = TaskOptions {
+            rate_limit: None,
+            time_limit: None,
+            soft_time_limit: None,
+            max_retries: None,
+            default_retry_delay: None,
+            autoretry_for: &[],
+            retry_backoff: None,
+            retry_backoff_max: None,
+            retry_jitter: None,
+            acks_late: None,
+            ignore_result: None,
+            queue: None,
+        };
+
+        fn to_wit(self) -> WitTaskOptions {
+            WitTaskOptions {
+                rate_limit: self.rate_limit.map(str::to_string),
+                time_limit: self.time_limit,
+                soft_time_limit: self.soft_time_limit,
+                max_retries: self.max_retries,
+                default_retry_delay: self.default_retry_delay,
+                autoretry_for: self.autoretry_for.iter().map(|s| s.to_string()).collect(),
+                retry_backoff: self.retry_backoff,
+                retry_backoff_max: self.retry_backoff_max,
+                retry_jitter: self.retry_jitter,
+                acks_late: self.acks_late,
+                ignore_result: self.ignore_result,
+                queue: self.queue.map(str::to_string),
+            }
+        }
+    }
+
+    /// One task of a component: its name (without the component prefix), its
+    /// declared options and its wrapper.
     #[derive(Clone, Copy)]
     pub struct TaskDef {
         /// The task name, e.g. `add`.
         pub name: &'static str,
+        /// The options it declares.
+        pub options: TaskOptions,
         /// The generated wrapper.
         pub call: TaskFn,
     }
@@ -176,23 +246,46 @@ pub mod __private {
         tasks.iter().map(|t| t.name.to_string()).collect()
     }
 
+    /// `task.tasks`: the listed tasks with their declared options.
+    pub fn task_infos(tasks: &[TaskDef]) -> Vec<TaskInfo> {
+        tasks.iter().map(|t| TaskInfo { name: t.name.to_string(), options: t.options.to_wit() }).collect()
+    }
+
     /// `task.invoke`: parses the JSON arguments and runs the named task.
-    pub fn invoke(tasks: &[TaskDef], name: &str, args: &str, kwargs: &str) -> Result<String, TaskError> {
+    pub fn invoke(tasks: &[TaskDef], name: &str, args: &str, kwargs: &str) -> Result<String, Raise> {
         let Some(task) = tasks.iter().find(|t| t.name == name) else {
-            return Err(TaskError::new("NotRegistered", format!("'{name}'")).with_module("celery.exceptions"));
+            return Err(TaskError::new("NotRegistered", format!("'{name}'")).with_module("celery.exceptions").into());
         };
         let args = parse_args(task.name, args)?;
         let kwargs = parse_kwargs(task.name, kwargs)?;
         (task.call)(&args, &kwargs)
     }
 
-    /// `task.invoke` with the error converted to the WIT record.
-    pub fn invoke_wit(tasks: &[TaskDef], name: &str, args: &str, kwargs: &str) -> Result<String, WitTaskError> {
-        invoke(tasks, name, args, kwargs).map_err(|e| WitTaskError {
+    fn wit_error(e: TaskError) -> WitTaskError {
+        WitTaskError {
             exc_type: e.exc_type,
             exc_module: e.exc_module,
             message: e.message,
+            args: e.args.map(|args| args.iter().map(Value::to_string).collect()),
             traceback: e.traceback,
+        }
+    }
+
+    /// `task.invoke` with the error converted to the WIT variant.
+    // `Raised` is the WIT binding's own type, which the export must return as it is.
+    #[allow(clippy::result_large_err)]
+    pub fn invoke_wit(tasks: &[TaskDef], name: &str, args: &str, kwargs: &str) -> Result<String, Raised> {
+        invoke(tasks, name, args, kwargs).map_err(|raise| match raise {
+            Raise::Exception(e) => Raised::Exception(wit_error(e)),
+            Raise::Retry(r) => {
+                let r = *r;
+                Raised::Retry(RetryRequest {
+                    countdown: r.countdown,
+                    eta: r.eta,
+                    exc: r.exc.map(wit_error),
+                    max_retries: r.max_retries,
+                })
+            }
         })
     }
 }

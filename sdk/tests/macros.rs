@@ -69,8 +69,18 @@ mod nested {
 celeriac_sdk::export_tasks!(add, div, greet, flip, nothing, lines, parse, stringly, io, nested::sub);
 
 fn call(name: &str, args: &str, kwargs: &str) -> Result<String, TaskError> {
+    use celeriac_sdk::__private::Raised;
     <__CeleriacComponent as celeriac_sdk::__private::Guest>::invoke(name.into(), args.into(), kwargs.into()).map_err(
-        |e| TaskError { exc_type: e.exc_type, exc_module: e.exc_module, message: e.message, traceback: e.traceback },
+        |raised| match raised {
+            Raised::Exception(e) => TaskError {
+                exc_type: e.exc_type,
+                exc_module: e.exc_module,
+                message: e.message,
+                args: e.args.map(|a| a.iter().map(|v| serde_json::from_str(v).unwrap()).collect()),
+                traceback: e.traceback,
+            },
+            Raised::Retry(_) => panic!("unexpected retry"),
+        },
     )
 }
 
@@ -88,7 +98,8 @@ fn original_functions_stay_callable() {
 
 #[test]
 fn task_names() {
-    let names = <__CeleriacComponent as celeriac_sdk::__private::Guest>::tasks();
+    let infos = <__CeleriacComponent as celeriac_sdk::__private::Guest>::tasks();
+    let names: Vec<String> = infos.into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["add", "div", "greeting", "flip", "nothing", "lines", "parse", "stringly", "io", "sub"]);
 }
 

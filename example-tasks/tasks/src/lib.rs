@@ -160,6 +160,63 @@ fn log(msg: String) {
     celeriac_sdk::log::info(&msg);
 }
 
+/// `flaky(n)`: fails with `ValueError` until it has been retried `n` times,
+/// asking for a retry in 0.1 s each time; then returns the number of retries.
+/// Declares `max_retries = 3`: `flaky(5)` ends in `FAILURE` (`ValueError`).
+#[task(max_retries = 3, default_retry_delay = 1)]
+fn flaky(n: u32) -> Result<u32, celeriac_sdk::Raise> {
+    let retries = celeriac_sdk::request().retries;
+    if retries < n {
+        let why = TaskError::value_error(format!("flaky: attempt {} of {}", retries + 1, n + 1));
+        return Err(celeriac_sdk::Retry::after(0.1).because(why).into());
+    }
+    Ok(retries)
+}
+
+/// `autoflaky(n)`: raises `ValueError` until it has been retried `n` times;
+/// `autoretry_for = ["ValueError"]` with a 1 s backoff (no jitter) retries it.
+#[task(autoretry_for = ["ValueError"], max_retries = 5, retry_backoff = 1, retry_backoff_max = 1, retry_jitter = false)]
+fn autoflaky(n: u32) -> Result<u32, TaskError> {
+    let retries = celeriac_sdk::request().retries;
+    if retries < n {
+        return Err(TaskError::value_error(format!("autoflaky: attempt {}", retries + 1)));
+    }
+    Ok(retries)
+}
+
+/// `expected_fail()`: raises `ExpectedException('Task expected to fail',
+/// 'test')`, an exception with two arguments, as Celery's integration tests do.
+#[task]
+fn expected_fail() -> Result<(), TaskError> {
+    Err(TaskError::new("ExpectedException", "").with_args(["Task expected to fail", "test"]))
+}
+
+/// `limited()`: returns `true`; declares `rate_limit = "2/s"`, so a burst of
+/// calls starts at most two a second on one worker.
+#[task(rate_limit = "2/s")]
+fn limited() -> bool {
+    true
+}
+
 celeriac_sdk::export_tasks!(
-    add, mul, xsum, div, fail, panic, spin, hog, deep, sleep, progress, context, open_file, log, counter, repeat
+    add,
+    mul,
+    xsum,
+    div,
+    fail,
+    panic,
+    spin,
+    hog,
+    deep,
+    sleep,
+    progress,
+    context,
+    open_file,
+    log,
+    counter,
+    repeat,
+    flaky,
+    autoflaky,
+    expected_fail,
+    limited
 );

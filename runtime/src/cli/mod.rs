@@ -393,6 +393,12 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
                 eprint!("{}", f.traceback);
                 ExitCode::FAILURE
             }
+            // `celeriac run` calls once: a retry request is reported, not sent.
+            Outcome::Retry(r) => {
+                let because = r.exc.as_ref().map(|f| format!(": {}", f.repr())).unwrap_or_default();
+                eprintln!("the task asked to be retried (countdown {:?}, eta {:?}){because}", r.countdown, r.eta);
+                ExitCode::FAILURE
+            }
         })
     })
 }

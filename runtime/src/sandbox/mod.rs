@@ -21,6 +21,7 @@
 pub mod bounds;
 pub mod cache;
 pub mod compile;
+pub mod declared;
 pub mod exports;
 pub mod host;
 pub mod limits;
@@ -40,15 +41,18 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 
 pub use bounds::HostBounds;
 pub use compile::Compiler;
+pub use exports::{Contract, DeclaredOptions};
 use exports::{Exports, Returned};
 use host::TaskState;
 use host::bindings::TaskComponentPre;
+use host::bindings_v0_1::TaskComponentPre as TaskComponentPreV0_1;
 pub use host::context::Request;
 pub use host::state::{StateSink, StateUpdate};
 pub use limits::{ByteSize, Limits, LimitsOverride};
 pub use loader::LoadError;
 use outcome::TraceSite;
-pub use outcome::{CallReport, FailureKind, Outcome, TaskFailure};
+pub use outcome::{CallReport, FailureKind, Outcome, RetryRequest, TaskFailure};
+use wasmtime::component::InstancePre;
 
 /// How often the epoch ticks: the granularity of time limits and of the
 /// cooperative yields that keep a busy guest from starving the async runtime.
@@ -148,6 +152,23 @@ impl SandboxConfig {
         l
     }
 
+    /// The effective limits of `task` with the options its component declares:
+    /// defaults, then the declared `time_limit`, then `"*"` and the task's own
+    /// annotations (which override what a task declares, as in Celery).
+    pub fn limits_with_declared(&self, task: &str, declared: &DeclaredOptions) -> Limits {
+        let mut l = self.limits;
+        if let Some(t) = declared.time_limit {
+            l = l.with(&LimitsOverride { time_limit: Some(t), ..LimitsOverride::default() });
+        }
+        if let Some(o) = self.task_limits.get("*") {
+            l = l.with(o);
+        }
+        if let Some(o) = self.task_limits.get(task) {
+            l = l.with(o);
+        }
+        l
+    }
+
     /// Every wasm stack size a task can get, the default (a task without
     /// annotations) first.
     fn stacks(&self) -> Vec<u64> {
@@ -198,8 +219,15 @@ pub struct LoadedComponent {
     pub load_time: Duration,
     /// Its version: the first 12 hex digits of the file's SHA-256.
     pub version: String,
-    pre: TaskComponentPre<TaskState>,
+    pre: InstancePre<TaskState>,
     exports: Exports,
+}
+
+impl LoadedComponent {
+    /// The version of the `celeriac:task` contract it was built for.
+    pub fn contract(&self) -> Contract {
+        self.exports.contract()
+    }
 }
 
 /// A task the sandbox can run.
@@ -212,10 +240,13 @@ pub struct TaskEntry {
     pub component: Arc<LoadedComponent>,
     /// Its effective limits.
     pub limits: Limits,
+    /// The options the component declares for it (0.2.0 components; all
+    /// defaults for 0.1.0 ones), checked at load time.
+    pub options: DeclaredOptions,
     /// The engine it runs on (by stack size).
     engine: usize,
     /// The component pre-linked on that engine, and where its exports are.
-    pre: TaskComponentPre<TaskState>,
+    pre: InstancePre<TaskState>,
     exports: Exports,
 }
 
@@ -579,9 +610,9 @@ impl Sandbox {
             pre,
             exports,
         });
-        let names = self.list_tasks(&loaded).await?;
+        let listed = self.list_tasks(&loaded).await?;
         let mut seen = HashSet::new();
-        for export in &names {
+        for (export, options) in &listed {
             if !loader::valid_task_name(export) {
                 return Err(format!(
                     "declares an invalid task name {:?}: a name is 1 to {} letters, digits, '_' or '-'",
@@ -592,14 +623,15 @@ impl Sandbox {
             if !seen.insert(export.as_str()) {
                 return Err(format!("declares the task name {export:?} more than once"));
             }
+            declared::check(options).map_err(|e| format!("declares for its task {export:?} {e}"))?;
         }
         // Tasks with their own stack size run on another engine, for which the
         // component is compiled (and cached) once per size.
-        let mut other_stacks: HashMap<usize, (TaskComponentPre<TaskState>, Exports)> = HashMap::new();
-        let mut entries = Vec::with_capacity(names.len());
-        for export in names {
+        let mut other_stacks: HashMap<usize, (InstancePre<TaskState>, Exports)> = HashMap::new();
+        let mut entries = Vec::with_capacity(listed.len());
+        for (export, options) in listed {
             let name = format!("{}.{}", c.prefix, export);
-            let limits = self.config.limits_for(&name);
+            let limits = self.config.limits_with_declared(&name, &options);
             let engine = self.engines.iter().position(|e| e.stack == limits.max_stack).unwrap_or(0);
             let (pre, exports) = if engine == 0 {
                 (loaded.pre.clone(), loaded.exports)
@@ -611,7 +643,7 @@ impl Sandbox {
                 other_stacks.insert(engine, found.clone());
                 found
             };
-            entries.push(TaskEntry { name, export, component: loaded.clone(), limits, engine, pre, exports });
+            entries.push(TaskEntry { name, export, component: loaded.clone(), limits, options, engine, pre, exports });
         }
         Ok((loaded, entries))
     }
@@ -656,28 +688,42 @@ impl Sandbox {
     }
 
     /// Link the component against what the worker grants and check its exports.
-    fn prelink(&self, engine: usize, component: &Component) -> Result<(TaskComponentPre<TaskState>, Exports), String> {
+    /// A component built for `celeriac:task@0.2.0` or `@0.1.0` is accepted;
+    /// its exports are checked against that version's world.
+    fn prelink(&self, engine: usize, component: &Component) -> Result<(InstancePre<TaskState>, Exports), String> {
         let pre = self.engines[engine].linker.instantiate_pre(component).map_err(|e| {
             format!("imports something this worker does not grant: {}", bounds::truncate_end(&outcome_root(&e), 4096))
         })?;
-        let pre = TaskComponentPre::new(pre).map_err(|e| {
+        let wrong_world = |e: wasmtime::Error, iface: &str| {
             format!(
-                "does not target the celeriac:task/task-component world (it must export celeriac:task/task@0.1.0): {}",
+                "does not target the celeriac:task/task-component world (it must export {iface}): {}",
                 bounds::truncate_end(&outcome_root(&e), 4096)
             )
-        })?;
-        let exports = Exports::of(component).ok_or("does not export celeriac:task/task@0.1.0")?;
+        };
+        let Some(exports) = Exports::of(component) else {
+            // Checked against the current world, for its detailed reason.
+            return Err(match TaskComponentPre::new(pre) {
+                Err(e) => wrong_world(e, exports::TASK_INTERFACE),
+                Ok(_) => format!("does not export {}", exports::TASK_INTERFACE),
+            });
+        };
+        let iface = exports.contract().interface();
+        match exports.contract() {
+            Contract::V0_2 => TaskComponentPre::new(pre.clone()).map(drop),
+            Contract::V0_1 => TaskComponentPreV0_1::new(pre.clone()).map(drop),
+        }
+        .map_err(|e| wrong_world(e, iface))?;
         Ok((pre, exports))
     }
 
     /// Call the component's `tasks()` export once, under load-time limits.
-    async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<String>, String> {
+    async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<(String, DeclaredOptions)>, String> {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
         let mut store = self.store(0, limits, request, None);
         let max = self.config.bounds.max_tasks_per_component;
         let fut = async {
-            let instance = c.pre.instance_pre().instantiate_async(&mut store).await?;
+            let instance = c.pre.instantiate_async(&mut store).await?;
             exports::tasks(&mut store, &instance, &c.exports, max).await
         };
         match tokio::time::timeout(LOAD_TIME_LIMIT + TIMER_GRACE, fut).await {
@@ -955,7 +1001,7 @@ impl Sandbox {
         let result = {
             let call = (entry.export.as_str(), inv.args.as_str(), inv.kwargs.as_str());
             let fut = async {
-                let instance = entry.pre.instance_pre().instantiate_async(&mut store).await?;
+                let instance = entry.pre.instantiate_async(&mut store).await?;
                 exports::invoke(&mut store, &instance, &entry.exports, call, b.max_result_size, b.max_error_size).await
             };
             tokio::time::timeout(limits.time_limit + TIMER_GRACE, fut).await
@@ -980,14 +1026,14 @@ impl Sandbox {
                 }
                 Err(failure) => Outcome::Failure(failure),
             },
-            Ok(Ok(Returned::Raised { exc_type, exc_module, message, traceback })) => Outcome::Failure(outcome::raised(
-                &site,
-                &exc_type,
-                exc_module.as_deref(),
-                &message,
-                traceback.as_deref(),
-                b.max_error_size,
-            )),
+            Ok(Ok(Returned::Raised(e))) => Outcome::Failure(raised(&site, &e, b.max_error_size)),
+            Ok(Ok(Returned::Retry(r))) => Outcome::Retry(RetryRequest {
+                countdown: r.countdown,
+                eta: r.eta,
+                exc: r.exc.map(|e| raised(&site, &e, b.max_error_size)),
+                max_retries: r.max_retries,
+            }),
+            Ok(Ok(Returned::TooManyArgs(n))) => Outcome::Failure(outcome::too_many_args(&site, n)),
             Ok(Err(err)) => {
                 tracing::debug!("trap: {err:?}");
                 Outcome::Failure(outcome::trapped(&site, &err, &stderr, limits.fuel, limits.time_limit))
@@ -1064,6 +1110,19 @@ impl Progress {
             tracing::info!("{line}");
         }
     }
+}
+
+/// An exception raised by a guest, made safe ([`outcome::raised`]).
+fn raised(site: &TraceSite<'_>, e: &exports::RaisedError, max_error: usize) -> TaskFailure {
+    outcome::raised(
+        site,
+        &e.exc_type,
+        e.exc_module.as_deref(),
+        &e.message,
+        e.args.as_deref(),
+        e.traceback.as_deref(),
+        max_error,
+    )
 }
 
 /// The innermost message of an error chain, for one-line reasons.

@@ -15,7 +15,7 @@ use wasmtime::{Trap, WasmBacktrace};
 
 use super::bounds;
 use super::limits::MemoryLimitExceeded;
-use crate::protocol::exception::safe_guest_exception;
+use crate::protocol::exception::{ExceptionInfo, safe_guest_exception};
 
 /// Module name for exception types Celeriac itself defines. A Python client
 /// cannot import it, so Celery builds a stand-in class with this name.
@@ -28,6 +28,22 @@ pub enum Outcome {
     Success(serde_json::Value),
     /// The task failed.
     Failure(TaskFailure),
+    /// The task asked to be retried (Celery's `raise self.retry(...)`).
+    Retry(RetryRequest),
+}
+
+/// A retry asked for by a task, checked and made safe (see [`raised`]); the
+/// worker decides whether it happens (`max_retries`) and when.
+#[derive(Debug, Clone)]
+pub struct RetryRequest {
+    /// Seconds from now until the retry runs.
+    pub countdown: Option<f64>,
+    /// When the retry runs, ISO-8601 (takes precedence over `countdown`).
+    pub eta: Option<String>,
+    /// The exception that caused it (stored with `RETRY`, raised once retries are exhausted).
+    pub exc: Option<TaskFailure>,
+    /// The task's `max_retries` for this decision.
+    pub max_retries: Option<u32>,
 }
 
 /// Why a call failed, from the worker's point of view.
@@ -64,15 +80,28 @@ pub struct TaskFailure {
     pub exc_module: String,
     /// The exception message.
     pub message: String,
+    /// The exception's arguments (`exc.args`) when the guest gave them; `None`
+    /// means the single argument `message`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<serde_json::Value>>,
     /// Python-style traceback text.
     pub traceback: String,
 }
 
 impl TaskFailure {
+    /// The exception as Celery stores it: `{"exc_type", "exc_message": <args>, "exc_module"}`.
+    pub fn exception(&self) -> ExceptionInfo {
+        let args = self.args.clone().unwrap_or_else(|| vec![serde_json::Value::String(self.message.clone())]);
+        ExceptionInfo::new(self.exc_type.clone(), args, self.exc_module.clone())
+    }
+
     /// The exception as Python's `repr` shows it in Celery's log line:
-    /// `ZeroDivisionError('division by zero')`.
+    /// `ZeroDivisionError('division by zero')`, `ExpectedException('a', 'b')`.
     pub fn repr(&self) -> String {
-        format!("{}({})", self.exc_type, crate::protocol::repr::py_str_repr(&self.message))
+        match &self.args {
+            None => format!("{}({})", self.exc_type, crate::protocol::repr::py_str_repr(&self.message)),
+            Some(_) => self.exception().repr(),
+        }
     }
 }
 
@@ -125,11 +154,15 @@ fn exception_line(exc_type: &str, module: Option<&str>, message: &str) -> String
 /// which the worker logs — have their control characters escaped, so a guest
 /// cannot start a log line of its own. The stored message itself stays the
 /// guest's text (only cut), as Celery stores it.
+///
+/// `args` (0.2.0 guests) are the exception's arguments as JSON texts; one that
+/// is not valid JSON is kept as a string.
 pub fn raised(
     site: &TraceSite<'_>,
     exc_type: &str,
     exc_module: Option<&str>,
     message: &str,
+    args: Option<&[String]>,
     guest_traceback: Option<&str>,
     max_error: usize,
 ) -> TaskFailure {
@@ -146,7 +179,10 @@ pub fn raised(
     }
     tb.push_str(&bounds::escape_controls(&exception_line(&exc_type, Some(&module), &message)));
     tb.push('\n');
-    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module: module, message, traceback: tb }
+    let args = args.map(|args| {
+        args.iter().map(|a| serde_json::from_str(a).unwrap_or_else(|_| serde_json::Value::String(a.clone()))).collect()
+    });
+    TaskFailure { kind: FailureKind::Raised, exc_type, exc_module: module, message, args, traceback: tb }
 }
 
 /// A failure for a call that ran past its wall-clock limit while blocked in
@@ -163,6 +199,7 @@ pub fn timed_out(site: &TraceSite<'_>, limit: Duration) -> TaskFailure {
         exc_type: exc_type.into(),
         exc_module: module.into(),
         message,
+        args: None,
         traceback: tb,
     }
 }
@@ -257,7 +294,14 @@ pub fn trapped(
     }
     tb.push_str(&bounds::escape_controls(&exception_line(exc_type, Some(module), &message)));
     tb.push('\n');
-    TaskFailure { kind, exc_type: exc_type.to_string(), exc_module: module.to_string(), message, traceback: tb }
+    TaskFailure {
+        kind,
+        exc_type: exc_type.to_string(),
+        exc_module: module.to_string(),
+        message,
+        args: None,
+        traceback: tb,
+    }
 }
 
 /// Whether a backtrace's innermost frames are one function calling itself:
@@ -269,6 +313,12 @@ fn looks_like_runaway_recursion(err: &wasmtime::Error) -> bool {
     frames.len() >= RUN && frames[..RUN].windows(2).all(|w| w[0].func_index() == w[1].func_index())
 }
 
+/// The guest raised an exception with more arguments than the worker copies.
+pub fn too_many_args(site: &TraceSite<'_>, n: usize) -> TaskFailure {
+    let message = format!("task raised an exception with {n} arguments; the limit is {}", super::exports::ARGS_CEILING);
+    encode_error(site, &message)
+}
+
 /// The guest returned text that is not JSON.
 pub fn bad_result(site: &TraceSite<'_>, err: &serde_json::Error) -> TaskFailure {
     let message = format!("task returned a result that is not valid JSON: {err}");
@@ -277,7 +327,7 @@ pub fn bad_result(site: &TraceSite<'_>, err: &serde_json::Error) -> TaskFailure 
 
 /// A result the worker refuses to store, as kombu's `EncodeError`.
 fn encode_error(site: &TraceSite<'_>, message: &str) -> TaskFailure {
-    let mut f = raised(site, "EncodeError", Some("kombu.exceptions"), message, None, usize::MAX);
+    let mut f = raised(site, "EncodeError", Some("kombu.exceptions"), message, None, None, usize::MAX);
     f.kind = FailureKind::BadResult;
     f
 }
@@ -426,7 +476,7 @@ mod tests {
     #[test]
     fn raised_errors_read_like_python_tracebacks() {
         let site = TraceSite { file: "tasks.wasm", task: "tasks.div" };
-        let f = raised(&site, "ZeroDivisionError", None, "division by zero", None, 1024);
+        let f = raised(&site, "ZeroDivisionError", None, "division by zero", None, None, 1024);
         assert!(f.traceback.starts_with("Traceback (most recent call last):\n"));
         assert!(f.traceback.contains("tasks.div"));
         assert!(f.traceback.ends_with("ZeroDivisionError: division by zero\n"));
@@ -438,12 +488,12 @@ mod tests {
         let site = TraceSite { file: "evil.wasm", task: "evil.boom" };
         let huge = "x".repeat(1 << 20);
         let forged = "ok\n[2026-01-01 00:00:00,000: INFO/MainProcess] Task tasks.add[1] succeeded";
-        let f = raised(&site, &"E".repeat(20 << 20), Some("os"), &huge, Some(&huge), 4096);
+        let f = raised(&site, &"E".repeat(20 << 20), Some("os"), &huge, None, Some(&huge), 4096);
         assert_eq!(f.exc_type.len(), bounds::MAX_EXC_TYPE_LEN);
         assert_eq!(f.exc_module, CELERIAC_EXC_MODULE);
         assert!(f.message.len() < 4200 && f.message.contains("bytes truncated"));
         assert!(f.traceback.len() < 3 * 4200, "{}", f.traceback.len());
-        let f = raised(&site, "SystemExit", Some("builtins"), forged, Some(forged), 4096);
+        let f = raised(&site, "SystemExit", Some("builtins"), forged, None, Some(forged), 4096);
         assert_eq!((f.exc_type.as_str(), f.exc_module.as_str()), ("SystemExit", CELERIAC_EXC_MODULE));
         assert_eq!(f.message, forged, "the stored message is the guest's own text");
         assert!(f.traceback.lines().all(|l| !l.starts_with('[')), "{}", f.traceback);

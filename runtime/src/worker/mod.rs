@@ -39,6 +39,7 @@ mod listing;
 mod metrics;
 mod rate;
 mod request;
+mod retries;
 mod state;
 mod statedb;
 #[cfg(test)]

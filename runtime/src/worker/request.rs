@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
 use super::state::Tracked;
-use super::{Phase, Shared, canvas, retry};
+use super::{Phase, Shared, canvas, retries, retry};
 use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
 use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::{Annotation, RateLimit};
@@ -224,7 +224,9 @@ async fn run(
     tracing::info!("Task {name}[{}] received", msg.id);
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
     let tracked = s.state.track(&msg);
-    let annotation = s.settings.annotation(&msg.task);
+    // What the component declares for the task, under the configured annotations.
+    let declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
+    let annotation = retries::annotation_over(s.settings.annotation(&msg.task), &declared);
     if tracked.is_revoked() {
         return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
     }
@@ -400,6 +402,49 @@ async fn run(
     let chord_entry: Option<(&str, Value)>;
     // The result's host memory stays reserved until the outcome is stored (it is dropped at the end).
     let CallResult { outcome, report, version, host_memory: _held, .. } = result;
+    // `autoretry_for`: a listed exception is a retry request.
+    let outcome = match outcome {
+        Outcome::Failure(f) => match retries::autoretry(&f, &declared, msg.retries, retries::random_unit()) {
+            Some(r) => Outcome::Retry(r),
+            None => Outcome::Failure(f),
+        },
+        other => other,
+    };
+    // A retry request: re-published and stored as RETRY, or a FAILURE once retries are exhausted.
+    let outcome = match outcome {
+        Outcome::Retry(r) => match retries::decide(&msg, &r, &declared, Utc::now()) {
+            retries::Decision::Retry { task, when, exc, traceback, cause } => {
+                let text = retries::retry_text(&when, cause.as_ref());
+                tracing::info!("Task {name}[{}] retry: {text}", msg.id);
+                if tracked.events_on() {
+                    let mut f = serde_json::Map::new();
+                    f.insert("exception".into(), Value::from(retries::retry_event_repr(&when, cause.as_ref())));
+                    f.insert("traceback".into(), Value::from(traceback.as_str()));
+                    tracked.event("task-retried", f);
+                }
+                tracked.finished(&msg.task, "RETRY", Some(&report));
+                let children = publish_all(s, vec![Ok(*task)]).await;
+                if results.is_some() {
+                    let meta = ResultMeta::retry(&msg.id, &exc, Some(traceback)).with_children(children);
+                    store(s, &routing, base_meta(&msg, meta)).await;
+                }
+                if acks_late {
+                    acker.ack();
+                }
+                drop(prefetch);
+                return;
+            }
+            retries::Decision::Fail { exc, traceback } => Outcome::Failure(crate::sandbox::TaskFailure {
+                kind: crate::sandbox::FailureKind::Raised,
+                exc_type: exc.exc_type.clone(),
+                exc_module: exc.exc_module.clone().unwrap_or_else(|| "builtins".into()),
+                message: exc.message(),
+                args: Some(exc.exc_message.clone()),
+                traceback,
+            }),
+        },
+        other => other,
+    };
     match outcome {
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
@@ -411,10 +456,11 @@ async fn run(
                 store(s, &routing, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
             }
         }
+        // Handled above; kept for exhaustiveness.
+        Outcome::Retry(_) => chord_entry = None,
         Outcome::Failure(f) => {
             // Already one a client may safely rebuild (sandbox::outcome::raised).
-            let module = f.exc_module.clone();
-            let exc = ExceptionInfo::new(f.exc_type.clone(), vec![Value::String(f.message.clone())], module);
+            let exc = f.exception();
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, (&report, &version));
             tracked.finished(&msg.task, "FAILURE", Some(&report));

@@ -33,23 +33,122 @@ use syn::{FnArg, GenericArgument, ItemFn, LitStr, Pat, Path, PathArguments, Retu
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut name: Option<LitStr> = None;
+    let mut options = Options::default();
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             name = Some(meta.value()?.parse()?);
             Ok(())
         } else {
-            Err(meta.error("unsupported #[task] option; expected `name = \"...\"`"))
+            options.parse(&meta)
         }
     });
     syn::parse_macro_input!(attr with parser);
     let func = syn::parse_macro_input!(item as ItemFn);
-    match expand_task(name, func) {
+    match expand_task(name, options, func) {
         Ok(tokens) => tokens.into(),
         Err(e) => e.to_compile_error().into(),
     }
 }
 
-fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStream2> {
+/// The task options `#[task(...)]` accepts (Celery's `@app.task(...)`), as
+/// the tokens of `Option<..>` expressions for `TaskOptions`.
+#[derive(Default)]
+struct Options {
+    fields: Vec<(syn::Ident, TokenStream2)>,
+}
+
+impl Options {
+    fn parse(&mut self, meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<()> {
+        let Some(ident) = meta.path.get_ident().cloned() else {
+            return Err(meta.error("unsupported #[task] option"));
+        };
+        let key = ident.to_string();
+        let value = meta.value()?;
+        let tokens = match key.as_str() {
+            "rate_limit" | "queue" => {
+                let s: LitStr = value.parse()?;
+                quote!(::core::option::Option::Some(#s))
+            }
+            "time_limit" | "soft_time_limit" | "default_retry_delay" => {
+                let n = number(value.parse()?)?;
+                quote!(::core::option::Option::Some(#n))
+            }
+            "max_retries" | "retry_backoff_max" => {
+                let n: syn::LitInt = value.parse()?;
+                let n = n.base10_parse::<u32>()?;
+                quote!(::core::option::Option::Some(#n))
+            }
+            "retry_backoff" => match value.parse::<syn::Lit>()? {
+                syn::Lit::Bool(b) if b.value => quote!(::core::option::Option::Some(1u32)),
+                syn::Lit::Bool(_) => quote!(::core::option::Option::None),
+                syn::Lit::Int(n) => {
+                    let n = n.base10_parse::<u32>()?;
+                    quote!(::core::option::Option::Some(#n))
+                }
+                other => return Err(syn::Error::new(other.span(), "retry_backoff is `true` or a factor in seconds")),
+            },
+            "retry_jitter" | "acks_late" | "ignore_result" => {
+                let b: syn::LitBool = value.parse()?;
+                quote!(::core::option::Option::Some(#b))
+            }
+            "autoretry_for" => {
+                let list: syn::ExprArray = value.parse()?;
+                let mut names = Vec::new();
+                for e in &list.elems {
+                    match e {
+                        syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(s), .. }) => names.push(s.clone()),
+                        other => {
+                            return Err(syn::Error::new(
+                                other.span(),
+                                "autoretry_for lists exception class names as strings, e.g. [\"ValueError\"]",
+                            ));
+                        }
+                    }
+                }
+                quote!(&[#(#names),*])
+            }
+            _ => {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    "unsupported #[task] option; expected one of name, rate_limit, time_limit, soft_time_limit, \
+                     max_retries, default_retry_delay, autoretry_for, retry_backoff, retry_backoff_max, \
+                     retry_jitter, acks_late, ignore_result, queue",
+                ));
+            }
+        };
+        if self.fields.iter().any(|(i, _)| *i == ident) {
+            return Err(syn::Error::new(ident.span(), format!("#[task] option `{key}` given twice")));
+        }
+        self.fields.push((ident, tokens));
+        Ok(())
+    }
+
+    fn to_tokens(&self) -> TokenStream2 {
+        let fields = self.fields.iter().map(|(i, t)| quote!(#i: #t));
+        // `..NONE` does nothing when every option is given: allowed, in the user's crate.
+        quote! {
+            {
+                #[allow(clippy::needless_update)]
+                let options = ::celeriac_sdk::__private::TaskOptions {
+                    #(#fields,)*
+                    ..::celeriac_sdk::__private::TaskOptions::NONE
+                };
+                options
+            }
+        }
+    }
+}
+
+/// A number of seconds written as an integer or float literal, as an `f64`.
+fn number(lit: syn::Lit) -> syn::Result<f64> {
+    match &lit {
+        syn::Lit::Int(n) => Ok(n.base10_parse::<u64>()? as f64),
+        syn::Lit::Float(f) => f.base10_parse::<f64>(),
+        other => Err(syn::Error::new(other.span(), "expected a number of seconds")),
+    }
+}
+
+fn expand_task(name: Option<LitStr>, options: Options, mut func: ItemFn) -> syn::Result<TokenStream2> {
     // Keep the task's own frame in wasm tracebacks (unless the author chose).
     if !func.attrs.iter().any(|a| a.path().is_ident("inline")) {
         func.attrs.push(syn::parse_quote!(#[inline(never)]));
@@ -106,6 +205,7 @@ fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStrea
         call_args.push(var);
     }
 
+    let options_tokens = options.to_tokens();
     let wrapper = format_ident!("__celeriac_task_{}", fn_name);
     let def = format_ident!("__celeriac_task_def_{}", fn_name);
     let vis = &func.vis;
@@ -118,14 +218,15 @@ fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStrea
             match __celeriac_ret {
                 ::core::result::Result::Ok(__celeriac_value) => {
                     ::celeriac_sdk::__private::encode(#task_name, &__celeriac_value)
+                        .map_err(::core::convert::Into::into)
                 }
                 ::core::result::Result::Err(__celeriac_err) => ::core::result::Result::Err(
-                    ::core::convert::Into::<::celeriac_sdk::TaskError>::into(__celeriac_err),
+                    ::core::convert::Into::<::celeriac_sdk::Raise>::into(__celeriac_err),
                 ),
             }
         }
     } else {
-        quote! { ::celeriac_sdk::__private::encode(#task_name, &__celeriac_ret) }
+        quote! { ::celeriac_sdk::__private::encode(#task_name, &__celeriac_ret).map_err(::core::convert::Into::into) }
     };
 
     Ok(quote! {
@@ -139,7 +240,7 @@ fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStrea
                 ::std::string::String,
                 ::celeriac_sdk::__private::serde_json::Value,
             >,
-        ) -> ::core::result::Result<::std::string::String, ::celeriac_sdk::TaskError> {
+        ) -> ::core::result::Result<::std::string::String, ::celeriac_sdk::Raise> {
             const __CELERIAC_PARAMS: &[::celeriac_sdk::__private::Param] = &[#(#params),*];
             let __celeriac_bound = ::celeriac_sdk::__private::Bound::bind(
                 #task_name,
@@ -156,6 +257,7 @@ fn expand_task(name: Option<LitStr>, mut func: ItemFn) -> syn::Result<TokenStrea
         #[allow(non_upper_case_globals)]
         #vis const #def: ::celeriac_sdk::__private::TaskDef = ::celeriac_sdk::__private::TaskDef {
             name: #task_name,
+            options: #options_tokens,
             call: #wrapper,
         };
     })
@@ -339,15 +441,15 @@ pub fn export_tasks(input: TokenStream) -> TokenStream {
         struct __CeleriacComponent;
 
         impl ::celeriac_sdk::__private::Guest for __CeleriacComponent {
-            fn tasks() -> ::std::vec::Vec<::std::string::String> {
-                ::celeriac_sdk::__private::task_names(__CELERIAC_TASKS)
+            fn tasks() -> ::std::vec::Vec<::celeriac_sdk::__private::TaskInfo> {
+                ::celeriac_sdk::__private::task_infos(__CELERIAC_TASKS)
             }
 
             fn invoke(
                 name: ::std::string::String,
                 args: ::std::string::String,
                 kwargs: ::std::string::String,
-            ) -> ::core::result::Result<::std::string::String, ::celeriac_sdk::__private::WitTaskError> {
+            ) -> ::core::result::Result<::std::string::String, ::celeriac_sdk::__private::Raised> {
                 ::celeriac_sdk::__private::invoke_wit(__CELERIAC_TASKS, &name, &args, &kwargs)
             }
         }

@@ -1,7 +1,9 @@
 //! Test-only hostile task component (issue #9). See README.md.
 //!
-//! Written against `wit/task.wit` with `wit-bindgen` directly, not the SDK, so
-//! that `tasks()` and `invoke()` can return anything a hostile tenant could.
+//! Written against `wit/0.1.0/task.wit` with `wit-bindgen` directly, not the
+//! SDK, so that `tasks()` and `invoke()` can return anything a hostile tenant
+//! could. It stays on `celeriac:task@0.1.0` on purpose: it is also the proof
+//! that components built for the first contract keep loading and running.
 //! Every size and name comes from the call's arguments; the behaviour of
 //! `tasks()` comes from a mode field patched into the binary by
 //! `tests/hostile-gen/gen.py` (one component file per mode, one build).
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use serde_json::Value;
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/0.1.0",
     world: "task-component",
 });
 

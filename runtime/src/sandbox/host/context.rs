@@ -30,20 +30,34 @@ pub struct Request {
     pub headers: serde_json::Map<String, serde_json::Value>,
 }
 
-impl Request {
-    /// The WIT record for this request.
-    pub fn to_wit(&self) -> RequestContext {
-        RequestContext {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            retries: self.retries,
-            eta: self.eta.clone(),
-            expires: self.expires.clone(),
-            root_id: self.root_id.clone(),
-            parent_id: self.parent_id.clone(),
-            group_id: self.group_id.clone(),
-            hostname: self.hostname.clone(),
-            headers: serde_json::Value::Object(self.headers.clone()).to_string(),
+/// The WIT record of a request, in one version of the contract (the record is
+/// the same in 0.1.0 and 0.2.0).
+macro_rules! request_context {
+    ($self:ident, $ty:path) => {{
+        use $ty as Ctx;
+        Ctx {
+            id: $self.id.clone(),
+            name: $self.name.clone(),
+            retries: $self.retries,
+            eta: $self.eta.clone(),
+            expires: $self.expires.clone(),
+            root_id: $self.root_id.clone(),
+            parent_id: $self.parent_id.clone(),
+            group_id: $self.group_id.clone(),
+            hostname: $self.hostname.clone(),
+            headers: serde_json::Value::Object($self.headers.clone()).to_string(),
         }
+    }};
+}
+
+impl Request {
+    /// The WIT record for this request (`celeriac:task@0.2.0`).
+    pub fn to_wit(&self) -> RequestContext {
+        request_context!(self, super::bindings::celeriac::task::types::RequestContext)
+    }
+
+    /// The WIT record for this request (`celeriac:task@0.1.0`).
+    pub fn to_wit_v0_1(&self) -> super::bindings_v0_1::celeriac::task::types::RequestContext {
+        request_context!(self, super::bindings_v0_1::celeriac::task::types::RequestContext)
     }
 }

@@ -6,7 +6,7 @@
 //! request context, [`stdio`] for captured stdout/stderr. WASI itself is
 //! granted with nothing behind it: no preopened directories, no network
 //! addresses, no environment, no arguments, closed stdin; clocks and random work.
-//! A future capability (retry requests, HTTP, key-value) is a new module here
+//! A future capability (HTTP, key-value, sending tasks) is a new module here
 //! plus an explicit grant in the worker's configuration.
 
 pub mod context;
@@ -23,10 +23,22 @@ use context::Request;
 use state::StateSink;
 use stdio::{CAPTURE_LIMIT, CapturedOutput};
 
-/// Host bindings generated from `wit/task.wit`.
+/// Host bindings generated from `wit/task.wit` (`celeriac:task@0.2.0`, the
+/// current contract).
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
+        world: "task-component",
+        exports: { default: async },
+    });
+}
+
+/// Host bindings generated from `wit/0.1.0/task.wit` (`celeriac:task@0.1.0`):
+/// components built for the first contract keep loading and running; their
+/// `host` imports are served by the same code as 0.2.0's.
+pub mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/0.1.0",
         world: "task-component",
         exports: { default: async },
     });
@@ -97,12 +109,40 @@ impl bindings::celeriac::task::host::Host for TaskState {
     }
 }
 
+impl bindings_v0_1::celeriac::task::types::Host for TaskState {}
+
+impl bindings_v0_1::celeriac::task::host::Host for TaskState {
+    fn log(&mut self, level: bindings_v0_1::celeriac::task::types::LogLevel, message: String) {
+        use bindings::celeriac::task::types::LogLevel as L;
+        use bindings_v0_1::celeriac::task::types::LogLevel as V1;
+        let level = match level {
+            V1::Trace => L::Trace,
+            V1::Debug => L::Debug,
+            V1::Info => L::Info,
+            V1::Warning => L::Warning,
+            V1::Error => L::Error,
+        };
+        self.output.log(level, &message);
+    }
+
+    fn update_state(&mut self, state: String, meta: String) {
+        state::update_state(self, state, meta);
+    }
+
+    fn request(&mut self) -> bindings_v0_1::celeriac::task::types::RequestContext {
+        self.request.to_wit_v0_1()
+    }
+}
+
 /// A linker with everything a task component may import: WASI p2 (locked
-/// down per call by [`TaskState::new`]) and `celeriac:task/host`.
+/// down per call by [`TaskState::new`]) and `celeriac:task/host`, in both
+/// versions of the contract (0.1.0 and 0.2.0).
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    bindings_v0_1::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    bindings_v0_1::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     Ok(linker)
 }
