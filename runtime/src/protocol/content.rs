@@ -17,7 +17,10 @@
 //!   `{"__type__": "bytes", "__value__": "<utf-8 text>"}` when the bytes are
 //!   UTF-8, else `{"__type__": "base64", "__value__": "<base64>"}`;
 //! - `ext` values and non-finite floats are decode errors;
-//! - integers are 64-bit in msgpack, so nothing is lost there.
+//! - integers are 64-bit in msgpack, so nothing is lost there;
+//! - values nested deeper than JSON allows ([`MAX_DEPTH`] arrays, maps and
+//!   bytes markers) are decode errors, so whatever a msgpack body decodes to
+//!   also reads back from its JSON form (results, the guest's arguments).
 //!
 //! JSON numbers are read with serde_json's default number type: integers up
 //! to `u64::MAX` / down to `i64::MIN` are exact, larger integers (Python
@@ -38,6 +41,10 @@ pub const CONTENT_TYPE_MSGPACK: &str = "application/x-msgpack";
 pub const CONTENT_TYPE_PICKLE: &str = "application/x-python-serialize";
 /// What kombu assumes when a message has no content type.
 pub const CONTENT_TYPE_DATA: &str = "application/data";
+
+/// The deepest nesting of arrays and objects a JSON body may have: serde_json's
+/// recursion limit (128) allows 127 levels. msgpack bodies are held to the same.
+pub const MAX_DEPTH: usize = 127;
 
 /// A serializer Celeriac can read and write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -262,6 +269,16 @@ pub enum DecodeError {
 
 /// Convert a msgpack value into JSON, following the rules in the module docs.
 pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, DecodeError> {
+    to_json(value, 0)
+}
+
+/// [`msgpack_to_json`] of a value `depth` containers deep.
+fn to_json(value: rmpv::Value, depth: usize) -> Result<Value, DecodeError> {
+    let nests = matches!(value, rmpv::Value::Array(_) | rmpv::Value::Map(_) | rmpv::Value::Binary(_));
+    if nests && depth >= MAX_DEPTH {
+        return Err(DecodeError::NoJsonForm(format!("nested deeper than {MAX_DEPTH} levels")));
+    }
+    let inner = depth + 1;
     Ok(match value {
         rmpv::Value::Nil => Value::Null,
         rmpv::Value::Boolean(b) => Value::Bool(b),
@@ -295,7 +312,9 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, DecodeError> {
             }
             Value::Object(marker)
         }
-        rmpv::Value::Array(items) => Value::Array(items.into_iter().map(msgpack_to_json).collect::<Result<_, _>>()?),
+        rmpv::Value::Array(items) => {
+            Value::Array(items.into_iter().map(|v| to_json(v, inner)).collect::<Result<_, _>>()?)
+        }
         rmpv::Value::Map(pairs) => {
             let mut map = Map::with_capacity(pairs.len());
             for (k, v) in pairs {
@@ -306,7 +325,7 @@ pub fn msgpack_to_json(value: rmpv::Value) -> Result<Value, DecodeError> {
                     },
                     other => return Err(DecodeError::NoJsonForm(format!("map key must be a string, got {other}"))),
                 };
-                map.insert(key, msgpack_to_json(v)?);
+                map.insert(key, to_json(v, inner)?);
             }
             Value::Object(map)
         }
@@ -326,6 +345,39 @@ fn float(f: f64) -> Result<Value, DecodeError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `n` msgpack arrays of one element each around `inner`.
+    fn nested_msgpack(n: usize, inner: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x91; n];
+        bytes.extend_from_slice(inner);
+        bytes
+    }
+
+    #[test]
+    fn a_msgpack_body_nested_deeper_than_json_allows_is_a_decode_error_not_a_value_json_cannot_read() {
+        // Found by fuzz/ (body_decode): it decoded, but its JSON form hit
+        // serde_json's recursion limit when read back.
+        let mut found = vec![0x93, 0x94, 0x92, 0xd2, 0x60, 0xd2, 0xd2];
+        found.extend(nested_msgpack(
+            154,
+            &[0xd2, 0xd2, 0xd2, 0xd2, 0xd2, 0xd2, 0xd2, 0xc2, 0xc2, 0x34, 0xc2, 0xc2, 0xc2, 0x65],
+        ));
+        assert!(matches!(Serializer::Msgpack.decode(&found), Err(DecodeError::NoJsonForm(_))));
+
+        // The limit is JSON's own: what decodes reads back from its JSON form.
+        let deepest = Serializer::Msgpack.decode(&nested_msgpack(MAX_DEPTH, &[0x01])).unwrap();
+        let text = Serializer::Json.encode(&deepest).unwrap();
+        assert_eq!(Serializer::Json.decode(&text).unwrap(), deepest);
+        assert!(
+            Serializer::Json
+                .decode(format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1)).as_bytes())
+                .is_err()
+        );
+        assert!(Serializer::Msgpack.decode(&nested_msgpack(MAX_DEPTH + 1, &[0x01])).is_err());
+        // A bytes value becomes a marker object: one level more.
+        assert!(Serializer::Msgpack.decode(&nested_msgpack(MAX_DEPTH - 1, &[0xc4, 0x01, b'a'])).is_ok());
+        assert!(Serializer::Msgpack.decode(&nested_msgpack(MAX_DEPTH, &[0xc4, 0x01, b'a'])).is_err());
+    }
 
     #[test]
     fn names_and_types() {
