@@ -18,7 +18,10 @@
 //!   inside the transport; the worker never sees tags or sweeps.
 //! - [`Capabilities`] say what a transport can carry (fanout for remote
 //!   control and events, priorities); the start-up warning about the rest is
-//!   derived from them.
+//!   derived from them. A transport with fanout (Redis: pub/sub; AMQP:
+//!   exchanges) also implements [`Fanout`]: a node's pidbox [`Mailbox`],
+//!   control replies, broadcasts and events, and the client side of a
+//!   control call.
 //!
 //! [`amqp`] is kombu's pyamqp transport (RabbitMQ), with real
 //! acknowledgements and two capabilities of its own: [`DelayedDelivery`] and

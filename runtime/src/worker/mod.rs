@@ -29,6 +29,14 @@
 //! where Celery loses it); a third exits at once. Either way the broker
 //! connections are closed last ([`Transport::close`](crate::broker::Transport::close):
 //! AMQP's `connection.close`), after what the finished tasks queued is written.
+//!
+//! Around the event loops, on the main runtime, where the transport has
+//! fanout: the pidbox node (`control`: `celery inspect`/`control`), the
+//! event dispatcher (`events`: worker heartbeats, `-E` task events), both
+//! reading `state` (what each request is doing, revoked ids, the Lamport
+//! clock, run-time limits), which `statedb` keeps across restarts (`-S`);
+//! the `/metrics` endpoint ([`metrics`]) and hot deploy of the task
+//! directory ([`deploy`]).
 
 mod banner;
 pub mod canvas;
