@@ -35,8 +35,8 @@
 //! event dispatcher (`events`: worker heartbeats, `-E` task events), both
 //! reading `state` (what each request is doing, revoked ids, the Lamport
 //! clock, run-time limits), which `statedb` keeps across restarts (`-S`);
-//! the `/metrics` endpoint ([`metrics`]) and hot deploy of the task
-//! directory ([`deploy`]).
+//! the `/metrics` endpoint (`metrics`) and hot deploy of the task
+//! directory (`deploy`).
 
 mod banner;
 pub mod canvas;
