@@ -42,6 +42,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +63,8 @@ from conftest import (  # noqa: E402  (the test suite's broker harness)
 
 SUCCEEDED = re.compile(r"Task (tasks\.\w+)\[([0-9a-f-]{36})\] succeeded")
 RECEIVED = re.compile(r"Task (tasks\.\w+)\[([0-9a-f-]{36})\] received")
+LOGGED_RECEIVED = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): INFO/MainProcess\] Task tasks\.\w+\[[0-9a-f-]{36}\] "
+                             r"received", re.M)
 RESULT_KEY = "celery-task-meta-{}"
 
 NETNS = "celeriac-chaos"
@@ -89,6 +92,8 @@ class NetnsRedis(RedisServer):
     def _argv(self) -> list[str]:
         argv = super()._argv()
         argv[argv.index("--bind") + 1] = ADDR_HOST
+        # Protected mode refuses every non-loopback client; this address exists only on the veth pair.
+        argv[argv.index("--protected-mode") + 1] = "no"
         return argv
 
 
@@ -283,6 +288,7 @@ class Run:
     wall: float = 0.0
     publish_errors: int = 0
     skipped: str | None = None
+    received_while_cut: int = 0
     logs: str = ""
 
     @property
@@ -300,6 +306,9 @@ class Run:
         unexplained = len(self.lost) - (len(self.lost_in_killed) if at_most_once_ok and self.acks == "early" else 0)
         if unexplained > 0:
             why.append(f"{unexplained} lost")
+        if self.received_while_cut:
+            why.append(f"{self.received_while_cut} messages received while the link was down: the partition "
+                       "did not cut, the run proves nothing")
         if self.dup_worker and not self.dup_allowed:
             why.append(f"{self.dup_worker} ids ran more than once with early acks")
         return why
@@ -340,6 +349,20 @@ def results_done(results: redis_py.Redis, ids: list[str]) -> set[str]:
 
 
 def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: RabbitServer | None) -> Run:
+    """One run; whatever it started is stopped (and the namespace removed) however it ends."""
+    cleanup: list = []
+    try:
+        return _run_one(args, scenario, transport, acks, root, rabbit, cleanup)
+    finally:
+        for undo in reversed(cleanup):
+            try:
+                undo()
+            except BaseException as e:  # noqa: BLE001 — keep cleaning up
+                log(f"cleanup: {type(e).__name__}: {e}")
+
+
+def _run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: RabbitServer | None,
+             cleanup: list) -> Run:
     run = Run(scenario, transport, acks)
     wd = root / f"{scenario}-{transport}-{acks}"
     wd.mkdir(parents=True)
@@ -359,17 +382,24 @@ def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: 
             run.skipped = f"ip netns unavailable: {why}"
             return run
         netns = Netns()
+        cleanup.append(netns.destroy)
         netns.create()
-        redis_srv = NetnsRedis(wd / "redis").start()
+        redis_srv = NetnsRedis(wd / "redis")
+        cleanup.append(redis_srv.stop)
+        redis_srv.start()
         prefix = ["ip", "netns", "exec", NETNS]
     elif transport == "redis":
-        redis_srv = RedisServer(wd / "redis", persistent=True).start()
+        redis_srv = RedisServer(wd / "redis", persistent=True)
+        cleanup.append(redis_srv.stop)
+        redis_srv.start()
 
     if transport == "redis":
         broker_url, backend_url, results = redis_srv.url(0), redis_srv.url(1), redis_srv.results
     else:
         # Results in a persistent Redis of their own: the RabbitMQ restarts are the broker's chaos.
-        backend_srv = RedisServer(wd / "results-redis", persistent=True).start()
+        backend_srv = RedisServer(wd / "results-redis", persistent=True)
+        cleanup.append(backend_srv.stop)
+        backend_srv.start()
         vhost = rabbit.vhost()
         broker_url, backend_url, results = rabbit.url(vhost), backend_srv.url(1), backend_srv.results
 
@@ -377,7 +407,9 @@ def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: 
                     args.concurrency, prefix)
     plan = make_plan(args.n, args.sleep_every, args.sleep_for)
     ids = [t for t, _, _ in plan]
+    partitions: list[tuple[float, float]] = []  # (cut, restored), wall clock
     publisher = Publisher(broker_url, backend_url, plan, args.send_seconds)
+    cleanup += [publisher.close, worker.stop]
     t0 = time.monotonic()
     try:
         worker.start().wait_ready(120)
@@ -409,9 +441,11 @@ def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: 
                 else:
                     down = rng.uniform(*args.partition)
                     netns.link(False)
+                    cut_at = time.time()
                     log(f"link down for {down:.1f}s")
                     time.sleep(down)
                     netns.link(True)
+                    partitions.append((cut_at, time.time()))
                     log("link up")
                 back = time.monotonic()
                 offset = worker.log_offset()
@@ -455,6 +489,13 @@ def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: 
             executions[m.group(2)] = executions.get(m.group(2), 0) + 1
         if id(p) in killed:
             received_by_killed.update(m.group(2) for m in RECEIVED.finditer(text))
+    # Proof that a partition cut: no message may be received from the broker while the link is down
+    # (0.5 s of grace after the cut for a reply already on its way).
+    for p in worker.incarnations:
+        for m in LOGGED_RECEIVED.finditer(p.log_text()):
+            at = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            if any(cut + 0.5 < at < back for cut, back in partitions):
+                run.received_while_cut += 1
     done = results_done(results, ids)
     run.succeeded = len(done)
     run.lost = [t for t in ids if t not in done]
@@ -473,12 +514,6 @@ def run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit: 
         "lost": run.lost, "lost_ran_no_result": run.lost_ran_no_result, "lost_in_killed": run.lost_in_killed,
         "duplicates": run.duplicates, "client_retried": sorted(publisher.retried),
         "recover": run.recover}, indent=1))
-    if redis_srv:
-        redis_srv.stop()
-    if backend_srv:
-        backend_srv.stop()
-    if netns:
-        netns.destroy()
     return run
 
 
@@ -513,6 +548,8 @@ def table(runs: list[Run]) -> str:
 
 
 def main() -> int:
+    # SIGTERM (e.g. timeout(1)) unwinds like Ctrl-C, so every server and worker started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
