@@ -222,7 +222,9 @@ class Publisher(threading.Thread):
     def __init__(self, broker: str, backend: str, plan: list[tuple[str, str, tuple]], seconds: float):
         super().__init__(daemon=True)
         from celery import Celery
-        self.app = Celery("chaos", broker=broker, backend=backend, set_as_current=False)
+        # No result backend on the client: the harness reads results from Redis itself, and a backend
+        # would make every send_task subscribe to its result channel (a third of the publish rate).
+        self.app = Celery("chaos", broker=broker, set_as_current=False)
         self.app.conf.update(broker_connection_retry_on_startup=True, task_serializer="json",
                              task_publish_retry_policy={"max_retries": 2, "interval_start": 0,
                                                         "interval_step": 0.2, "interval_max": 0.5})
@@ -416,7 +418,8 @@ def _run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit:
         publisher.start()
         chaos_end = t0 + args.chaos_seconds
         if scenario == "kill":
-            while time.monotonic() < chaos_end and (args.max_events == 0 or run.worker_restarts < args.max_events):
+            while ((time.monotonic() < chaos_end or publisher.is_alive())
+                   and (args.max_events == 0 or run.worker_restarts < args.max_events)):
                 time.sleep(rng.uniform(1.0, 3.0))
                 worker.kill()
                 restarted = time.monotonic()
@@ -429,7 +432,7 @@ def _run_one(args, scenario: str, transport: str, acks: str, root: Path, rabbit:
                     run.recover.append(seen - restarted)
         else:
             first = True
-            while time.monotonic() < chaos_end and run.broker_events < args.max_events:
+            while (time.monotonic() < chaos_end or publisher.is_alive()) and run.broker_events < args.max_events:
                 time.sleep(rng.uniform(*args.gap) if not first else rng.uniform(2.0, 4.0))
                 first = False
                 if scenario == "broker":
