@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -123,6 +124,9 @@ def test_workdir_changes_directory_before_anything_else(tmp_path):
     assert out.stdout.strip() == "No messages purged from 1 queue."
 
 
+# Not in the repository (the worker runs in it): a file of its own in the system's temp directory.
+STATE_DB = os.path.join(tempfile.gettempdir(), f"celeriac-test-cli-{os.getpid()}.state")
+
 MOOT = [
     (["-P", "prefork"], "-P prefork: every task call runs in its own WebAssembly sandbox"),
     (["--pool=threads"], "-P threads: every task call runs in its own WebAssembly sandbox"),
@@ -139,7 +143,7 @@ MOOT = [
     (["--events"], None),
     (["--task-events"], None),
     (["--without-gossip", "--without-mingle", "--without-heartbeat", "--heartbeat-interval", "5"], None),
-    (["-S", "worker-state.db"], "state database worker-state.db: 0 revoked task id(s) restored"),
+    (["-S", STATE_DB], f"state database {STATE_DB}: 0 revoked task id(s) restored"),
     (["-X", "elsewhere"], None),
     (["-I", "proj.tasks"], "no Python modules are imported"),
     (["-B"], "run `celery -A proj beat` next to this worker"),
