@@ -136,22 +136,8 @@ impl Panel {
             "terminate" => self.revoke(args, true),
             "rate_limit" => self.rate_limit(args),
             "time_limit" => self.time_limit(args),
-            "enable_events" => {
-                if s.set_task_events(true) {
-                    tracing::info!("Events of group {{task}} enabled by remote.");
-                    ok("task events enabled")
-                } else {
-                    ok("task events already enabled")
-                }
-            }
-            "disable_events" => {
-                if s.set_task_events(false) {
-                    tracing::info!("Events of group {{task}} disabled by remote.");
-                    ok("task events disabled")
-                } else {
-                    ok("task events already disabled")
-                }
-            }
+            "enable_events" => self.switch_task_events(true),
+            "disable_events" => self.switch_task_events(false),
             "heartbeat" => {
                 tracing::debug!("Heartbeat requested by remote.");
                 self.heartbeat.notify_one();
@@ -312,6 +298,17 @@ impl Panel {
             self.broker.name(),
             self.settings.effective_result_backend().map(|u| mask_password(&u)).unwrap_or_else(|| "disabled".into()),
         )
+    }
+
+    /// `enable_events` / `disable_events`, in Celery's words.
+    fn switch_task_events(&self, on: bool) -> Value {
+        let word = if on { "enabled" } else { "disabled" };
+        if self.state.set_task_events(on) {
+            tracing::info!("Events of group {{task}} {word} by remote.");
+            ok(format!("task events {word}"))
+        } else {
+            ok(format!("task events already {word}"))
+        }
     }
 
     /// Keep the revoked ids on disk (`-S`), if asked to.

@@ -228,7 +228,7 @@ async fn run(
     let declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
     let annotation = retries::annotation_over(s.settings.annotation(&msg.task), &declared);
     if tracked.is_revoked() {
-        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
     }
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
     // Parking a stale delivery would leave two copies: the parked one and the redelivered one.
@@ -271,7 +271,7 @@ async fn run(
         return Box::pin(acker.requeue()).await;
     }
     if msg.is_expired(Utc::now()) {
-        return Box::pin(expired(s, acker, &msg, &routing, &annotation, &tracked)).await;
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Expired)).await;
     }
     if s.stopping() {
         return Box::pin(acker.requeue()).await;
@@ -285,7 +285,7 @@ async fn run(
                 biased;
                 _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
                 _ = tracked.revoked() => {
-                    return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+                    return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
                 }
                 p = s.run_slots.acquire() => p,
             };
@@ -301,11 +301,11 @@ async fn run(
     // slot past its `expires` is revoked, not run.
     if msg.is_expired(Utc::now()) {
         drop(slot);
-        return Box::pin(expired(s, acker, &msg, &routing, &annotation, &tracked)).await;
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Expired)).await;
     }
     if tracked.is_revoked() {
         drop(slot);
-        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, false)).await;
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
     }
     tracked.started(!acks_late);
     let _backlog;
@@ -379,7 +379,7 @@ async fn run(
         if let Some(w) = writer {
             w.abort();
         }
-        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, true)).await;
+        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Terminated)).await;
     };
     if let Some(w) = writer {
         // The sink was moved into the call and is dropped now: the writer
@@ -484,28 +484,21 @@ async fn run(
     drop(prefetch);
 }
 
-/// A task past its `expires`: store `REVOKED` (unless results are off for it) and drop the message.
-async fn expired(
-    s: &Shared,
-    acker: &mut Acker,
-    msg: &TaskMessage,
-    routing: &Routing,
-    annotation: &Annotation,
-    tracked: &Tracked,
-) {
-    tracing::info!("Task {}[{}] expired at {:?}; discarding it (REVOKED)", msg.display_name(), msg.id, msg.expires);
-    tracked.event("task-revoked", revoked_fields(false, false, true));
-    tracked.finished(&msg.task, "REVOKED", None);
-    if !ignores_result(s, msg, annotation) {
-        acker.hold();
-        store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, "expired"))).await;
-    }
-    acker.ack();
+/// Why a task ends `REVOKED` without running (to its end).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Revocation {
+    /// Past its `expires`.
+    Expired,
+    /// `control revoke` before it started.
+    Revoked,
+    /// `control revoke --terminate` (or `terminate`) while it ran.
+    Terminated,
 }
 
-/// A revoked task (`control revoke`): `REVOKED` stored (unless results are
-/// off for it), `task-revoked` sent, the message acknowledged, as Celery's
-/// `Request._announce_revoked`. `terminated` when it was stopped running.
+/// A task that ends `REVOKED`: logged, `task-revoked` sent (`terminated`,
+/// `signum` 15 when terminated, `expired`), `REVOKED` stored with the reason
+/// (unless results are off for it), the message acknowledged — as Celery's
+/// `Request._announce_revoked`.
 async fn revoked(
     s: &Shared,
     acker: &mut Acker,
@@ -513,34 +506,35 @@ async fn revoked(
     routing: &Routing,
     annotation: &Annotation,
     tracked: &Tracked,
-    terminated: bool,
+    why: Revocation,
 ) {
-    let reason = if terminated { "terminated" } else { "revoked" };
-    if terminated {
-        tracing::error!(
-            "Task handler raised error: Terminated(15)\nTask {}[{}] terminated",
-            msg.display_name(),
-            msg.id
-        );
-    } else {
-        tracing::info!("Discarding revoked task: {}[{}].", msg.display_name(), msg.id);
-    }
-    tracked.event("task-revoked", revoked_fields(terminated, terminated, false));
+    let (name, id) = (msg.display_name(), &msg.id);
+    let reason = match why {
+        Revocation::Expired => {
+            tracing::info!("Task {name}[{id}] expired at {:?}; discarding it (REVOKED)", msg.expires);
+            "expired"
+        }
+        Revocation::Revoked => {
+            tracing::info!("Discarding revoked task: {name}[{id}].");
+            "revoked"
+        }
+        Revocation::Terminated => {
+            tracing::error!("Task handler raised error: Terminated(15)\nTask {name}[{id}] terminated");
+            "terminated"
+        }
+    };
+    let terminated = why == Revocation::Terminated;
+    let mut f = serde_json::Map::new();
+    f.insert("terminated".into(), Value::from(terminated));
+    f.insert("signum".into(), if terminated { Value::from(15) } else { Value::Null });
+    f.insert("expired".into(), Value::from(why == Revocation::Expired));
+    tracked.event("task-revoked", f);
     tracked.finished(&msg.task, "REVOKED", None);
     if !ignores_result(s, msg, annotation) {
         acker.hold();
         store(s, routing, base_meta(msg, ResultMeta::revoked(&msg.id, reason))).await;
     }
     acker.ack();
-}
-
-/// `task-revoked`'s fields: `terminated`, `signum` (15, SIGTERM, when terminated), `expired`.
-fn revoked_fields(terminated: bool, signalled: bool, expired: bool) -> serde_json::Map<String, Value> {
-    let mut f = serde_json::Map::new();
-    f.insert("terminated".into(), Value::from(terminated));
-    f.insert("signum".into(), if signalled { Value::from(15) } else { Value::Null });
-    f.insert("expired".into(), Value::from(expired));
-    f
 }
 
 /// Run `call` unless `control revoke --terminate` stops it first (`None`).
