@@ -20,6 +20,9 @@ _cfg = os.environ.get("STANDIN_CONFIG")
 if _cfg:
     with open(_cfg, "rb") as f:
         app.conf.update(tomllib.load(f))
+    if app.conf.task_serializer == "auth":
+        # What a Celery app that signs its messages calls (celeriac reads the same settings).
+        app.setup_security()
 
 
 @app.task(name="tasks.add")

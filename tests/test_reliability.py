@@ -164,3 +164,80 @@ def test_idle_worker_early_ack_leaves_no_bookkeeping(worker, client, redis_serve
         assert client.add.delay(i, i).get(timeout=10) == 2 * i
     wait_until(lambda: redis_server.client.hlen("unacked") == 0
                and redis_server.client.zcard("unacked_index") == 0, timeout=5, message="no bookkeeping left")
+
+
+class _Monitor:
+    """Every command the Redis server runs, in order, from a ``MONITOR``
+    connection read by a background thread (``[db lua]`` marks commands run
+    inside a script)."""
+
+    def __init__(self, redis_server):
+        import threading
+
+        self.lines: list[str] = []
+        self._conn = redis_server.client.connection_pool.get_connection("MONITOR")
+        self._conn.send_command("MONITOR")
+        assert self._conn.read_response() in (b"OK", "OK")
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self):
+        while not self._stop:
+            try:
+                line = self._conn.read_response()
+            except Exception:
+                return
+            self.lines.append(line.decode() if isinstance(line, bytes) else str(line))
+
+    def stop(self) -> list[str]:
+        self._stop = True
+        self._conn.disconnect()
+        self._thread.join(timeout=5)
+        return self.lines
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.celeriac_only  # kombu's own worker pops with BRPOP: this is where Celeriac goes further
+def test_an_idle_worker_never_takes_a_message_off_its_queue_without_recording_it(worker, client, redis_server):
+    """The idle worker waits without taking (``BLMOVE celery celery RIGHT
+    RIGHT`` leaves the message in place), then pops and records in one
+    script: no bare ``BRPOP``/``RPOP`` ever leaves a message only in the
+    worker's memory, where ``kill -9`` would lose it (bench/chaos.sh found
+    one task lost per kill that way)."""
+    w = worker(concurrency=1)
+    _idle(w)
+    monitor = _Monitor(redis_server)
+    try:
+        r = client.add.delay(20, 22)
+        assert r.get(timeout=10) == 42
+    finally:
+        lines = monitor.stop()
+    outside_scripts = [ln for ln in lines if " lua]" not in ln]
+    pops = [ln for ln in outside_scripts if re.search(r'"(BRPOP|RPOP|BLMPOP|LPOP)"', ln, re.I)]
+    assert pops == [], pops
+    assert any(re.search(r'"BLMOVE" "celery" "celery" "RIGHT" "RIGHT"', ln) for ln in lines), \
+        "the idle worker did not wait with BLMOVE"
+    scripted = [ln for ln in lines if " lua]" in ln]
+    rpop = next(i for i, ln in enumerate(scripted) if '"RPOP" "celery"' in ln)
+    assert any('"HSET" "unacked"' in ln for ln in scripted[rpop:rpop + 4]), scripted[rpop:rpop + 4]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.celeriac_only  # Celery's prefork pool acknowledges once the child has accepted the task
+def test_an_early_ack_reaches_redis_before_the_task_starts(worker, client, redis_server):
+    """With early acks (Celery's default), a task runs at most once: its ack is
+    written before it starts (the ``STARTED`` state, with
+    ``task_track_started``, is stored after it), so a worker killed mid-task
+    leaves nothing for a restore sweep to run again."""
+    w = worker(concurrency=1, config="task_track_started = true\n")
+    _idle(w)
+    monitor = _Monitor(redis_server)
+    try:
+        r = client.sleep.delay(0.5)
+        assert r.get(timeout=10) == 0.5
+    finally:
+        lines = monitor.stop()
+    ack = next(i for i, ln in enumerate(lines) if '"HDEL" "unacked"' in ln)
+    started = next(i for i, ln in enumerate(lines) if f"celery-task-meta-{r.id}" in ln and "STARTED" in ln)
+    assert ack < started, lines[min(ack, started):max(ack, started) + 1]

@@ -113,6 +113,12 @@ pub struct TransportOptions {
     /// kombu sweeps about every 100 s; Celeriac defaults to a tenth of the
     /// visibility timeout, capped at 60 s.
     pub unacked_restore_interval: Option<f64>,
+    /// Seconds a restore sweep may hold `unacked_mutex` (kombu's
+    /// `unacked_mutex_expire`, 300 there). A worker killed mid-sweep leaves the
+    /// mutex behind until it expires, and no sweep (Celeriac's or kombu's) runs
+    /// meanwhile. Restores are atomic on both sides, so two sweeps at once are
+    /// harmless and Celeriac's own default is 30 s (a sweep takes milliseconds).
+    pub unacked_mutex_expire: Option<f64>,
     /// Priority steps (Redis sub-queues).
     pub priority_steps: Vec<u8>,
     /// Separator between queue name and priority step.
@@ -129,6 +135,7 @@ impl Default for TransportOptions {
         TransportOptions {
             visibility_timeout: 3600.0,
             unacked_restore_interval: None,
+            unacked_mutex_expire: None,
             priority_steps: vec![0, 3, 6, 9],
             sep: "\x06\x16".into(),
             global_keyprefix: String::new(),
@@ -141,6 +148,11 @@ impl TransportOptions {
     /// The visibility timeout as a duration.
     pub fn visibility(&self) -> Duration {
         Duration::from_secs_f64(self.visibility_timeout.max(1.0))
+    }
+
+    /// How long a restore sweep holds `unacked_mutex` at most.
+    pub fn unacked_mutex_expire(&self) -> Duration {
+        Duration::from_secs_f64(self.unacked_mutex_expire.unwrap_or(30.0).max(1.0))
     }
 
     /// How often to sweep for unacknowledged messages to restore.
@@ -292,6 +304,16 @@ pub struct Settings {
     pub broker_use_ssl: Option<BrokerUseSsl>,
     /// kombu transport options.
     pub broker_transport_options: TransportOptions,
+    /// Message signing (`task_serializer = "auth"`): the PEM RSA private key that signs.
+    pub security_key: Option<String>,
+    /// Message signing: the password of `security_key` (encrypted keys are not supported yet).
+    pub security_key_password: Option<String>,
+    /// Message signing: the PEM certificate of `security_key` (it names the signer).
+    pub security_certificate: Option<String>,
+    /// Message signing: the trusted certificates (a directory, a `*.pem` glob, or one file).
+    pub security_cert_store: Option<String>,
+    /// Message signing: the hash (`sha256`, Celery's default; `sha224`, `sha384`, `sha512`).
+    pub security_digest: String,
     /// Sandbox settings.
     pub sandbox: SandboxSettings,
     /// What loading noticed and the user should hear once: Celery settings
@@ -330,6 +352,11 @@ impl Default for Settings {
             result_persistent: false,
             broker_use_ssl: None,
             broker_transport_options: TransportOptions::default(),
+            security_key: None,
+            security_key_password: None,
+            security_certificate: None,
+            security_cert_store: None,
+            security_digest: "sha256".into(),
             sandbox: SandboxSettings::default(),
             notices: Vec::new(),
         }
@@ -365,6 +392,11 @@ pub const SETTING_NAMES: &[&str] = &[
     "result_persistent",
     "broker_use_ssl",
     "broker_transport_options",
+    "security_key",
+    "security_key_password",
+    "security_certificate",
+    "security_cert_store",
+    "security_digest",
     "sandbox",
 ];
 
@@ -477,6 +509,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             &[
                 "visibility_timeout",
                 "unacked_restore_interval",
+                "unacked_mutex_expire",
                 "priority_steps",
                 "sep",
                 "global_keyprefix",

@@ -6,17 +6,15 @@
 //! lifecycle or of the consumer exercises the real acks, give-backs and holds.
 //! Everything the bookkeeping does is written to a [`journal`](MemoryTransport::journal)
 //! that tests read back.
-//!
-//! [`MemoryTransport::idle_pops`] makes it hand out messages the way Redis's
-//! blocking wait does on an idle worker: not recorded, to be recorded only if
-//! the worker holds on to them.
+//! As on Redis, a message that arrives while the consumer waits on empty
+//! queues is handed out marked `idle` (the worker was idle).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::qos::{Bookkeeping, Held, QosConsumer, Received, Unrecorded};
+use super::qos::{Bookkeeping, Held, QosConsumer, Received};
 use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Transport};
 use crate::protocol::{EncodedTask, Envelope};
 
@@ -26,8 +24,6 @@ const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// What the bookkeeping did, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A message fetched unrecorded was recorded under this tag (a hold).
-    Recorded(String),
     /// These tags were acknowledged, in one batch.
     Acked(Vec<String>),
     /// This tag was put back on its queue.
@@ -49,19 +45,12 @@ pub struct MemoryTransport {
     state: Arc<Mutex<State>>,
     wake: Arc<tokio::sync::Notify>,
     held: Held,
-    idle_pops: bool,
 }
 
 impl MemoryTransport {
     /// An empty broker.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Hand out messages unrecorded, as Redis's blocking wait does on an idle worker.
-    pub fn idle_pops(mut self) -> Self {
-        self.idle_pops = true;
-        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -103,21 +92,18 @@ impl MemoryTransport {
         self.held.snapshot()
     }
 
-    /// Take up to `max` messages at once, or `None` when every queue is empty.
-    fn take(&self, sources: &[String], max: usize) -> Option<Vec<Received>> {
+    /// Take up to `max` messages at once (`idle`: after a wait on empty
+    /// queues), or `None` when every queue is empty.
+    fn take(&self, sources: &[String], max: usize, idle: bool) -> Option<Vec<Received>> {
         let mut st = self.state();
         let mut out = Vec::new();
         for q in sources {
             while out.len() < max {
                 let Some(payload) = st.queues.get_mut(q).and_then(VecDeque::pop_front) else { break };
-                if self.idle_pops {
-                    out.push(Received { queue: q.clone(), payload, tag: None, recorded: false });
-                    continue;
-                }
                 st.next_tag += 1;
                 let tag = format!("m{}", st.next_tag);
                 st.unacked.insert(tag.clone(), (q.clone(), payload.clone()));
-                out.push(Received { queue: q.clone(), payload, tag: Some(tag), recorded: true });
+                out.push(Received { queue: q.clone(), payload, tag: Some(tag), idle });
             }
         }
         (!out.is_empty()).then_some(out)
@@ -130,11 +116,13 @@ impl Bookkeeping for MemoryTransport {
             return Ok(Vec::new());
         }
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
+        let mut waited = false;
         loop {
             let woken = self.wake.notified();
-            if let Some(got) = self.take(sources, max) {
+            if let Some(got) = self.take(sources, max, waited) {
                 return Ok(got);
             }
+            waited = true;
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
                 return Ok(Vec::new());
             }
@@ -179,21 +167,6 @@ impl Bookkeeping for MemoryTransport {
 
     async fn restore_visible(&self, _ours: &HashSet<String>) -> Result<usize, BrokerError> {
         Ok(0)
-    }
-
-    fn record(&self, tag: &str, message: &Unrecorded) {
-        let mut st = self.state();
-        st.unacked.insert(tag.to_string(), (message.routing_key.clone(), message.payload.clone()));
-        st.journal.push(Event::Recorded(tag.to_string()));
-    }
-
-    fn record_confirmed(
-        &self,
-        tag: &str,
-        message: &Unrecorded,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        self.record(tag, message);
-        async { Ok(()) }
     }
 }
 
@@ -283,33 +256,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_message_popped_while_idle_is_recorded_only_when_held() {
-        let t = MemoryTransport::new().idle_pops();
-        t.publish("celery", &add(1)).await.unwrap();
-        t.publish("celery", &add(2)).await.unwrap();
+    async fn a_message_that_arrives_while_the_consumer_waits_is_recorded_and_marked_idle() {
+        let t = MemoryTransport::new();
         let mut c = t.consume(&["celery".into()], 10).await.unwrap();
+        let publisher = t.clone();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            publisher.publish("celery", &add(1)).await.unwrap();
+        });
         let mut got = c.fetch(10).await.unwrap();
-        assert!(got.iter().all(|d| d.idle));
-        // Acknowledged at once: neither recorded nor acknowledged.
+        later.await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].idle);
+        assert_eq!((t.unacked(), t.held().len()), (1, 1), "recorded as it was taken");
         got[0].acker.ack();
-        // Held, then acknowledged: recorded, then acknowledged.
-        got[1].acker.hold();
-        got[1].acker.ack();
         c.flush().await;
-        let journal = t.journal();
-        assert!(matches!(&journal[..], [Event::Recorded(a), Event::Acked(b)] if b == std::slice::from_ref(a)));
         assert_eq!((t.unacked(), t.held().len()), (0, 0));
     }
 
     #[tokio::test]
     async fn a_requeued_message_is_served_again_marked_redelivered() {
-        let t = MemoryTransport::new().idle_pops();
+        let t = MemoryTransport::new();
         t.publish("celery", &add(1)).await.unwrap();
         let mut c = t.consume(&["celery".into()], 10).await.unwrap();
         let mut got = c.fetch(1).await.unwrap();
-        // Unrecorded: the give-back records it first, then restores it.
         got[0].acker.requeue().await;
-        assert!(matches!(&t.journal()[..], [Event::Recorded(a), Event::Requeued(b)] if a == b));
+        assert!(matches!(&t.journal()[..], [Event::Requeued(_)]));
         let again = c.fetch(1).await.unwrap();
         assert!(again[0].message.as_ref().unwrap().delivery.redelivered);
         assert_eq!(t.ready("celery"), 0);

@@ -433,6 +433,16 @@ pub trait AckHandle: Send + Sync {
     /// (retried through broker outages; nothing waits for it).
     fn ack(&mut self);
 
+    /// Acknowledge the message as its task starts (an early ack), and wait
+    /// until it is written where the transport can make sure of it: a worker
+    /// killed while the task runs must not have it delivered again (Celery's
+    /// at-most-once for early acks). Default: [`AckHandle::ack`] (AMQP's
+    /// `basic.ack` goes out on the channel at once).
+    fn ack_before_start(&mut self) -> BoxFuture<'_, ()> {
+        self.ack();
+        Box::pin(async {})
+    }
+
     /// Give the message back to its queue (marked redelivered), and wait
     /// until the broker has it.
     fn requeue(&mut self) -> BoxFuture<'_, ()>;
@@ -482,6 +492,14 @@ impl Acker {
     pub fn ack(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
             self.handle.ack();
+        }
+    }
+
+    /// Acknowledge as the task starts (early ack), once the ack is written
+    /// (see [`AckHandle::ack_before_start`]).
+    pub async fn ack_before_start(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.handle.ack_before_start().await;
         }
     }
 

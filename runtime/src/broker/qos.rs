@@ -10,9 +10,9 @@
 //! - [`QosConsumer`] turns what the transport fetched into [`Delivery`] values
 //!   (the envelope decoded once) and remembers which tags this process holds;
 //! - [`QosAck`] is each delivery's ack handle: acks go out in batches (one
-//!   round trip per millisecond at most), a give-back restores the record, and
-//!   a message the transport did not record yet (Redis's `BRPOP` on an idle
-//!   worker) is recorded only when the worker holds on to it;
+//!   round trip per millisecond at most; an early ack, which must be written
+//!   before its task starts, without the wait), and a give-back restores the
+//!   record;
 //! - [`start_housekeeping`] refreshes the records of held messages and restores
 //!   other consumers' abandoned ones, for the whole process.
 //!
@@ -27,38 +27,24 @@ use super::{AckHandle, Acker, BoxFuture, BrokerError, Consumer, Delivery, Housek
 use crate::batch::Batcher;
 use crate::connection::retry;
 
-/// How long acknowledgements wait to be sent together. Nothing waits on an
-/// ack; a crash inside this window means the task runs again after the
-/// visibility timeout (at-least-once, as with any early ack).
+/// How long acknowledgements nobody waits on (late acks, discarded messages)
+/// wait to be sent together. An early ack is written before its task starts
+/// ([`AckHandle::ack_before_start`]), so a crash never runs that task twice.
 pub const ACK_LINGER: Duration = Duration::from_millis(1);
 
-/// One message as a virtual transport fetched it.
+/// One message as a virtual transport fetched it, recorded as unacknowledged.
 #[derive(Debug, Clone)]
 pub struct Received {
     /// The queue (list) it came from.
     pub queue: String,
     /// The raw message: a kombu JSON envelope.
     pub payload: Vec<u8>,
-    /// The delivery tag it is recorded under as unacknowledged (`None`: not
-    /// recorded: see `recorded`).
+    /// The delivery tag it is recorded under as unacknowledged (`None`: it
+    /// could not be recorded, e.g. not an envelope: nothing to acknowledge).
     pub tag: Option<String>,
-    /// Whether it is in the ack bookkeeping. On Redis, a message taken by
-    /// the blocking wait on empty queues (the worker was idle) is not yet: it
-    /// is recorded under its envelope's tag when the worker holds on to it,
-    /// and not at all when it is acknowledged as it starts, at once.
-    pub recorded: bool,
-}
-
-/// A received message not recorded in the bookkeeping yet: what recording
-/// it needs.
-#[derive(Debug, Clone)]
-pub struct Unrecorded {
-    /// The envelope's bytes, recorded as they are.
-    pub payload: Vec<u8>,
-    /// `delivery_info.exchange` (`""` when absent or not a string).
-    pub exchange: String,
-    /// `delivery_info.routing_key` (`""` when absent or not a string).
-    pub routing_key: String,
+    /// Whether it arrived while the consumer waited on empty queues: the
+    /// worker was idle, and a client is probably waiting for this task.
+    pub idle: bool,
 }
 
 /// A virtual transport's unacknowledged-message bookkeeping.
@@ -77,18 +63,6 @@ pub trait Bookkeeping: Clone + Send + Sync + 'static {
 
     /// Restore records older than the visibility timeout, except `ours`.
     fn restore_visible(&self, ours: &HashSet<String>) -> impl Future<Output = Result<usize, BrokerError>> + Send;
-
-    /// Record a message fetched unrecorded, without waiting for the reply.
-    fn record(&self, _tag: &str, _message: &Unrecorded) {}
-
-    /// Record a message fetched unrecorded and wait until the server has it.
-    fn record_confirmed(
-        &self,
-        _tag: &str,
-        _message: &Unrecorded,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        async { Ok(()) }
-    }
 }
 
 /// Tags of the messages this process holds (received, not yet acknowledged
@@ -118,7 +92,11 @@ impl Held {
 /// What every delivery of one consumer shares.
 struct Context<B> {
     books: B,
+    /// Acks nobody waits on, sent after [`ACK_LINGER`].
     acks: Batcher<String>,
+    /// Early acks, each awaited before its task starts: sent at once, those
+    /// of tasks starting together in one round trip.
+    starting: Batcher<String>,
     held: Held,
 }
 
@@ -133,45 +111,26 @@ impl<B: Bookkeeping> QosConsumer<B> {
     /// lists of every queue and priority step, in kombu's polling order).
     /// Spawns its ack batcher on the current runtime.
     pub fn new(books: B, sources: Vec<String>, held: Held) -> Self {
-        let acks = {
+        let batcher = |linger| {
             let books = books.clone();
-            Batcher::spawn(Some(ACK_LINGER), move |tags: Vec<String>| {
+            Batcher::spawn(linger, move |tags: Vec<String>| {
                 let books = books.clone();
                 async move {
                     retry("acknowledge messages", || books.ack(&tags)).await;
                 }
             })
         };
-        QosConsumer { ctx: Arc::new(Context { books, acks, held }), sources }
+        let (acks, starting) = (batcher(Some(ACK_LINGER)), batcher(None));
+        QosConsumer { ctx: Arc::new(Context { books, acks, starting, held }), sources }
     }
 
     /// A delivery for a fetched message: its envelope decoded once.
     fn delivery(&self, r: Received) -> Delivery {
-        if r.recorded {
-            let (_, message) = decode_envelope(&r.payload, |_| ());
-            if let Some(t) = &r.tag {
-                self.ctx.held.insert(t);
-            }
-            return Delivery { message, acker: self.acker(r.tag, None), idle: false };
-        }
-        // Not recorded yet: its tag and routing come from the envelope.
-        let (seen, message) = decode_envelope(&r.payload, |env| {
-            let tag = env.delivery_tag().filter(|t| !t.is_empty()).map(str::to_string);
-            (tag, env.exchange().unwrap_or_default().to_string(), env.routing_key().unwrap_or_default().to_string())
-        });
-        let Some((tag, exchange, routing_key)) = seen else {
-            // Not an envelope: nothing can be recorded or acknowledged.
-            return Delivery { message, acker: self.acker(None, None), idle: true };
-        };
-        if let Some(t) = &tag {
+        let (_, message) = decode_envelope(&r.payload, |_| ());
+        if let Some(t) = &r.tag {
             self.ctx.held.insert(t);
         }
-        let unrecorded = Unrecorded { payload: r.payload, exchange, routing_key };
-        Delivery { message, acker: self.acker(tag, Some(unrecorded)), idle: true }
-    }
-
-    fn acker(&self, tag: Option<String>, unrecorded: Option<Unrecorded>) -> Acker {
-        Acker::new(QosAck { ctx: self.ctx.clone(), tag, unrecorded })
+        Delivery { message, acker: Acker::new(QosAck { ctx: self.ctx.clone(), tag: r.tag }), idle: r.idle }
     }
 }
 
@@ -184,53 +143,48 @@ impl<B: Bookkeeping> Consumer for QosConsumer<B> {
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.ctx.acks.barrier())
+        Box::pin(async move {
+            self.ctx.acks.barrier().await;
+            self.ctx.starting.barrier().await;
+        })
     }
 }
 
 /// The ack handle of one delivery of a virtual transport.
 pub struct QosAck<B: Bookkeeping> {
     ctx: Arc<Context<B>>,
-    /// The tag it is (or will be) recorded under; `None`: nothing to acknowledge.
+    /// The tag it is recorded under; `None`: nothing to acknowledge.
     tag: Option<String>,
-    /// Set while it is not recorded yet.
-    unrecorded: Option<Unrecorded>,
 }
 
 impl<B: Bookkeeping> AckHandle for QosAck<B> {
     fn ack(&mut self) {
         let Some(tag) = &self.tag else { return };
-        // A message never recorded needs no ack: there is no record to delete.
-        if self.unrecorded.is_none() {
-            self.ctx.acks.submit(tag.clone());
-        }
+        self.ctx.acks.submit(tag.clone());
         self.ctx.held.remove(tag);
+    }
+
+    fn ack_before_start(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(tag) = &self.tag else { return };
+            self.ctx.starting.write(tag.clone()).await;
+            self.ctx.held.remove(tag);
+        })
     }
 
     fn requeue(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let Some(tag) = &self.tag else { return };
-            let ctx = &self.ctx;
-            // The restore moves the record back to the queue: the record must
-            // be there, not merely sent (a failed one would lose the message).
-            if let Some(m) = &self.unrecorded
-                && retry("record a message to give it back", || ctx.books.record_confirmed(tag, m)).await.is_some()
-            {
-                self.unrecorded = None;
-            }
-            retry("restore a message", || ctx.books.restore(tag)).await;
-            ctx.held.remove(tag);
+            retry("restore a message", || self.ctx.books.restore(tag)).await;
+            self.ctx.held.remove(tag);
         })
     }
 
-    fn hold(&mut self) {
-        if let (Some(tag), Some(m)) = (&self.tag, self.unrecorded.take()) {
-            self.ctx.books.record(tag, &m);
-        }
-    }
+    /// Nothing to do: the message was recorded as it was taken.
+    fn hold(&mut self) {}
 
     fn clone_box(&self) -> Box<dyn AckHandle> {
-        Box::new(QosAck { ctx: self.ctx.clone(), tag: self.tag.clone(), unrecorded: None })
+        Box::new(QosAck { ctx: self.ctx.clone(), tag: self.tag.clone() })
     }
 }
 

@@ -11,25 +11,28 @@
 //! Where kombu pops with `BRPOP` and records the message with a second command
 //! (a crash in between loses the message), Celeriac pops and records in one Lua
 //! script, atomically and in batches, and a lost reply is replayed rather than
-//! lost (see `POP_SCRIPT`). It only falls back to `BRPOP` to wait when every
-//! queue is empty; the worker records a message it got that way as soon as
-//! it is going to hold on to it, and not at all when it acknowledges it as it
-//! starts, at once ([`RedisBroker::record`], through
-//! [`Acker::hold`](super::Acker::hold)). That one message has kombu's
-//! window (popped, not yet recorded: lost if the worker dies right then).
+//! lost (see `POP_SCRIPT`). Every message is taken that way, so none is ever
+//! only in the worker's memory: when every queue is empty the worker waits
+//! with `BLMOVE l l RIGHT RIGHT` on each list (which returns when a message
+//! arrives but leaves it where it is) and then pops with the script (see
+//! [`RedisBroker::fetch`]). The chaos suite (`bench/chaos.sh`) found the
+//! `BRPOP` window losing about one task per `kill -9`.
 
 mod fanout;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::qos::{self, Bookkeeping, Held, QosConsumer, Received, Unrecorded};
+use super::qos::{self, Bookkeeping, Held, QosConsumer, Received};
 use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Housekeeping, Transport};
 use crate::config::TransportOptions;
 use crate::connection::redis as redis_conn;
@@ -106,7 +109,11 @@ return 0
 "#;
 
 /// How long a blocking wait lasts before the consumer loop looks around again.
-const BRPOP_TIMEOUT: f64 = 1.0;
+const WAIT_TIMEOUT: f64 = 1.0;
+
+/// How long the consumer sleeps between two polls when the server has no
+/// `BLMOVE` (Redis before 6.2) to wait with.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A connection to a Redis broker speaking kombu's transport: the
 /// bookkeeping and the commands behind [`RedisTransport`].
@@ -114,8 +121,13 @@ const BRPOP_TIMEOUT: f64 = 1.0;
 pub struct RedisBroker {
     /// For ordinary commands (multiplexed, auto-reconnecting).
     conn: ConnectionManager,
-    /// For `BRPOP`, which would block everything else on a shared connection.
-    blocking: ConnectionManager,
+    /// Where the wake-up connections come from.
+    client: redis::Client,
+    /// One connection per list for the blocking `BLMOVE` waits (a blocked
+    /// connection serves nothing else), opened on first use.
+    waiters: Arc<Mutex<HashMap<String, ConnectionManager>>>,
+    /// False once the server said it has no `BLMOVE`: the consumer polls.
+    blmove: Arc<AtomicBool>,
     opts: TransportOptions,
     pop: redis::Script,
     restore: redis::Script,
@@ -126,26 +138,11 @@ pub struct RedisBroker {
     done_fetch: Arc<Mutex<Option<String>>>,
 }
 
-/// Connect a command connection and a blocking one to `url`.
-async fn connect_pair(url: &str) -> Result<(ConnectionManager, ConnectionManager), BrokerError> {
-    let client = redis_conn::open_client(url)?;
-    let conn = redis_conn::connect(&client, Duration::from_secs(30)).await?;
-    let blocking = redis_conn::connect(&client, Duration::from_secs_f64(BRPOP_TIMEOUT + 10.0)).await?;
-    Ok((conn, blocking))
-}
-
 /// kombu's `_q_for_pri`: the list for `queue` at `priority`, which is rounded
 /// down to one of the priority steps; step 0 is the plain queue name.
 pub fn priority_list(opts: &TransportOptions, queue: &str, priority: u8) -> String {
     let step = opts.priority_steps.iter().copied().filter(|s| *s <= priority).max().unwrap_or(0);
     if step == 0 { queue.to_string() } else { format!("{queue}{}{step}", opts.sep) }
-}
-
-/// Warn about a received message that could not be recorded as unacknowledged.
-fn log_unrecorded(r: redis::RedisResult<()>) {
-    if let Err(e) = r {
-        tracing::warn!("could not record a received message as unacknowledged: {e}");
-    }
 }
 
 /// Lock a mutex, ignoring poisoning (the data is a plain id).
@@ -157,10 +154,13 @@ impl RedisBroker {
     /// Connect to the broker at `url` (`redis://[:password@]host:port/db`,
     /// `unix:///path`, `socket:///path`).
     pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
-        let (conn, blocking) = connect_pair(url).await?;
+        let client = redis_conn::open_client(url)?;
+        let conn = redis_conn::connect(&client, Duration::from_secs(30)).await?;
         Ok(RedisBroker {
             conn,
-            blocking,
+            client,
+            waiters: Arc::default(),
+            blmove: Arc::new(AtomicBool::new(true)),
             opts,
             pop: redis::Script::new(&format!("{RECORD_FN}{POP_SCRIPT}")),
             restore: redis::Script::new(RESTORE_SCRIPT),
@@ -203,13 +203,23 @@ impl RedisBroker {
         Ok(pipe.query_async::<()>(&mut c).await?)
     }
 
-    /// Receive up to `max` messages from `lists`: take what is there at once
-    /// (recorded in the ack bookkeeping), or wait up to a second for one (not
-    /// recorded yet: see [`RedisBroker::record`]).
+    /// Receive up to `max` messages from `lists`, each recorded in the ack
+    /// bookkeeping as it is popped: take what is there at once, or wait up to
+    /// a second for something to arrive and take it then.
     pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 || lists.is_empty() {
             return Ok(Vec::new());
         }
+        let got = self.pop(lists, max, false).await?;
+        if !got.is_empty() || !self.wait(lists).await? {
+            return Ok(got);
+        }
+        self.pop(lists, max, true).await
+    }
+
+    /// Pop and record up to `max` messages from `lists`, in order
+    /// (`POP_SCRIPT`); `idle`: after a wait on empty queues.
+    async fn pop(&self, lists: &[String], max: usize, idle: bool) -> Result<Vec<Received>, BrokerError> {
         let mut c = self.conn.clone();
         let fetch_id = lock(&self.next_fetch).take().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let done_id = lock(&self.done_fetch).take().unwrap_or_default();
@@ -232,74 +242,76 @@ impl RedisBroker {
                 return Err(e.into());
             }
         };
-        if !flat.is_empty() {
-            *lock(&self.done_fetch) = Some(fetch_id);
-            return Ok(flat
-                .chunks_exact(3)
-                .map(|p| Received {
-                    queue: String::from_utf8_lossy(&p[0]).into_owned(),
-                    payload: p[1].clone(),
-                    tag: (!p[2].is_empty()).then(|| String::from_utf8_lossy(&p[2]).into_owned()),
-                    recorded: true,
-                })
-                .collect());
+        if flat.is_empty() {
+            // Nothing was handed out: the id can be used again, the old copy is deleted.
+            *lock(&self.next_fetch) = Some(fetch_id);
+            return Ok(Vec::new());
         }
-        let mut b = self.blocking.clone();
-        let popped: Option<(Vec<u8>, Vec<u8>)> = b.brpop(lists, BRPOP_TIMEOUT).await?;
-        let Some((list, payload)) = popped else { return Ok(Vec::new()) };
-        // The tag is read from the envelope when it is decoded (once, by the consumer).
-        Ok(vec![Received { queue: String::from_utf8_lossy(&list).into_owned(), payload, tag: None, recorded: false }])
+        *lock(&self.done_fetch) = Some(fetch_id);
+        Ok(flat
+            .chunks_exact(3)
+            .map(|p| Received {
+                queue: String::from_utf8_lossy(&p[0]).into_owned(),
+                payload: p[1].clone(),
+                tag: (!p[2].is_empty()).then(|| String::from_utf8_lossy(&p[2]).into_owned()),
+                idle,
+            })
+            .collect())
     }
 
-    /// Record a message obtained with BRPOP in the ack bookkeeping, as kombu
-    /// does (`MULTI; ZADD unacked_index; HSET unacked; EXEC`, with the routing
-    /// read from the envelope).
-    ///
-    /// The worker calls this before it holds on to the message (an ETA to wait
-    /// for, no free run slot, `acks_late`); a message it acknowledges as it
-    /// starts, at once, is never recorded — kombu would record it and remove
-    /// it again a moment later, and a crash in that moment loses it either way
-    /// (popped, not yet recorded). That keeps two Redis transactions off the
-    /// idle path, where a client is waiting for the result.
-    ///
-    /// The reply is not awaited. Polling once queues the transaction on the
-    /// command connection now, so Redis runs it before this message's ack,
-    /// which is sent later on the same connection.
-    pub fn record(&self, tag: &str, message: &Unrecorded) {
-        let Some(pipe) = self.record_pipeline(tag, message) else { return };
-        let mut c = self.conn.clone();
-        let mut recording = Box::pin(async move { pipe.query_async::<()>(&mut c).await });
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match recording.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(r) => log_unrecorded(r),
-            std::task::Poll::Pending => {
-                tokio::spawn(async move { log_unrecorded(recording.await) });
+    /// Wait until one of `lists` has a message, up to [`WAIT_TIMEOUT`],
+    /// without taking it: `BLMOVE l l RIGHT RIGHT` moves the oldest message
+    /// to where it already is. True if one arrived. One wait per list, each on
+    /// its own connection; the first to return ends the wait (the others stay
+    /// blocked on the server until their timeout, and the next wait on that
+    /// list queues behind, returning at once if a message arrived meanwhile).
+    async fn wait(&self, lists: &[String]) -> Result<bool, BrokerError> {
+        if !self.blmove.load(Ordering::Relaxed) {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            return Ok(true);
+        }
+        let mut waits: FuturesUnordered<_> = lists.iter().map(|l| self.wait_one(l)).collect();
+        while let Some(r) = waits.next().await {
+            match r {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                        && e.to_string().to_ascii_lowercase().contains("unknown command") =>
+                {
+                    tracing::warn!(
+                        "This Redis server has no BLMOVE (Redis 6.2+): polling the queues every {POLL_INTERVAL:?} \
+                         while they are empty instead"
+                    );
+                    self.blmove.store(false, Ordering::Relaxed);
+                    return Ok(true);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
+        Ok(false)
     }
 
-    /// [`RedisBroker::record`], waiting for Redis to confirm it (before a
-    /// message is given back, which needs the record to be there).
-    pub async fn record_confirmed(&self, tag: &str, message: &Unrecorded) -> Result<(), BrokerError> {
-        let Some(pipe) = self.record_pipeline(tag, message) else { return Ok(()) };
-        let mut c = self.conn.clone();
-        Ok(pipe.query_async::<()>(&mut c).await?)
-    }
-
-    /// `MULTI; ZADD unacked_index; HSET unacked; EXEC` for a received message,
-    /// the entry written as kombu writes it (`None`: not UTF-8, so not an envelope).
-    fn record_pipeline(&self, tag: &str, message: &Unrecorded) -> Option<redis::Pipeline> {
-        let text = std::str::from_utf8(&message.payload).ok()?;
-        // As the Lua recorder (and kombu): anything but a string counts as "".
-        let quote = |v: &str| Value::String(v.into()).to_string();
-        let entry = format!("[{text}, {}, {}]", quote(&message.exchange), quote(&message.routing_key));
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .zadd(self.key("unacked_index"), tag, now_secs())
-            .ignore()
-            .hset(self.key("unacked"), tag, entry)
-            .ignore();
-        Some(pipe)
+    /// One list's `BLMOVE` wait: true if a message is there.
+    async fn wait_one(&self, list: &str) -> redis::RedisResult<bool> {
+        let existing = lock(&self.waiters).get(list).cloned();
+        let mut c = match existing {
+            Some(c) => c,
+            None => {
+                // Replies may queue behind a wait left from the previous round.
+                let c = redis_conn::connect(&self.client, Duration::from_secs_f64(2.0 * WAIT_TIMEOUT + 10.0)).await?;
+                lock(&self.waiters).entry(list.to_string()).or_insert(c).clone()
+            }
+        };
+        let moved: Option<Vec<u8>> = redis::cmd("BLMOVE")
+            .arg(list)
+            .arg(list)
+            .arg("RIGHT")
+            .arg("RIGHT")
+            .arg(WAIT_TIMEOUT)
+            .query_async(&mut c)
+            .await?;
+        Ok(moved.is_some())
     }
 
     /// Acknowledge messages: remove them from the bookkeeping (one round trip).
@@ -418,10 +430,15 @@ impl RedisBroker {
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(300_000)
+            .arg(self.opts.unacked_mutex_expire().as_millis() as u64)
             .query_async(&mut c)
             .await?;
         if locked.is_none() {
+            let left: i64 = c.pttl(self.key("unacked_mutex")).await.unwrap_or(-1);
+            tracing::debug!(
+                "restore sweep skipped: another worker holds unacked_mutex (for {:.1} s more)",
+                left as f64 / 1000.0
+            );
             return Ok(0);
         }
         let ceiling = now_secs() - self.opts.visibility().as_secs_f64();
@@ -565,18 +582,6 @@ impl Bookkeeping for RedisBroker {
 
     fn restore_visible(&self, ours: &HashSet<String>) -> impl Future<Output = Result<usize, BrokerError>> + Send {
         RedisBroker::restore_visible(self, ours)
-    }
-
-    fn record(&self, tag: &str, message: &Unrecorded) {
-        RedisBroker::record(self, tag, message)
-    }
-
-    fn record_confirmed(
-        &self,
-        tag: &str,
-        message: &Unrecorded,
-    ) -> impl Future<Output = Result<(), BrokerError>> + Send {
-        RedisBroker::record_confirmed(self, tag, message)
     }
 }
 

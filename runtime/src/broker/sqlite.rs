@@ -231,7 +231,7 @@ impl SqliteBroker {
                             continue;
                         }
                         note.execute(params![id, now, owner])?;
-                        out.push(Received { queue, payload, tag: Some(id.to_string()), recorded: true });
+                        out.push(Received { queue, payload, tag: Some(id.to_string()), idle: false });
                     }
                 }
                 tx.commit()?;

@@ -31,7 +31,7 @@ pub struct CallArgs {
     /// Discard the task if not started by then: seconds from now, or an ISO 8601 time.
     #[arg(long, value_name = "ISO-8601|SECS", value_parser = parse_expires, help_heading = "Calling Options")]
     expires: Option<Expires>,
-    /// Body serializer: json or msgpack (default: task_serializer).
+    /// Body serializer: json, msgpack, or auth (JSON signed with security_key) (default: task_serializer).
     #[arg(long, help_heading = "Calling Options")]
     serializer: Option<String>,
     /// Message priority (Redis: 0 is served first).
@@ -165,8 +165,22 @@ pub fn call(g: &GlobalArgs, a: CallArgs) -> anyhow::Result<ExitCode> {
     o.timelimit.soft = a.soft_time_limit;
     o.ignore_result = a.ignore_result;
     let ser = a.serializer.as_deref().unwrap_or(&settings.task_serializer);
-    o.serializer =
-        Serializer::from_name(ser).with_context(|| format!("unsupported serializer {ser:?}: use json or msgpack"))?;
+    // `auth`: JSON, signed with security_key (Celery's message signing).
+    let signer = if ser == "auth" {
+        let security = crate::security::Security::from_settings(&crate::config::Settings {
+            task_serializer: "auth".into(),
+            ..settings.clone()
+        })?;
+        security.signer
+    } else {
+        None
+    };
+    o.serializer = if signer.is_some() {
+        Serializer::Json
+    } else {
+        Serializer::from_name(ser)
+            .with_context(|| format!("unsupported serializer {ser:?}: use json, msgpack or auth"))?
+    };
     let broker_url = settings.effective_broker_url();
     let declare_queue = a.queue.clone();
     runtime()?.block_on(async {
@@ -178,7 +192,10 @@ pub fn call(g: &GlobalArgs, a: CallArgs) -> anyhow::Result<ExitCode> {
             (None, true) => broker.declare(std::slice::from_ref(&task.options.queue)).await?,
             _ => {}
         }
-        let encoded = task.encode()?;
+        let mut encoded = task.encode()?;
+        if let Some(signer) = &signer {
+            encoded = encoded.sign(signer.as_ref());
+        }
         // Subscribe before publishing, as a Python client does, so a fast worker cannot be missed.
         let waiter =
             if a.wait { Some(result_backend(&settings, Some(&broker)).await?.waiter(&task.id).await?) } else { None };

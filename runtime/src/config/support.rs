@@ -61,7 +61,6 @@ const REMOTE_CONTROL: &str = "the worker answers on Celery's default mailbox (`c
 const BROKER_PARTS: &str = "give the broker as one broker_url instead";
 const REDIS_BACKEND_PARTS: &str = "give the result backend as one result_backend URL instead \
                                    (TLS options as rediss:// query parameters)";
-const SECURITY: &str = "message signing (the `auth` serializer) is not implemented yet";
 
 /// What the worker does with Celery setting `name` (`None`: no Celery setting).
 pub fn support(name: &str) -> Option<Support> {
@@ -100,7 +99,6 @@ pub fn support(name: &str) -> Option<Support> {
         | "event_queue_exclusive" => Ignored(EVENT_RECEIVERS),
         _ if prefix("event_") => NotImplemented(EVENTS),
         _ if prefix("control_") => NotImplemented(REMOTE_CONTROL),
-        _ if prefix("security_") => NotImplemented(SECURITY),
         "broker_host" | "broker_port" | "broker_user" | "broker_password" | "broker_vhost" => {
             NotImplemented(BROKER_PARTS)
         }

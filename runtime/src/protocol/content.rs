@@ -30,8 +30,23 @@
 use base64::Engine as _;
 use serde_json::{Map, Number, Value};
 
+use super::auth::{AuthError, CONTENT_TYPE_AUTH, SignedBody, Verifier};
 use super::error::ProtocolError;
 use super::pyjson;
+
+/// Why a message for the `auth` serializer is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureRefused {
+    /// Its signature (or its framing) does not hold.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The signed body's own serializer is not one Celeriac decodes.
+    #[error("the signed body is {0}, which Celeriac does not deserialize")]
+    InnerContent(String),
+    /// `auth` is accepted but no certificate store was loaded.
+    #[error("no certificate store (security_cert_store) to verify it with")]
+    NoCertificates,
+}
 
 /// MIME type of kombu's JSON serializer.
 pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -154,12 +169,34 @@ pub fn is_unsafe_serializer(name: &str) -> bool {
 pub struct AcceptContent {
     allowed: Vec<Serializer>,
     ignored: Vec<String>,
+    /// `auth` is listed: signed bodies are accepted once verified.
+    auth: bool,
+    /// What verifies them (set by the worker from the security settings).
+    verifier: Option<VerifierRef>,
 }
+
+/// The signature checker of an [`AcceptContent`] (compared by identity).
+#[derive(Clone)]
+pub struct VerifierRef(pub std::sync::Arc<dyn Verifier>);
+
+impl std::fmt::Debug for VerifierRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Verifier")
+    }
+}
+
+impl PartialEq for VerifierRef {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for VerifierRef {}
 
 impl Default for AcceptContent {
     /// Celery's default: `["json"]`.
     fn default() -> Self {
-        AcceptContent { allowed: vec![Serializer::Json], ignored: Vec::new() }
+        AcceptContent { allowed: vec![Serializer::Json], ignored: Vec::new(), auth: false, verifier: None }
     }
 }
 
@@ -173,8 +210,13 @@ impl AcceptContent {
     {
         let mut allowed = Vec::new();
         let mut ignored = Vec::new();
+        let mut auth = false;
         for name in names {
             let name = name.as_ref();
+            if name == "auth" {
+                auth = true;
+                continue;
+            }
             match Serializer::from_name(name) {
                 Some(s) => {
                     if !allowed.contains(&s) {
@@ -194,12 +236,52 @@ impl AcceptContent {
                 }
             }
         }
-        AcceptContent { allowed, ignored }
+        AcceptContent { allowed, ignored, auth, verifier: None }
     }
 
     /// Accept every serializer Celeriac implements (json and msgpack).
     pub fn all() -> Self {
-        AcceptContent { allowed: vec![Serializer::Json, Serializer::Msgpack], ignored: Vec::new() }
+        AcceptContent {
+            allowed: vec![Serializer::Json, Serializer::Msgpack],
+            ignored: Vec::new(),
+            auth: false,
+            verifier: None,
+        }
+    }
+
+    /// Whether `auth` (Celery's message signing) is listed.
+    pub fn wants_auth(&self) -> bool {
+        self.auth
+    }
+
+    /// Verify signed bodies with `verifier` (when `auth` is listed).
+    pub fn with_verifier(mut self, verifier: std::sync::Arc<dyn Verifier>) -> Self {
+        self.verifier = Some(VerifierRef(verifier));
+        self
+    }
+
+    /// A signed body (`application/data` while `auth` is accepted), verified
+    /// and unwrapped: its serializer and the serialized bytes that were
+    /// signed. `None`: not a message for the `auth` serializer (the other
+    /// content types go through [`AcceptContent::check`]).
+    pub fn open_signed(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Option<Result<(Serializer, Vec<u8>), SignatureRefused>> {
+        let ct = content_type.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(CONTENT_TYPE_DATA);
+        if !self.auth || ct != CONTENT_TYPE_AUTH {
+            return None;
+        }
+        let Some(verifier) = &self.verifier else { return Some(Err(SignatureRefused::NoCertificates)) };
+        Some((|| {
+            let signed = SignedBody::unpack(body)?;
+            verifier.0.verify(&signed.signer, &signed.body, &signed.signature)?;
+            // Celery deserializes the verified body by its own content type (`force=True`).
+            let serializer = Serializer::from_name(&signed.content_type)
+                .ok_or(SignatureRefused::InnerContent(signed.content_type.clone()))?;
+            Ok((serializer, signed.body))
+        })())
     }
 
     /// The serializers that will be decoded.

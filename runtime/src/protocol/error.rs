@@ -100,6 +100,18 @@ pub enum ProtocolError {
         partial: Partial,
     },
 
+    /// A message for the `auth` serializer whose signature does not hold
+    /// (unknown signer, bad signature, expired certificate, not signed at
+    /// all). The body was NOT deserialised, and the task never runs.
+    #[error("refusing a signed message: {reason}{partial}")]
+    Signature {
+        /// Why.
+        #[source]
+        reason: super::content::SignatureRefused,
+        /// What is known about the task (from the headers, which are not signed).
+        partial: Partial,
+    },
+
     /// The body bytes are not valid for their serializer.
     #[error("cannot decode {content_type} message body: {reason}{partial}")]
     BodyDecode {
@@ -181,6 +193,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedBodyEncoding { partial, .. }
             | ProtocolError::BadBase64 { partial, .. }
             | ProtocolError::ContentDisallowed { partial, .. }
+            | ProtocolError::Signature { partial, .. }
             | ProtocolError::BodyDecode { partial, .. }
             | ProtocolError::BodyShape { partial, .. }
             | ProtocolError::ArgsNotList { partial, .. }

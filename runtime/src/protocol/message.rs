@@ -273,9 +273,17 @@ impl TaskMessage {
         let RawMessage { mut headers, body, content_type, content_encoding: _, delivery } = raw;
         let mut partial = partial_from(&headers, delivery.correlation_id.as_deref());
 
-        let serializer = accept
-            .check(content_type.as_deref())
-            .map_err(|content_type| ProtocolError::ContentDisallowed { content_type, partial: partial.clone() })?;
+        let (serializer, body) = match accept.open_signed(content_type.as_deref(), &body) {
+            Some(Ok(opened)) => opened,
+            Some(Err(reason)) => return Err(ProtocolError::Signature { reason, partial }),
+            None => (
+                accept.check(content_type.as_deref()).map_err(|content_type| ProtocolError::ContentDisallowed {
+                    content_type,
+                    partial: partial.clone(),
+                })?,
+                body,
+            ),
+        };
         let payload = serializer.decode(&body).map_err(|reason| ProtocolError::BodyDecode {
             content_type: serializer.content_type().to_owned(),
             reason,
@@ -804,6 +812,7 @@ impl NewTask {
             exchange: self.options.exchange.clone(),
             routing_key: self.options.queue.clone(),
             priority: self.options.priority,
+            signed: false,
         })
     }
 }
@@ -827,17 +836,32 @@ pub struct EncodedTask {
     pub routing_key: String,
     /// Priority, if any.
     pub priority: Option<u8>,
+    /// Whether `body` is the `auth` serializer's signed form of the
+    /// `serializer`'s bytes (see [`EncodedTask::sign`]).
+    pub signed: bool,
 }
 
 impl EncodedTask {
-    /// `application/json` or `application/x-msgpack`.
+    /// `application/json` or `application/x-msgpack` (`application/data`
+    /// once signed).
     pub fn content_type(&self) -> &'static str {
-        self.serializer.content_type()
+        if self.signed { super::auth::CONTENT_TYPE_AUTH } else { self.serializer.content_type() }
     }
 
-    /// `utf-8` or `binary`.
+    /// `utf-8` or `binary` (`utf-8` once signed).
     pub fn content_encoding(&self) -> &'static str {
-        self.serializer.content_encoding()
+        if self.signed { "utf-8" } else { self.serializer.content_encoding() }
+    }
+
+    /// Sign the body as Celery's `auth` serializer does
+    /// (`task_serializer = "auth"`). Signing twice signs once.
+    pub fn sign(mut self, signer: &dyn super::auth::Signer) -> Self {
+        if !self.signed {
+            let signed = signer.sign(self.serializer.content_type(), self.serializer.content_encoding(), &self.body);
+            self.body = signed.pack();
+            self.signed = true;
+        }
+        self
     }
 
     /// The kombu Redis envelope: properties plus `delivery_info`,

@@ -41,6 +41,7 @@
 //! ```
 
 pub mod amqp;
+pub mod auth;
 pub mod bigint;
 pub mod content;
 pub mod envelope;

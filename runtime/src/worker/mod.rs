@@ -67,8 +67,10 @@ use crate::broker::{Broker, BrokerError, Consumer};
 use crate::config::Settings;
 use crate::connection::retry;
 use crate::connection::url::mask_password;
+use crate::protocol::auth::Signer;
 use crate::protocol::{AcceptContent, Serializer};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::security;
 
 /// How long a warm shutdown waits for running tasks before giving up.
 const WARM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -152,6 +154,8 @@ pub(crate) struct Shared {
     pub backend: Option<Backend>,
     pub settings: Settings,
     pub accept: AcceptContent,
+    /// Signs the tasks the worker sends (`task_serializer = "auth"`).
+    pub signer: Option<Arc<dyn Signer>>,
     pub hostname: String,
     /// Run slots, shared by every event loop: at most `concurrency` tasks run
     /// at once in the whole worker. Shared so that messages one loop holds
@@ -184,6 +188,7 @@ impl Shared {
         backend: Option<Backend>,
         settings: Settings,
         accept: AcceptContent,
+        signer: Option<Arc<dyn Signer>>,
         hostname: String,
         run_slots: Arc<Semaphore>,
         rate_limits: Arc<rate::RateLimits>,
@@ -205,6 +210,7 @@ impl Shared {
             backend,
             settings,
             accept,
+            signer,
             hostname,
             run_slots,
             rate_limits,
@@ -249,9 +255,32 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
     let broker_url = settings.effective_broker_url();
     let result_serializer = Serializer::from_name(&settings.result_serializer).ok_or_else(|| {
-        anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer)
+        if settings.result_serializer == "auth" {
+            anyhow::anyhow!("signed results (result_serializer = \"auth\") are not implemented yet: use json")
+        } else {
+            anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer)
+        }
     })?;
-    let accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
+    let mut accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
+    let security = security::Security::from_settings(&settings)?;
+    if accept.wants_auth() {
+        if settings.accept_content != ["auth"] || settings.task_serializer != "auth" {
+            // Celery's setup_security refuses the same (SETTING_MISSING).
+            anyhow::bail!(
+                "message signing needs task_serializer = \"auth\" and accept_content = [\"auth\"] \
+                 (there is no point in signing messages if unsigned ones are accepted too)"
+            );
+        }
+        if let Some(store) = &security.verifier {
+            let ids: Vec<&str> = store.ids().collect();
+            tracing::info!("Message signing: only tasks signed by one of {ids:?} are accepted");
+            accept = accept.with_verifier(store.clone());
+        }
+    }
+    let signer: Option<Arc<dyn Signer>> = match &security.signer {
+        Some(s) if settings.task_serializer == "auth" => Some(s.clone()),
+        _ => None,
+    };
 
     let cwd = std::env::current_dir()?;
     crate::sandbox::loader::check_app_dir(&opts.app, &cwd)?;
@@ -380,6 +409,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             sandbox: sandbox.clone(),
             settings: settings.clone(),
             accept: accept.clone(),
+            signer: signer.clone(),
             result_serializer,
             broker: broker.clone(),
             broker_url: broker_url.clone(),
@@ -451,6 +481,7 @@ struct LoopContext {
     sandbox: Arc<Sandbox>,
     settings: Settings,
     accept: AcceptContent,
+    signer: Option<Arc<dyn Signer>>,
     result_serializer: Serializer,
     /// The process's main broker connection; the loop opens a channel of it.
     broker: Broker,
@@ -488,6 +519,7 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
             backend,
             ctx.settings,
             ctx.accept,
+            ctx.signer,
             ctx.hostname,
             ctx.run_slots,
             ctx.rate_limits,

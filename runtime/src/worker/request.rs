@@ -97,12 +97,17 @@ async fn reject(s: &Shared, acker: &mut Acker, e: ProtocolError, routing: Routin
         other => ExceptionInfo::new("InvalidTaskError", vec![Value::String(other.to_string())], "celery.exceptions"),
     };
     tracing::error!("Received invalid task message: {e}\nThe message has been ignored and discarded.");
-    if let Some(id) = e.task_id() {
+    // Only signed messages may write anything when signing is required: the
+    // headers naming the task id are not signed, and a forged message must not
+    // overwrite the result of a real task (Celery stores nothing either).
+    let unsigned = matches!(e, ProtocolError::Signature { .. }) || s.accept.wants_auth();
+    if let Some(id) = e.task_id().filter(|_| !unsigned) {
         store(s, &routing, ResultMeta::failure(id, &exc, None).with_date_done(Some(Utc::now()))).await;
     }
     match e {
         // Celery's on_decode_error: a body it cannot decode is acknowledged.
         ProtocolError::ContentDisallowed { .. }
+        | ProtocolError::Signature { .. }
         | ProtocolError::BodyDecode { .. }
         | ProtocolError::UnsupportedBodyEncoding { .. }
         | ProtocolError::BadBase64 { .. }
@@ -122,7 +127,7 @@ async fn park(s: &Shared, msg: &TaskMessage, wait: std::time::Duration) -> bool 
     if wait <= delayed.horizon() {
         return false;
     }
-    let encoded = match msg.to_new_task().encode() {
+    let encoded = match encode(s, &msg.to_new_task()) {
         // Back to the queue it was consumed from when it is due (its routing
         // key names a queue only on the default exchange).
         Ok(e) => {
@@ -186,7 +191,7 @@ async fn cancelled_by_cold_shutdown(s: &Shared, acker: &mut Acker, msg: &TaskMes
     }
     let queue = msg.delivery.queue.clone().unwrap_or_else(|| msg.delivery.routing_key.clone());
     let copy =
-        msg.to_new_task().encode().map(|e| EncodedTask { routing_key: queue.clone(), exchange: String::new(), ..e });
+        encode(s, &msg.to_new_task()).map(|e| EncodedTask { routing_key: queue.clone(), exchange: String::new(), ..e });
     let sent = match &copy {
         Ok(encoded) => tokio::time::timeout(COLD_REPUBLISH_TIMEOUT, s.broker.publish(&queue, encoded)).await,
         Err(e) => {
@@ -310,7 +315,8 @@ async fn run(
     tracked.started(!acks_late);
     let _backlog;
     if !acks_late {
-        acker.ack();
+        // Written before the call starts: a worker killed mid-call must not run it again.
+        acker.ack_before_start().await;
         _backlog = s.backlog.clone().acquire_owned().await.ok();
         prefetch = None;
     } else {
@@ -676,7 +682,7 @@ async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError
                 continue;
             }
         };
-        let encoded = match task.encode() {
+        let encoded = match encode(s, &task) {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!("cannot encode continuation {}[{}]: {e}", task.name, task.id);
@@ -688,6 +694,16 @@ async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError
         }
     }
     Some(children)
+}
+
+/// Encode a task the worker sends (a retry, a continuation, a copy put back),
+/// signed with the worker's key when `task_serializer = "auth"`.
+fn encode(s: &Shared, task: &NewTask) -> Result<EncodedTask, ProtocolError> {
+    let encoded = task.encode()?;
+    Ok(match &s.signer {
+        Some(signer) => encoded.sign(signer.as_ref()),
+        None => encoded,
+    })
 }
 
 /// Whether no result is stored for this message (`annotation` is its task's).

@@ -1,0 +1,108 @@
+"""Who may send work: Celery's message signing (``task_serializer = "auth"``).
+
+A stock Celery client configured with ``app.setup_security()`` signs every
+task with its private key; a worker with ``accept_content = ["auth"]`` runs
+only tasks whose signature verifies against its certificate store, and
+refuses (logs, never runs, stores nothing) unsigned, unknown-signer and
+tampered messages. Keys and captures: tests/fixtures/auth (README there).
+"""
+
+import base64
+import json
+import re
+import shutil
+import time
+import uuid
+
+import pytest
+
+AUTH = __import__("pathlib").Path(__file__).parent / "fixtures" / "auth"
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A certificate store trusting only the producer's certificate."""
+    d = tmp_path / "store"
+    d.mkdir()
+    shutil.copy(AUTH / "cert.pem", d / "producer.pem")
+    return d
+
+
+def worker_config(store) -> str:
+    return (
+        'task_serializer = "auth"\n'
+        'accept_content = ["auth"]\n'
+        f'security_key = "{AUTH / "key.pem"}"\n'
+        f'security_certificate = "{AUTH / "cert.pem"}"\n'
+        f'security_cert_store = "{store}/*.pem"\n'
+    )
+
+
+def signing_client(celery_app, store, key="key.pem", cert="cert.pem"):
+    c = celery_app("auth", accept_content=["auth"], result_accept_content=["json"],
+                   security_key=str(AUTH / key), security_certificate=str(AUTH / cert),
+                   security_cert_store=f"{store}/*.pem")
+    c.app.setup_security()
+    return c
+
+
+def never_ran(w, redis_server, task_id):
+    time.sleep(1.0)
+    assert not re.search(rf"\[{task_id}\] (succeeded|received)", w.log_text())
+    assert redis_server.meta(task_id) is None, "a refused message must not write a result"
+
+
+@pytest.mark.timeout(90)
+def test_a_task_signed_by_a_trusted_celery_client_runs(worker, celery_app, store):
+    worker(config=worker_config(store))
+    c = signing_client(celery_app, store)
+    assert c.add.delay(2, 2).get(timeout=30) == 4
+
+
+@pytest.mark.timeout(90)
+def test_the_tasks_a_worker_sends_itself_are_signed_so_a_chain_completes(worker, celery_app, store):
+    """The chain's second step is published by the worker: the worker only
+    accepts signed tasks, so the step runs only if the worker signed it."""
+    worker(config=worker_config(store))
+    c = signing_client(celery_app, store)
+    assert (c.add.s(2, 2) | c.add.s(4)).delay().get(timeout=30) == 8
+
+
+@pytest.mark.timeout(90)
+def test_an_unsigned_task_is_refused_logged_and_never_run(worker, celery_app, store, redis_server):
+    w = worker(config=worker_config(store))
+    plain = celery_app()  # a JSON client: no signature
+    r = plain.add.delay(2, 2)
+    w.wait_for_log(r"(?i)refusing to deserialize untrusted content of type (application/)?json"
+                   r"|refusing to deserialize content of type `application/json`", timeout=30)
+    never_ran(w, redis_server, r.id)
+
+
+@pytest.mark.timeout(90)
+def test_a_task_signed_by_an_untrusted_key_is_refused_logged_and_never_run(worker, celery_app, store, redis_server):
+    w = worker(config=worker_config(store))
+    # The intruder trusts itself, so its client signs happily; the worker's store does not list it.
+    own = store.parent / "intruder-store"
+    own.mkdir()
+    shutil.copy(AUTH / "untrusted-cert.pem", own / "intruder.pem")
+    intruder = signing_client(celery_app, own, key="untrusted-key.pem", cert="untrusted-cert.pem")
+    r = intruder.add.delay(2, 2)
+    w.wait_for_log(r"(?i)unknown certificate: .*intruder", timeout=30)
+    never_ran(w, redis_server, r.id)
+
+
+@pytest.mark.timeout(90)
+def test_a_tampered_signed_task_is_refused_logged_and_never_run(worker, store, redis_server):
+    """The captured signed ``add(2, 2)`` with its arguments changed to
+    ``(2, 3)`` after signing: the signature no longer matches."""
+    w = worker(config=worker_config(store))
+    env = json.loads((AUTH / "signed-add.json").read_bytes())
+    packed = base64.b64decode(base64.b64decode(env["body"]))
+    tampered = packed.replace(b"[[2, 2]", b"[[2, 3]", 1)
+    assert tampered != packed
+    task_id = str(uuid.uuid4())
+    env["headers"]["id"] = env["properties"]["correlation_id"] = task_id
+    env["body"] = base64.b64encode(base64.b64encode(tampered)).decode()
+    redis_server.client.lpush("celery", json.dumps(env))
+    w.wait_for_log(r"(?i)bad signature", timeout=30)
+    never_ran(w, redis_server, task_id)
