@@ -67,7 +67,7 @@ def flaky(self, succeed_after):
     return self.request.retries
 
 
-@task(rate_limit="100/s", autoretry_for=(KeyError,), max_retries=1, retry_backoff=False)
+@task(rate_limit="100/s", autoretry_for=(KeyError,), max_retries=1, default_retry_delay=0)
 def declared(key):
     """Declares options (visible in the worker's task listing); a KeyError is retried once by the worker."""
     return {"a": 1}[key]

@@ -66,11 +66,17 @@ def _json_arg(a: Any) -> str:
 
 
 def _guest_traceback(e: BaseException) -> str:
-    """The traceback of ``e`` without the SDK's own frames: the task's file, line and function first."""
+    """The traceback of ``e`` without the SDK's own frames: the task's file, line and function.
+
+    An exception raised in the SDK itself (a call with the wrong arguments, a
+    result JSON cannot encode) has no task frame: only its last line remains.
+    """
     tb = e.__traceback__
     while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == _SDK_DIR:
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(e), e, tb if tb is not None else e.__traceback__))
+    if tb is None:
+        return "".join(traceback.format_exception_only(type(e), e))
+    return "".join(traceback.format_exception(type(e), e, tb))
 
 
 def _task_error(e: BaseException) -> types.TaskError:
