@@ -142,3 +142,39 @@ def test_declared_autoretry_for_retries_a_key_error_then_fails_with_it(py_worker
     assert type(exc) is KeyError, repr(exc)
     py_worker.wait_for_log(re.escape(f"tasks.declared[{result.id}] retry: Retry in 0s: KeyError"), timeout=10)
     assert call(client, "declared", "a").get(timeout=30) == 1
+
+
+# --- the SDK on plain CPython (a project's own unit tests import it the same way) ---
+
+@pytest.fixture
+def sdk(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "sdk-python"))
+    monkeypatch.delitem(sys.modules, "celeriac", raising=False)
+    mod = importlib.import_module("celeriac")
+    monkeypatch.setattr(mod, "REGISTRY", {})
+    yield mod
+    sys.modules.pop("celeriac", None)
+
+
+def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_options(sdk):
+    @sdk.task
+    def add(x, y):
+        return x + y
+
+    @sdk.task(bind=True, name="renamed", max_retries=5, autoretry_for=(KeyError,))
+    def bound(self, x):
+        return (self.name, self.max_retries, x)
+
+    assert add(2, 3) == 5
+    assert bound(1) == ("renamed", 5, 1)
+    assert sorted(sdk.REGISTRY) == ["add", "renamed"]
+    with pytest.raises(TypeError, match="unexpected option"):
+        sdk.task(retry_policy={})(lambda: None)
+    # The worker is only reachable from inside a component.
+    with pytest.raises(RuntimeError, match="inside a task component"):
+        bound.request
+    with pytest.raises(sdk.Retry) as info:
+        bound.retry(countdown=2, exc=ValueError("x"))
+    assert info.value.countdown == 2 and isinstance(info.value.exc, ValueError)
