@@ -170,9 +170,11 @@ class Task:
         Only the running task's own state can be set: ``task_id``, when given,
         must be the running call's id.
         """
+        if not state:
+            raise ValueError("update_state needs a state, e.g. update_state(state=\"PROGRESS\", meta={...})")
         if task_id is not None and task_id != self.request.id:
             raise ValueError("update_state can only set the state of the running task")
-        _host().update_state(state or "PENDING", json.dumps(meta))
+        _host().update_state(state, json.dumps(meta))
 
     def retry(self, args: Any = None, kwargs: Any = None, exc: Optional[BaseException] = None, throw: bool = True,
               eta: Any = None, countdown: Optional[float] = None, max_retries: Optional[int] = None,
