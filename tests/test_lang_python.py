@@ -32,7 +32,11 @@ def py_worker(module_worker_factory):
     if not (PYTHON_TASKS / "tasks.wasm").is_file():
         pytest.fail(f"{PYTHON_TASKS}/tasks.wasm is missing: build it with `make tasks-python` "
                     f"(needs `bash scripts/install-toolchains.sh python`)", pytrace=False)
-    return module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT)
+    w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT)
+    # "ready" comes before a compile finishes (it runs in the background): wait for the
+    # component itself, listed in the banner when it was cached, else logged once compiled.
+    w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
+    return w
 
 
 def call(client, name, *args, **kwargs):
