@@ -1,5 +1,8 @@
-# Task components: `make tasks` builds every example component into
-# target/tasks/, where the worker loads them (see example-tasks/README.md).
+# Task components: `make tasks-rust` builds the Rust example components into
+# target/tasks/, where the worker loads them (see example-tasks/README.md);
+# `make tasks-python` (and, per language, tasks-<lang>) builds that language's
+# example with `celeriac build` into target/lang-tasks/<lang>/tasks.wasm;
+# `make tasks` builds them all.
 # The worker itself: `make build` (release, target/release/celeriac) and
 # `make install` (the same build, copied to ~/.cargo/bin/celeriac). `make demo`
 # uses that same release build, so the README's flow compiles wasmtime once.
@@ -19,11 +22,11 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks test-tasks clean-tasks guest-target demo build install FORCE
+.PHONY: tasks tasks-rust tasks-python test-tasks clean-tasks guest-target demo build install FORCE
 
 # The main job on a fresh machine: build everything, start a worker on the
 # embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh,
-# which runs `make tasks build` itself).
+# which runs `make tasks-rust build` itself).
 demo:
 	bash scripts/demo.sh
 
@@ -33,11 +36,14 @@ build:
 
 # Puts `celeriac` on the PATH (~/.cargo/bin): `cargo install --path` builds in
 # this workspace's target/ with the release profile, so after `make build` or
-# `make demo` it compiles nothing again. Also builds the example tasks.
-install: tasks
+# `make demo` it compiles nothing again. Also builds the Rust example tasks.
+install: tasks-rust
 	$(CARGO) install --path runtime --locked
 
-tasks: $(COMPONENTS)
+# Every example component, in every language.
+tasks: tasks-rust tasks-python
+
+tasks-rust: $(COMPONENTS)
 
 # --- Rust components ---------------------------------------------------------
 # $(call rust_component,CRATE): builds the workspace crate CRATE (a cdylib that
@@ -85,14 +91,21 @@ test-tasks: | guest-target
 	python3 tests/hostile-gen/gen.py $(TEST_TASKS_DIR)/.base.wasm $(TEST_TASKS_DIR)
 
 # --- Other languages ---------------------------------------------------------
-# A component in another language is one more rule writing $(TASKS_DIR)/<name>.wasm
-# (plus its entry in COMPONENTS), e.g.
-#
-# $(TASKS_DIR)/pytasks.wasm: example-tasks/pytasks/app.py wit/task.wit
-# 	mkdir -p $(@D)
-# 	componentize-py -d wit -w task-component componentize -p example-tasks/pytasks app -o $@
+# Each language's example (example-tasks/<lang>/) is built by the debug
+# `celeriac build`, which calls that language's toolchain, into
+# $(LANG_TASKS_DIR)/<lang>/tasks.wasm: a worker with -A $(LANG_TASKS_DIR)/<lang>
+# serves tasks.add etc. Toolchains: scripts/install-toolchains.sh <lang>; the
+# repository's .venv/bin (componentize-py) is put on PATH.
+LANG_TASKS_DIR := target/lang-tasks
+CELERIAC_BUILD  = PATH="$(CURDIR)/.venv/bin:$$PATH" $(CARGO) run -q -p celeriac -- build
+
+# Rebuilt when the example, the embedded SDK or the contract changes.
+tasks-python: $(LANG_TASKS_DIR)/python/tasks.wasm
+$(LANG_TASKS_DIR)/python/tasks.wasm: $(wildcard example-tasks/python/*.py) $(wildcard sdk-python/celeriac/*.py) \
+		wit/task.wit runtime/src/toolchain/python.rs
+	$(CELERIAC_BUILD) example-tasks/python -o $@
 
 FORCE:
 
 clean-tasks:
-	rm -rf $(TASKS_DIR) $(GUEST_DIR)
+	rm -rf $(TASKS_DIR) $(GUEST_DIR) $(LANG_TASKS_DIR)

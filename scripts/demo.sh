@@ -8,7 +8,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
 
 # The release build the README uses everywhere (`make install` reuses it).
-make tasks build
+make tasks-rust build
 bin="$root/target/release/celeriac"
 
 # Worker and client share ./celeriac.sqlite in a scratch directory, removed at exit.

@@ -7,8 +7,9 @@
 //! [`backend`] speak to Redis and SQLite the way kombu and Celery do,
 //! [`sandbox`] runs task components under limits, [`worker`] ties them
 //! together, [`config`] reads Celery's setting names, [`remote`] is the
-//! client side of remote control (`celeriac inspect/control/status`), and
-//! [`cli`] is the `celeriac` command.
+//! client side of remote control (`celeriac inspect/control/status`),
+//! [`toolchain`] scaffolds and builds task projects in each guest language
+//! (`celeriac new/build`), and [`cli`] is the `celeriac` command.
 
 pub mod backend;
 pub mod batch;
@@ -22,4 +23,5 @@ pub mod protocol;
 pub mod remote;
 pub mod sandbox;
 pub mod security;
+pub mod toolchain;
 pub mod worker;

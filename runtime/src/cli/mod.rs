@@ -1,6 +1,6 @@
 //! The `celeriac` command line, shaped like Celery 5's: `worker`, `call`,
-//! `result`, `purge`, `report`, plus Celeriac's own `run`, `tasks` and
-//! `check-config`.
+//! `result`, `purge`, `report`, plus Celeriac's own `run`, `tasks`,
+//! `check-config`, and `new`/`build` for task projects in any language.
 //!
 //! As with `celery`, the options that say which app and which servers
 //! (`-A`, `-b/--broker`, `--result-backend`, `--config`, `--workdir`, `-q`,
@@ -12,9 +12,11 @@
 //! This is the edge of the program: errors become `anyhow` messages and exit
 //! codes here, and nowhere deeper.
 
+mod build;
 mod call;
 mod daemon;
 mod hints;
+mod new;
 mod purge;
 mod remote;
 mod worker;
@@ -68,6 +70,10 @@ enum Command {
     Status(remote::StatusArgs),
     /// Print the events workers send as they come, as `celery events --dump`.
     Events(remote::EventsArgs),
+    /// Create a task project from a template: rust, python, js, c or zig (serves NAME.add).
+    New(new::NewArgs),
+    /// Build a task project into a component with its language's toolchain (default DIR/dist/NAME.wasm).
+    Build(build::BuildArgs),
 }
 
 /// The options `celery` takes before its subcommand (`celery -A proj -b URL worker`),
@@ -288,6 +294,8 @@ fn dispatch(cli: Cli, argv: &[String]) -> anyhow::Result<ExitCode> {
         Command::Control(a) => remote::remote(&g, crate::remote::Kind::Control, a),
         Command::Status(a) => remote::status(&g, a),
         Command::Events(a) => remote::events(&g, a),
+        Command::New(a) => new::new(a),
+        Command::Build(a) => build::build(a),
     }
 }
 

@@ -1,0 +1,73 @@
+"""The example Python task component: Celery's First Steps tasks, written as Celery users write them.
+
+Built by ``make tasks-python`` (``celeriac build example-tasks/python -o
+target/lang-tasks/python/tasks.wasm``), a worker with ``-A
+target/lang-tasks/python`` serves ``tasks.add``, ``tasks.mul``, ``tasks.xsum``
+and the tasks below that raise, trap, report progress or retry, which the
+integration tests (tests/test_lang_python.py) drive with a stock Celery client.
+"""
+
+import os
+
+from celeriac import get_task_logger, task
+
+logger = get_task_logger(__name__)
+
+
+@task
+def add(x, y):
+    return x + y
+
+
+@task
+def mul(x, y):
+    return x * y
+
+
+@task
+def xsum(numbers):
+    return sum(numbers)
+
+
+@task
+def fail():
+    """Raises ValueError("bad value"): the client re-raises a builtins ValueError."""
+    raise ValueError("bad value")
+
+
+class InvoiceNotFound(Exception):
+    """An exception class of the task's own: the client sees ``tasks.InvoiceNotFound``."""
+
+
+@task
+def lookup(invoice_id):
+    raise InvoiceNotFound(f"no invoice {invoice_id}", invoice_id)
+
+
+@task
+def crash():
+    """Traps, as a Rust panic does: os.abort() ends the instance, the worker reports a FAILURE."""
+    os.abort()
+
+
+@task(bind=True)
+def progress(self, steps):
+    """Reports PROGRESS after each step (Celery's update_state), logs, and returns its own task id."""
+    for i in range(steps):
+        self.update_state(state="PROGRESS", meta={"current": i + 1, "total": steps})
+        logger.info("step %d of %d", i + 1, steps)
+    return self.request.id
+
+
+@task(bind=True, max_retries=2, default_retry_delay=0)
+def flaky(self, succeed_after):
+    """Retries (countdown 0) until it has been retried ``succeed_after`` times, then returns the retry count."""
+    if self.request.retries < succeed_after:
+        raise self.retry(countdown=0, exc=ValueError(f"attempt {self.request.retries}"))
+    return self.request.retries
+
+
+@task(rate_limit="100/s", autoretry_for=(KeyError,), max_retries=1, default_retry_delay=0)
+def declared(key):
+    """Declares options (visible in the worker's task listing); a KeyError is retried once by the worker."""
+    return {"a": 1}[key]

@@ -1,0 +1,184 @@
+"""Python tasks (issue #12): example-tasks/python, built with componentize-py, through a worker and a stock Celery client.
+
+The component is ``target/lang-tasks/python/tasks.wasm`` (``make tasks-python``,
+part of ``make tasks``; ``CELERIAC_PYTHON_TASKS`` names another directory). One
+worker serves the whole module: its first start compiles the 19 MB component
+(15-25 s), which the worker caches (~/.cache/celeriac) for later starts.
+
+Python tasks only exist in the celeriac worker (the stand-in Python worker has
+no such component), so every test here is ``celeriac_only``.
+"""
+
+import json
+import re
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, new_task_id
+
+pytestmark = pytest.mark.celeriac_only
+
+PYTHON_TASKS = Path(os.environ.get("CELERIAC_PYTHON_TASKS") or REPO_ROOT / "target" / "lang-tasks" / "python")
+
+# The first start compiles the component: allow for a loaded 2-core machine.
+COMPILE_TIMEOUT = 240.0
+
+
+@pytest.fixture(scope="module")
+def py_worker(module_worker_factory):
+    if not (PYTHON_TASKS / "tasks.wasm").is_file():
+        pytest.fail(f"{PYTHON_TASKS}/tasks.wasm is missing: build it with `make tasks-python` "
+                    f"(needs `bash scripts/install-toolchains.sh python`)", pytrace=False)
+    w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT)
+    # "ready" comes before a compile finishes (it runs in the background): wait for the
+    # component itself, listed in the banner when it was cached, else logged once compiled.
+    w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
+    return w
+
+
+def call(client, name, *args, **kwargs):
+    return client.app.send_task(f"tasks.{name}", args=args, kwargs=kwargs)
+
+
+def failure_of(result, timeout=60):
+    with pytest.raises(Exception) as info:
+        result.get(timeout=timeout)
+    assert result.state == "FAILURE"
+    return info.value
+
+
+def assert_still_serving(worker, client):
+    assert worker.alive, f"worker died (rc={worker.returncode})"
+    assert call(client, "add", 20, 22).get(timeout=30) == 42
+
+
+def test_first_steps_tasks_answer_like_celerys(py_worker, client):
+    assert call(client, "add", 4, 4).get(timeout=60) == 8
+    assert call(client, "add", "a", "b").get(timeout=30) == "ab"
+    assert call(client, "mul", 6, 7).get(timeout=30) == 42
+    assert call(client, "xsum", [1, 2, 3.5]).get(timeout=30) == 6.5
+    assert call(client, "add", x=2**40, y=1).get(timeout=30) == 2**40 + 1
+
+
+def test_a_call_with_a_wrong_argument_is_a_type_error(py_worker, client):
+    exc = failure_of(call(client, "add", 4, 4, 4))
+    assert type(exc) is TypeError, repr(exc)
+    assert str(exc) == "add() takes 2 positional arguments but 3 were given"
+    exc = failure_of(call(client, "add", 4, z=1))
+    assert type(exc) is TypeError, repr(exc)
+    assert "unexpected keyword argument 'z'" in str(exc)
+    assert_still_serving(py_worker, client)
+
+
+def test_a_raised_value_error_is_a_builtin_value_error_with_the_guests_traceback(py_worker, client):
+    result = call(client, "fail")
+    exc = failure_of(result)
+    assert type(exc) is ValueError, repr(exc)
+    assert exc.args == ("bad value",)
+    tb = result.traceback or ""
+    # The guest's own frame: the example's file, the line of the raise, the function.
+    source = (REPO_ROOT / "example-tasks" / "python" / "tasks.py").read_text().splitlines()
+    line = next(i for i, text in enumerate(source, 1) if 'raise ValueError("bad value")' in text)
+    assert f'tasks.py", line {line}, in fail' in tb, tb
+    assert "ValueError: bad value" in tb, tb
+    # The SDK's frames are left out.
+    assert "_component.py" not in tb, tb
+    assert_still_serving(py_worker, client)
+
+
+def test_an_exception_class_of_the_task_keeps_its_name_and_arguments(py_worker, client):
+    exc = failure_of(call(client, "lookup", 42))
+    assert type(exc).__name__ == "InvoiceNotFound", repr(exc)
+    assert exc.args == ("no invoice 42", 42)
+
+
+def test_a_trap_is_a_failure_and_the_worker_keeps_serving(py_worker, client):
+    result = call(client, "crash")
+    exc = failure_of(result)
+    assert "trap" in f"{type(exc).__name__} {exc}".lower(), repr(exc)
+    assert "abort" in (result.traceback or ""), result.traceback
+    assert_still_serving(py_worker, client)
+    # The next call runs in a fresh instance: nothing of the aborted one is left.
+    assert call(client, "mul", 3, 3).get(timeout=30) == 9
+
+
+def test_update_state_is_published_as_progress_and_a_bound_task_reads_its_request(py_worker, client):
+    task_id = new_task_id()
+    pubsub = client.redis.redis(1).pubsub()
+    pubsub.subscribe(client.result_key(task_id))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    try:
+        result = client.app.send_task("tasks.progress", args=(3,), task_id=task_id)
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(m.get("status") == "SUCCESS" for m in seen):
+            msg = pubsub.get_message(timeout=0.5)
+            if msg and msg["type"] == "message":
+                seen.append(json.loads(msg["data"]))
+    finally:
+        pubsub.close()
+    statuses = [m.get("status") for m in seen]
+    assert "PROGRESS" in statuses and statuses[-1] == "SUCCESS", statuses
+    # The worker publishes the latest update in flight (a fast task's last one at least), in order.
+    progress = [m["result"]["current"] for m in seen if m.get("status") == "PROGRESS"]
+    assert progress == sorted(set(progress)) and set(progress) <= {1, 2, 3}, seen
+    assert all(m["result"]["total"] == 3 for m in seen if m.get("status") == "PROGRESS"), seen
+    # self.request.id is the Celery task id.
+    assert result.get(timeout=30) == task_id
+    # logging in the task reaches the worker's log.
+    py_worker.wait_for_log("step 3 of 3", timeout=10)
+
+
+def test_self_retry_runs_the_task_again_with_the_retry_count(py_worker, client):
+    assert call(client, "flaky", 2).get(timeout=60) == 2
+    # max_retries=2 was declared: a third retry is refused with the task's own exception.
+    exc = failure_of(call(client, "flaky", 3))
+    assert type(exc) is ValueError, repr(exc)
+    assert str(exc) == "attempt 2"
+
+
+def test_declared_autoretry_for_retries_a_key_error_then_fails_with_it(py_worker, client):
+    result = call(client, "declared", "b")
+    exc = failure_of(result)
+    assert type(exc) is KeyError, repr(exc)
+    py_worker.wait_for_log(re.escape(f"tasks.declared[{result.id}] retry: Retry in 0s: KeyError"), timeout=10)
+    assert call(client, "declared", "a").get(timeout=30) == 1
+
+
+# --- the SDK on plain CPython (a project's own unit tests import it the same way) ---
+
+@pytest.fixture
+def sdk(monkeypatch):
+    import importlib
+    import sys
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "sdk-python"))
+    monkeypatch.delitem(sys.modules, "celeriac", raising=False)
+    mod = importlib.import_module("celeriac")
+    monkeypatch.setattr(mod, "REGISTRY", {})
+    yield mod
+    sys.modules.pop("celeriac", None)
+
+
+def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_options(sdk):
+    @sdk.task
+    def add(x, y):
+        return x + y
+
+    @sdk.task(bind=True, name="renamed", max_retries=5, autoretry_for=(KeyError,))
+    def bound(self, x):
+        return (self.name, self.max_retries, x)
+
+    assert add(2, 3) == 5
+    assert bound(1) == ("renamed", 5, 1)
+    assert sorted(sdk.REGISTRY) == ["add", "renamed"]
+    with pytest.raises(TypeError, match="unexpected option"):
+        sdk.task(retry_policy={})(lambda: None)
+    # The worker is only reachable from inside a component.
+    with pytest.raises(RuntimeError, match="inside a task component"):
+        bound.request
+    with pytest.raises(sdk.Retry) as info:
+        bound.retry(countdown=2, exc=ValueError("x"))
+    assert info.value.countdown == 2 and isinstance(info.value.exc, ValueError)
