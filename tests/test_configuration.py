@@ -228,6 +228,8 @@ def test_a_db_postgresql_password_is_masked_when_it_is_refused(tmp_path):
 
 def test_check_config_masks_passwords_in_the_settings_it_prints(tmp_path):
     out = check_config(tmp_path, "broker_url = 'amqp://u:s3cret@h//'\n"
-                                 "result_backend = 'redis://:s3cret@h:6379/1'\n")
+                                 "result_backend = 'redis://:s3cret@h:6379/1'\n"
+                                 "security_key_password = 's3cret'\n")
     assert out.returncode == 0, out.stderr
+    assert "security_key_password = \"********\"" in out.stdout, out.stdout
     assert "s3cret" not in out.stdout and "amqp://u:**@h//" in out.stdout, out.stdout

@@ -121,3 +121,21 @@ def test_malformed_message_is_logged_and_dropped(case, worker, client, redis_ser
         # Never reported as a success.
         meta = redis_server.meta(task_id)
         assert meta is None or meta["status"] == "FAILURE", meta
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.celeriac_only  # Celery has no bound on a message's size or argument count
+def test_a_message_over_a_configured_bound_fails_naming_the_bound_and_the_worker_keeps_serving(worker, client):
+    w = worker(config="[message_limits]\nmax_size = \"4KiB\"\nmax_args = 100\n")
+    big = client.xsum.delay(list(range(2000)))  # ~10 KB of arguments
+    with pytest.raises(Exception) as info:
+        big.get(timeout=30)
+    assert big.state == "FAILURE"
+    assert "the body is" in str(info.value) and "message_limits.max_size" in str(info.value), info.value
+    many = client.app.send_task("tasks.xsum", args=list(range(150)))  # send_task: no client-side signature check
+    with pytest.raises(Exception) as info:
+        many.get(timeout=30)
+    assert "message_limits.max_args" in str(info.value), info.value
+    w.wait_for_log(r"message too large: the body is \d+, the limit is 4096", timeout=5)
+    assert client.xsum.delay(list(range(100))).get(timeout=30) == 4950
+    assert w.alive

@@ -162,6 +162,47 @@ impl TransportOptions {
     }
 }
 
+/// Celeriac's bounds on one task message (`[message_limits]` table): a
+/// message over one is refused as invalid (logged, `FAILURE` stored when its
+/// id is known), never run.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageLimitsSettings {
+    /// Largest message body (the arguments travel in it), e.g. `"16MiB"` (the default).
+    pub max_size: ByteSize,
+    /// Most headers (default 1024).
+    pub max_headers: usize,
+    /// Largest total size of the headers (default `"1MiB"`).
+    pub max_header_size: ByteSize,
+    /// Most arguments, positional plus keyword (default 100,000).
+    pub max_args: usize,
+}
+
+impl Default for MessageLimitsSettings {
+    fn default() -> Self {
+        let d = crate::protocol::MessageLimits::default();
+        MessageLimitsSettings {
+            max_size: ByteSize(d.max_body as u64),
+            max_headers: d.max_headers,
+            max_header_size: ByteSize(d.max_header_bytes as u64),
+            max_args: d.max_args,
+        }
+    }
+}
+
+impl MessageLimitsSettings {
+    /// The bounds as the decoder applies them.
+    pub fn limits(&self) -> crate::protocol::MessageLimits {
+        let size = |b: ByteSize| usize::try_from(b.as_u64()).unwrap_or(usize::MAX);
+        crate::protocol::MessageLimits {
+            max_body: size(self.max_size),
+            max_headers: self.max_headers,
+            max_header_bytes: size(self.max_header_size),
+            max_args: self.max_args,
+        }
+    }
+}
+
 /// Celeriac's own sandbox settings (`[sandbox]` table).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -314,6 +355,8 @@ pub struct Settings {
     pub security_cert_store: Option<String>,
     /// Message signing: the hash (`sha256`, Celery's default; `sha224`, `sha384`, `sha512`).
     pub security_digest: String,
+    /// Celeriac: bounds on what one task message may hold (`[message_limits]`).
+    pub message_limits: MessageLimitsSettings,
     /// Sandbox settings.
     pub sandbox: SandboxSettings,
     /// What loading noticed and the user should hear once: Celery settings
@@ -357,6 +400,7 @@ impl Default for Settings {
             security_certificate: None,
             security_cert_store: None,
             security_digest: "sha256".into(),
+            message_limits: MessageLimitsSettings::default(),
             sandbox: SandboxSettings::default(),
             notices: Vec::new(),
         }
@@ -397,6 +441,7 @@ pub const SETTING_NAMES: &[&str] = &[
     "security_certificate",
     "security_cert_store",
     "security_digest",
+    "message_limits",
     "sandbox",
 ];
 
@@ -517,6 +562,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
             ],
         ),
         ("broker_use_ssl", &["ca_certs", "certfile", "keyfile", "cert_reqs", "server_hostname"]),
+        ("message_limits", &["max_size", "max_headers", "max_header_size", "max_args"]),
         (
             "sandbox",
             &[

@@ -484,6 +484,10 @@ fn check_config(g: &GlobalArgs, a: CheckConfigArgs) -> anyhow::Result<ExitCode> 
     use crate::connection::url::mask_password;
     settings.broker_url = settings.broker_url.as_deref().map(mask_password);
     settings.result_backend = settings.result_backend.as_deref().map(mask_password);
+    // As Celery's `inspect conf` masks a secret setting.
+    if settings.security_key_password.is_some() {
+        settings.security_key_password = Some("********".into());
+    }
     print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
     eprintln!("{}: OK", file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into()));
     Ok(ExitCode::SUCCESS)

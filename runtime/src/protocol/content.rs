@@ -173,6 +173,31 @@ pub struct AcceptContent {
     auth: bool,
     /// What verifies them (set by the worker from the security settings).
     verifier: Option<VerifierRef>,
+    /// How big a message may be.
+    limits: MessageLimits,
+}
+
+/// Bounds on what one task message may hold, so a hostile or broken producer
+/// cannot make the worker parse or hold arbitrarily much. A message over a
+/// bound is refused as invalid (logged, `FAILURE` stored when its id is
+/// known), never run. The arguments travel in the body, so `max_body` bounds
+/// their size too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Largest body, in bytes (after the transport's base64).
+    pub max_body: usize,
+    /// Most headers.
+    pub max_headers: usize,
+    /// Largest total size of the headers' keys and string values, in bytes.
+    pub max_header_bytes: usize,
+    /// Most arguments: positional plus keyword.
+    pub max_args: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        MessageLimits { max_body: 16 << 20, max_headers: 1024, max_header_bytes: 1 << 20, max_args: 100_000 }
+    }
 }
 
 /// The signature checker of an [`AcceptContent`] (compared by identity).
@@ -196,7 +221,13 @@ impl Eq for VerifierRef {}
 impl Default for AcceptContent {
     /// Celery's default: `["json"]`.
     fn default() -> Self {
-        AcceptContent { allowed: vec![Serializer::Json], ignored: Vec::new(), auth: false, verifier: None }
+        AcceptContent {
+            allowed: vec![Serializer::Json],
+            ignored: Vec::new(),
+            auth: false,
+            verifier: None,
+            limits: MessageLimits::default(),
+        }
     }
 }
 
@@ -236,7 +267,7 @@ impl AcceptContent {
                 }
             }
         }
-        AcceptContent { allowed, ignored, auth, verifier: None }
+        AcceptContent { allowed, ignored, auth, verifier: None, limits: MessageLimits::default() }
     }
 
     /// Accept every serializer Celeriac implements (json and msgpack).
@@ -246,7 +277,19 @@ impl AcceptContent {
             ignored: Vec::new(),
             auth: false,
             verifier: None,
+            limits: MessageLimits::default(),
         }
+    }
+
+    /// The same, with these bounds on a message.
+    pub fn with_limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds on a message.
+    pub fn limits(&self) -> &MessageLimits {
+        &self.limits
     }
 
     /// Whether `auth` (Celery's message signing) is listed.

@@ -112,6 +112,22 @@ pub enum ProtocolError {
         partial: Partial,
     },
 
+    /// The message exceeds one of the worker's bounds (`[message_limits]`).
+    /// Checked before the body is deserialised where it can be.
+    #[error("message too large: {what} is {size}, the limit is {limit} (message_limits.{setting}){partial}")]
+    TooLarge {
+        /// What is too large (`the body`, `the header count`, ...).
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The bound.
+        limit: usize,
+        /// The setting that sets the bound.
+        setting: &'static str,
+        /// What is known about the task.
+        partial: Partial,
+    },
+
     /// The body bytes are not valid for their serializer.
     #[error("cannot decode {content_type} message body: {reason}{partial}")]
     BodyDecode {
@@ -194,6 +210,7 @@ impl ProtocolError {
             | ProtocolError::BadBase64 { partial, .. }
             | ProtocolError::ContentDisallowed { partial, .. }
             | ProtocolError::Signature { partial, .. }
+            | ProtocolError::TooLarge { partial, .. }
             | ProtocolError::BodyDecode { partial, .. }
             | ProtocolError::BodyShape { partial, .. }
             | ProtocolError::ArgsNotList { partial, .. }

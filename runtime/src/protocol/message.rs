@@ -272,6 +272,19 @@ impl TaskMessage {
     pub fn decode(raw: RawMessage, accept: &AcceptContent) -> Result<TaskMessage, ProtocolError> {
         let RawMessage { mut headers, body, content_type, content_encoding: _, delivery } = raw;
         let mut partial = partial_from(&headers, delivery.correlation_id.as_deref());
+        let limits = *accept.limits();
+        let too_large = |what, size, limit, setting, partial: &Partial| {
+            (size > limit).then(|| ProtocolError::TooLarge { what, size, limit, setting, partial: partial.clone() })
+        };
+        if let Some(e) = too_large("the body", body.len(), limits.max_body, "max_size", &partial)
+            .or_else(|| too_large("the header count", headers.len(), limits.max_headers, "max_headers", &partial))
+            .or_else(|| {
+                let bytes = headers.iter().map(|(k, v)| k.len() + text_size(v)).sum();
+                too_large("the headers' size", bytes, limits.max_header_bytes, "max_header_size", &partial)
+            })
+        {
+            return Err(e);
+        }
 
         let (serializer, body) = match accept.open_signed(content_type.as_deref(), &body) {
             Some(Ok(opened)) => opened,
@@ -324,6 +337,11 @@ impl TaskMessage {
                 return Err(ProtocolError::KwargsNotObject { found: describe(&other), partial });
             }
         };
+        if let Some(e) =
+            too_large("the argument count", args.len() + kwargs.len(), limits.max_args, "max_args", &partial)
+        {
+            return Err(e);
+        }
         let embed = Embed::from_value(&embed).map_err(|reason| ProtocolError::InvalidField {
             field: "embed".to_owned(),
             reason,
@@ -888,6 +906,17 @@ impl EncodedTask {
     }
 }
 
+/// The bytes of text a JSON value holds (keys and strings; 8 per other
+/// scalar): a cheap stand-in for its serialized size, for the header bound.
+fn text_size(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(text_size).sum::<usize>() + 2,
+        Value::Object(m) => m.iter().map(|(k, v)| k.len() + text_size(v)).sum::<usize>() + 2,
+        _ => 8,
+    }
+}
+
 /// Celery's `anon_nodename()`: `gen<pid>@<hostname>`.
 pub fn default_origin() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -916,6 +945,32 @@ mod tests {
 
     fn accept() -> AcceptContent {
         AcceptContent::default()
+    }
+
+    #[test]
+    fn a_message_over_a_bound_is_refused_naming_the_bound_and_the_task() {
+        let small =
+            super::super::content::MessageLimits { max_body: 64, max_headers: 3, max_header_bytes: 40, max_args: 2 };
+        let limited = AcceptContent::default().with_limits(small);
+        let decode = |h: Value, body: &[u8]| TaskMessage::decode(v2_raw(h, body), &limited);
+        let ok = decode(json!({"task": "tasks.add", "id": "abc"}), b"[[1, 2], {}, {}]");
+        assert!(ok.is_ok(), "{ok:?}");
+        let setting = |r: Result<TaskMessage, ProtocolError>| match r {
+            Err(e @ ProtocolError::TooLarge { setting, .. }) => {
+                assert_eq!(e.task_id(), Some("abc"), "{e}");
+                setting
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        };
+        let big_body = format!("[[\"{}\"], {{}}, {{}}]", "x".repeat(64));
+        assert_eq!(setting(decode(json!({"task": "t", "id": "abc"}), big_body.as_bytes())), "max_size");
+        let many = json!({"task": "t", "id": "abc", "a": 1, "b": 2});
+        assert_eq!(setting(decode(many, b"[[], {}, {}]")), "max_headers");
+        let long = json!({"task": "t", "id": "abc", "argsrepr": "y".repeat(40)});
+        assert_eq!(setting(decode(long, b"[[], {}, {}]")), "max_header_size");
+        assert_eq!(setting(decode(json!({"task": "t", "id": "abc"}), b"[[1, 2], {\"k\": 3}, {}]")), "max_args");
+        let message = decode(json!({"task": "t", "id": "abc"}), b"[[1, 2, 3], {}, {}]").unwrap_err().to_string();
+        assert!(message.contains("the argument count is 3, the limit is 2 (message_limits.max_args)"), "{message}");
     }
 
     #[test]

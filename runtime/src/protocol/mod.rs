@@ -59,7 +59,7 @@ mod amqp_capture_tests;
 #[cfg(test)]
 mod capture_tests;
 
-pub use content::{AcceptContent, Serializer};
+pub use content::{AcceptContent, MessageLimits, Serializer};
 pub use envelope::Envelope;
 pub use error::{Partial, ProtocolError};
 pub use exception::{ExceptionInfo, exception_module, is_builtin_exception};

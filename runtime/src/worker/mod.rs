@@ -261,7 +261,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer)
         }
     })?;
-    let mut accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str));
+    let mut accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str))
+        .with_limits(settings.message_limits.limits());
     let security = security::Security::from_settings(&settings)?;
     if accept.wants_auth() {
         if settings.accept_content != ["auth"] || settings.task_serializer != "auth" {
