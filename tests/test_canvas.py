@@ -76,3 +76,35 @@ def test_chord_with_a_failing_member_fails_its_body(worker, client):
     assert meta["result"]["exc_type"] == "ChordError"
     assert meta["result"]["exc_module"] == "celery.exceptions"
     assert w.count(re.compile(r"Task tasks\.xsum\[")) == 0
+
+
+def test_map_calls_the_task_once_per_item_and_returns_the_list(worker, client):
+    """``xsum.map(items)`` is a ``celery.map`` message: Celery's builtin task."""
+    worker()
+    assert client.xsum.map([[1, 2], [3, 4, 5]]).delay().get(timeout=30) == [3, 12]
+
+
+def test_starmap_and_chunks_call_the_task_with_each_items_arguments(worker, client):
+    worker()
+    assert client.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=30) == [3, 7]
+    # chunks: the client splits the items into a group of celery.starmap tasks.
+    pairs = list(zip(range(7), range(7)))
+    assert client.add.chunks(pairs, 3).delay().get(timeout=30) == [[0, 2, 4], [6, 8, 10], [12]]
+
+
+def test_a_failing_item_fails_the_whole_starmap_with_its_exception(worker, client):
+    worker()
+    result = client.div.starmap([(1, 1), (1, 0)]).delay()
+    try:
+        result.get(timeout=30)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the ZeroDivisionError of the second item did not reach the client")
+    assert result.state == "FAILURE"
+
+
+def test_accumulate_returns_its_arguments_or_the_one_at_index(worker, client):
+    worker()
+    assert client.app.send_task("celery.accumulate", args=(1, 2, 3)).get(timeout=30) == [1, 2, 3]
+    assert client.app.send_task("celery.accumulate", args=(1, 2, 3), kwargs={"index": 1}).get(timeout=30) == 2

@@ -39,6 +39,7 @@
 //! directory (`deploy`).
 
 mod banner;
+mod builtins;
 pub mod canvas;
 mod control;
 mod deploy;

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tracing::Instrument;
 
 use super::state::Tracked;
-use super::{Phase, Shared, canvas, retries, retry};
+use super::{Phase, Shared, builtins, canvas, retries, retry};
 use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
 use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::{Annotation, RateLimit};
@@ -50,7 +50,8 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         }
     };
     let mut prefetch = Some(prefetch);
-    if s.sandbox.task(&msg.task).is_none() && s.sandbox.is_loading(&msg.task) {
+    let builtin = builtins::Builtin::named(&msg.task);
+    if builtin.is_none() && s.sandbox.task(&msg.task).is_none() && s.sandbox.is_loading(&msg.task) {
         // Its component is still compiling: wait for it (bounded by the
         // compile budget), held like an ETA task and out of the prefetch
         // window, and give it back if the worker stops first.
@@ -62,7 +63,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
             _ = s.sandbox.serves(&msg.task) => {}
         }
     }
-    if s.sandbox.task(&msg.task).is_none() {
+    if builtin.is_none() && s.sandbox.task(&msg.task).is_none() {
         tracing::error!(
             "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n{}\n\
              The delivery info for this task is: {{'exchange': '{}', 'routing_key': '{}'}}",
@@ -368,7 +369,13 @@ async fn run(
     // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
     // as with Celery's task logger; the worker's lines are plain.
     let span = crate::logging::task_span(msg.display_name(), &msg.id);
-    let call = s.sandbox.call(&msg.task, invocation).instrument(span);
+    let call = async {
+        match builtins::Builtin::named(&msg.task) {
+            Some(b) => Box::pin(builtins::call(s, b, &msg, invocation)).await,
+            None => s.sandbox.call(&msg.task, invocation).await,
+        }
+    }
+    .instrument(span);
     let result = tokio::select! {
         biased;
         // `control revoke --terminate` stops the call (the sandbox is dropped mid-run): `None`.

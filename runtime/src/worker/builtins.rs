@@ -1,0 +1,208 @@
+//! Celery's builtin tasks that Python clients send to workers, served natively
+//! (`celery/app/builtins.py`).
+//!
+//! A Celery worker registers a few tasks of its own, and stock clients send
+//! them: `add.map(items)` and `add.starmap(items)` (and `add.chunks(items, n)`,
+//! which a client expands into a group of `celery.starmap`) are messages for
+//! `celery.map` / `celery.starmap` with the task's signature and the items as
+//! keyword arguments. No component serves those names, so the worker runs them
+//! itself, as Celery does: the named task is called once per item, inline
+//! (each call in a fresh sandbox, with that task's limits), and the list of
+//! results is the builtin's result; the first item that fails fails the whole
+//! call with its exception. `celery.accumulate` and `celery.backend_cleanup`
+//! are served too.
+
+use serde_json::{Map, Value};
+
+use super::Shared;
+use crate::protocol::{ExceptionInfo, TaskMessage};
+use crate::sandbox::{CallError, CallReport, CallResult, FailureKind, Invocation, Limits, Outcome, TaskFailure};
+
+/// A builtin task the worker serves without a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    /// `celery.map(task, it)`: `[task(item) for item in it]`.
+    Map,
+    /// `celery.starmap(task, it)`: `[task(*item) for item in it]`.
+    Starmap,
+    /// `celery.accumulate(*args, index=None)`: `args[index]`, or `args`.
+    Accumulate,
+    /// `celery.backend_cleanup()`: result expiry is the backend's own here
+    /// (Redis `SETEX`; the database backend deletes expired rows as it writes).
+    BackendCleanup,
+}
+
+impl Builtin {
+    /// The builtin named `task`, if it is one.
+    pub fn named(task: &str) -> Option<Builtin> {
+        match task {
+            "celery.map" => Some(Builtin::Map),
+            "celery.starmap" => Some(Builtin::Starmap),
+            "celery.accumulate" => Some(Builtin::Accumulate),
+            "celery.backend_cleanup" => Some(Builtin::BackendCleanup),
+            _ => None,
+        }
+    }
+}
+
+/// A failure raised by the builtin itself (bad arguments), as Celery's would be.
+fn raised(exc_type: &str, message: String) -> TaskFailure {
+    TaskFailure {
+        kind: FailureKind::Raised,
+        exc_type: exc_type.to_string(),
+        exc_module: "builtins".to_string(),
+        traceback: format!("Traceback (most recent call last):\n  (celeriac builtin task)\n{exc_type}: {message}\n"),
+        args: None,
+        message,
+    }
+}
+
+/// A result with nothing run in a sandbox.
+fn host_result(outcome: Outcome) -> CallResult {
+    CallResult {
+        outcome,
+        report: CallReport::default(),
+        limits: Limits::default(),
+        version: "builtin".into(),
+        host_memory: None,
+    }
+}
+
+/// Argument `index`/`name` of a Python call `f(task, it)`: positional or keyword.
+fn argument<'a>(msg: &'a TaskMessage, index: usize, name: &str) -> Option<&'a Value> {
+    msg.args.get(index).or_else(|| msg.kwargs.get(name))
+}
+
+/// Run `builtin` for `msg`; `inv` is what the call would have been given.
+pub async fn call(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) -> Result<CallResult, CallError> {
+    match builtin {
+        Builtin::Accumulate => Ok(host_result(accumulate(&msg.args, &msg.kwargs))),
+        Builtin::BackendCleanup => Ok(host_result(Outcome::Success(Value::Null))),
+        Builtin::Map | Builtin::Starmap => each(s, builtin, msg, inv).await,
+    }
+}
+
+/// `celery.accumulate`.
+fn accumulate(args: &[Value], kwargs: &Map<String, Value>) -> Outcome {
+    match kwargs.get("index") {
+        None | Some(Value::Null) => Outcome::Success(Value::Array(args.to_vec())),
+        Some(i) => {
+            let len = args.len() as i64;
+            let at = i.as_i64().map(|i| if i < 0 { i + len } else { i });
+            match at.filter(|i| (0..len).contains(i)) {
+                Some(i) => Outcome::Success(args[i as usize].clone()),
+                None if i.is_i64() => Outcome::Failure(raised("IndexError", "tuple index out of range".into())),
+                None => Outcome::Failure(raised("TypeError", "tuple indices must be integers or slices".into())),
+            }
+        }
+    }
+}
+
+/// `celery.map` / `celery.starmap`: the named task once per item, inline.
+async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) -> Result<CallResult, CallError> {
+    let fail = |exc_type: &str, message: String| Ok(host_result(Outcome::Failure(raised(exc_type, message))));
+    let what = if builtin == Builtin::Map { "xmap" } else { "xstarmap" };
+    let task = match argument(msg, 0, "task") {
+        Some(Value::Object(sig)) => sig.get("task").and_then(Value::as_str),
+        Some(Value::String(name)) => Some(name.as_str()),
+        _ => None,
+    };
+    let Some(task) = task else {
+        return fail("TypeError", format!("{what}() needs a task signature as its 'task' argument"));
+    };
+    let Some(Value::Array(items)) = argument(msg, 1, "it") else {
+        return fail("TypeError", format!("{what}() needs a list of items as its 'it' argument"));
+    };
+    if Builtin::named(task).is_some() || s.sandbox.task(task).is_none() {
+        let exc = ExceptionInfo::not_registered(task);
+        let message = format!("Task of kind '{task}' never registered, please make sure it's imported.");
+        return Ok(host_result(Outcome::Failure(TaskFailure {
+            kind: FailureKind::Raised,
+            exc_type: exc.exc_type.clone(),
+            exc_module: exc.exc_module.clone().unwrap_or_default(),
+            traceback: format!(
+                "Traceback (most recent call last):\n  (celeriac builtin task {what})\nNotRegistered: {message}\n"
+            ),
+            args: Some(exc.exc_message.clone()),
+            message,
+        })));
+    }
+    let mut results = Vec::with_capacity(items.len());
+    let mut total = CallReport::default();
+    let (mut limits, mut version) = (Limits::default(), String::new());
+    for item in items {
+        let args = match (builtin, item) {
+            (Builtin::Starmap, Value::Array(a)) => Value::Array(a.clone()),
+            (Builtin::Starmap, other) => {
+                return fail("TypeError", format!("{task}() argument after * must be an iterable, not {other}"));
+            }
+            (_, other) => Value::Array(vec![other.clone()]),
+        };
+        let one = Invocation {
+            args: args.to_string(),
+            kwargs: "{}".into(),
+            request: inv.request.clone(),
+            message_time_limit: inv.message_time_limit,
+            state_sink: None,
+        };
+        let r = s.sandbox.call(task, one).await?;
+        total.wall += r.report.wall;
+        total.fuel_consumed += r.report.fuel_consumed;
+        total.peak_memory = total.peak_memory.max(r.report.peak_memory);
+        (limits, version) = (r.limits, r.version);
+        match r.outcome {
+            Outcome::Success(v) => results.push(v),
+            Outcome::Failure(f) => {
+                return Ok(CallResult {
+                    outcome: Outcome::Failure(f),
+                    report: total,
+                    limits,
+                    version,
+                    host_memory: None,
+                });
+            }
+            Outcome::Retry(_) => {
+                return fail(
+                    "RuntimeError",
+                    format!("{task} asked to be retried inside {what}, which cannot retry one item"),
+                );
+            }
+        }
+    }
+    Ok(CallResult {
+        outcome: Outcome::Success(Value::Array(results)),
+        report: total,
+        limits,
+        version,
+        host_memory: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn accumulate_returns_all_its_arguments_or_the_one_at_index() {
+        let args = [json!(1), json!("b"), json!([3])];
+        let ok = |o: Outcome| match o {
+            Outcome::Success(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ok(accumulate(&args, &Map::new())), json!([1, "b", [3]]));
+        let at = |i: Value| accumulate(&args, json!({"index": i}).as_object().unwrap());
+        assert_eq!(ok(at(json!(1))), json!("b"));
+        assert_eq!(ok(at(json!(-1))), json!([3]));
+        assert!(matches!(at(json!(3)), Outcome::Failure(f) if f.exc_type == "IndexError"));
+        assert!(matches!(at(json!("x")), Outcome::Failure(f) if f.exc_type == "TypeError"));
+    }
+
+    #[test]
+    fn only_celerys_builtin_names_are_builtins() {
+        assert_eq!(Builtin::named("celery.map"), Some(Builtin::Map));
+        assert_eq!(Builtin::named("celery.starmap"), Some(Builtin::Starmap));
+        assert_eq!(Builtin::named("tasks.add"), None);
+        assert_eq!(Builtin::named("celery.chord_unlock"), None);
+    }
+}
