@@ -22,7 +22,7 @@ pub enum Support {
 }
 
 /// Setting names Celeriac reads that are not Celery's (tables of its own).
-pub const CELERIAC_ONLY_SETTINGS: &[&str] = &["sandbox", "worker_metrics_address"];
+pub const CELERIAC_ONLY_SETTINGS: &[&str] = &["sandbox", "worker_metrics_address", "message_limits"];
 
 /// Whether `name` is one of Celery's setting names (new, lowercase style).
 pub fn is_celery_setting(name: &str) -> bool {
