@@ -473,8 +473,11 @@ class Suite:
     """Runs every phase for one worker kind against one Redis."""
 
     def __init__(self, kind: str, server: RedisServer, args: argparse.Namespace, logdir: Path,
-                 python: str) -> None:
+                 python: str, tasks_dir: Path = TASKS_DIR, worker_args: tuple[str, ...] = ()) -> None:
+        """`tasks_dir` and `worker_args` (extra `celeriac worker` flags) let
+        `bench/languages.py` run the same phases on other task components."""
         self.kind, self.server, self.args, self.logdir, self.python = kind, server, args, logdir, python
+        self.tasks_dir, self.worker_args = tasks_dir, worker_args
         self.env = dict(os.environ, BENCH_BROKER_URL=server.broker_url, BENCH_RESULT_BACKEND=server.backend_url,
                         PYTHONPATH=str(HERE), PYTHONUNBUFFERED="1")
         # Errors only: RUST_BACKTRACE makes wasmtime capture host backtraces.
@@ -490,8 +493,9 @@ class Suite:
             return [str(Path(self.python).parent / "celery"), "-A", "benchtasks", "worker", "--pool=prefork",
                     "-c", str(self.args.concurrency), "-l", "WARNING",
                     "--without-gossip", "--without-mingle", "--without-heartbeat"]
-        return [str(CELERIAC), "worker", "-A", str(TASKS_DIR), "--broker", self.server.broker_url,
-                "--result-backend", self.server.backend_url, "-c", str(self.args.concurrency), "-l", "WARNING"]
+        return [str(CELERIAC), "worker", "-A", str(self.tasks_dir), "--broker", self.server.broker_url,
+                "--result-backend", self.server.backend_url, "-c", str(self.args.concurrency), "-l", "WARNING",
+                *self.worker_args]
 
     def start_worker(self, tag: str) -> tuple[subprocess.Popen, MemorySampler, float]:
         self.run_no += 1

@@ -13,6 +13,7 @@
 #
 # Examples:  bench/run.sh --quick      bench/run.sh      bench/run.sh --n 50000 --repeat 5
 #            bench/run.sh --callgrind    (instructions per task, bench/profile.py)
+#            bench/run.sh --languages [--n 20000]  (per-language table, bench/languages.py)
 #            bench/run.sh --broker amqp [--quick]   (over a private RabbitMQ node, rpc:// results)
 set -euo pipefail
 
@@ -80,5 +81,10 @@ if [ "${1:-}" = "--callgrind" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
     fi
     exec "$VENV/bin/python" "$HERE/profile.py" "$@"
+fi
+if [ "${1:-}" = "--languages" ]; then
+    # The per-language table (Rust, Python, JS... guests next to Celery prefork).
+    shift
+    exec "$VENV/bin/python" "$HERE/languages.py" "$@"
 fi
 exec "$VENV/bin/python" "$HERE/bench.py" "$@"

@@ -17,8 +17,8 @@ make tasks
 section "make test-tasks (hostile test-only components -> target/test-tasks/)"
 make test-tasks
 
-section "cargo build -p celeriac"
-cargo build -p celeriac
+section "cargo build -p celeriac -p celeriac-bench (the bench binary: tests/test_bench_languages.py)"
+cargo build -p celeriac -p celeriac-bench
 
 section "cargo test -p celeriac (unit tests, sandbox tests against target/tasks)"
 if ! cargo test -p celeriac; then

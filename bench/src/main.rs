@@ -18,6 +18,15 @@
 //! warm-up (a tenth of `--n`) runs before the measured calls. Every result is
 //! checked (`add(i, i) == 2i`) so a broken sandbox cannot look fast.
 //!
+//! Any component and task can be measured (`-A path/to/tasks.wasm --task
+//! tasks.add`, `--args '[1,2]'` for other signatures): `bench/languages.py`
+//! uses it for the per-language table (Rust, Python, JS... guests). Each
+//! configuration loads the component twice: once into the empty cache (the
+//! compile time) and once more, in a new sandbox, from that cache (the load
+//! time of a worker restart); the calls run on the second. Per call it also
+//! reports the thread's minor page faults, which is where big interpreter
+//! guests (componentize-py, QuickJS) spend most of their instantiation.
+//!
 //! Nothing here asserts a time: it reports. `bench/bench.py` runs it with
 //! `--json` and folds the figures into its table.
 //!
@@ -53,9 +62,21 @@ struct SandboxArgs {
     /// Directory of task components (or one .wasm file).
     #[arg(short = 'A', long = "app", default_value = "target/tasks")]
     app: PathBuf,
-    /// The task to call; it gets the arguments `[i, i]`.
+    /// The task to call; it gets the arguments `[i, i]` (and must return `2i`)
+    /// unless `--args` is given.
     #[arg(long, default_value = "tasks.add")]
     task: String,
+    /// Positional arguments for every call, a JSON array; the call must then
+    /// succeed (with `--expect`'s value, if given).
+    #[arg(long)]
+    args: Option<String>,
+    /// The result every call must return with `--args`, as JSON.
+    #[arg(long, requires = "args")]
+    expect: Option<String>,
+    /// Compile cache to use and keep (default: a fresh temporary one per
+    /// configuration, removed afterwards). A warm cache skips the compile.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// Configurations to run, comma-separated, from: pooling-fuel,
     /// pooling-nofuel, ondemand-fuel, ondemand-nofuel.
     #[arg(long, value_delimiter = ',', default_value = "pooling-fuel,pooling-nofuel,ondemand-fuel,ondemand-nofuel")]
@@ -87,8 +108,10 @@ struct VariantReport {
     pooling: bool,
     fuel_metering: bool,
     calls: usize,
-    /// Component load (compile into the empty temp cache), milliseconds.
+    /// First component load (a compile, unless `--cache-dir` was warm), milliseconds.
     load_ms: f64,
+    /// Second load, by a new sandbox from the cache the first one filled, milliseconds.
+    cached_load_ms: f64,
     /// `Sandbox::call` as the worker pays it: store + instantiate + call + result parse.
     mean_us: f64,
     p50_us: f64,
@@ -100,6 +123,9 @@ struct VariantReport {
     /// CPU time (user + system) of the benchmark thread per call: steadier than
     /// wall time when other work shares the machine.
     cpu_us_per_call: f64,
+    /// Minor page faults of the benchmark thread per call (pages of the
+    /// instance's memory touched for the first time since the slot was reset).
+    minflt_per_call: f64,
     /// Sequential calls per second on one core (1e6 / mean_us).
     calls_per_sec: f64,
 }
@@ -178,15 +204,64 @@ impl Drop for TempDir {
 }
 
 async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Result<VariantReport> {
-    let cache = TempDir::new(v.name)?;
+    let temp = match &a.cache_dir {
+        Some(_) => None,
+        None => Some(TempDir::new(v.name)?),
+    };
+    let cache_dir = a.cache_dir.clone().or_else(|| temp.as_ref().map(|t| t.0.clone()));
     let config = SandboxConfig {
         fuel_metering: v.fuel,
         pooling: v.pooling,
         // The worker sizes its pool from -c; the benchmark needs one slot.
         max_concurrent: 2,
-        cache_dir: Some(cache.0.clone()),
+        cache_dir,
         ..Default::default()
     };
+    let (_, load_ms) = load(a, config.clone()).await?;
+    let (sandbox, cached_load_ms) = load(a, config).await?;
+    let call = |i: usize| call_task(&sandbox, a, i as i64);
+
+    for i in 0..warmup {
+        call(i).await?;
+    }
+
+    let mut samples: Vec<Duration> = Vec::with_capacity(a.n);
+    let mut inner = Duration::ZERO;
+    let (cpu0, flt0) = thread_usage();
+    for i in 0..a.n {
+        let t = Instant::now();
+        let wall = call(i).await?;
+        samples.push(t.elapsed());
+        inner += wall;
+    }
+    let (cpu1, flt1) = thread_usage();
+    let cpu = cpu1.saturating_sub(cpu0);
+
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let total: Duration = samples.iter().sum();
+    let mean_us = us(total) / a.n as f64;
+    samples.sort_unstable();
+    Ok(VariantReport {
+        config: v.name,
+        pooling: v.pooling,
+        fuel_metering: v.fuel,
+        calls: a.n,
+        load_ms,
+        cached_load_ms,
+        mean_us,
+        p50_us: us(percentile(&samples, 50.0)),
+        p99_us: us(percentile(&samples, 99.0)),
+        min_us: us(samples[0]),
+        max_us: us(samples[samples.len() - 1]),
+        inner_mean_us: us(inner) / a.n as f64,
+        cpu_us_per_call: us(cpu) / a.n as f64,
+        minflt_per_call: flt1.saturating_sub(flt0) as f64 / a.n as f64,
+        calls_per_sec: 1e6 / mean_us,
+    })
+}
+
+/// A new sandbox with `a.app` loaded, and how long the load took (ms).
+async fn load(a: &SandboxArgs, config: SandboxConfig) -> anyhow::Result<(Sandbox, f64)> {
     let sandbox = Sandbox::new(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = Instant::now();
     sandbox.load(&a.app).await;
@@ -201,51 +276,32 @@ async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Resu
         );
     }
 
-    for i in 0..warmup {
-        call_add(&sandbox, &a.task, i as i64).await?;
-    }
-
-    let mut samples: Vec<Duration> = Vec::with_capacity(a.n);
-    let mut inner = Duration::ZERO;
-    let cpu0 = thread_cpu_time();
-    for i in 0..a.n {
-        let t = Instant::now();
-        let wall = call_add(&sandbox, &a.task, i as i64).await?;
-        samples.push(t.elapsed());
-        inner += wall;
-    }
-    let cpu = thread_cpu_time().saturating_sub(cpu0);
-
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let total: Duration = samples.iter().sum();
-    let mean_us = us(total) / a.n as f64;
-    samples.sort_unstable();
-    Ok(VariantReport {
-        config: v.name,
-        pooling: v.pooling,
-        fuel_metering: v.fuel,
-        calls: a.n,
-        load_ms,
-        mean_us,
-        p50_us: us(percentile(&samples, 50.0)),
-        p99_us: us(percentile(&samples, 99.0)),
-        min_us: us(samples[0]),
-        max_us: us(samples[samples.len() - 1]),
-        inner_mean_us: us(inner) / a.n as f64,
-        cpu_us_per_call: us(cpu) / a.n as f64,
-        calls_per_sec: 1e6 / mean_us,
-    })
+    Ok((sandbox, load_ms))
 }
 
-/// One `add(i, i)` call; checks the answer and returns the sandbox's own wall time.
-async fn call_add(sandbox: &Sandbox, task: &str, i: i64) -> anyhow::Result<Duration> {
+/// One call (`add(i, i)` unless `--args`); checks the answer and returns the
+/// sandbox's own wall time.
+async fn call_task(sandbox: &Sandbox, a: &SandboxArgs, i: i64) -> anyhow::Result<Duration> {
+    let task = a.task.as_str();
     let inv = Invocation {
-        args: format!("[{i},{i}]"),
+        args: a.args.clone().unwrap_or_else(|| format!("[{i},{i}]")),
         kwargs: "{}".into(),
         request: Request { name: task.to_string(), ..Request::default() },
         ..Default::default()
     };
     let r = sandbox.call(task, inv).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(args) = &a.args {
+        return match r.outcome {
+            Outcome::Success(v) => match &a.expect {
+                Some(e) if serde_json::from_str::<serde_json::Value>(e).ok().as_ref() != Some(&v) => {
+                    bail!("{task}{args} returned {v}, expected {e}")
+                }
+                _ => Ok(r.report.wall),
+            },
+            Outcome::Failure(f) => bail!("{task}{args} failed: {} {}\n{}", f.exc_type, f.message, f.traceback),
+            Outcome::Retry(r) => bail!("{task}{args} asked for a retry: {r:?}"),
+        };
+    }
     match r.outcome {
         Outcome::Success(v) if v.as_i64() == Some(2 * i) => Ok(r.report.wall),
         Outcome::Success(v) => bail!("{task}({i}, {i}) returned {v}, expected {}", 2 * i),
@@ -260,26 +316,36 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// User + system CPU time of the calling thread.
-fn thread_cpu_time() -> Duration {
+/// User + system CPU time and minor page faults of the calling thread.
+fn thread_usage() -> (Duration, u64) {
     // SAFETY: getrusage only writes the struct we pass; zeroed is a valid rusage.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return Duration::ZERO;
+        return (Duration::ZERO, 0);
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    (tv(ru.ru_utime) + tv(ru.ru_stime), ru.ru_minflt as u64)
 }
 
 fn print_table(r: &SandboxReport) {
     println!("Sandbox micro-benchmark: {} x {} ({}), {}", r.n, r.task, r.app, r.runtime);
     println!(
-        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>12} {:>9}",
-        "config", "mean µs", "p50 µs", "p99 µs", "min µs", "inner µs", "cpu µs", "calls/s", "load ms"
+        "{:<16} {:>9} {:>9} {:>9} {:>9} {:>11} {:>10} {:>8} {:>10} {:>9} {:>9}",
+        "config",
+        "mean µs",
+        "p50 µs",
+        "p99 µs",
+        "min µs",
+        "inner µs",
+        "cpu µs",
+        "minflt",
+        "calls/s",
+        "load ms",
+        "cached ms"
     );
     for v in &r.results {
         println!(
-            "{:<16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>10.1} {:>12.0} {:>9.1}",
+            "{:<16} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.1} {:>10.1} {:>8.1} {:>10.0} {:>9.1} {:>9.1}",
             v.config,
             v.mean_us,
             v.p50_us,
@@ -287,11 +353,13 @@ fn print_table(r: &SandboxReport) {
             v.min_us,
             v.inner_mean_us,
             v.cpu_us_per_call,
+            v.minflt_per_call,
             v.calls_per_sec,
-            v.load_ms
+            v.load_ms,
+            v.cached_load_ms
         );
     }
     println!(
-        "(mean/p50/p99/min: Sandbox::call incl. store creation and result parse; inner: instantiate + call; cpu: thread CPU per call)"
+        "(mean/p50/p99/min: Sandbox::call incl. store creation and result parse; inner: instantiate + call; cpu: thread CPU per call; minflt: minor page faults per call; load: first load (compile into an empty cache); cached: load of a new sandbox from that cache)"
     );
 }
