@@ -8,7 +8,7 @@ reports — it never asserts a time.
 
 What it does, in order (see README.md for the details and the flags):
 
-1. builds what it measures (``make tasks``, ``cargo build --release -p celeriac
+1. builds what it measures (``make tasks-rust``, ``cargo build --release -p celeriac
    -p celeriac-bench``) unless ``--no-build``;
 2. starts its own ``redis-server`` on a free loopback port (no persistence);
 3. the ceiling of the box: ``redis-benchmark`` for the commands one task costs,
@@ -789,9 +789,9 @@ def render(report: dict) -> str:
 # --------------------------------------------------------------------------
 
 def build() -> None:
-    log("building: make tasks")
+    log("building: make tasks-rust")
     # Build output goes to stderr: stdout is for the table.
-    subprocess.run(["make", "tasks"], cwd=ROOT, check=True, stdout=sys.stderr)
+    subprocess.run(["make", "tasks-rust"], cwd=ROOT, check=True, stdout=sys.stderr)
     log("building: cargo build --release -p celeriac -p celeriac-bench (first time: 6-8 min on 2 cores)")
     subprocess.run(["cargo", "build", "--release", "-p", "celeriac", "-p", "celeriac-bench"], cwd=ROOT, check=True,
                    stdout=sys.stderr)
