@@ -726,3 +726,22 @@ def test_celeriac_inspect_answers_over_rabbitmq(worker, rabbitmq_server, vhost):
                           "cli@amqp", "-t", "5"], capture_output=True, text=True, timeout=60, env=_base_env(),
                          stdin=subprocess.DEVNULL)
     assert out.stdout == "->  cli@amqp: OK\n        pong\n\n1 node online.\n", out.stdout + out.stderr
+
+
+def test_signed_tasks_and_signed_rpc_results_over_rabbitmq(worker, rabbitmq_server, vhost, amqp_app, tmp_path):
+    """Celery's message signing over AMQP: a client after ``app.setup_security()``
+    sends signed tasks, the worker verifies them and sends its results signed
+    to the client's reply queue (``result_serializer = "auth"``)."""
+    auth = TESTS_DIR / "fixtures" / "auth"
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "producer.pem").write_bytes((auth / "cert.pem").read_bytes())
+    security = dict(task_serializer="auth", result_serializer="auth", accept_content=["auth"],
+                    security_key=str(auth / "key.pem"), security_certificate=str(auth / "cert.pem"),
+                    security_cert_store=f"{store}/*.pem")
+    amqp_worker(worker, rabbitmq_server, vhost, settings=security)
+    app, t = amqp_app("rpc://", result_accept_content=["auth"], **security)
+    app.setup_security()
+    assert t["add"].delay(4, 4).get(timeout=30) == 8
+    with pytest.raises(ValueError, match="boom"):
+        t["fail"].delay("boom").get(timeout=30)

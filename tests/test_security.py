@@ -106,3 +106,24 @@ def test_a_tampered_signed_task_is_refused_logged_and_never_run(worker, store, r
     redis_server.client.lpush("celery", json.dumps(env))
     w.wait_for_log(r"(?i)bad signature", timeout=30)
     never_ran(w, redis_server, task_id)
+
+
+@pytest.mark.timeout(90)
+def test_results_are_signed_with_the_workers_key_when_result_serializer_is_auth(worker, celery_app, store,
+                                                                               redis_server):
+    """``result_serializer = "auth"``: the stored result is the signed frame,
+    and a client that accepts only signed results (``result_accept_content =
+    ["auth"]``) reads it; the failure of a task is signed the same way."""
+    worker(config=worker_config(store) + 'result_serializer = "auth"\n')
+    c = celery_app("auth", result_serializer="auth", accept_content=["auth"], result_accept_content=["auth"],
+                   security_key=str(AUTH / "key.pem"), security_certificate=str(AUTH / "cert.pem"),
+                   security_cert_store=f"{store}/*.pem")
+    c.app.setup_security()
+    r = c.add.delay(20, 22)
+    assert r.get(timeout=30) == 42
+    raw = redis_server.results.get(f"celery-task-meta-{r.id}")
+    framed = base64.b64decode(raw)
+    assert framed.split(b"\x00\x01", 4)[2] == b"application/json", framed[:200]
+    failed = c.div.delay(1, 0)
+    with pytest.raises(ZeroDivisionError):
+        failed.get(timeout=30)

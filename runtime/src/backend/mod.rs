@@ -31,6 +31,7 @@ use crate::broker::{BoxFuture, Broker};
 use crate::connection::UrlError;
 use crate::connection::sqlite::DbError;
 use crate::connection::url;
+use crate::protocol::auth::Signer;
 use crate::protocol::result::ResultMeta;
 use crate::protocol::{DeliveryInfo, Serializer};
 
@@ -76,29 +77,73 @@ impl std::ops::Deref for Backend {
     }
 }
 
+/// How results are written: `result_serializer`, and signed with the
+/// worker's key when it is `auth` (Celery's message signing: the JSON bytes
+/// signed and framed as the `auth` serializer does, content type
+/// `application/data`).
+#[derive(Clone)]
+pub struct ResultEncoding {
+    /// The serializer of the result itself (JSON under `auth`).
+    pub serializer: Serializer,
+    /// Signs the serialized result (`result_serializer = "auth"`).
+    pub signer: Option<Arc<dyn Signer>>,
+}
+
+impl From<Serializer> for ResultEncoding {
+    fn from(serializer: Serializer) -> Self {
+        ResultEncoding { serializer, signer: None }
+    }
+}
+
+impl ResultEncoding {
+    /// A result meta as stored or sent.
+    pub fn encode_meta(&self, meta: &ResultMeta) -> Result<Vec<u8>, crate::protocol::ProtocolError> {
+        let bytes = meta.encode(self.serializer)?;
+        Ok(match &self.signer {
+            Some(s) => s.sign(self.serializer.content_type(), self.serializer.content_encoding(), &bytes).pack(),
+            None => bytes,
+        })
+    }
+
+    /// The content type and encoding of what [`ResultEncoding::encode_meta`] writes.
+    pub fn content(&self) -> (&'static str, &'static str) {
+        match self.signer {
+            Some(_) => (crate::protocol::auth::CONTENT_TYPE_AUTH, "utf-8"),
+            None => (self.serializer.content_type(), self.serializer.content_encoding()),
+        }
+    }
+}
+
 impl Backend {
     /// Connect to the backend at `url`; results live `expires` seconds
-    /// (`None`: forever) and are written with `serializer`. `broker` is the
+    /// (`None`: forever) and are written with `encoding`. `broker` is the
     /// worker's (or client's) broker connection, for a backend that sends
     /// results through it; `None` where there is none (`celeriac result`).
     pub async fn connect(
         url: &str,
         expires: Option<u64>,
-        serializer: Serializer,
+        encoding: impl Into<ResultEncoding>,
         broker: Option<&Broker>,
     ) -> Result<Backend, BackendError> {
+        let encoding = encoding.into();
         if rpc::is_url(url) {
             return match broker {
-                Some(b) => Ok(Backend::new(rpc::RpcBackend::new(b, serializer)?)),
+                Some(b) => Ok(Backend::new(rpc::RpcBackend::new(b, encoding)?)),
                 // `celeriac result`: no broker, and nothing to read anyway.
                 None => Err(BackendError::Unsupported(rpc::CANNOT_READ)),
             };
         }
         if url::is_redis_url(url) {
-            return Ok(Backend::new(redis::RedisBackend::connect(url, expires, serializer).await?));
+            return Ok(Backend::new(redis::RedisBackend::connect(url, expires, encoding).await?));
         }
         if url::is_sqlite_backend_url(url) {
-            return Ok(Backend::new(database::DatabaseBackend::connect(url, expires, serializer).await?));
+            if encoding.signer.is_some() {
+                return Err(BackendError::Unsupported(
+                    "signed results (result_serializer = \"auth\") are implemented for the Redis and rpc:// \
+                     backends, not the database backend yet",
+                ));
+            }
+            return Ok(Backend::new(database::DatabaseBackend::connect(url, expires, encoding.serializer).await?));
         }
         if url::is_other_database_url(url) {
             return Err(BackendError::Url(UrlError(format!(

@@ -11,11 +11,12 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use super::ResultEncoding;
 use super::{BackendError, ChordCounter, ChordMember, Reply, ResultBackend, TASK_KEY_PREFIX, Waiter};
 use crate::broker::BoxFuture;
 use crate::connection::redis as redis_conn;
+use crate::protocol::ExceptionInfo;
 use crate::protocol::result::ResultMeta;
-use crate::protocol::{ExceptionInfo, Serializer};
 
 /// Record one chord header member and, if it completes the chord, claim the
 /// chord (only one worker wins) and return every member's entry in order.
@@ -52,8 +53,8 @@ pub struct RedisBackend {
     conn: ConnectionManager,
     /// Result time-to-live in seconds; `None` keeps results forever.
     expires: Option<u64>,
-    /// How values are written (`result_serializer`).
-    serializer: Serializer,
+    /// How values are written (`result_serializer`, signed under `auth`).
+    encoding: ResultEncoding,
 }
 
 /// The key holding `task_id`'s state.
@@ -63,10 +64,10 @@ pub fn task_key(task_id: &str) -> String {
 
 impl RedisBackend {
     /// Connect to `url` (`redis://[:password@]host:port/db`, `unix:///path`).
-    pub async fn connect(url: &str, expires: Option<u64>, serializer: Serializer) -> Result<Self, BackendError> {
+    pub async fn connect(url: &str, expires: Option<u64>, encoding: ResultEncoding) -> Result<Self, BackendError> {
         let client = redis_conn::open_client(url)?;
         let conn = redis_conn::connect(&client, Duration::from_secs(30)).await?;
-        Ok(RedisBackend { client, conn, expires, serializer })
+        Ok(RedisBackend { client, conn, expires, encoding })
     }
 
     /// Store and publish several states in one `MULTI`/`EXEC` round trip
@@ -76,15 +77,14 @@ impl RedisBackend {
         pipe.atomic();
         for meta in metas {
             // One value that cannot be encoded fails its own task, not the batch.
-            let bytes = match meta.encode(self.serializer) {
+            let bytes = match self.encoding.encode_meta(meta) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!("cannot encode the state of {}: {e}; storing an EncodeError instead", meta.task_id);
                     let exc = ExceptionInfo::new("EncodeError", vec![e.to_string().into()], "kombu.exceptions");
-                    ResultMeta::failure(&meta.task_id, &exc, None)
-                        .with_date_done(Some(chrono::Utc::now()))
-                        .encode(self.serializer)
-                        .map_err(|e| BackendError::Encode(e.to_string()))?
+                    let failure =
+                        ResultMeta::failure(&meta.task_id, &exc, None).with_date_done(Some(chrono::Utc::now()));
+                    self.encoding.encode_meta(&failure).map_err(|e| BackendError::Encode(e.to_string()))?
                 }
             };
             let key = task_key(&meta.task_id);

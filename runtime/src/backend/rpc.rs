@@ -17,9 +17,9 @@
 //! cannot `get`, `forget` or wait; and, as in Celery, it counts no chords
 //! (the client refuses them on `rpc://`).
 
+use super::ResultEncoding;
 use super::{BackendError, Reply, ResultBackend, Waiter};
 use crate::broker::{BoxFuture, Broker};
-use crate::protocol::Serializer;
 use crate::protocol::result::ResultMeta;
 
 /// Whether a URL names the rpc backend (`rpc://`).
@@ -34,19 +34,19 @@ pub const CANNOT_READ: &str =
 /// Publishes task states to their clients' reply queues.
 pub struct RpcBackend {
     broker: Broker,
-    serializer: Serializer,
+    encoding: ResultEncoding,
 }
 
 impl RpcBackend {
     /// A backend publishing through `broker`, which must be able to
     /// ([`crate::broker::Transport::replies`]: an AMQP broker).
-    pub fn new(broker: &Broker, serializer: Serializer) -> Result<Self, BackendError> {
+    pub fn new(broker: &Broker, encoding: ResultEncoding) -> Result<Self, BackendError> {
         if broker.replies().is_none() {
             return Err(BackendError::Unsupported(
                 "the rpc:// result backend needs an AMQP broker (amqp://, pyamqp://)",
             ));
         }
-        Ok(RpcBackend { broker: broker.clone(), serializer })
+        Ok(RpcBackend { broker: broker.clone(), encoding })
     }
 
     async fn publish_all(&self, replies: &[Reply]) -> Result<(), BackendError> {
@@ -59,12 +59,13 @@ impl RpcBackend {
                 tracing::debug!("task {}: no reply_to, so no rpc result is sent", r.meta.task_id);
                 continue;
             };
-            let body = r.meta.encode(self.serializer).map_err(|e| BackendError::Encode(e.to_string()))?;
+            let body = self.encoding.encode_meta(&r.meta).map_err(|e| BackendError::Encode(e.to_string()))?;
             let correlation_id = r.routing.correlation_id.as_deref().unwrap_or(&r.meta.task_id);
             bodies.push((reply_to, correlation_id, body));
         }
         // Published together, each confirmed; per task they stay in order on one channel.
-        let sends = bodies.iter().map(|(q, c, b)| publisher.publish_reply(q, c, b, self.serializer));
+        let content = self.encoding.content();
+        let sends = bodies.iter().map(|(q, c, b)| publisher.publish_reply(q, c, b, content));
         for r in futures_util::future::join_all(sends).await {
             r?;
         }

@@ -166,13 +166,13 @@ pub trait DelayedDelivery: Send + Sync {
 /// as Celery's `rpc://` backend does (default exchange, routing key =
 /// `reply_to`, `correlation_id` = the task id), confirmed by the broker.
 pub trait ReplyPublisher: Send + Sync {
-    /// Publish one serialised result meta.
+    /// Publish one serialised result meta, of `content` = (content type, content encoding).
     fn publish_reply<'a>(
         &'a self,
         reply_to: &'a str,
         correlation_id: &'a str,
         body: &'a [u8],
-        serializer: crate::protocol::Serializer,
+        content: (&'static str, &'static str),
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 }
 

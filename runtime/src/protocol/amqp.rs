@@ -222,12 +222,12 @@ pub fn task_properties(task: &EncodedTask) -> Result<BasicProperties, AmqpEncode
 /// `correlation_id` = the task id.
 pub fn result_properties(
     task_id: &str,
-    serializer: Serializer,
+    (content_type, content_encoding): (&str, &str),
     persistent: bool,
 ) -> Result<BasicProperties, AmqpEncodeError> {
     Ok(BasicProperties::default()
-        .with_content_type(short_string("content_type", serializer.content_type())?)
-        .with_content_encoding(short_string("content_encoding", serializer.content_encoding())?)
+        .with_content_type(short_string("content_type", content_type)?)
+        .with_content_encoding(short_string("content_encoding", content_encoding)?)
         .with_headers(FieldTable::default())
         .with_delivery_mode(if persistent { PERSISTENT } else { TRANSIENT })
         .with_priority(0)
@@ -332,7 +332,7 @@ mod tests {
         let mut m = Map::new();
         m.insert("k".repeat(256), json!(1));
         assert!(matches!(json_to_table(&m), Err(AmqpEncodeError::TooLong { .. })));
-        assert!(result_properties(&"x".repeat(300), Serializer::Json, false).is_err());
+        assert!(result_properties(&"x".repeat(300), ("application/json", "utf-8"), false).is_err());
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn rpc_result_messages_match_the_captured_ones_byte_for_byte() {
         let meta = ResultMeta::from_value(&value).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ours = meta.encode(Serializer::Json).unwrap();
         assert_eq!(String::from_utf8(ours).unwrap(), body, "{name}: body");
-        let props = result_properties(&meta.task_id, Serializer::Json, false).unwrap();
+        let props = result_properties(&meta.task_id, ("application/json", "utf-8"), false).unwrap();
         let want = captured_properties(&doc);
         assert_eq!(props, want, "{name}: properties");
         assert_eq!(doc["method_args"]["exchange"], "", "{name}: results go to the default exchange");
@@ -206,7 +206,7 @@ fn rpc_result_messages_match_the_captured_ones_byte_for_byte() {
 
 #[test]
 fn result_persistent_makes_rpc_results_delivery_mode_2() {
-    let p = result_properties("id", Serializer::Json, true).unwrap();
+    let p = result_properties("id", ("application/json", "utf-8"), true).unwrap();
     assert_eq!(*p.delivery_mode(), Some(2));
 }
 

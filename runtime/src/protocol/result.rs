@@ -281,6 +281,17 @@ impl ResultMeta {
         let serializer = match first {
             Some(b'{') => Serializer::Json,
             Some(0x80..=0x8f | 0xde | 0xdf) => Serializer::Msgpack,
+            // `result_serializer = "auth"`: the signed frame (base64 text) around the
+            // serialized meta. Read here without checking the signature: reading a
+            // result is the client's business (Celery's client verifies it).
+            Some(b) if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' => {
+                let signed = super::auth::SignedBody::unpack(bytes)
+                    .map_err(|e| ProtocolError::InvalidResult(format!("a signed result: {e}")))?;
+                let inner = Serializer::from_name(&signed.content_type).ok_or_else(|| {
+                    ProtocolError::InvalidResult(format!("a signed result of type {}", signed.content_type))
+                })?;
+                return Self::decode_with(&signed.body, inner);
+            }
             _ => {
                 return Err(ProtocolError::InvalidResult("neither a JSON object nor a msgpack map".to_owned()));
             }

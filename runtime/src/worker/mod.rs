@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, watch};
 
-use crate::backend::{Backend, BackendError, Reply};
+use crate::backend::{Backend, BackendError, Reply, ResultEncoding};
 use crate::batch;
 use crate::broker::{Broker, BrokerError, Consumer};
 use crate::config::Settings;
@@ -255,13 +255,12 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let broker_url = settings.effective_broker_url();
-    let result_serializer = Serializer::from_name(&settings.result_serializer).ok_or_else(|| {
-        if settings.result_serializer == "auth" {
-            anyhow::anyhow!("signed results (result_serializer = \"auth\") are not implemented yet: use json")
-        } else {
-            anyhow::anyhow!("unsupported result_serializer {:?}: use json or msgpack", settings.result_serializer)
-        }
-    })?;
+    let result_serializer = match settings.result_serializer.as_str() {
+        // Signed JSON (see `security`, below).
+        "auth" => Serializer::Json,
+        other => Serializer::from_name(other)
+            .ok_or_else(|| anyhow::anyhow!("unsupported result_serializer {other:?}: use json, msgpack or auth"))?,
+    };
     let mut accept = AcceptContent::new(settings.accept_content.iter().map(String::as_str))
         .with_limits(settings.message_limits.limits());
     let security = security::Security::from_settings(&settings)?;
@@ -282,6 +281,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let signer: Option<Arc<dyn Signer>> = match &security.signer {
         Some(s) if settings.task_serializer == "auth" => Some(s.clone()),
         _ => None,
+    };
+    let result_encoding = ResultEncoding {
+        serializer: result_serializer,
+        signer: match &security.signer {
+            Some(s) if settings.result_serializer == "auth" => Some(s.clone() as Arc<dyn Signer>),
+            _ => None,
+        },
     };
 
     let cwd = std::env::current_dir()?;
@@ -330,8 +336,10 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let backend_url = settings.effective_result_backend();
     if let Some(url) = &backend_url {
         let expires = settings.result_expires.0;
-        connect_with_retry("result backend", url, || Backend::connect(url, expires, result_serializer, Some(&broker)))
-            .await?;
+        connect_with_retry("result backend", url, || {
+            Backend::connect(url, expires, result_encoding.clone(), Some(&broker))
+        })
+        .await?;
     }
 
     let concurrency = settings.concurrency();
@@ -412,7 +420,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
             settings: settings.clone(),
             accept: accept.clone(),
             signer: signer.clone(),
-            result_serializer,
+            result_encoding: result_encoding.clone(),
             broker: broker.clone(),
             broker_url: broker_url.clone(),
             backend_url: backend_url.clone(),
@@ -484,7 +492,7 @@ struct LoopContext {
     settings: Settings,
     accept: AcceptContent,
     signer: Option<Arc<dyn Signer>>,
-    result_serializer: Serializer,
+    result_encoding: ResultEncoding,
     /// The process's main broker connection; the loop opens a channel of it.
     broker: Broker,
     broker_url: String,
@@ -507,9 +515,12 @@ fn event_loop(ctx: LoopContext) -> anyhow::Result<()> {
         let backend = match &ctx.backend_url {
             None => None,
             Some(url) => {
-                let (expires, ser) = (ctx.settings.result_expires.0, ctx.result_serializer);
+                let (expires, enc) = (ctx.settings.result_expires.0, &ctx.result_encoding);
                 let b = &broker;
-                Some(connect_with_retry("result backend", url, || Backend::connect(url, expires, ser, Some(b))).await?)
+                Some(
+                    connect_with_retry("result backend", url, || Backend::connect(url, expires, enc.clone(), Some(b)))
+                        .await?,
+                )
             }
         };
         let prefetch = prefetch_window(&ctx.settings, ctx.slots);

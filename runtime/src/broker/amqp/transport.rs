@@ -26,8 +26,8 @@ use crate::broker::{
     AckHandle, Acker, BoxFuture, Broker, BrokerError, Capabilities, Consumer, DelayedDelivery, Delivery,
     ReplyPublisher, Transport,
 };
+use crate::protocol::EncodedTask;
 use crate::protocol::amqp::result_properties;
-use crate::protocol::{EncodedTask, Serializer};
 
 /// How long one fetch waits for a first delivery.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
@@ -149,11 +149,11 @@ impl ReplyPublisher for AmqpTransport {
         reply_to: &'a str,
         correlation_id: &'a str,
         body: &'a [u8],
-        serializer: Serializer,
+        content: (&'static str, &'static str),
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
-            let props = result_properties(correlation_id, serializer, self.config.result_persistent)
-                .map_err(AmqpError::from)?;
+            let props =
+                result_properties(correlation_id, content, self.config.result_persistent).map_err(AmqpError::from)?;
             Ok(self.broker.publish("", reply_to, body, props).await?)
         })
     }
