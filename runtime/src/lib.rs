@@ -21,4 +21,5 @@ pub mod logging;
 pub mod protocol;
 pub mod remote;
 pub mod sandbox;
+pub mod toolchain;
 pub mod worker;

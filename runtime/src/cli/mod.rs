@@ -12,6 +12,7 @@
 //! This is the edge of the program: errors become `anyhow` messages and exit
 //! codes here, and nowhere deeper.
 
+mod build;
 mod call;
 mod daemon;
 mod hints;
@@ -68,6 +69,10 @@ enum Command {
     Status(remote::StatusArgs),
     /// Print the events workers send as they come, as `celery events --dump`.
     Events(remote::EventsArgs),
+    /// Create a task project from a template (C, Zig or JS on this branch).
+    New(build::NewArgs),
+    /// Build a task project into a component.
+    Build(build::BuildArgs),
 }
 
 /// The options `celery` takes before its subcommand (`celery -A proj -b URL worker`),
@@ -288,6 +293,8 @@ fn dispatch(cli: Cli, argv: &[String]) -> anyhow::Result<ExitCode> {
         Command::Control(a) => remote::remote(&g, crate::remote::Kind::Control, a),
         Command::Status(a) => remote::status(&g, a),
         Command::Events(a) => remote::events(&g, a),
+        Command::New(a) => build::new(a).map(|()| ExitCode::SUCCESS),
+        Command::Build(a) => build::build(a).map(|()| ExitCode::SUCCESS),
     }
 }
 

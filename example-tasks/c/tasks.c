@@ -1,0 +1,69 @@
+/*
+ * Celeriac example tasks in C: Celery's First Steps tasks (add, mul, xsum), a
+ * task that raises ValueError ("fail") and one that traps ("crash").
+ * Build: celeriac build example-tasks/c -o target/lang-tasks/c/tasks.wasm
+ */
+#include "celeriac.h"
+
+/* add(x, y): ints add as ints, anything numeric as floats (like Python). */
+static void add(celeriac_ctx *ctx) {
+    const celeriac_value *x = celeriac_arg(ctx, 0), *y = celeriac_arg(ctx, 1);
+    if (x->kind == CELERIAC_INT && y->kind == CELERIAC_INT) {
+        celeriac_return_int(ctx, x->integer + y->integer);
+        return;
+    }
+    double a, b;
+    if (!celeriac_arg_number(ctx, 0, &a) || !celeriac_arg_number(ctx, 1, &b)) return;
+    celeriac_return_float(ctx, a + b);
+}
+
+static void mul(celeriac_ctx *ctx) {
+    const celeriac_value *x = celeriac_arg(ctx, 0), *y = celeriac_arg(ctx, 1);
+    if (x->kind == CELERIAC_INT && y->kind == CELERIAC_INT) {
+        celeriac_return_int(ctx, x->integer * y->integer);
+        return;
+    }
+    double a, b;
+    if (!celeriac_arg_number(ctx, 0, &a) || !celeriac_arg_number(ctx, 1, &b)) return;
+    celeriac_return_float(ctx, a * b);
+}
+
+/* xsum(numbers): the sum of a list of numbers. */
+static void xsum(celeriac_ctx *ctx) {
+    const celeriac_value *numbers;
+    if (!celeriac_arg_array(ctx, 0, &numbers)) return;
+    int64_t total = 0;
+    double ftotal = 0;
+    bool floats = false;
+    for (size_t i = 0; i < numbers->len; i++) {
+        const celeriac_value *n = &numbers->items[i];
+        if (n->kind == CELERIAC_INT) total += n->integer;
+        else if (n->kind == CELERIAC_FLOAT) floats = true, ftotal += n->number;
+        else {
+            celeriac_raise(ctx, "TypeError", "unsupported operand type(s) for +: 'int' and '%s'",
+                           celeriac_type_name(n));
+            return;
+        }
+    }
+    if (floats) celeriac_return_float(ctx, ftotal + (double)total);
+    else celeriac_return_int(ctx, total);
+}
+
+/* fail(...): raises ValueError("bad value"); the client re-raises ValueError. */
+static void fail(celeriac_ctx *ctx) {
+    celeriac_raise(ctx, "ValueError", "bad value");
+}
+
+/* crash(): a trap (like a Rust panic): the task fails, the worker carries on. */
+static void crash(celeriac_ctx *ctx) {
+    (void)ctx;
+    __builtin_trap();
+}
+
+CELERIAC_TASKS(
+    {"add", add, 2},
+    {"mul", mul, 2},
+    {"xsum", xsum, 1},
+    {"fail", fail, -1},
+    {"crash", crash, -1},
+)

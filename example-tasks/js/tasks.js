@@ -1,0 +1,25 @@
+// Celeriac example tasks in JavaScript: Celery's First Steps tasks (add, mul,
+// xsum), a task that raises ValueError ("fail") and one that traps ("crash").
+// Build: celeriac build example-tasks/js -o target/lang-tasks/js/tasks.wasm
+import { task, ValueError } from "celeriac";
+
+task("add", (x, y) => x + y);
+task("mul", (x, y) => x * y);
+task("xsum", (numbers) => numbers.reduce((total, n) => total + n, 0));
+
+function fail() {
+  throw new ValueError("bad value");
+}
+task("fail", fail, { nargs: -1 });
+
+// crash(): the JS way to end in a trap. QuickJS turns stack overflows and bad
+// calls into catchable errors, so this exhausts memory past the worker's cap:
+// the sandbox stops the call (MemoryError, a FAILURE) and the worker carries on.
+task(
+  "crash",
+  () => {
+    const hog = [];
+    for (;;) hog.push(new Array(1 << 20).fill(1));
+  },
+  { nargs: -1 },
+);
