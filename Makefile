@@ -19,7 +19,7 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks test-tasks clean-tasks guest-target demo build install FORCE
+.PHONY: tasks tasks-c tasks-zig tasks-js test-tasks clean-tasks guest-target demo build install FORCE
 
 # The main job on a fresh machine: build everything, start a worker on the
 # embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh,
@@ -85,14 +85,32 @@ test-tasks: | guest-target
 	python3 tests/hostile-gen/gen.py $(TEST_TASKS_DIR)/.base.wasm $(TEST_TASKS_DIR)
 
 # --- Other languages ---------------------------------------------------------
-# A component in another language is one more rule writing $(TASKS_DIR)/<name>.wasm
-# (plus its entry in COMPONENTS), e.g.
-#
-# $(TASKS_DIR)/pytasks.wasm: example-tasks/pytasks/app.py wit/task.wit
-# 	mkdir -p $(@D)
-# 	componentize-py -d wit -w task-component componentize -p example-tasks/pytasks app -o $@
+# Each language's example (example-tasks/<lang>/) is built by the debug
+# `celeriac build`, which calls that language's toolchain, into
+# $(LANG_TASKS_DIR)/<lang>/tasks.wasm: a worker with -A $(LANG_TASKS_DIR)/<lang>
+# serves tasks.add etc. Toolchains: scripts/install-toolchains.sh <lang>; the
+# repository's .venv/bin (python3 with ziglang) is put on PATH.
+LANG_TASKS_DIR := target/lang-tasks
+CELERIAC_BUILD  = PATH="$(CURDIR)/.venv/bin:$$PATH" $(CARGO) run -q -p celeriac -- build
+NATIVE_SDK_DEPS := wit/task.wit sdk-c/celeriac.h runtime/src/toolchain/c.rs
+
+# C: clang + wasi-libc (apt); bindings and component encoding happen inside celeriac.
+tasks-c: $(LANG_TASKS_DIR)/c/tasks.wasm
+$(LANG_TASKS_DIR)/c/tasks.wasm: $(wildcard example-tasks/c/*.c) $(NATIVE_SDK_DEPS)
+	$(CELERIAC_BUILD) example-tasks/c -o $@
+
+# Zig: ziglang from PyPI, through the same C bindings and sdk-c/celeriac.h.
+tasks-zig: $(LANG_TASKS_DIR)/zig/tasks.wasm
+$(LANG_TASKS_DIR)/zig/tasks.wasm: $(wildcard example-tasks/zig/*.zig) $(NATIVE_SDK_DEPS) runtime/src/toolchain/zig.rs
+	$(CELERIAC_BUILD) example-tasks/zig -o $@
+
+# JavaScript: componentize-qjs (npm; on the PATH or in the project's node_modules).
+tasks-js: $(LANG_TASKS_DIR)/js/tasks.wasm
+$(LANG_TASKS_DIR)/js/tasks.wasm: $(wildcard example-tasks/js/*.js) example-tasks/js/package.json sdk-js/celeriac.js \
+		wit/task.wit runtime/src/toolchain/js.rs
+	$(CELERIAC_BUILD) example-tasks/js -o $@
 
 FORCE:
 
 clean-tasks:
-	rm -rf $(TASKS_DIR) $(GUEST_DIR)
+	rm -rf $(TASKS_DIR) $(GUEST_DIR) target/lang-tasks

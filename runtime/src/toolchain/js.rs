@@ -106,7 +106,8 @@ fn find_compiler(project: &Path) -> Result<OsString, ToolchainError> {
     }
     let local = project.join("node_modules").join(".bin").join(COMPILER);
     if local.is_file() {
-        return Ok(local.into_os_string());
+        // Absolute: the compiler runs in the build directory.
+        return Ok(std::path::absolute(local)?.into_os_string());
     }
     let on_path = std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(COMPILER).is_file()))
