@@ -12,6 +12,19 @@ function fail() {
 }
 task("fail", fail, { nargs: -1 });
 
+// An exception class of the task's own keeps its name and arguments:
+// the client raises celeriac.exceptions.InvoiceNotFound('no invoice 42', 42).
+class InvoiceNotFound extends Error {
+  constructor(id) {
+    super(`no invoice ${id}`);
+    this.name = "InvoiceNotFound";
+    this.args = [this.message, id];
+  }
+}
+task("lookup", (id) => {
+  throw new InvoiceNotFound(id);
+});
+
 // crash(): the JS way to end in a trap. QuickJS turns stack overflows and bad
 // calls into catchable errors, so this exhausts memory past the worker's cap:
 // the sandbox stops the call (MemoryError, a FAILURE) and the worker carries on.

@@ -32,8 +32,14 @@ pub struct BuildArgs {
 
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     let name = args.name.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tasks".into());
-    toolchain::scaffold(args.lang, &args.name, &name).with_context(|| format!("scaffolding {}", args.name.display()))?;
-    println!("created {} ({:?}); build it with: celeriac build {}", args.name.display(), args.lang, args.name.display());
+    toolchain::scaffold(args.lang, &args.name, &name)
+        .with_context(|| format!("scaffolding {}", args.name.display()))?;
+    println!(
+        "created {} ({:?}); build it with: celeriac build {}",
+        args.name.display(),
+        args.lang,
+        args.name.display()
+    );
     Ok(())
 }
 

@@ -146,10 +146,12 @@ fn copy_sources(from: &Path, to: &Path) -> Result<(), ToolchainError> {
 
 /// npm package names are lower-case, without spaces.
 fn package_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let cleaned: String =
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c.to_ascii_lowercase() } else { '-' }
+            })
+            .collect();
     if cleaned.is_empty() { "tasks".into() } else { cleaned }
 }
 
