@@ -76,7 +76,9 @@ typedef struct celeriac_ctx celeriac_ctx;
 typedef void (*celeriac_fn)(celeriac_ctx *ctx);
 
 /* One task of the table: its name, body, positional argument count (-1: any),
- * and the options it declares (Celery's @app.task(...) keywords; 0/NULL = unset). */
+ * and the options it declares (Celery's @app.task(...) keywords; 0/NULL = unset).
+ * Keyword arguments are a TypeError unless `kwargs` is set: then the task reads
+ * them with celeriac_kwarg, and up to `nargs` positional arguments may be given. */
 typedef struct celeriac_task {
     const char *name;
     celeriac_fn run;
@@ -87,6 +89,7 @@ typedef struct celeriac_task {
     const char *queue;
     bool acks_late;
     bool ignore_result;
+    bool kwargs;
 } celeriac_task;
 
 /* The task table: CELERIAC_TASKS defines it in C; a Zig program exports it. */
@@ -675,10 +678,11 @@ bool exports_celeriac_task_task_invoke(task_component_string_t *name, task_compo
         celeriac_raise(&ctx, "NotRegistered", "%.*s", (int)name->len, (const char *)name->ptr);
     } else if (!ctx.args || ctx.args->kind != CELERIAC_ARRAY || !ctx.kwargs || ctx.kwargs->kind != CELERIAC_OBJECT) {
         celeriac_raise(&ctx, "TypeError", "%s() arguments are not a JSON array and object", ctx.task->name);
-    } else if (ctx.kwargs->len > 0) {
+    } else if (ctx.kwargs->len > 0 && !ctx.task->kwargs) {
         celeriac_raise(&ctx, "TypeError", "%s() got an unexpected keyword argument '%s'", ctx.task->name,
                        ctx.kwargs->keys[0]);
-    } else if (ctx.task->nargs >= 0 && (size_t)ctx.task->nargs != ctx.args->len) {
+    } else if (ctx.task->nargs >= 0 && (size_t)ctx.task->nargs != ctx.args->len &&
+               !(ctx.task->kwargs && ctx.args->len < (size_t)ctx.task->nargs)) {
         char want[48];
         celeriac_plural_(want, sizeof want, ctx.task->nargs, "positional argument");
         celeriac_raise(&ctx, "TypeError", "%s() takes %s but %zu %s given", ctx.task->name, want, ctx.args->len,

@@ -62,6 +62,17 @@ export const log = Object.fromEntries(
   LEVELS.map((level) => [level, (...parts) => host.log(level, parts.map(String).join(" "))]),
 );
 
+// QuickJS has no `console`: console.log and friends write to the worker's log.
+if (typeof globalThis.console === "undefined") {
+  globalThis.console = {
+    log: log.info,
+    info: log.info,
+    debug: log.debug,
+    warn: log.warning,
+    error: log.error,
+  };
+}
+
 /** Celery's self.update_state(state=..., meta=...). */
 export function updateState(state, meta = null) {
   host.updateState(state, JSON.stringify(meta));
@@ -103,7 +114,8 @@ function checkArguments(name, entry, args, kwargs) {
   if (keys.length > 0 && !entry.options.kwargs) {
     throw new TypeError(`${name}() got an unexpected keyword argument '${keys[0]}'`);
   }
-  const nargs = entry.options.nargs ?? entry.fn.length;
+  // Positional parameters: fn.length, less the keyword-arguments object when the task takes one.
+  const nargs = entry.options.nargs ?? Math.max(0, entry.fn.length - (entry.options.kwargs ? 1 : 0));
   if (nargs >= 0 && args.length !== nargs) {
     if (args.length < nargs) {
       throw new TypeError(`${name}() missing ${plural(nargs - args.length, "required positional argument")}`);

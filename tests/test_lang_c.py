@@ -33,6 +33,15 @@ def test_a_c_task_given_a_string_for_a_number_raises_type_error_naming_the_types
     assert str(exc) == "mul() argument 1 must be int or float, not str"
 
 
+def test_a_c_task_that_declares_kwargs_reads_keyword_arguments(c_worker, client):
+    assert ln.call(client, "scale", 3).get(timeout=30) == 6
+    assert ln.call(client, "scale", 3, factor=5).get(timeout=30) == 15
+    assert ln.call(client, "scale", 3, 4).get(timeout=30) == 12
+    exc = ln.failure_of(ln.call(client, "scale", 3, 4, 5))
+    assert type(exc) is TypeError, repr(exc)
+    assert str(exc) == "scale() takes 2 positional arguments but 3 were given"
+
+
 def test_a_value_error_raised_in_c_is_a_builtin_value_error_naming_the_c_file_line_and_function(c_worker, client):
     line = ln.line_of(SOURCE, 'celeriac_raise(ctx, "ValueError", "bad value")')
     ln.value_error_with_frame(c_worker, client, f'File "tasks.c", line {line}, in fail')

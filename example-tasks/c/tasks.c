@@ -49,6 +49,20 @@ static void xsum(celeriac_ctx *ctx) {
     else celeriac_return_int(ctx, total);
 }
 
+/* scale(x, factor=2): a keyword argument, read with celeriac_kwarg (.kwargs = true). */
+static void scale(celeriac_ctx *ctx) {
+    int64_t x, factor = 2;
+    if (!celeriac_arg_int(ctx, 0, &x)) return;
+    const celeriac_value *f = celeriac_arg(ctx, 1);
+    if (!f) f = celeriac_kwarg(ctx, "factor");
+    if (f && f->kind != CELERIAC_INT) {
+        celeriac_raise(ctx, "TypeError", "scale() argument 'factor' must be int, not %s", celeriac_type_name(f));
+        return;
+    }
+    if (f) factor = f->integer;
+    celeriac_return_int(ctx, x * factor);
+}
+
 /* fail(...): raises ValueError("bad value"); the client re-raises ValueError. */
 static void fail(celeriac_ctx *ctx) {
     celeriac_raise(ctx, "ValueError", "bad value");
@@ -64,6 +78,7 @@ CELERIAC_TASKS(
     {"add", add, 2},
     {"mul", mul, 2},
     {"xsum", xsum, 1},
+    {"scale", scale, 2, .kwargs = true},
     {"fail", fail, -1},
     {"crash", crash, -1},
 )
