@@ -12,7 +12,8 @@ static void add(celeriac_ctx *ctx) {
     celeriac_return_int(ctx, x + y);
 }
 
-/* The tasks this component serves: name, function, positional argument count, options. */
+/* The tasks this component serves: name, function, positional argument count, and
+ * options as Celery's @app.task keywords, e.g. {"add", add, 2, .rate_limit = "10/s"}. */
 CELERIAC_TASKS(
-    {"add", add, 2, .rate_limit = NULL},
+    {"add", add, 2},
 )

@@ -4,5 +4,6 @@
 // `celeriac build`.
 import { task } from "celeriac";
 
-// add(x, y) -> x + y (Celery's First Steps task); options in camelCase.
-task("add", (x, y) => x + y, { rateLimit: null });
+// add(x, y) -> x + y (Celery's First Steps task). Options are Celery's, in
+// camelCase: task("add", (x, y) => x + y, { rateLimit: "10/s", timeLimit: 30 }).
+task("add", (x, y) => x + y);
