@@ -13,7 +13,7 @@
 #   zig  ziglang 0.17.1 from PyPI into the repository's .venv (~15 s, 411 MB);
 #        `celeriac build` runs `python3 -m ziglang` (the Makefile and the tests put
 #        .venv/bin on PATH), or `zig` from the PATH, or $CELERIAC_ZIG. The first
-#        Zig build compiles Zig's wasi-libc (~45 s, cached in ~/.cache/zig).
+#        Zig build compiles Zig's translate-c and wasi-libc (~1-2 min, cached in ~/.cache/zig).
 #   js   componentize-qjs 0.4.5 (npm, ~40 MB) into example-tasks/js/node_modules,
 #        exactly what a user's `npm install` does in a project from the template.
 set -euo pipefail

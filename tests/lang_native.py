@@ -3,7 +3,7 @@ component through a celeriac worker and a stock Celery client, and a project fro
 ``celeriac new`` built with ``celeriac build``.
 
 Each test module builds ``example-tasks/<lang>`` with ``celeriac build`` into its
-own temp dir (C ~1 s, JS ~2 s, Zig ~1 s once Zig's wasi-libc is cached, ~45 s
+own temp dir (C ~1 s, JS ~2 s, Zig ~1 s once Zig's wasi-libc is cached, 1-2 min
 before), so the tests check the build too. A missing toolchain fails the test in
 CI (``CI`` set: .ci/run installs them with scripts/install-toolchains.sh) and
 skips it locally, with the install command.

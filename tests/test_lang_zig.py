@@ -19,7 +19,7 @@ def zig_worker(module_worker_factory, tmp_path_factory):
     return module_worker_factory(app=app, concurrency=2, ready_timeout=ln.COMPILE_TIMEOUT)
 
 
-@pytest.mark.timeout(600)  # the first Zig build on a machine compiles Zig's wasi-libc (~45 s)
+@pytest.mark.timeout(600)  # the first Zig build on a machine compiles Zig's translate-c and wasi-libc (~1-2 min)
 def test_first_steps_tasks_in_zig_answer_like_celerys(zig_worker, client):
     ln.first_steps_answer_like_celerys(client)
 

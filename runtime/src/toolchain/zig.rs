@@ -6,7 +6,7 @@
 //! module `celeriac` that the task code imports (Zig 0.16+ has no `@cImport`).
 //! The Zig code exports the task table (`celeriac_task_table`), `zig
 //! build-obj` compiles it, `zig cc` links it with the bindings and the SDK
-//! implementation against Zig's own wasi-libc (built once, ~45 s, then cached),
+//! implementation against Zig's own wasi-libc (built once with translate-c, 1-2 min, then cached),
 //! and [`super::c::encode`] makes the component. Zig comes from PyPI
 //! (`pip install ziglang`): `zig` on the PATH, or `python3 -m ziglang`.
 
