@@ -84,6 +84,22 @@ export function request() {
   return { ...r, headers: JSON.parse(r.headers) };
 }
 
+/**
+ * Celery's `raise self.retry(countdown=..., exc=...)`: `throw retry({ countdown: 5, exc: new ValueError("x") })`.
+ * Fields: countdown (seconds), eta (ISO-8601), exc (an Error: raised once retries run out), maxRetries.
+ */
+export class Retry extends Error {
+  constructor({ countdown, eta, exc, maxRetries } = {}) {
+    super("Retry");
+    this.name = "Retry";
+    this.retry = { countdown, eta, exc, maxRetries };
+  }
+}
+
+export function retry(options = {}) {
+  return new Retry(options);
+}
+
 function option(value) {
   return value === undefined ? null : value;
 }
@@ -164,6 +180,18 @@ export const exportsForCeleriac = {
       if (result instanceof Promise) throw new TypeError(`${name}() returned a Promise: async tasks are not supported`);
       return JSON.stringify(result === undefined ? null : result);
     } catch (e) {
+      if (e instanceof Retry) {
+        const r = e.retry;
+        throw {
+          tag: "retry",
+          val: {
+            countdown: option(r.countdown),
+            eta: option(r.eta),
+            exc: r.exc === undefined || r.exc === null ? null : taskError(r.exc),
+            maxRetries: option(r.maxRetries),
+          },
+        };
+      }
       throw { tag: "exception", val: taskError(e) };
     }
   },

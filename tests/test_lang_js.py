@@ -3,10 +3,14 @@
 project from ``celeriac new``. Shared checks: tests/lang_native.py.
 """
 
+import json
+import re
+import time
+
 import pytest
 
 import lang_native as ln
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, new_task_id
 
 pytestmark = pytest.mark.celeriac_only
 
@@ -42,6 +46,38 @@ def test_an_error_class_of_the_task_keeps_its_name_and_arguments(js_worker, clie
     exc = ln.failure_of(ln.call(client, "lookup", 42))
     assert type(exc).__name__ == "InvoiceNotFound", repr(exc)
     assert exc.args == ("no invoice 42", 42)
+
+
+def test_a_js_task_reports_progress_logs_and_reads_its_request(js_worker, client):
+    task_id = new_task_id()
+    pubsub = client.redis.redis(1).pubsub()
+    pubsub.subscribe(client.result_key(task_id))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    try:
+        result = client.app.send_task("tasks.progress", args=(3,), task_id=task_id)
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(m.get("status") == "SUCCESS" for m in seen):
+            msg = pubsub.get_message(timeout=0.5)
+            if msg and msg["type"] == "message":
+                seen.append(json.loads(msg["data"]))
+    finally:
+        pubsub.close()
+    # updateState() is published as PROGRESS (the latest in flight at least), then SUCCESS.
+    progress = [m["result"] for m in seen if m.get("status") == "PROGRESS"]
+    assert progress and all(p["total"] == 3 and 1 <= p["current"] <= 3 for p in progress), seen
+    assert seen[-1].get("status") == "SUCCESS", seen
+    # request().id is the Celery task id.
+    assert result.get(timeout=30) == task_id
+    js_worker.wait_for_log("step 3 of 3", timeout=10)
+    assert js_worker.count(re.escape(f"tasks.progress[{task_id}]: step")) == 3
+
+
+def test_a_js_task_retries_itself_then_fails_with_its_exception_past_max_retries(js_worker, client):
+    assert ln.call(client, "flaky", 2).get(timeout=60) == 2
+    exc = ln.failure_of(ln.call(client, "flaky", 3))
+    assert type(exc) is ValueError, repr(exc)
+    assert str(exc) == "attempt 2"
 
 
 def test_a_js_task_that_exhausts_its_memory_fails_and_the_worker_keeps_serving(js_worker, client):

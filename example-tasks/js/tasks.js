@@ -1,7 +1,7 @@
 // Celeriac example tasks in JavaScript: Celery's First Steps tasks (add, mul,
 // xsum), a task that raises ValueError ("fail") and one that traps ("crash").
 // Build: celeriac build example-tasks/js -o target/lang-tasks/js/tasks.wasm
-import { task, ValueError } from "celeriac";
+import { task, ValueError, log, updateState, request, retry } from "celeriac";
 
 task("add", (x, y) => x + y);
 task("mul", (x, y) => x * y);
@@ -35,4 +35,24 @@ task(
     for (;;) hog.push(new Array(1 << 20).fill(1));
   },
   { nargs: -1 },
+);
+
+// progress(n): custom states and log lines while it runs; returns its own task id.
+task("progress", (n) => {
+  for (let i = 1; i <= n; i++) {
+    updateState("PROGRESS", { current: i, total: n });
+    log.info(`step ${i} of ${n}`);
+  }
+  return request().id;
+});
+
+// flaky(n): asks to be retried until it has been retried n times (max 2 retries).
+task(
+  "flaky",
+  (n) => {
+    const { retries } = request();
+    if (retries < n) throw retry({ countdown: 0, exc: new ValueError(`attempt ${retries}`) });
+    return retries;
+  },
+  { maxRetries: 2 },
 );
