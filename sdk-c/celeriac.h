@@ -18,7 +18,8 @@
  *   - errors: celeriac_raise(ctx, "ValueError", "bad %s", what) raises an
  *     exception the Python client re-raises as the same class (builtins stay
  *     builtins), with a traceback line naming the C file, line and function;
- *   - the host: celeriac_log, celeriac_update_state.
+ *   - the host: celeriac_log, celeriac_update_state, celeriac_request_id/retries,
+ *     and celeriac_retry (Celery's self.retry).
  *
  * A task is `void fn(celeriac_ctx *ctx)`; the table of tasks is declared once:
  *
@@ -90,6 +91,7 @@ typedef struct celeriac_task {
     bool acks_late;
     bool ignore_result;
     bool kwargs;
+    unsigned max_retries;       /* 0: Celery's default (3) */
 } celeriac_task;
 
 /* The task table: CELERIAC_TASKS defines it in C; a Zig program exports it. */
@@ -132,6 +134,15 @@ void celeriac_raise_message(celeriac_ctx *ctx, const char *exc_type, const char 
                             int line, const char *func);
 #define celeriac_raise(ctx, exc_type, ...) \
     celeriac_raise_at((ctx), (exc_type), __FILE__, __LINE__, __func__, __VA_ARGS__)
+/* Celery's `raise self.retry(countdown=..., exc=...)`: the call ends asking for a
+ * retry in `countdown` seconds (< 0: the task's default retry delay); once the
+ * retries run out it fails with exc_type(message) (exc_type NULL: Celery's
+ * MaxRetriesExceededError). Return from the task after calling it. */
+void celeriac_retry(celeriac_ctx *ctx, double countdown, const char *exc_type, const char *message);
+/* Celery's self.request: the task id and how many times it has been retried. */
+const char *celeriac_request_id(celeriac_ctx *ctx);
+uint32_t celeriac_request_retries(celeriac_ctx *ctx);
+
 /* Whether the call has raised already. */
 bool celeriac_raised(const celeriac_ctx *ctx);
 
@@ -183,6 +194,11 @@ struct celeriac_ctx {
     char *result;           /* JSON text, or NULL for None */
     bool raised;
     celeriac_task_types_task_error_t error;
+    bool retry;
+    celeriac_task_types_retry_request_t retry_request;
+    bool have_request;
+    celeriac_task_host_request_context_t request;
+    char *request_id;
 };
 
 /* ---- a growable string ---------------------------------------------------- */
@@ -612,6 +628,44 @@ void celeriac_raise_at(celeriac_ctx *ctx, const char *exc_type, const char *file
     celeriac_raise_message(ctx, exc_type, big, file, line, func);
 }
 
+/* ---- retries and the request ------------------------------------------------- */
+
+void celeriac_retry(celeriac_ctx *ctx, double countdown, const char *exc_type, const char *message) {
+    if (ctx->raised || ctx->retry) return;
+    celeriac_task_types_retry_request_t *r = &ctx->retry_request;
+    memset(r, 0, sizeof *r);
+    r->countdown.is_some = countdown >= 0;
+    r->countdown.val = countdown;
+    if (exc_type) {
+        /* Build the exception as a raise would, then take it over as the retry's cause. */
+        celeriac_raise_message(ctx, exc_type, message ? message : "", "celeriac.h", __LINE__, ctx->task->name);
+        ctx->raised = false;
+        r->exc.is_some = true;
+        r->exc.val = ctx->error;
+    }
+    ctx->retry = true;
+}
+
+static void celeriac_fetch_request_(celeriac_ctx *ctx) {
+    if (ctx->have_request) return;
+    celeriac_task_host_request(&ctx->request);
+    ctx->have_request = true;
+    ctx->request_id = (char *)malloc(ctx->request.id.len + 1);
+    if (!ctx->request_id) __builtin_trap();
+    memcpy(ctx->request_id, ctx->request.id.ptr, ctx->request.id.len);
+    ctx->request_id[ctx->request.id.len] = 0;
+}
+
+const char *celeriac_request_id(celeriac_ctx *ctx) {
+    celeriac_fetch_request_(ctx);
+    return ctx->request_id;
+}
+
+uint32_t celeriac_request_retries(celeriac_ctx *ctx) {
+    celeriac_fetch_request_(ctx);
+    return ctx->request.retries;
+}
+
 /* ---- the host -------------------------------------------------------------- */
 
 void celeriac_log(int level, const char *message) {
@@ -654,6 +708,8 @@ void exports_celeriac_task_task_tasks(exports_celeriac_task_task_list_task_info_
         info->options.acks_late.val = t->acks_late;
         info->options.ignore_result.is_some = t->ignore_result;
         info->options.ignore_result.val = t->ignore_result;
+        info->options.max_retries.is_some = t->max_retries > 0;
+        info->options.max_retries.val = t->max_retries;
     }
 }
 
@@ -689,6 +745,11 @@ bool exports_celeriac_task_task_invoke(task_component_string_t *name, task_compo
                        ctx.args->len == 1 ? "was" : "were");
     } else {
         ctx.task->run(&ctx);
+    }
+    if (ctx.retry && !ctx.raised) {
+        err->tag = CELERIAC_TASK_TYPES_RAISED_RETRY;
+        err->val.retry = ctx.retry_request;
+        return false;
     }
     if (ctx.raised) {
         err->tag = CELERIAC_TASK_TYPES_RAISED_EXCEPTION;

@@ -42,6 +42,13 @@ def test_a_c_task_that_declares_kwargs_reads_keyword_arguments(c_worker, client)
     assert str(exc) == "scale() takes 2 positional arguments but 3 were given"
 
 
+def test_a_c_task_retries_itself_then_fails_with_its_exception_past_max_retries(c_worker, client):
+    assert ln.call(client, "flaky", 2).get(timeout=60) == 2
+    exc = ln.failure_of(ln.call(client, "flaky", 3))
+    assert type(exc) is ValueError, repr(exc)
+    assert str(exc) == "attempt 2"
+
+
 def test_a_value_error_raised_in_c_is_a_builtin_value_error_naming_the_c_file_line_and_function(c_worker, client):
     line = ln.line_of(SOURCE, 'celeriac_raise(ctx, "ValueError", "bad value")')
     ln.value_error_with_frame(c_worker, client, f'File "tasks.c", line {line}, in fail')

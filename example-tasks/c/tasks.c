@@ -3,6 +3,8 @@
  * task that raises ValueError ("fail") and one that traps ("crash").
  * Build: celeriac build example-tasks/c -o target/lang-tasks/c/tasks.wasm
  */
+#include <stdio.h>
+
 #include "celeriac.h"
 
 /* add(x, y): ints add as ints, anything numeric as floats (like Python). */
@@ -63,6 +65,21 @@ static void scale(celeriac_ctx *ctx) {
     celeriac_return_int(ctx, x * factor);
 }
 
+/* flaky(n): asks to be retried until it has been retried n times (at most 2 retries). */
+static void flaky(celeriac_ctx *ctx) {
+    int64_t n;
+    if (!celeriac_arg_int(ctx, 0, &n)) return;
+    uint32_t retries = celeriac_request_retries(ctx);
+    if (retries < n) {
+        char message[32];
+        snprintf(message, sizeof message, "attempt %u", retries);
+        celeriac_log(CELERIAC_INFO, message);
+        celeriac_retry(ctx, 0, "ValueError", message);
+        return;
+    }
+    celeriac_return_int(ctx, retries);
+}
+
 /* fail(...): raises ValueError("bad value"); the client re-raises ValueError. */
 static void fail(celeriac_ctx *ctx) {
     celeriac_raise(ctx, "ValueError", "bad value");
@@ -79,6 +96,7 @@ CELERIAC_TASKS(
     {"mul", mul, 2},
     {"xsum", xsum, 1},
     {"scale", scale, 2, .kwargs = true},
+    {"flaky", flaky, 1, .max_retries = 2},
     {"fail", fail, -1},
     {"crash", crash, -1},
 )
