@@ -22,7 +22,8 @@ TASKS_DIR     := target/tasks
 COMPONENTS := \
 	$(TASKS_DIR)/tasks.wasm
 
-.PHONY: tasks tasks-rust tasks-python test-tasks clean-tasks guest-target demo build install FORCE
+.PHONY: tasks tasks-rust tasks-python tasks-c tasks-zig tasks-js test-tasks clean-tasks guest-target demo build \
+	install FORCE
 
 # The main job on a fresh machine: build everything, start a worker on the
 # embedded SQLite default, send tasks.add(4, 4), print 8 (scripts/demo.sh,
@@ -41,7 +42,7 @@ install: tasks-rust
 	$(CARGO) install --path runtime --locked
 
 # Every example component, in every language.
-tasks: tasks-rust tasks-python
+tasks: tasks-rust tasks-python tasks-c tasks-zig tasks-js
 
 tasks-rust: $(COMPONENTS)
 
@@ -95,7 +96,7 @@ test-tasks: | guest-target
 # `celeriac build`, which calls that language's toolchain, into
 # $(LANG_TASKS_DIR)/<lang>/tasks.wasm: a worker with -A $(LANG_TASKS_DIR)/<lang>
 # serves tasks.add etc. Toolchains: scripts/install-toolchains.sh <lang>; the
-# repository's .venv/bin (componentize-py) is put on PATH.
+# repository's .venv/bin (componentize-py, python3 with ziglang) is put on PATH.
 LANG_TASKS_DIR := target/lang-tasks
 CELERIAC_BUILD  = PATH="$(CURDIR)/.venv/bin:$$PATH" $(CARGO) run -q -p celeriac -- build
 
@@ -104,6 +105,23 @@ tasks-python: $(LANG_TASKS_DIR)/python/tasks.wasm
 $(LANG_TASKS_DIR)/python/tasks.wasm: $(wildcard example-tasks/python/*.py) $(wildcard sdk-python/celeriac/*.py) \
 		wit/task.wit runtime/src/toolchain/python.rs
 	$(CELERIAC_BUILD) example-tasks/python -o $@
+NATIVE_SDK_DEPS := wit/task.wit sdk-c/celeriac.h runtime/src/toolchain/c.rs
+
+# C: clang + wasi-libc (apt); bindings and component encoding happen inside celeriac.
+tasks-c: $(LANG_TASKS_DIR)/c/tasks.wasm
+$(LANG_TASKS_DIR)/c/tasks.wasm: $(wildcard example-tasks/c/*.c) $(NATIVE_SDK_DEPS)
+	$(CELERIAC_BUILD) example-tasks/c -o $@
+
+# Zig: ziglang from PyPI, through the same C bindings and sdk-c/celeriac.h.
+tasks-zig: $(LANG_TASKS_DIR)/zig/tasks.wasm
+$(LANG_TASKS_DIR)/zig/tasks.wasm: $(wildcard example-tasks/zig/*.zig) $(NATIVE_SDK_DEPS) runtime/src/toolchain/zig.rs
+	$(CELERIAC_BUILD) example-tasks/zig -o $@
+
+# JavaScript: componentize-qjs (npm; on the PATH or in the project's node_modules).
+tasks-js: $(LANG_TASKS_DIR)/js/tasks.wasm
+$(LANG_TASKS_DIR)/js/tasks.wasm: $(wildcard example-tasks/js/*.js) example-tasks/js/package.json sdk-js/celeriac.js \
+		wit/task.wit runtime/src/toolchain/js.rs
+	$(CELERIAC_BUILD) example-tasks/js -o $@
 
 FORCE:
 
