@@ -1,4 +1,4 @@
-"""Shared checks of tests/test_lang_{c,zig,js}.py (issue #12): a language's example
+"""Shared checks of tests/test_lang_{c,zig,js,python}.py (issue #12): a language's example
 component through a celeriac worker and a stock Celery client, and a project from
 ``celeriac new`` built with ``celeriac build``.
 
@@ -100,6 +100,28 @@ def failure_of(result, timeout=60):
 def assert_still_serving(worker, client):
     assert worker.alive, f"worker died (rc={worker.returncode})"
     assert call(client, "add", 20, 22).get(timeout=30) == 42
+
+
+def published_states(client, task: str, args: tuple, task_id: str, timeout: float = 60) -> list[dict]:
+    """Send ``task`` and collect every state published on its result channel
+    until ``SUCCESS`` (subscribed first, as a waiting Python client is)."""
+    import json
+    import time
+
+    pubsub = client.redis.redis(1).pubsub()
+    pubsub.subscribe(client.result_key(task_id))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    seen: list[dict] = []
+    try:
+        client.app.send_task(task, args=args, task_id=task_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(m.get("status") == "SUCCESS" for m in seen):
+            msg = pubsub.get_message(timeout=0.5)
+            if msg and msg["type"] == "message":
+                seen.append(json.loads(msg["data"]))
+    finally:
+        pubsub.close()
+    return seen
 
 
 def line_of(path: Path, needle: str) -> int:

@@ -3,9 +3,7 @@
 project from ``celeriac new``. Shared checks: tests/lang_native.py.
 """
 
-import json
 import re
-import time
 
 import pytest
 
@@ -50,25 +48,13 @@ def test_an_error_class_of_the_task_keeps_its_name_and_arguments(js_worker, clie
 
 def test_a_js_task_reports_progress_logs_and_reads_its_request(js_worker, client):
     task_id = new_task_id()
-    pubsub = client.redis.redis(1).pubsub()
-    pubsub.subscribe(client.result_key(task_id))
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    try:
-        result = client.app.send_task("tasks.progress", args=(3,), task_id=task_id)
-        seen = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(m.get("status") == "SUCCESS" for m in seen):
-            msg = pubsub.get_message(timeout=0.5)
-            if msg and msg["type"] == "message":
-                seen.append(json.loads(msg["data"]))
-    finally:
-        pubsub.close()
+    seen = ln.published_states(client, "tasks.progress", (3,), task_id)
     # updateState() is published as PROGRESS (the latest in flight at least), then SUCCESS.
     progress = [m["result"] for m in seen if m.get("status") == "PROGRESS"]
     assert progress and all(p["total"] == 3 and 1 <= p["current"] <= 3 for p in progress), seen
     assert seen[-1].get("status") == "SUCCESS", seen
     # request().id is the Celery task id.
-    assert result.get(timeout=30) == task_id
+    assert seen[-1]["result"] == task_id, seen
     js_worker.wait_for_log("step 3 of 3", timeout=10)
     assert js_worker.count(re.escape(f"tasks.progress[{task_id}]: step")) == 3
 

@@ -9,15 +9,14 @@ Python tasks only exist in the celeriac worker (the stand-in Python worker has
 no such component), so every test here is ``celeriac_only``.
 """
 
-import json
 import re
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO_ROOT, new_task_id
+from lang_native import assert_still_serving, call, failure_of, published_states
 
 pytestmark = pytest.mark.celeriac_only
 
@@ -37,22 +36,6 @@ def py_worker(module_worker_factory):
     # component itself, listed in the banner when it was cached, else logged once compiled.
     w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
     return w
-
-
-def call(client, name, *args, **kwargs):
-    return client.app.send_task(f"tasks.{name}", args=args, kwargs=kwargs)
-
-
-def failure_of(result, timeout=60):
-    with pytest.raises(Exception) as info:
-        result.get(timeout=timeout)
-    assert result.state == "FAILURE"
-    return info.value
-
-
-def assert_still_serving(worker, client):
-    assert worker.alive, f"worker died (rc={worker.returncode})"
-    assert call(client, "add", 20, 22).get(timeout=30) == 42
 
 
 def test_first_steps_tasks_answer_like_celerys(py_worker, client):
@@ -107,19 +90,7 @@ def test_a_trap_is_a_failure_and_the_worker_keeps_serving(py_worker, client):
 
 def test_update_state_is_published_as_progress_and_a_bound_task_reads_its_request(py_worker, client):
     task_id = new_task_id()
-    pubsub = client.redis.redis(1).pubsub()
-    pubsub.subscribe(client.result_key(task_id))
-    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
-    try:
-        result = client.app.send_task("tasks.progress", args=(3,), task_id=task_id)
-        seen = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(m.get("status") == "SUCCESS" for m in seen):
-            msg = pubsub.get_message(timeout=0.5)
-            if msg and msg["type"] == "message":
-                seen.append(json.loads(msg["data"]))
-    finally:
-        pubsub.close()
+    seen = published_states(client, "tasks.progress", (3,), task_id)
     statuses = [m.get("status") for m in seen]
     assert "PROGRESS" in statuses and statuses[-1] == "SUCCESS", statuses
     # The worker publishes the latest update in flight (a fast task's last one at least), in order.
@@ -127,7 +98,7 @@ def test_update_state_is_published_as_progress_and_a_bound_task_reads_its_reques
     assert progress == sorted(set(progress)) and set(progress) <= {1, 2, 3}, seen
     assert all(m["result"]["total"] == 3 for m in seen if m.get("status") == "PROGRESS"), seen
     # self.request.id is the Celery task id.
-    assert result.get(timeout=30) == task_id
+    assert seen[-1]["result"] == task_id, seen
     # logging in the task reaches the worker's log.
     py_worker.wait_for_log("step 3 of 3", timeout=10)
 
