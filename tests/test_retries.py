@@ -54,6 +54,15 @@ def test_exhausted_retries_fail_with_the_original_exception(worker, client):
     assert str(e.value) == "flaky: attempt 4 of 11"
 
 
+def test_max_retries_in_task_annotations_overrides_what_the_task_declares(worker, client):
+    worker(concurrency=2, config='[task_annotations."tasks.flaky"]\nmax_retries = 1\n')
+    r = client.app.send_task("tasks.flaky", args=(10,))
+    with pytest.raises(ValueError) as e:
+        r.get(timeout=30)
+    # max_retries = 1 (declared: 3): the 2nd attempt (retries == 1) fails.
+    assert str(e.value) == "flaky: attempt 2 of 11"
+
+
 def test_autoretry_for_retries_a_listed_exception_with_backoff(worker, client):
     worker(concurrency=2)
     started = time.monotonic()

@@ -87,6 +87,11 @@ pub struct Annotation {
     pub max_instances: Option<usize>,
     /// Wasm stack size, e.g. `"1MiB"`.
     pub max_stack: Option<ByteSize>,
+    /// Celery's `max_retries`: retries a task may ask for before it fails
+    /// (over what the component declares; default 3).
+    pub max_retries: Option<u32>,
+    /// Celery's `default_retry_delay`, seconds (over what the component declares; default 180).
+    pub default_retry_delay: Option<f64>,
 }
 
 impl Annotation {
@@ -599,6 +604,8 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         "max_table_elements",
         "max_instances",
         "max_stack",
+        "max_retries",
+        "default_retry_delay",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -809,7 +816,9 @@ impl Settings {
                 max_memory,
                 max_table_elements,
                 max_instances,
-                max_stack
+                max_stack,
+                max_retries,
+                default_retry_delay
             );
         }
         a

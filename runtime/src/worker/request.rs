@@ -231,8 +231,11 @@ async fn run(
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
     let tracked = s.state.track(&msg);
     // What the component declares for the task, under the configured annotations.
-    let declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
+    let mut declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
     let annotation = retries::annotation_over(s.settings.annotation(&msg.task), &declared);
+    // Configured annotations override what the component declares, as in Celery.
+    declared.max_retries = annotation.max_retries.or(declared.max_retries);
+    declared.default_retry_delay = annotation.default_retry_delay.or(declared.default_retry_delay);
     if tracked.is_revoked() {
         return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
     }
