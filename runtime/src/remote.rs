@@ -310,9 +310,21 @@ pub fn dump_line(mut ev: Map<String, Value>, names: &mut HashMap<String, String>
     }
 }
 
-/// `str(datetime.fromtimestamp(t, tz=timezone.utc))`.
+/// `str(datetime.fromtimestamp(t, tz=timezone.utc))`: as CPython, the
+/// fraction of a second is split off first and rounded to microseconds half to
+/// even (rounding `t * 1e6` instead differs by 1 µs for some timestamps).
 fn py_datetime(t: f64) -> String {
-    let Some(dt) = chrono::DateTime::from_timestamp_micros((t * 1e6).round() as i64) else { return t.to_string() };
+    let whole = t.trunc();
+    let mut micros = ((t - whole) * 1e6).round_ties_even() as i64;
+    let mut secs = whole as i64;
+    if micros >= 1_000_000 {
+        secs += 1;
+        micros -= 1_000_000;
+    } else if micros < 0 {
+        secs -= 1;
+        micros += 1_000_000;
+    }
+    let Some(dt) = chrono::DateTime::from_timestamp(secs, (micros * 1000) as u32) else { return t.to_string() };
     if dt.timestamp_subsec_micros() == 0 {
         dt.format("%Y-%m-%d %H:%M:%S+00:00").to_string()
     } else {
@@ -328,6 +340,14 @@ pub fn nodes_online(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_print_as_pythons_datetime_fromtimestamp_prints_them() {
+        // Python: str(datetime.fromtimestamp(1796067514.7887235, tz=timezone.utc)).
+        assert_eq!(py_datetime(1796067514.7887235), "2026-11-30 19:38:34.788723+00:00");
+        assert_eq!(py_datetime(1796067514.0), "2026-11-30 19:38:34+00:00");
+        assert_eq!(py_datetime(1796067514.9999999), "2026-11-30 19:38:35+00:00");
+    }
     use serde_json::json;
 
     #[test]
