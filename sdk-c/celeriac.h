@@ -223,24 +223,39 @@ static void celeriac_buf_put_(celeriac_buf_ *b, const char *s, size_t n) {
 }
 static void celeriac_buf_str_(celeriac_buf_ *b, const char *s) { celeriac_buf_put_(b, s, strlen(s)); }
 static void celeriac_buf_printf_(celeriac_buf_ *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void celeriac_buf_printf_(celeriac_buf_ *b, const char *fmt, ...) {
-    char small[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    if ((size_t)n < sizeof small) {
-        celeriac_buf_put_(b, small, (size_t)n);
-        return;
+/* vsnprintf into `small` (`cap` bytes), or into a malloc'd buffer when the text
+ * does not fit: the caller frees the result when it is not `small`. A format
+ * error gives "". `*len` is the text's length. */
+static char *celeriac_vformat_(char *small, size_t cap, size_t *len, const char *fmt, va_list ap) {
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, cap, fmt, ap);
+    if (n < 0) {
+        va_end(again);
+        small[0] = 0;
+        *len = 0;
+        return small;
+    }
+    *len = (size_t)n;
+    if ((size_t)n < cap) {
+        va_end(again);
+        return small;
     }
     char *big = (char *)malloc((size_t)n + 1);
     if (!big) __builtin_trap();
+    vsnprintf(big, (size_t)n + 1, fmt, again);
+    va_end(again);
+    return big;
+}
+static void celeriac_buf_printf_(celeriac_buf_ *b, const char *fmt, ...) {
+    char small[128];
+    size_t n;
+    va_list ap;
     va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    char *text = celeriac_vformat_(small, sizeof small, &n, fmt, ap);
     va_end(ap);
-    celeriac_buf_put_(b, big, (size_t)n);
-    free(big);
+    celeriac_buf_put_(b, text, n);
+    if (text != small) free(text);
 }
 
 /* ---- JSON reader ----------------------------------------------------------- */
@@ -611,21 +626,13 @@ void celeriac_raise_message(celeriac_ctx *ctx, const char *exc_type, const char 
 void celeriac_raise_at(celeriac_ctx *ctx, const char *exc_type, const char *file, int line, const char *func,
                        const char *fmt, ...) {
     char small[256];
+    size_t n;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(small, sizeof small, fmt, ap);
+    char *message = celeriac_vformat_(small, sizeof small, &n, fmt, ap);
     va_end(ap);
-    if (n < 0) n = 0, small[0] = 0;
-    if ((size_t)n < sizeof small) {
-        celeriac_raise_message(ctx, exc_type, small, file, line, func);
-        return;
-    }
-    char *big = (char *)malloc((size_t)n + 1);
-    if (!big) __builtin_trap();
-    va_start(ap, fmt);
-    vsnprintf(big, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    celeriac_raise_message(ctx, exc_type, big, file, line, func);
+    celeriac_raise_message(ctx, exc_type, message, file, line, func);
+    if (message != small) free(message);
 }
 
 /* ---- retries and the request ------------------------------------------------- */
