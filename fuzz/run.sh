@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# fuzz/run.sh: build every fuzz target once (cargo fuzz, nightly) and run each
-# for N inputs, printing per target the inputs run, crashes and time.
+# fuzz/run.sh: build the fuzz targets (cargo fuzz) and run each for N inputs,
+# printing per target the inputs run, crashes and time.
 #
-#   fuzz/run.sh                 # each target for 1,000,000 inputs
+#   fuzz/run.sh                 # every target for 1,000,000 inputs
 #   fuzz/run.sh -n 5000000      # each for 5 M inputs
-#   fuzz/run.sh --smoke         # each for a few seconds (CI)
+#   fuzz/run.sh --smoke         # each for a few seconds (SMOKE_SECS, default 5)
+#   fuzz/run.sh --wire          # only the wire group (what CI runs, with --smoke)
 #   fuzz/run.sh envelope events # only these targets
-#   FUZZ_SANITIZER=address fuzz/run.sh   # with ASan (slower build and runs)
+#   FUZZ_SANITIZER=address fuzz/run.sh   # with ASan (nightly; slower build and runs)
 #
+# Two groups, each its own cargo workspace: the wire parsers in fuzz/ (built on
+# the celeriac-protocol crate alone, ~4 min from scratch) and the config files
+# in fuzz/config (the whole celeriac crate, wasmtime included, ~20 min).
 # Seeds are read from fuzz/corpus/<target>/ (fuzz/seed.py writes them from the
 # Celery captures); what libFuzzer learns goes to fuzz/work/<target>/ so the
 # committed seeds stay small. A crash stops that target (libFuzzer's own
@@ -19,19 +23,36 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 runs=1000000
 smoke_secs=""
+groups=(. config)
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) smoke_secs="${SMOKE_SECS:-5}" ;;
+        --wire) groups=(.) ;;
         -n) runs="$2"; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) targets+=("$1") ;;
     esac
     shift
 done
+
+names_in() { sed -n 's/^name = "\(.*\)"$/\1/p' "$1/Cargo.toml" | grep -v '^celeriac-fuzz'; }
+# The group (directory) of each target asked for; every target of the groups when none is named.
+declare -A group_of=()
+for g in . config; do
+    while read -r t; do group_of[$t]=$g; done < <(names_in "$g")
+done
 if [ ${#targets[@]} -eq 0 ]; then
-    mapfile -t targets < <(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^celeriac-fuzz$')
+    for g in "${groups[@]}"; do mapfile -t -O "${#targets[@]}" targets < <(names_in "$g"); done
 fi
+declare -A needed=()
+for t in "${targets[@]}"; do
+    if [ -z "${group_of[$t]:-}" ]; then
+        echo "unknown target: $t (known: ${!group_of[*]})" >&2
+        exit 2
+    fi
+    needed[${group_of[$t]}]=1
+done
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     echo "cargo-fuzz is not installed: cargo install cargo-fuzz --locked" >&2
@@ -39,20 +60,23 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 
 # Release, debug assertions on (integer overflow panics too). No sanitizer by
-# default: the crate is safe Rust, libFuzzer still catches panics, aborts,
-# stack overflows, timeouts and out-of-memory, and the build of wasmtime with
-# ASan on two cores is several times slower.
+# default, which builds on stable Rust: the crates are safe Rust, libFuzzer
+# still catches panics, aborts, stack overflows, timeouts and out-of-memory.
+# A sanitizer needs nightly (`cargo +nightly fuzz`).
 sanitizer="${FUZZ_SANITIZER:-none}"
-echo "building ${#targets[@]} targets (sanitizer: $sanitizer)..."
-start=$(date +%s)
-if ! cargo +nightly fuzz build -O -a --sanitizer "$sanitizer" >build.log 2>&1; then
-    tail -40 build.log >&2
-    echo "build failed (fuzz/build.log)" >&2
-    exit 2
-fi
-echo "built in $(( $(date +%s) - start ))s"
+toolchain=()
+[ "$sanitizer" != none ] && toolchain=(+nightly)
+for g in "${!needed[@]}"; do
+    echo "building the targets in fuzz/$g (sanitizer: $sanitizer)..."
+    start=$(date +%s)
+    if ! (cd "$g" && cargo "${toolchain[@]}" fuzz build -O -a --sanitizer "$sanitizer") >build.log 2>&1; then
+        tail -40 build.log >&2
+        echo "build failed (fuzz/build.log)" >&2
+        exit 2
+    fi
+    echo "built in $(( $(date +%s) - start ))s"
+done
 
-bin_dir="target/x86_64-unknown-linux-gnu/release"
 if [ -n "$smoke_secs" ]; then
     limit=(-max_total_time="$smoke_secs")
 else
@@ -65,7 +89,7 @@ for t in "${targets[@]}"; do
     mkdir -p "work/$t" "artifacts/$t" "corpus/$t"
     log="work/$t.log"
     t0=$EPOCHREALTIME
-    "$bin_dir/$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    "${group_of[$t]}/target/x86_64-unknown-linux-gnu/release/$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" "work/$t" "corpus/$t" >"$log" 2>&1
     rc=$?
     secs=$(awk "BEGIN { print $EPOCHREALTIME - $t0 }")

@@ -20,9 +20,9 @@ make test-tasks
 section "cargo build -p celeriac -p celeriac-bench (the bench binary: tests/test_bench_languages.py)"
 cargo build -p celeriac -p celeriac-bench
 
-section "cargo test -p celeriac (unit tests, sandbox tests against target/tasks)"
-if ! cargo test -p celeriac; then
-    failed+=("cargo test -p celeriac")
+section "cargo test -p celeriac-protocol -p celeriac (unit tests, capture tests, sandbox tests against target/tasks)"
+if ! cargo test -p celeriac-protocol -p celeriac; then
+    failed+=("cargo test -p celeriac-protocol -p celeriac")
 fi
 
 # A separate invocation: testing the SDK in the same one would unify features

@@ -3,7 +3,7 @@ Celery's own Python API, against a Celeriac worker over Redis (issue #11).
 
 What a real Celery 5.7 worker puts on the wire for each command and event is in
 ``tests/fixtures/redis/05-remote-control`` and ``06-events`` (the unit tests in
-``runtime/src/protocol/pidbox.rs`` compare bytes against them); these tests check
+``protocol/src/pidbox.rs`` compare bytes against them); these tests check
 behaviour end to end. Every test here also passes against a real Python worker
 (``CELERIAC_TEST_STANDIN=python``) unless marked.
 """

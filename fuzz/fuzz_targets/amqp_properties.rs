@@ -6,7 +6,7 @@
 
 mod common;
 
-use celeriac::protocol::amqp::{Deliver, raw_message};
+use celeriac_protocol::amqp::{Deliver, raw_message};
 use lapin::protocol::basic::parse_properties;
 use libfuzzer_sys::fuzz_target;
 

@@ -3,7 +3,7 @@
 //! table (`json_to_table`) as the worker does when it republishes headers.
 #![no_main]
 
-use celeriac::protocol::amqp::{json_to_table, table_to_json};
+use celeriac_protocol::amqp::{json_to_table, table_to_json};
 use lapin::types::parsing::parse_field_table;
 use libfuzzer_sys::fuzz_target;
 

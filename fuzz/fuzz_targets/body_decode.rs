@@ -3,7 +3,7 @@
 //! always encode again: results and retries are written from it).
 #![no_main]
 
-use celeriac::protocol::Serializer;
+use celeriac_protocol::Serializer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //! remote control, events), so each transport's target reaches them all.
 #![allow(dead_code)]
 
-use celeriac::protocol::pidbox::{ControlRequest, decode_reply};
-use celeriac::protocol::{AcceptContent, RawMessage, TaskMessage};
+use celeriac_protocol::pidbox::{ControlRequest, decode_reply};
+use celeriac_protocol::{AcceptContent, RawMessage, TaskMessage};
 use std::collections::HashMap;
 
 /// Decode `raw` as a task (both protocol versions, every serializer the
@@ -35,8 +35,8 @@ pub fn drive_control(raw: &RawMessage) {
 /// Split `raw` into events and print each as `celeriac events --dump` does.
 pub fn drive_events(raw: &RawMessage) {
     let mut names = HashMap::new();
-    for ev in celeriac::remote::split_events(raw) {
-        let _ = celeriac::remote::dump_line(ev, &mut names);
+    for ev in celeriac_protocol::render::split_events(raw) {
+        let _ = celeriac_protocol::render::dump_line(ev, &mut names);
     }
 }
 

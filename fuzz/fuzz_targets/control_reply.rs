@@ -3,8 +3,8 @@
 //! from any node on the broker. First byte: JSON or msgpack; rest: the body.
 #![no_main]
 
-use celeriac::protocol::RawMessage;
-use celeriac::protocol::pidbox::decode_reply;
+use celeriac_protocol::RawMessage;
+use celeriac_protocol::pidbox::decode_reply;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,8 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let raw = RawMessage { body: body.to_vec(), content_type: Some(ct.into()), ..RawMessage::default() };
     if let Ok((_ticket, replies)) = decode_reply(&raw) {
         for (node, reply) in &replies {
-            let _ = celeriac::remote::format_reply(node, reply, true);
-            let _ = celeriac::remote::format_reply(node, reply, false);
+            let _ = celeriac_protocol::render::format_reply(node, reply, true);
+            let _ = celeriac_protocol::render::format_reply(node, reply, false);
         }
     }
 });

@@ -5,7 +5,7 @@
 
 mod common;
 
-use celeriac::protocol::RawMessage;
+use celeriac_protocol::RawMessage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! used to restore messages: bytes straight from a Redis list.
 #![no_main]
 
-use celeriac::protocol::Envelope;
+use celeriac_protocol::Envelope;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 //! agree with the parser on what is JSON (the sandbox relies on it).
 #![no_main]
 
-use celeriac::sandbox::bounds::parsed_json_cost;
+use celeriac_protocol::parsed_json_cost;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let parsed = serde_json::from_str::<serde_json::Value>(text);
     assert_eq!(cost.is_ok(), parsed.is_ok(), "cost estimate and parser disagree: {cost:?} / {parsed:?}");
     if let Ok(value) = parsed {
-        let _ = celeriac::protocol::py_repr(&value);
-        let _ = celeriac::protocol::saferepr(&value, Some(1024), 8);
+        let _ = celeriac_protocol::py_repr(&value);
+        let _ = celeriac_protocol::saferepr(&value, Some(1024), 8);
     }
 });

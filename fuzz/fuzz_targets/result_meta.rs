@@ -3,7 +3,7 @@
 //! from a backend any client may have written.
 #![no_main]
 
-use celeriac::protocol::{ResultMeta, Serializer};
+use celeriac_protocol::{ResultMeta, Serializer};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use celeriac::protocol::RawMessage;
+use celeriac_protocol::RawMessage;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 

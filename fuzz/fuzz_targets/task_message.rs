@@ -6,7 +6,7 @@
 
 mod common;
 
-use celeriac::protocol::Envelope;
+use celeriac_protocol::Envelope;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

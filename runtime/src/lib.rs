@@ -2,7 +2,7 @@
 //! sandboxed WebAssembly component.
 //!
 //! Modules are named after Celery's own concepts so a Celery user finds things
-//! where they expect them: [`protocol`] is Celery's message format,
+//! where they expect them: [`protocol`] (the `celeriac-protocol` crate) is Celery's message format,
 //! [`connection`] holds URLs and server connections, [`broker`] and
 //! [`backend`] speak to Redis and SQLite the way kombu and Celery do,
 //! [`sandbox`] runs task components under limits, [`worker`] ties them
@@ -19,7 +19,7 @@ pub mod config;
 pub mod connection;
 pub mod hints;
 pub mod logging;
-pub mod protocol;
+pub use celeriac_protocol as protocol;
 pub mod remote;
 pub mod sandbox;
 pub mod security;

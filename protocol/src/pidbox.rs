@@ -356,7 +356,7 @@ impl EventSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Envelope;
+    use crate::Envelope;
 
     fn fixture(path: &str) -> Value {
         let p = format!("{}/../tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -396,7 +396,7 @@ mod tests {
         }
         assert_eq!(ours, theirs);
         // Same key order too (compared as text).
-        assert_eq!(crate::protocol::pyjson::to_string(&ours), crate::protocol::pyjson::to_string(&theirs));
+        assert_eq!(crate::pyjson::to_string(&ours), crate::pyjson::to_string(&theirs));
         assert_eq!(out.routing_key, req.reply_to.unwrap().routing_key);
     }
 
@@ -479,7 +479,7 @@ mod tests {
         fields.insert("result".into(), theirs["result"].clone());
         fields.insert("runtime".into(), theirs["runtime"].clone());
         let ours = src.event("task-succeeded", 22, theirs["timestamp"].as_f64().unwrap(), fields);
-        assert_eq!(crate::protocol::pyjson::to_string(&ours), crate::protocol::pyjson::to_string(theirs));
+        assert_eq!(crate::pyjson::to_string(&ours), crate::pyjson::to_string(theirs));
 
         let env_theirs = &capture["example_envelopes_by_channel"]["/0.celeryev/task.multi"];
         let batch = Envelope::from_value(env_theirs.clone()).unwrap().decoded_body().unwrap();
@@ -489,7 +489,7 @@ mod tests {
         for v in [&mut ours, &mut theirs] {
             v["properties"]["delivery_tag"] = Value::Null;
         }
-        assert_eq!(crate::protocol::pyjson::to_string(&ours), crate::protocol::pyjson::to_string(&theirs));
+        assert_eq!(crate::pyjson::to_string(&ours), crate::pyjson::to_string(&theirs));
         assert_eq!(event_routing_key("worker-heartbeat"), "worker.heartbeat");
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! This module is the framing only (pure data, checked against a capture of a
 //! real Celery 5.7 client); the cryptography is behind [`Verifier`], which
-//! `crate::security` implements.
+//! `celeriac::security` implements.
 
 use base64::Engine as _;
 
@@ -121,13 +121,13 @@ impl SignedBody {
     }
 }
 
-/// Checks signatures against a certificate store (`crate::security`).
+/// Checks signatures against a certificate store (`celeriac::security`).
 pub trait Verifier: Send + Sync {
     /// Whether `signature` is `signer`'s over `body`.
     fn verify(&self, signer: &str, body: &[u8], signature: &[u8]) -> Result<(), AuthError>;
 }
 
-/// Signs bodies with a private key and names its certificate (`crate::security`).
+/// Signs bodies with a private key and names its certificate (`celeriac::security`).
 pub trait Signer: Send + Sync {
     /// The signed form of `body`, serialized with the given content type and encoding.
     fn sign(&self, content_type: &str, content_encoding: &str, body: &[u8]) -> SignedBody;
@@ -141,7 +141,7 @@ mod tests {
     /// `app.setup_security()` sent it (tests/fixtures/auth/signed-add.json).
     fn captured() -> Vec<u8> {
         let env: serde_json::Value =
-            serde_json::from_slice(include_bytes!("../../../tests/fixtures/auth/signed-add.json")).unwrap();
+            serde_json::from_slice(include_bytes!("../../tests/fixtures/auth/signed-add.json")).unwrap();
         base64::engine::general_purpose::STANDARD.decode(env["body"].as_str().unwrap()).unwrap()
     }
 

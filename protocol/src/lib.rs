@@ -3,7 +3,9 @@
 //! Everything here is pure data transformation (bytes ⇄ types), shared by
 //! the brokers (Redis, AMQP), the worker and the CLI. Nothing does I/O. The
 //! formats follow what Celery 5.7 / kombu 5.7 put on the wire, as captured in
-//! `shared/celery-wire/` (the tests read those captures and compare bytes).
+//! `tests/fixtures/` (the tests read those captures and compare bytes). It is
+//! a crate of its own so that nothing here can reach the layers above it, and
+//! so that the fuzz targets of these parsers build without the sandbox.
 //!
 //! Files:
 //! - [`envelope`]: kombu's Redis JSON envelope (`body`, `content-type`,
@@ -22,9 +24,12 @@
 //!   order and parsing stored ones.
 //! - [`exception`]: exceptions as stored in results, the module of each
 //!   Python / Celery exception, Python-style renderings.
+//! - [`render`]: remote-control replies and events as Celery's CLI prints
+//!   them (`celery inspect`, `celery events --dump`).
 //! - [`repr`]: Python `repr()` and Celery `saferepr()` of JSON values
 //!   (`argsrepr`, exception reprs).
 //! - [`pyjson`]: JSON text exactly as Python's `json.dumps` writes it.
+//! - [`json_cost`]: what parsing a JSON text will cost, known before the parse.
 //! - [`time`]: ISO-8601 timestamps as Celery writes and reads them.
 //! - [`error`]: [`ProtocolError`], which carries the task id / name that
 //!   could be recovered from a broken message ([`Partial`]).
@@ -47,9 +52,11 @@ pub mod content;
 pub mod envelope;
 pub mod error;
 pub mod exception;
+pub mod json_cost;
 pub mod message;
 pub mod pidbox;
 pub mod pyjson;
+pub mod render;
 pub mod repr;
 pub mod result;
 pub mod time;
@@ -63,6 +70,7 @@ pub use content::{AcceptContent, MessageLimits, Serializer};
 pub use envelope::Envelope;
 pub use error::{Partial, ProtocolError};
 pub use exception::{ExceptionInfo, exception_module, is_builtin_exception};
+pub use json_cost::parsed_json_cost;
 pub use message::{
     DeliveryInfo, Embed, EncodedTask, NewTask, ProtocolVersion, RawMessage, TaskMessage, TaskOptions, TimeLimit,
     default_origin,
