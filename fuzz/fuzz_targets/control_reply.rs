@@ -1,5 +1,5 @@
 //! Fuzz target: a remote-control reply (`pidbox::decode_reply`) and its
-//! rendering by `celeriac inspect` (`remote::format_reply`): replies come
+//! rendering by `celeriac inspect` (`render::format_reply`): replies come
 //! from any node on the broker. First byte: JSON or msgpack; rest: the body.
 #![no_main]
 

@@ -1,4 +1,4 @@
-//! Fuzz target: `celeryev` event messages (`remote::split_events`: one event
+//! Fuzz target: `celeryev` event messages (`render::split_events`: one event
 //! or a `task.multi` list) and their `celeriac events --dump` lines. First
 //! byte: JSON or msgpack; rest: the body.
 #![no_main]

@@ -1,6 +1,6 @@
 //! Fuzz target: a guest's JSON result text as the sandbox accepts it
 //! (`Sandbox::accept_result`): the streaming cost estimate
-//! (`bounds::parsed_json_cost`) first, then the parse. The estimate must
+//! (`parsed_json_cost`) first, then the parse. The estimate must
 //! agree with the parser on what is JSON (the sandbox relies on it).
 #![no_main]
 
