@@ -10,7 +10,7 @@ import os
 import time
 import tomllib
 
-from celery import Celery
+from celery import Celery, chord
 from celery.exceptions import Ignore
 
 app = Celery("tasks")
@@ -117,3 +117,18 @@ def expected_fail():
 @app.task(name="tasks.limited", rate_limit="2/s")
 def limited():
     return True
+
+
+@app.task(name="tasks.spawn")
+def spawn(x, y):
+    return add.delay(x, y).id
+
+
+@app.task(name="tasks.replaced", bind=True)
+def replaced(self, x):
+    raise self.replace(add.s(x, 1) | mul.s(10))
+
+
+@app.task(name="tasks.fanout")
+def fanout(n):
+    return chord(add.s(i, i) for i in range(n))(xsum.s()).id

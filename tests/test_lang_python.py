@@ -31,7 +31,9 @@ def py_worker(module_worker_factory):
     if not (PYTHON_TASKS / "tasks.wasm").is_file():
         pytest.fail(f"{PYTHON_TASKS}/tasks.wasm is missing: build it with `make tasks-python` "
                     f"(needs `bash scripts/install-toolchains.sh python`)", pytrace=False)
-    w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT)
+    # send_tasks: spawn and replaced send tasks (the canvas interface).
+    w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT,
+                              config='[task_annotations."*"]\nsend_tasks = true\n')
     # "ready" comes before a compile finishes (it runs in the background): wait for the
     # component itself, listed in the banner when it was cached, else logged once compiled.
     w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
@@ -109,6 +111,15 @@ def test_self_retry_runs_the_task_again_with_the_retry_count(py_worker, client):
     exc = failure_of(call(client, "flaky", 3))
     assert type(exc) is ValueError, repr(exc)
     assert str(exc) == "attempt 2"
+
+
+def test_a_task_sends_a_child_and_another_replaces_itself_with_a_chain(py_worker, client):
+    parent = call(client, "spawn", 2, 3)
+    child_id = parent.get(timeout=60)
+    assert client.app.AsyncResult(child_id).get(timeout=60) == 5
+    assert client.redis.meta(child_id)["parent_id"] == parent.id
+    # add.s(4, 1) | mul.s(10), named with the component's prefix (tasks.add, tasks.mul).
+    assert call(client, "replaced", 4).get(timeout=60) == 50
 
 
 def test_declared_autoretry_for_retries_a_key_error_then_fails_with_it(py_worker, client):

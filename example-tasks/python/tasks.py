@@ -71,3 +71,17 @@ def flaky(self, succeed_after):
 def declared(key):
     """Declares options (visible in the worker's task listing); a KeyError is retried once by the worker."""
     return {"a": 1}[key]
+
+
+@task
+def spawn(x, y):
+    """Sends ``add(x, y)`` as a child task (Celery's ``add.delay(x, y)``) and returns its id.
+
+    Needs the worker's grant: ``send_tasks = true`` in the task's ``task_annotations``."""
+    return add.delay(x, y).id
+
+
+@task(bind=True)
+def replaced(self, x):
+    """Replaces itself with ``add(x, 1) | mul(10)``: the client gets ``(x + 1) * 10`` (needs ``send_tasks``)."""
+    raise self.replace(add.s(x, 1) | mul.s(10))

@@ -30,6 +30,7 @@
 //!   (`argsrepr`, exception reprs).
 //! - [`pyjson`]: JSON text exactly as Python's `json.dumps` writes it.
 //! - [`json_cost`]: what parsing a JSON text will cost, known before the parse.
+//! - [`signature`]: Celery signatures (tasks and canvases) and `freeze`.
 //! - [`time`]: ISO-8601 timestamps as Celery writes and reads them.
 //! - [`error`]: [`ProtocolError`], which carries the task id / name that
 //!   could be recovered from a broken message ([`Partial`]).
@@ -59,6 +60,7 @@ pub mod pyjson;
 pub mod render;
 pub mod repr;
 pub mod result;
+pub mod signature;
 pub mod time;
 
 #[cfg(test)]

@@ -92,6 +92,9 @@ pub struct Annotation {
     pub max_retries: Option<u32>,
     /// Celery's `default_retry_delay`, seconds (over what the component declares; default 180).
     pub default_retry_delay: Option<f64>,
+    /// Celeriac: the task may send tasks (`canvas.send`, `canvas.replace`: Celery's
+    /// `other.delay()` and `self.replace()`); denied unless granted.
+    pub send_tasks: Option<bool>,
 }
 
 impl Annotation {
@@ -606,6 +609,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         "max_stack",
         "max_retries",
         "default_retry_delay",
+        "send_tasks",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -818,7 +822,8 @@ impl Settings {
                 max_instances,
                 max_stack,
                 max_retries,
-                default_retry_delay
+                default_retry_delay,
+                send_tasks
             );
         }
         a

@@ -18,6 +18,9 @@ from typing import Any, Optional
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types
+# Imported here, at build time, so componentize-py bundles it: a binding module first
+# imported inside a call is missing from the component (celeriac.send_task needs it).
+from wit_world.imports import canvas as _canvas  # noqa: F401
 
 import celeriac
 

@@ -82,6 +82,9 @@
 //! * [`update_state`]: a custom state such as `PROGRESS`, like Celery's
 //!   `self.update_state(state=..., meta=...)`.
 //! * [`request`]: the call's [`Request`] context, like Celery's `self.request`.
+//! * [`signature`] / [`chain`] / [`group`] / [`chord`] and [`Signature::delay`]:
+//!   send tasks, like Celery's `add.delay(2, 2)`; [`replace`]: Celery's
+//!   `self.replace(sig)`. Granted per task by the worker (`send_tasks`).
 //!
 //! These call into the worker and are only available inside a component;
 //! called from a native (non-wasm) build they panic.
@@ -91,10 +94,12 @@
 extern crate self as celeriac_sdk;
 
 mod args;
+mod canvas;
 mod error;
 mod host;
 pub mod log;
 
+pub use canvas::{Signature, chain, chord, group, replace, signature};
 pub use celeriac_sdk_macros::{export_tasks, task};
 pub use error::{Raise, Retry, TaskError};
 pub use host::{Request, request, update_state, update_state_json};

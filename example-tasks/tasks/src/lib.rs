@@ -198,6 +198,31 @@ fn limited() -> bool {
     true
 }
 
+/// `spawn(x, y)`: sends `tasks.add(x, y)` as a child task and returns the
+/// child's id, as Celery's `return add.delay(x, y).id`. Needs the worker's
+/// `send_tasks` grant.
+#[task]
+fn spawn(x: i64, y: i64) -> Result<String, TaskError> {
+    celeriac_sdk::signature("tasks.add").args((x, y)).delay()
+}
+
+/// `replaced(x)`: replaces itself with `add(x, 1) | mul(10)`, as Celery's
+/// `raise self.replace(add.s(x, 1) | mul.s(10))`: the client waiting on this
+/// task gets `(x + 1) * 10`. Needs the `send_tasks` grant.
+#[task]
+fn replaced(x: i64) -> Result<(), TaskError> {
+    use celeriac_sdk::{chain, signature};
+    celeriac_sdk::replace(&chain([signature("tasks.add").args((x, 1)), signature("tasks.mul").args((10,))]))
+}
+
+/// `fanout(n)`: sends the chord `[add(i, i) for i in 0..n] | xsum()` and returns
+/// the id of its body, whose result is the sum. Needs the `send_tasks` grant.
+#[task]
+fn fanout(n: i64) -> Result<String, TaskError> {
+    use celeriac_sdk::{chord, signature};
+    chord((0..n).map(|i| signature("tasks.add").args((i, i))), signature("tasks.xsum")).delay()
+}
+
 celeriac_sdk::export_tasks!(
     add,
     mul,
@@ -218,5 +243,8 @@ celeriac_sdk::export_tasks!(
     flaky,
     autoflaky,
     expected_fail,
-    limited
+    limited,
+    spawn,
+    replaced,
+    fanout
 );

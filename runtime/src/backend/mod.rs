@@ -198,6 +198,10 @@ pub trait ChordCounter: Send + Sync {
         member: ChordMember<'a>,
     ) -> BoxFuture<'a, Result<Option<Vec<Value>>, BackendError>>;
 
+    /// Record how many header members a chord has, before they are sent
+    /// (Celery's `set_chord_size`: a Python worker completing the chord reads it).
+    fn set_chord_size<'a>(&'a self, group_id: &'a str, size: u64) -> BoxFuture<'a, Result<(), BackendError>>;
+
     /// Mark a chord as done and drop its bookkeeping.
     fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 }

@@ -141,6 +141,17 @@ impl RedisBackend {
         Ok(members.map(|m| m.iter().filter_map(|e| serde_json::from_str(e).ok()).collect()))
     }
 
+    /// Record a chord's header size, `celery-taskset-meta-<group>.s`, as
+    /// Celery's `set_chord_size` does (expiring with the results).
+    pub async fn set_chord_size(&self, group_id: &str, size: u64) -> Result<(), BackendError> {
+        let key = format!("celery-taskset-meta-{group_id}.s");
+        let mut c = self.conn.clone();
+        match self.expires {
+            Some(ttl) if ttl > 0 => Ok(c.set_ex::<_, _, ()>(key, size, ttl).await?),
+            _ => Ok(c.set::<_, _, ()>(key, size).await?),
+        }
+    }
+
     /// Mark a chord as done and drop its bookkeeping keys.
     pub async fn chord_done(&self, group_id: &str) -> Result<(), BackendError> {
         let base = format!("celery-taskset-meta-{group_id}");
@@ -201,6 +212,10 @@ impl ChordCounter for RedisBackend {
         m: ChordMember<'a>,
     ) -> BoxFuture<'a, Result<Option<Vec<serde_json::Value>>, BackendError>> {
         Box::pin(RedisBackend::chord_part_return(self, m.group_id, m.task_id, m.index, m.state, m.result, m.chord_size))
+    }
+
+    fn set_chord_size<'a>(&'a self, group_id: &'a str, size: u64) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::set_chord_size(self, group_id, size))
     }
 
     fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

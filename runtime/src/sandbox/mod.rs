@@ -263,6 +263,8 @@ pub struct Invocation {
     pub message_time_limit: Option<f64>,
     /// Where custom states (`update_state`) go; `None` logs them at debug level.
     pub state_sink: Option<StateSink>,
+    /// Whether the task may send tasks (`canvas.send` / `canvas.replace`).
+    pub may_send: bool,
 }
 
 /// What a call produced.
@@ -279,6 +281,12 @@ pub struct CallResult {
     /// The worker-wide host memory held for this result until it is dropped
     /// (after the worker stored it); see [`HostBounds::max_host_memory`].
     pub host_memory: Option<HostMemory>,
+    /// Signatures the call sent (`canvas.send`), frozen, for the worker to
+    /// send whatever the outcome.
+    pub sent: Vec<serde_json::Value>,
+    /// The signature the call replaced itself with (`canvas.replace`), for the
+    /// worker to send if the call succeeded.
+    pub replacement: Option<serde_json::Value>,
 }
 
 /// Host memory reserved for one result, given back when dropped.
@@ -720,7 +728,7 @@ impl Sandbox {
     async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<(String, DeclaredOptions)>, String> {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
-        let mut store = self.store(0, limits, request, None);
+        let mut store = self.store(0, limits, request, None, false);
         let max = self.config.bounds.max_tasks_per_component;
         let fut = async {
             let instance = c.pre.instantiate_async(&mut store).await?;
@@ -734,9 +742,16 @@ impl Sandbox {
     }
 
     /// A fresh store for one call, with limits, fuel and the epoch deadline set.
-    fn store(&self, engine: usize, limits: Limits, request: Request, sink: Option<StateSink>) -> Store<TaskState> {
-        let mut store =
-            Store::new(&self.engines[engine].engine, TaskState::new(limits, &self.config.bounds, request, sink));
+    fn store(
+        &self,
+        engine: usize,
+        limits: Limits,
+        request: Request,
+        sink: Option<StateSink>,
+        may_send: bool,
+    ) -> Store<TaskState> {
+        let state = TaskState::new(limits, &self.config.bounds, request, sink, may_send);
+        let mut store = Store::new(&self.engines[engine].engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering {
             // Cannot fail: fuel metering is enabled on this engine.
@@ -995,7 +1010,7 @@ impl Sandbox {
         // Captured now: a trap unwinding the guest's fiber can leave the
         // thread's current span changed, so output is logged under this one.
         let span = tracing::Span::current();
-        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink);
+        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink, inv.may_send);
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
         let result = {
@@ -1013,6 +1028,7 @@ impl Sandbox {
         let (stdout, out_dropped) = store.data().stdout.take();
         let (stderr, err_dropped) = store.data().stderr.take();
         span.in_scope(|| store.data_mut().output.forward(&stdout, &stderr, out_dropped + err_dropped));
+        let canvas = std::mem::take(&mut store.data_mut().canvas);
         drop(store);
         let mut host_memory = None;
         let outcome = match result {
@@ -1040,7 +1056,15 @@ impl Sandbox {
             }
             Err(_elapsed) => Outcome::Failure(outcome::timed_out(&site, limits.time_limit)),
         };
-        Ok(CallResult { outcome, report, limits, version: entry.component.version.clone(), host_memory })
+        Ok(CallResult {
+            outcome,
+            report,
+            limits,
+            version: entry.component.version.clone(),
+            host_memory,
+            sent: canvas.sent,
+            replacement: canvas.replacement,
+        })
     }
 
     /// Parse a success result within the host-memory bounds: refused if

@@ -65,6 +65,8 @@ fn host_result(outcome: Outcome) -> CallResult {
         limits: Limits::default(),
         version: "builtin".into(),
         host_memory: None,
+        sent: Vec::new(),
+        replacement: None,
     }
 }
 
@@ -128,6 +130,7 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
         })));
     }
     let mut results = Vec::with_capacity(items.len());
+    let mut sent = Vec::new();
     let mut total = CallReport::default();
     let (mut limits, mut version) = (Limits::default(), String::new());
     for item in items {
@@ -144,12 +147,17 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
             request: inv.request.clone(),
             message_time_limit: inv.message_time_limit,
             state_sink: None,
+            may_send: inv.may_send,
         };
         let r = s.sandbox.call(task, one).await?;
         total.wall += r.report.wall;
         total.fuel_consumed += r.report.fuel_consumed;
         total.peak_memory = total.peak_memory.max(r.report.peak_memory);
         (limits, version) = (r.limits, r.version);
+        sent.extend(r.sent);
+        if r.replacement.is_some() {
+            tracing::warn!("{task} replaced itself inside {what}: one item cannot be replaced; ignored");
+        }
         match r.outcome {
             Outcome::Success(v) => results.push(v),
             Outcome::Failure(f) => {
@@ -159,6 +167,8 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
                     limits,
                     version,
                     host_memory: None,
+                    sent,
+                    replacement: None,
                 });
             }
             Outcome::Retry(_) => {
@@ -175,6 +185,8 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
         limits,
         version,
         host_memory: None,
+        sent,
+        replacement: None,
     })
 }
 

@@ -11,45 +11,345 @@
 //! be honoured here).
 
 use chrono::Utc;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::config::Settings;
+use crate::protocol::signature::{self, Kind, SignatureError};
 use crate::protocol::{NewTask, TaskMessage};
 
-/// Why a signature could not be turned into a message.
+/// Why a signature could not be turned into messages.
 #[derive(Debug, thiserror::Error)]
 pub enum CanvasError {
-    /// Not an object with a `task` name.
+    /// Not a signature Celeriac can read.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// A form of canvas not handled yet, named.
+    #[error("{0} is not supported yet")]
+    Nested(String),
+    /// An option that cannot be honoured (e.g. an absurd countdown).
     #[error("malformed signature: {0}")]
     Malformed(String),
-    /// A nested group/chain/chord inside a continuation.
-    #[error("nested canvas of type {0:?} in a continuation is not supported yet")]
-    Nested(String),
 }
 
-/// The messages to publish after `msg` succeeded with `value`.
-pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Settings) -> Vec<Result<NewTask, CanvasError>> {
-    let mut out: Vec<Result<NewTask, CanvasError>> =
-        msg.embed.callbacks.iter().flatten().map(|sig| from_signature(sig, Some(value), msg, settings)).collect();
+/// A signature that could not be sent, with the id its sender would wait on
+/// (so the worker can store a FAILURE there instead of leaving it PENDING).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct NotSent {
+    /// The task id (chain's last, group's, chord body's) a client waits on, when known.
+    pub id: Option<String>,
+    /// Why.
+    #[source]
+    pub error: CanvasError,
+}
+
+impl NotSent {
+    /// The exception stored for [`NotSent::id`]: `NotImplementedError` for a form
+    /// not handled yet, `ValueError` for a malformed signature.
+    pub fn exception(&self) -> crate::protocol::ExceptionInfo {
+        let kind = match &self.error {
+            CanvasError::Nested(_) | CanvasError::Signature(SignatureError::Unsupported(_)) => "NotImplementedError",
+            _ => "ValueError",
+        };
+        crate::protocol::ExceptionInfo::new(kind, vec![Value::String(self.error.to_string())], "builtins")
+    }
+}
+
+/// The messages applying one signature sends, as Celery's `apply_async` would.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The id a client waits on: the task's, a chain's last step's, a group's, a chord body's.
+    pub id: String,
+    /// The task messages, in sending order.
+    pub tasks: Vec<NewTask>,
+    /// Chords started by these messages: `(group id, header size)`, recorded in
+    /// the result backend before the header is sent (Celery's `set_chord_size`,
+    /// which a Python worker completing the chord reads).
+    pub chord_sizes: Vec<(String, u64)>,
+}
+
+impl From<NewTask> for Applied {
+    fn from(task: NewTask) -> Self {
+        Applied { id: task.id.clone(), tasks: vec![task], chord_sizes: Vec::new() }
+    }
+}
+
+/// Apply `sig` — a task, chain, group or chord, nested as Celery allows — with
+/// `prepend` (a parent's result) put before the args of the tasks that start
+/// it, sent by `parent` (`parent_id`, `root_id`). Every task is frozen first
+/// (its id decided), so applying the same signature twice sends the same ids.
+pub fn apply(
+    sig: &Value,
+    prepend: Option<&Value>,
+    parent: &TaskMessage,
+    settings: &Settings,
+) -> Result<Applied, NotSent> {
+    let mut sig = sig.clone();
+    let id = signature::freeze(&mut sig, None).map_err(|e| NotSent { id: None, error: e.into() })?;
+    let mut out = Applied { id: id.clone(), ..Applied::default() };
+    apply_into(sig, prepend, parent, settings, &mut out).map_err(|error| NotSent { id: Some(id), error })?;
+    Ok(out)
+}
+
+fn apply_into(
+    mut sig: Value,
+    prepend: Option<&Value>,
+    parent: &TaskMessage,
+    settings: &Settings,
+    out: &mut Applied,
+) -> Result<(), CanvasError> {
+    match signature::kind(&sig)? {
+        Kind::Task => out.tasks.push(from_signature(&sig, prepend, parent, settings)?),
+        Kind::Chain => {
+            let link = signature::options_mut(&mut sig)?.remove("link");
+            let link_error = signature::options_mut(&mut sig)?.remove("link_error");
+            let mut steps = prepare_steps(std::mem::take(signature::tasks_mut(&mut sig)?))?;
+            // A chain's callbacks run after its last step; its errbacks on any step's failure.
+            if let (Some(Value::Array(links)), Some(last)) = (link, steps.last_mut()) {
+                extend_list(signature::options_mut(last)?, "link", links);
+            }
+            if let Some(Value::Array(errbacks)) = link_error {
+                for step in steps.iter_mut() {
+                    extend_list(signature::options_mut(step)?, "link_error", errbacks.clone());
+                }
+            }
+            let first = steps.remove(0);
+            match signature::kind(&first)? {
+                Kind::Task => {
+                    let mut task = from_signature(&first, prepend, parent, settings)?;
+                    if !steps.is_empty() {
+                        // Celery carries the rest reversed: the next step is the last element.
+                        steps.reverse();
+                        task.options.embed.chain = Some(steps);
+                    }
+                    out.tasks.push(task);
+                }
+                _ if steps.is_empty() => apply_into(first, prepend, parent, settings, out)?,
+                Kind::Chord => {
+                    // chord(h, body) | rest: the chord's body becomes chain(body, rest...).
+                    let mut chord = first;
+                    let body = std::mem::take(signature::body_mut(&mut chord)?);
+                    steps.insert(0, body);
+                    *signature::body_mut(&mut chord)? = chain_of(steps);
+                    apply_into(chord, prepend, parent, settings, out)?;
+                }
+                other => return Err(CanvasError::Nested(format!("a {other:?} step followed by more steps"))),
+            }
+        }
+        Kind::Group => {
+            let gid = sig.pointer("/options/task_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            for (index, member) in std::mem::take(signature::tasks_mut(&mut sig)?).into_iter().enumerate() {
+                apply_member(member, &gid, index, None, prepend, parent, settings, out)?;
+            }
+        }
+        Kind::Chord => {
+            let gid = sig.pointer("/options/group_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            let mut body = std::mem::take(signature::body_mut(&mut sig)?);
+            let header = std::mem::take(signature::header_mut(&mut sig)?);
+            if header.is_empty() {
+                // Celery runs the body at once with an empty list of results.
+                return apply_into(body, Some(&json!([])), parent, settings, out);
+            }
+            if let Some(b) = body.as_object_mut() {
+                b.insert("chord_size".into(), Value::from(header.len()));
+            }
+            out.chord_sizes.push((gid.clone(), header.len() as u64));
+            for (index, member) in header.into_iter().enumerate() {
+                apply_member(member, &gid, index, Some(&body), prepend, parent, settings, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One member of a group or chord header: a task, or a chain whose last step
+/// carries the group (and the chord).
+#[allow(clippy::too_many_arguments)]
+fn apply_member(
+    mut member: Value,
+    gid: &str,
+    index: usize,
+    chord: Option<&Value>,
+    prepend: Option<&Value>,
+    parent: &TaskMessage,
+    settings: &Settings,
+    out: &mut Applied,
+) -> Result<(), CanvasError> {
+    let in_group = |opts: &mut Map<String, Value>| {
+        opts.insert("group_id".into(), Value::String(gid.to_string()));
+        opts.insert("group_index".into(), Value::from(index));
+    };
+    match signature::kind(&member)? {
+        Kind::Task => {
+            in_group(signature::options_mut(&mut member)?);
+            let mut task = from_signature(&member, prepend, parent, settings)?;
+            task.options.embed.chord = chord.cloned();
+            out.tasks.push(task);
+        }
+        Kind::Chain => {
+            let steps = signature::tasks_mut(&mut member)?;
+            let Some(last) = steps.last_mut() else { return Err(SignatureError::Malformed("an empty chain".into()))? };
+            if signature::kind(last)? != Kind::Task {
+                return Err(CanvasError::Nested("a chain ending in a canvas inside a group".into()));
+            }
+            let opts = signature::options_mut(last)?;
+            in_group(opts);
+            if let Some(body) = chord {
+                opts.insert("chord".into(), body.clone());
+            }
+            apply_into(member, prepend, parent, settings, out)?;
+        }
+        other => return Err(CanvasError::Nested(format!("a {other:?} inside a group"))),
+    }
+    Ok(())
+}
+
+/// Celery's `chain.prepare_steps` upgrades: a nested chain is flattened into
+/// its parent, and a group followed by another step becomes a chord whose body
+/// is that step (its results are what the step receives).
+fn prepare_steps(steps: Vec<Value>) -> Result<Vec<Value>, CanvasError> {
+    let mut flat = Vec::with_capacity(steps.len());
+    for mut step in steps {
+        if signature::kind(&step)? == Kind::Chain {
+            flat.extend(prepare_steps(std::mem::take(signature::tasks_mut(&mut step)?))?);
+        } else {
+            flat.push(step);
+        }
+    }
+    let mut out: Vec<Value> = Vec::with_capacity(flat.len());
+    let mut iter = flat.into_iter();
+    while let Some(step) = iter.next() {
+        if signature::kind(&step)? == Kind::Group
+            && let Some(next) = iter.next()
+        {
+            let gid = step.pointer("/options/task_id").cloned().unwrap_or(Value::Null);
+            let mut chord = json!({"task": "celery.chord", "args": [], "kwargs": {"header": step, "body": next},
+                "options": {"group_id": gid}, "subtask_type": "chord", "immutable": false});
+            signature::freeze(&mut chord, None)?;
+            out.push(chord);
+            continue;
+        }
+        out.push(step);
+    }
+    if out.is_empty() {
+        return Err(SignatureError::Malformed("an empty chain".into()).into());
+    }
+    Ok(out)
+}
+
+/// A chain signature of `steps` (or the one step itself).
+fn chain_of(mut steps: Vec<Value>) -> Value {
+    if steps.len() == 1 {
+        return steps.remove(0);
+    }
+    json!({"task": "celery.chain", "args": [], "kwargs": {"tasks": steps}, "options": {}, "subtask_type": "chain",
+        "immutable": false})
+}
+
+fn extend_list(opts: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
+    match opts.get_mut(key) {
+        Some(Value::Array(existing)) => existing.extend(items),
+        _ => {
+            opts.insert(key.into(), Value::Array(items));
+        }
+    }
+}
+
+/// The messages to publish after `msg` succeeded with `value`: its callbacks
+/// and the next step of its chain (with the steps after it), each a task or a
+/// canvas.
+pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Settings) -> Vec<Result<Applied, NotSent>> {
+    let mut out: Vec<Result<Applied, NotSent>> =
+        msg.embed.callbacks.iter().flatten().map(|sig| apply(sig, Some(value), msg, settings)).collect();
     if let Some(chain) = msg.embed.chain.as_ref().filter(|c| !c.is_empty()) {
         let mut rest = chain.clone();
         // The next step is the LAST element: Celery stores the chain reversed.
         if let Some(next) = rest.pop() {
-            out.push(from_signature(&next, Some(value), msg, settings).map(|mut t| {
-                if !rest.is_empty() {
-                    t.options.embed.chain = Some(rest);
-                }
-                t
-            }));
+            rest.reverse();
+            rest.insert(0, next);
+            out.push(apply(&chain_of(rest), Some(value), msg, settings));
         }
     }
     out
 }
 
 /// The messages to publish after `msg` failed: its errbacks, called with the task id.
-pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<NewTask, CanvasError>> {
+pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<Applied, NotSent>> {
     let id = Value::String(msg.id.clone());
-    msg.embed.errbacks.iter().flatten().map(|sig| from_signature(sig, Some(&id), msg, settings)).collect()
+    msg.embed.errbacks.iter().flatten().map(|sig| apply(sig, Some(&id), msg, settings)).collect()
+}
+
+/// Celery's `Task.replace(sig)`: `sig` sent in place of `msg`'s task, frozen
+/// with its id (a chain's last step, a chord's body take it), with its
+/// callbacks and errbacks, its group and chord membership, and the rest of its
+/// chain after it (keeping their ids). A group is uplifted to a chord whose
+/// body (`celery.accumulate`) hands the list of results to the replaced id.
+pub fn replace(msg: &TaskMessage, sig: &Value, settings: &Settings) -> Result<Applied, NotSent> {
+    let not_sent = |error: CanvasError| NotSent { id: Some(msg.id.clone()), error };
+    let mut sig = sig.clone();
+    if signature::kind(&sig).map_err(|e| not_sent(e.into()))? == Kind::Group {
+        let accumulate = json!({"task": "celery.accumulate", "args": [], "kwargs": {"index": 0}, "options": {},
+            "subtask_type": null, "immutable": false});
+        sig = json!({"task": "celery.chord", "args": [], "kwargs": {"header": sig, "body": accumulate},
+            "options": {}, "subtask_type": "chord", "immutable": false});
+    }
+    signature::freeze(&mut sig, Some(&msg.id)).map_err(|e| not_sent(e.into()))?;
+    {
+        let last = waited_on_mut(&mut sig, 0).map_err(not_sent)?;
+        let opts = signature::options_mut(last).map_err(|e| not_sent(e.into()))?;
+        extend_list(opts, "link", msg.embed.callbacks.clone().unwrap_or_default());
+        extend_list(opts, "link_error", msg.embed.errbacks.clone().unwrap_or_default());
+        if let Some(group) = &msg.group {
+            opts.insert("group_id".into(), Value::String(group.clone()));
+            opts.insert("group_index".into(), msg.group_index.map(Value::from).unwrap_or(Value::Null));
+        }
+        if let Some(chord) = &msg.embed.chord {
+            opts.insert("chord".into(), chord.clone());
+        }
+    }
+    if let Some(rest) = msg.embed.chain.as_ref().filter(|c| !c.is_empty()) {
+        let mut steps = vec![sig];
+        steps.extend(rest.iter().rev().cloned());
+        sig = chain_of(steps);
+    }
+    apply(&sig, None, msg, settings)
+}
+
+/// The task in `sig` that carries the id a client waits on.
+fn waited_on_mut(sig: &mut Value, depth: usize) -> Result<&mut Value, CanvasError> {
+    if depth > signature::MAX_DEPTH {
+        return Err(SignatureError::TooDeep.into());
+    }
+    match signature::kind(sig)? {
+        Kind::Task => Ok(sig),
+        Kind::Chain => {
+            let last = signature::tasks_mut(sig)?
+                .last_mut()
+                .ok_or_else(|| SignatureError::Malformed("an empty chain".into()))?;
+            waited_on_mut(last, depth + 1)
+        }
+        Kind::Chord => waited_on_mut(signature::body_mut(sig)?, depth + 1),
+        Kind::Group => Err(CanvasError::Nested("a group as the last step of a replacement".into())),
+    }
+}
+
+/// `tasks.add`, `chain(tasks.add, tasks.mul)`, ... for log lines.
+pub fn describe(sig: &Value) -> String {
+    let name = |v: &Value| v.get("task").and_then(Value::as_str).unwrap_or("?").to_string();
+    let list = |v: Option<&Value>| {
+        v.and_then(Value::as_array).map(|a| a.iter().map(describe).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    };
+    match signature::kind(sig) {
+        Ok(Kind::Task) => name(sig),
+        Ok(Kind::Chain) => format!("chain({})", list(sig.pointer("/kwargs/tasks"))),
+        Ok(Kind::Group) => format!("group({})", list(sig.pointer("/kwargs/tasks"))),
+        Ok(Kind::Chord) => {
+            let header = sig.pointer("/kwargs/header").map(|h| if h.is_array() { list(Some(h)) } else { describe(h) });
+            let body = sig.pointer("/kwargs/body").map(describe).unwrap_or_default();
+            format!("chord({}, {body})", header.unwrap_or_default())
+        }
+        Err(e) => e.to_string(),
+    }
 }
 
 /// What completing a chord leads to (one per completed chord, short-lived:
@@ -58,7 +358,7 @@ pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<NewTask,
 #[allow(clippy::large_enum_variant)]
 pub enum ChordOutcome {
     /// Every member succeeded: send the body with the list of results.
-    Publish(NewTask),
+    Publish(Applied),
     /// A member failed: the body fails with `ChordError` without running.
     Fail {
         /// The body's task id.
@@ -70,13 +370,12 @@ pub enum ChordOutcome {
 
 /// The chord body to run (or fail) once every header member of `msg`'s chord
 /// has finished; `entries` are the members' `[1, id, state, result]` in order.
-pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Settings) -> Result<ChordOutcome, CanvasError> {
-    let body = msg.embed.chord.as_ref().ok_or_else(|| CanvasError::Malformed("no chord body".into()))?;
-    let body_id = body
-        .pointer("/options/task_id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Settings) -> Result<ChordOutcome, NotSent> {
+    let not_sent = |error: CanvasError| NotSent { id: None, error };
+    let body = msg.embed.chord.as_ref().ok_or_else(|| not_sent(CanvasError::Malformed("no chord body".into())))?;
+    let mut body = body.clone();
+    // Frozen already by whoever sent the chord; a new id only for a body without one.
+    let body_id = signature::freeze(&mut body, None).map_err(|e| not_sent(e.into()))?;
     let mut results = Vec::with_capacity(entries.len());
     for e in entries {
         let (id, state, result) = (e.get(1), e.get(2).and_then(Value::as_str), e.get(3));
@@ -87,13 +386,11 @@ pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Settings) -> 
         }
         results.push(result.cloned().unwrap_or(Value::Null));
     }
-    let mut task = from_signature(body, Some(&Value::Array(results)), msg, settings)?;
-    task.id = body_id;
-    Ok(ChordOutcome::Publish(task))
+    Ok(ChordOutcome::Publish(apply(&body, Some(&Value::Array(results)), msg, settings)?))
 }
 
-/// Turn a signature (`{"task", "args", "kwargs", "options", "subtask_type",
-/// "immutable"}`) into a message, the way `Signature.apply_async` would.
+/// Turn one task's signature into a message, the way `Signature.apply_async`
+/// would.
 fn from_signature(
     sig: &Value,
     prepend: Option<&Value>,
@@ -101,9 +398,6 @@ fn from_signature(
     settings: &Settings,
 ) -> Result<NewTask, CanvasError> {
     let obj = sig.as_object().ok_or_else(|| CanvasError::Malformed(sig.to_string()))?;
-    if let Some(kind) = obj.get("subtask_type").and_then(Value::as_str) {
-        return Err(CanvasError::Nested(kind.to_string()));
-    }
     let name = obj.get("task").and_then(Value::as_str).ok_or_else(|| CanvasError::Malformed(sig.to_string()))?;
     let immutable = obj.get("immutable").and_then(Value::as_bool).unwrap_or(false);
     let mut args: Vec<Value> = obj.get("args").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -142,6 +436,8 @@ fn from_signature(
     let list = |key: &str| opts.get(key).and_then(Value::as_array).cloned();
     o.embed.callbacks = list("link");
     o.embed.errbacks = list("link_error");
+    o.embed.chain = list("chain").filter(|c| !c.is_empty());
+    o.embed.chord = opts.get("chord").filter(|c| c.is_object()).cloned();
     Ok(task)
 }
 
@@ -166,7 +462,7 @@ mod tests {
     fn callbacks_get_the_result_prepended_and_the_lineage() {
         let msg = message_with_embed(json!({"callbacks": [sig("tasks.add", json!([10]), json!({}))]}));
         let out = on_success(&msg, &json!(4), &Settings::default());
-        let t = out.into_iter().next().unwrap().unwrap();
+        let t = out.into_iter().next().unwrap().unwrap().tasks.remove(0);
         assert_eq!((t.name.as_str(), t.args.clone()), ("tasks.add", vec![json!(4), json!(10)]));
         assert_eq!(t.options.parent_id.as_deref(), Some(msg.id.as_str()));
         assert_eq!(t.options.root_id.as_deref(), Some(msg.id.as_str()));
@@ -179,7 +475,7 @@ mod tests {
         let step2 = sig("tasks.mul", json!([8]), json!({"task_id": "id-2"}));
         let msg = message_with_embed(json!({"chain": [step3.clone(), step2]}));
         let out = on_success(&msg, &json!(4), &Settings::default());
-        let t = out.into_iter().next().unwrap().unwrap();
+        let t = out.into_iter().next().unwrap().unwrap().tasks.remove(0);
         assert_eq!((t.id.as_str(), t.name.as_str()), ("id-2", "tasks.mul"));
         assert_eq!(t.args, vec![json!(4), json!(8)]);
         assert_eq!(t.options.embed.chain, Some(vec![step3]));
@@ -191,9 +487,9 @@ mod tests {
         s["immutable"] = json!(true);
         let msg =
             message_with_embed(json!({"callbacks": [s.clone()], "errbacks": [sig("tasks.log", json!([]), json!({}))]}));
-        let t = on_success(&msg, &json!(99), &Settings::default()).remove(0).unwrap();
+        let t = on_success(&msg, &json!(99), &Settings::default()).remove(0).unwrap().tasks.remove(0);
         assert_eq!(t.args, vec![json!(1), json!(2)]);
-        let e = on_failure(&msg, &Settings::default()).remove(0).unwrap();
+        let e = on_failure(&msg, &Settings::default()).remove(0).unwrap().tasks.remove(0);
         assert_eq!(e.args, vec![json!(msg.id)]);
     }
 
@@ -203,7 +499,8 @@ mod tests {
         let msg = message_with_embed(json!({"chord": body}));
         let entries = vec![json!([1, "a", "SUCCESS", 0]), json!([1, "b", "SUCCESS", 2])];
         match chord_body(&msg, &entries, &Settings::default()).unwrap() {
-            ChordOutcome::Publish(t) => {
+            ChordOutcome::Publish(mut applied) => {
+                let t = applied.tasks.remove(0);
                 assert_eq!((t.id.as_str(), t.name.as_str()), ("body-id", "tasks.xsum"));
                 assert_eq!(t.args, vec![json!([0, 2])]);
             }
@@ -216,15 +513,122 @@ mod tests {
     #[test]
     fn an_absurd_countdown_is_an_error_not_a_panic() {
         let msg = message_with_embed(json!({"callbacks": [sig("tasks.add", json!([1]), json!({"countdown": 1e300}))]}));
-        assert!(matches!(on_success(&msg, &json!(1), &Settings::default())[0], Err(CanvasError::Malformed(_))));
+        assert!(matches!(
+            &on_success(&msg, &json!(1), &Settings::default())[0],
+            Err(NotSent { error: CanvasError::Malformed(_), .. })
+        ));
+    }
+
+    fn chain(steps: Vec<Value>) -> Value {
+        json!({"task": "celery.chain", "args": [], "kwargs": {"tasks": steps}, "options": {}, "subtask_type": "chain",
+            "immutable": false})
+    }
+
+    fn group(members: Vec<Value>) -> Value {
+        json!({"task": "celery.group", "args": [], "kwargs": {"tasks": members}, "options": {}, "subtask_type": "group",
+            "immutable": false})
     }
 
     #[test]
-    fn nested_canvases_are_reported() {
-        let mut s = sig("celery.group", json!([]), json!({}));
-        s["subtask_type"] = json!("group");
-        let msg = message_with_embed(json!({"callbacks": [s]}));
-        let out = on_success(&msg, &json!(1), &Settings::default());
-        assert!(matches!(out[0], Err(CanvasError::Nested(_))));
+    fn a_group_as_a_chain_step_becomes_a_chord_whose_body_is_the_next_step() {
+        // chain(add(1, 1), group(add(1), add(2)), xsum()): Celery's prepare_steps makes group | xsum a chord.
+        let msg = message_with_embed(json!({}));
+        let c = chain(vec![
+            sig("tasks.add", json!([1, 1]), json!({})),
+            group(vec![sig("tasks.add", json!([1]), json!({})), sig("tasks.add", json!([2]), json!({}))]),
+            sig("tasks.xsum", json!([]), json!({})),
+        ]);
+        let applied = apply(&c, None, &msg, &Settings::default()).unwrap();
+        let first = &applied.tasks[0];
+        assert_eq!(first.args, vec![json!(1), json!(1)]);
+        let rest = first.options.embed.chain.clone().unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0]["subtask_type"], json!("chord"));
+        // The chain's id is the body's (what the client waits on).
+        assert_eq!(rest[0]["kwargs"]["body"]["options"]["task_id"], json!(applied.id));
+
+        // When add(1, 1) returns 2, the chord's header gets 2 prepended and carries the body.
+        let mut step = NewTask::new("tasks.add", vec![json!(1), json!(1)], Map::new());
+        step.options.embed.chain = Some(rest);
+        let envelope = step.encode().unwrap().to_envelope(Some("tag".into()));
+        let done = TaskMessage::from_envelope(&envelope, &AcceptContent::default()).unwrap();
+        let next = on_success(&done, &json!(2), &Settings::default()).remove(0).unwrap();
+        assert_eq!(next.tasks.len(), 2);
+        assert_eq!(next.tasks[1].args, vec![json!(2), json!(2)]);
+        assert_eq!(next.chord_sizes.len(), 1);
+        let body = next.tasks[0].options.embed.chord.clone().unwrap();
+        assert_eq!((body["task"].clone(), body["chord_size"].clone()), (json!("tasks.xsum"), json!(2)));
+        assert_eq!(next.tasks[0].options.group, Some(next.chord_sizes[0].0.clone()));
+    }
+
+    #[test]
+    fn a_chain_inside_a_group_carries_the_group_on_its_last_step() {
+        let msg = message_with_embed(json!({}));
+        let g = group(vec![
+            chain(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.mul", json!([3]), json!({}))]),
+            sig("tasks.add", json!([5, 5]), json!({})),
+        ]);
+        let applied = apply(&g, None, &msg, &Settings::default()).unwrap();
+        assert_eq!(applied.tasks.len(), 2);
+        let first = &applied.tasks[0];
+        assert_eq!(first.options.group, None);
+        let last_step = &first.options.embed.chain.as_ref().unwrap()[0];
+        assert_eq!(last_step["options"]["group_id"], json!(applied.id));
+        assert_eq!(applied.tasks[1].options.group.as_deref(), Some(applied.id.as_str()));
+        assert_eq!(applied.tasks[1].options.group_index, Some(1));
+    }
+
+    #[test]
+    fn a_chord_with_a_chain_body_sends_the_chain_when_the_header_completes() {
+        let msg = message_with_embed(json!({}));
+        let mut body = chain(vec![sig("tasks.xsum", json!([]), json!({})), sig("tasks.mul", json!([10]), json!({}))]);
+        signature::freeze(&mut body, None).unwrap();
+        let last_id = body["kwargs"]["tasks"][1]["options"]["task_id"].clone();
+        let mut member = message_with_embed(json!({"chord": body}));
+        member.group = Some("g".into());
+        let entries = vec![json!([1, "a", "SUCCESS", 1]), json!([1, "b", "SUCCESS", 2])];
+        let ChordOutcome::Publish(applied) = chord_body(&member, &entries, &Settings::default()).unwrap() else {
+            panic!("the body is sent")
+        };
+        assert_eq!(applied.id, last_id.as_str().unwrap());
+        assert_eq!(applied.tasks[0].name, "tasks.xsum");
+        assert_eq!(applied.tasks[0].args, vec![json!([1, 2])]);
+        assert_eq!(applied.tasks[0].options.embed.chain.as_ref().unwrap()[0]["task"], json!("tasks.mul"));
+        let _ = msg;
+    }
+
+    #[test]
+    fn an_unsupported_form_names_itself_and_the_id_a_client_waits_on() {
+        let msg = message_with_embed(json!({}));
+        let g = group(vec![group(vec![sig("tasks.add", json!([1, 1]), json!({}))])]);
+        let err = apply(&g, None, &msg, &Settings::default()).unwrap_err();
+        assert!(err.id.is_some());
+        assert!(err.to_string().contains("inside a group"), "{err}");
+        assert_eq!(err.exception().exc_type, "NotImplementedError");
+    }
+
+    #[test]
+    fn a_replacement_takes_the_replaced_tasks_id_callbacks_and_rest_of_chain() {
+        let callback = sig("tasks.log", json!([]), json!({"task_id": "cb"}));
+        let later = sig("tasks.mul", json!([2]), json!({"task_id": "later"}));
+        let msg = message_with_embed(json!({"callbacks": [callback], "chain": [later]}));
+        let replacement =
+            chain(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.mul", json!([10]), json!({}))]);
+        let applied = replace(&msg, &replacement, &Settings::default()).unwrap();
+        // What runs last is still the replaced task's own next step, `later`.
+        assert_eq!(applied.id, "later");
+        let first = &applied.tasks[0];
+        assert_eq!((first.name.as_str(), first.options.parent_id.as_deref()), ("tasks.add", Some(msg.id.as_str())));
+        let rest = first.options.embed.chain.as_ref().unwrap();
+        // Reversed: `later` runs last, after the replacement's own mul, which took the replaced id.
+        assert_eq!(rest[0]["options"]["task_id"], json!("later"));
+        assert_eq!(rest[1]["options"]["task_id"], json!(msg.id));
+        assert_eq!(rest[1]["options"]["link"][0]["task"], json!("tasks.log"));
+
+        let g = group(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.add", json!([2, 2]), json!({}))]);
+        let applied = replace(&message_with_embed(json!({})), &g, &Settings::default()).unwrap();
+        let body = applied.tasks[0].options.embed.chord.clone().unwrap();
+        assert_eq!(body["task"], json!("celery.accumulate"));
+        assert_eq!(applied.chord_sizes[0].1, 2);
     }
 }

@@ -368,6 +368,7 @@ async fn run(
             (a, b) => a.or(b),
         },
         state_sink: Some(sink),
+        may_send: annotation.send_tasks.unwrap_or(false),
     };
     // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
     // as with Celery's task logger; the worker's lines are plain.
@@ -417,7 +418,11 @@ async fn run(
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
     let chord_entry: Option<(&str, Value)>;
     // The result's host memory stays reserved until the outcome is stored (it is dropped at the end).
-    let CallResult { outcome, report, version, host_memory: _held, .. } = result;
+    let CallResult { outcome, report, version, host_memory: _held, sent, replacement, .. } = result;
+    // What the task sent (`canvas.send`: Celery's `other.delay()` inside a task), whatever the
+    // outcome: a Python task's sends are out before it fails. Its children, in the stored result.
+    let sent: Vec<_> = sent.iter().map(|sig| canvas::apply(sig, None, &msg, &s.settings)).collect();
+    let sent_children = publish_all(s, sent).await;
     // `autoretry_for`: a listed exception is a retry request.
     let outcome = match outcome {
         Outcome::Failure(f) => match retries::autoretry(&f, &declared, msg.retries, retries::random_unit()) {
@@ -439,7 +444,7 @@ async fn run(
                     tracked.event("task-retried", f);
                 }
                 tracked.finished(&msg.task, "RETRY", Some(&report));
-                let children = publish_all(s, vec![Ok(*task)]).await;
+                let children = joined(sent_children, publish_all(s, vec![Ok(canvas::Applied::from(*task))]).await);
                 if results.is_some() {
                     let meta = ResultMeta::retry(&msg.id, &exc, Some(traceback)).with_children(children);
                     store(s, &routing, base_meta(&msg, meta)).await;
@@ -462,12 +467,22 @@ async fn run(
         other => other,
     };
     match outcome {
+        // `canvas.replace` (Celery's `self.replace(sig)`): the replacement, sent with this task's id,
+        // callbacks, chain and chord, is what finishes it; this call's value is dropped, as Celery's
+        // `Ignore` drops it.
+        Outcome::Success(_) if replacement.is_some() => {
+            chord_entry = None;
+            let sig = replacement.unwrap_or_default();
+            tracing::info!("Task {name}[{}] ignored: replaced by {}", msg.id, canvas::describe(&sig));
+            tracked.finished(&msg.task, "IGNORED", Some(&report));
+            publish_all(s, vec![canvas::replace(&msg, &sig, &s.settings)]).await;
+        }
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
             announce_success(&tracked, &name, &msg.id, &value, (&report, &version));
             tracked.finished(&msg.task, "SUCCESS", Some(&report));
             // Continuations first, then the result naming them as children, as Celery does.
-            let children = publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await;
+            let children = joined(sent_children, publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await);
             if results.is_some() {
                 store(s, &routing, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
             }
@@ -482,7 +497,8 @@ async fn run(
             tracked.finished(&msg.task, "FAILURE", Some(&report));
             publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
             if results.is_some() {
-                store(s, &routing, base_meta(&msg, ResultMeta::failure(&msg.id, &exc, Some(f.traceback)))).await;
+                let meta = ResultMeta::failure(&msg.id, &exc, Some(f.traceback)).with_children(sent_children);
+                store(s, &routing, base_meta(&msg, meta)).await;
             }
         }
     }
@@ -655,8 +671,8 @@ async fn chord_part_return(
         return;
     };
     match canvas::chord_body(msg, &entries, &s.settings) {
-        Ok(canvas::ChordOutcome::Publish(task)) => {
-            publish_all(s, vec![Ok(task)]).await;
+        Ok(canvas::ChordOutcome::Publish(body)) => {
+            publish_all(s, vec![Ok(body)]).await;
         }
         Ok(canvas::ChordOutcome::Fail { body_id, message }) => {
             tracing::error!("Chord {group} failed: {message}");
@@ -674,36 +690,71 @@ async fn chord_part_return(
 /// The rare paths of a handler (continuations, chords, give-backs, bad input)
 /// are boxed where they are awaited: their futures are large, and inline they
 /// would make every in-flight task's state that large.
-async fn publish_all(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
-    if tasks.is_empty() {
+async fn publish_all(s: &Shared, applied: Vec<Result<canvas::Applied, canvas::NotSent>>) -> Option<Vec<Value>> {
+    if applied.is_empty() {
         return None;
     }
-    Box::pin(publish_each(s, tasks)).await
+    Box::pin(publish_each(s, applied)).await
 }
 
-/// [`publish_all`]'s work, behind its box.
-async fn publish_each(s: &Shared, tasks: Vec<Result<NewTask, canvas::CanvasError>>) -> Option<Vec<Value>> {
+/// [`publish_all`]'s work, behind its box. A signature that cannot be sent
+/// gets a FAILURE stored under the id its sender waits on (never a client
+/// left waiting on a PENDING task); a chord's size is recorded before its
+/// header is sent.
+async fn publish_each(s: &Shared, applied: Vec<Result<canvas::Applied, canvas::NotSent>>) -> Option<Vec<Value>> {
     let mut children = Vec::new();
-    for t in tasks {
-        let task = match t {
-            Ok(t) => t,
+    for a in applied {
+        let a = match a {
+            Ok(a) => a,
             Err(e) => {
                 tracing::error!("cannot send a continuation: {e}");
+                if let (Some(id), Some(_)) = (&e.id, &s.results) {
+                    let meta = ResultMeta::failure(id, &e.exception(), None).with_date_done(Some(Utc::now()));
+                    store(s, &Routing::default(), meta).await;
+                }
                 continue;
             }
         };
-        let encoded = match encode(s, &task) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("cannot encode continuation {}[{}]: {e}", task.name, task.id);
-                continue;
+        if !a.chord_sizes.is_empty() {
+            match s.backend.as_ref().and_then(|b| b.chords()) {
+                Some(chords) => {
+                    for (group, size) in &a.chord_sizes {
+                        retry("record a chord's size", || chords.set_chord_size(group, *size)).await;
+                    }
+                }
+                None => tracing::error!("chord {}: chords need the Redis result backend; its body will not run", a.id),
             }
-        };
-        if retry("publish a continuation", || s.broker.publish(&task.options.queue, &encoded)).await.is_some() {
-            children.push(child_tuple(&task.id));
+        }
+        for task in a.tasks {
+            publish_one(s, task, &mut children).await;
         }
     }
     Some(children)
+}
+
+/// Encode and publish one task the worker sends; on success its `children` entry is added.
+async fn publish_one(s: &Shared, task: NewTask, children: &mut Vec<Value>) {
+    let encoded = match encode(s, &task) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("cannot encode continuation {}[{}]: {e}", task.name, task.id);
+            return;
+        }
+    };
+    if retry("publish a continuation", || s.broker.publish(&task.options.queue, &encoded)).await.is_some() {
+        children.push(child_tuple(&task.id));
+    }
+}
+
+/// Children entries of two sends, in order.
+fn joined(first: Option<Vec<Value>>, then: Option<Vec<Value>>) -> Option<Vec<Value>> {
+    match (first, then) {
+        (Some(mut a), Some(b)) => {
+            a.extend(b);
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 /// Encode a task the worker sends (a retry, a continuation, a copy put back),

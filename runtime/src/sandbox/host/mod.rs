@@ -3,12 +3,14 @@
 //!
 //! Each capability is one small module with one job (Spin's "factors"):
 //! [`log`] for log lines, [`state`] for `update_state`, [`context`] for the
-//! request context, [`stdio`] for captured stdout/stderr. WASI itself is
+//! request context, [`stdio`] for captured stdout/stderr, [`canvas`] for
+//! sending tasks (granted per task). WASI itself is
 //! granted with nothing behind it: no preopened directories, no network
 //! addresses, no environment, no arguments, closed stdin; clocks and random work.
-//! A future capability (HTTP, key-value, sending tasks) is a new module here
+//! A future capability (HTTP, key-value) is a new module here
 //! plus an explicit grant in the worker's configuration.
 
+pub mod canvas;
 pub mod context;
 pub mod log;
 pub mod state;
@@ -63,11 +65,19 @@ pub struct TaskState {
     pub deadline: std::time::Instant,
     /// What the guest may still write to the worker's log in this call.
     pub output: log::OutputBudget,
+    /// Signatures the call sent or replaced itself with (`canvas`).
+    pub canvas: canvas::Sends,
 }
 
 impl TaskState {
     /// Fresh state for one call: a locked-down WASI context with captured stdio.
-    pub fn new(limits: Limits, bounds: &HostBounds, request: Request, state_sink: Option<StateSink>) -> Self {
+    pub fn new(
+        limits: Limits,
+        bounds: &HostBounds,
+        request: Request,
+        state_sink: Option<StateSink>,
+        may_send: bool,
+    ) -> Self {
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
         let stderr = CapturedOutput::new(CAPTURE_LIMIT);
         // The builder's defaults grant nothing: no preopens, no env, no args,
@@ -83,6 +93,7 @@ impl TaskState {
             stderr,
             deadline: std::time::Instant::now() + limits.time_limit,
             output: log::OutputBudget::new(bounds),
+            canvas: canvas::Sends::new(may_send),
         }
     }
 }
@@ -106,6 +117,16 @@ impl bindings::celeriac::task::host::Host for TaskState {
 
     fn request(&mut self) -> bindings::celeriac::task::types::RequestContext {
         self.request.to_wit()
+    }
+}
+
+impl bindings::celeriac::task::canvas::Host for TaskState {
+    fn send(&mut self, signature: String) -> Result<String, bindings::celeriac::task::types::TaskError> {
+        canvas::send(self, signature)
+    }
+
+    fn replace(&mut self, signature: String) -> Result<(), bindings::celeriac::task::types::TaskError> {
+        canvas::replace(self, signature)
     }
 }
 
@@ -135,13 +156,14 @@ impl bindings_v0_1::celeriac::task::host::Host for TaskState {
 }
 
 /// A linker with everything a task component may import: WASI p2 (locked
-/// down per call by [`TaskState::new`]) and `celeriac:task/host`, in both
-/// versions of the contract (0.1.0 and 0.2.0).
+/// down per call by [`TaskState::new`]), `celeriac:task/host` in both
+/// versions of the contract (0.1.0 and 0.2.0), and 0.2.0's `canvas`.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     bindings::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    bindings::celeriac::task::canvas::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings_v0_1::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings_v0_1::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     Ok(linker)
