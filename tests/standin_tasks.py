@@ -11,7 +11,7 @@ import time
 import tomllib
 
 from celery import Celery, chord
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 app = Celery("tasks")
 # Be as robust as celeriac must be: retry result writes across a redis restart.
@@ -132,3 +132,23 @@ def replaced(self, x):
 @app.task(name="tasks.fanout")
 def fanout(n):
     return chord(add.s(i, i) for i in range(n))(xsum.s()).id
+
+
+@app.task(name="tasks.crunch")
+def crunch(seconds):
+    rounds = 0
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            time.sleep(0.01)
+            rounds += 1
+    except SoftTimeLimitExceeded:
+        return {"partial": True, "rounds": rounds}
+    return {"partial": False, "rounds": rounds}
+
+
+@app.task(name="tasks.give_up")
+def give_up():
+    # Celery interrupts the task with SoftTimeLimitExceeded at its soft limit; this one just waits for it.
+    time.sleep(30)
+    return "no limit"

@@ -946,7 +946,11 @@ impl Settings {
             w.push(format!("timezone {:?}: ETAs are interpreted from their own UTC offsets", self.timezone));
         }
         if self.task_soft_time_limit.is_some() || self.task_annotations.values().any(|a| a.soft_time_limit.is_some()) {
-            w.push("soft time limits cannot be raised inside a wasm guest; only hard time limits are enforced".into());
+            w.push(
+                "soft time limits are not raised inside a wasm guest: a task reads what is left \
+                 (celeriac_sdk::soft_time_left, celeriac.soft_time_left) and stops itself; the hard limit still kills"
+                    .into(),
+            );
         }
         w
     }

@@ -61,6 +61,8 @@ __all__ = [
     "group",
     "chord",
     "send_task",
+    "soft_time_left",
+    "SoftTimeLimitExceeded",
     "get_task_logger",
     "REGISTRY",
 ]
@@ -247,6 +249,22 @@ def chord(header: Any, body: Optional[Signature] = None) -> Any:
     """Celery's ``chord(header)(body)`` (sends it) or ``chord(header, body)`` (a signature)."""
     c = _Chord(group(header) if not (isinstance(header, dict) and header.get("subtask_type") == "group") else header)
     return c if body is None else c.with_body(body)
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Celery's ``celery.exceptions.SoftTimeLimitExceeded``: raise it when the task stops at its soft
+    time limit (``soft_time_left() <= 0``); the client re-raises Celery's own class."""
+
+
+SoftTimeLimitExceeded.__module__ = "celery.exceptions"
+
+
+def soft_time_left() -> Optional[float]:
+    """Seconds until the call's soft time limit (negative once passed), ``None`` without one.
+
+    Celery raises ``SoftTimeLimitExceeded`` inside a Python task; a wasm guest cannot be
+    interrupted, so a task asks and stops itself. The hard limit still stops the call."""
+    return _host().soft_time_left()
 
 
 class _Replaced(Exception):

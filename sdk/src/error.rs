@@ -55,6 +55,15 @@ pub struct TaskError {
 }
 
 impl TaskError {
+    /// Celery's `SoftTimeLimitExceeded` (from `celery.exceptions`): what a task
+    /// returns when it stops at its soft time limit without a partial result
+    /// (see [`soft_time_left`](crate::soft_time_left)).
+    pub fn soft_time_limit_exceeded() -> Self {
+        TaskError::new("SoftTimeLimitExceeded", "")
+            .with_module("celery.exceptions")
+            .with_args(Vec::<serde_json::Value>::new())
+    }
+
     /// An exception of class `exc_type` with `message`, e.g.
     /// `TaskError::new("ZeroDivisionError", "division by zero")`.
     pub fn new(exc_type: impl Into<String>, message: impl Into<String>) -> Self {

@@ -1,4 +1,4 @@
-//! Calls into the worker: [`update_state`] and [`request`].
+//! Calls into the worker: [`update_state`], [`request`] and [`soft_time_left`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -83,6 +83,27 @@ impl From<types::RequestContext> for Request {
             headers,
         }
     }
+}
+
+/// Seconds left until the call's soft time limit (Celery's `soft_time_limit`),
+/// negative once it has passed; `None` when the call has none.
+///
+/// A Python task gets `SoftTimeLimitExceeded` raised inside it; a wasm task is
+/// not interrupted: it asks, stops and returns what it has (or returns
+/// [`TaskError::soft_time_limit_exceeded`](crate::TaskError::soft_time_limit_exceeded),
+/// which the client sees as Celery's exception). The hard limit still stops it.
+///
+/// ```no_run
+/// let mut done = Vec::new();
+/// for item in 0..1_000_000 {
+///     if celeriac_sdk::soft_time_left().is_some_and(|left| left <= 0.0) {
+///         break; // a partial result
+///     }
+///     done.push(item);
+/// }
+/// ```
+pub fn soft_time_left() -> Option<f64> {
+    host::soft_time_left()
 }
 
 /// The [`Request`] context of the call being run (Celery's `self.request`).

@@ -82,6 +82,8 @@
 //! * [`update_state`]: a custom state such as `PROGRESS`, like Celery's
 //!   `self.update_state(state=..., meta=...)`.
 //! * [`request`]: the call's [`Request`] context, like Celery's `self.request`.
+//! * [`soft_time_left`]: seconds until the call's soft time limit, so a task can
+//!   stop in time (Celery raises `SoftTimeLimitExceeded` in a Python task).
 //! * [`signature`] / [`chain`] / [`group`] / [`chord`] and [`Signature::delay`]:
 //!   send tasks, like Celery's `add.delay(2, 2)`; [`replace`]: Celery's
 //!   `self.replace(sig)`. Granted per task by the worker (`send_tasks`).
@@ -102,7 +104,7 @@ pub mod log;
 pub use canvas::{Signature, chain, chord, group, replace, signature};
 pub use celeriac_sdk_macros::{export_tasks, task};
 pub use error::{Raise, Retry, TaskError};
-pub use host::{Request, request, update_state, update_state_json};
+pub use host::{Request, request, soft_time_left, update_state, update_state_json};
 
 /// Implementation details used by the macros' expansions. Not a stable API.
 #[doc(hidden)]

@@ -223,6 +223,33 @@ fn fanout(n: i64) -> Result<String, TaskError> {
     chord((0..n).map(|i| signature("tasks.add").args((i, i))), signature("tasks.xsum")).delay()
 }
 
+/// `crunch(seconds)`: works in rounds of 10 ms for `seconds`, unless the call's
+/// soft time limit passes first: then it stops and returns what it has, as a
+/// Celery task catching `SoftTimeLimitExceeded` would.
+#[task]
+fn crunch(seconds: f64) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed().as_secs_f64() < seconds {
+        if celeriac_sdk::soft_time_left().is_some_and(|left| left <= 0.0) {
+            return json!({"partial": true, "rounds": rounds});
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        rounds += 1;
+    }
+    json!({"partial": false, "rounds": rounds})
+}
+
+/// `give_up()`: stops at once when it has a soft time limit, raising Celery's
+/// `SoftTimeLimitExceeded`; returns `"no limit"` otherwise.
+#[task]
+fn give_up() -> Result<&'static str, TaskError> {
+    match celeriac_sdk::soft_time_left() {
+        Some(_) => Err(TaskError::soft_time_limit_exceeded()),
+        None => Ok("no limit"),
+    }
+}
+
 celeriac_sdk::export_tasks!(
     add,
     mul,
@@ -246,5 +273,7 @@ celeriac_sdk::export_tasks!(
     limited,
     spawn,
     replaced,
-    fanout
+    fanout,
+    crunch,
+    give_up
 );

@@ -265,6 +265,9 @@ pub struct Invocation {
     pub state_sink: Option<StateSink>,
     /// Whether the task may send tasks (`canvas.send` / `canvas.replace`).
     pub may_send: bool,
+    /// The call's soft time limit in seconds, which the guest can read
+    /// (`host.soft-time-left`); the sandbox does not enforce it.
+    pub soft_time_limit: Option<f64>,
 }
 
 /// What a call produced.
@@ -728,7 +731,7 @@ impl Sandbox {
     async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<(String, DeclaredOptions)>, String> {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
-        let mut store = self.store(0, limits, request, None, false);
+        let mut store = self.store(0, limits, request, None, (false, None));
         let max = self.config.bounds.max_tasks_per_component;
         let fut = async {
             let instance = c.pre.instantiate_async(&mut store).await?;
@@ -748,9 +751,9 @@ impl Sandbox {
         limits: Limits,
         request: Request,
         sink: Option<StateSink>,
-        may_send: bool,
+        grants: (bool, Option<f64>),
     ) -> Store<TaskState> {
-        let state = TaskState::new(limits, &self.config.bounds, request, sink, may_send);
+        let state = TaskState::new(limits, &self.config.bounds, request, sink, grants.0, grants.1);
         let mut store = Store::new(&self.engines[engine].engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering {
@@ -1010,7 +1013,8 @@ impl Sandbox {
         // Captured now: a trap unwinding the guest's fiber can leave the
         // thread's current span changed, so output is logged under this one.
         let span = tracing::Span::current();
-        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink, inv.may_send);
+        let mut store =
+            self.store(entry.engine, limits, inv.request, inv.state_sink, (inv.may_send, inv.soft_time_limit));
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
         let result = {

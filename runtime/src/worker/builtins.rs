@@ -148,6 +148,7 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
             message_time_limit: inv.message_time_limit,
             state_sink: None,
             may_send: inv.may_send,
+            soft_time_limit: inv.soft_time_limit,
         };
         let r = s.sandbox.call(task, one).await?;
         total.wall += r.report.wall;

@@ -369,6 +369,14 @@ async fn run(
         },
         state_sink: Some(sink),
         may_send: annotation.send_tasks.unwrap_or(false),
+        // Celery's order: the message's own, the task's (remote control, then annotations and what
+        // the component declares), then the worker's `task_soft_time_limit`.
+        soft_time_limit: msg
+            .timelimit
+            .soft
+            .or_else(|| s.state.soft_time_limit(&msg.task))
+            .or(annotation.soft_time_limit)
+            .or(s.settings.task_soft_time_limit),
     };
     // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
     // as with Celery's task logger; the worker's lines are plain.

@@ -439,6 +439,11 @@ impl WorkerState {
         lock(&self.time_limits).insert(task.to_string(), (soft, hard));
     }
 
+    /// The run-time soft time limit of `task`, if remote control set one.
+    pub fn soft_time_limit(&self, task: &str) -> Option<f64> {
+        lock(&self.time_limits).get(task).and_then(|(soft, _)| *soft)
+    }
+
     /// The run-time hard time limit of `task`, if remote control set one.
     pub fn hard_time_limit(&self, task: &str) -> Option<f64> {
         lock(&self.time_limits).get(task).and_then(|(_, hard)| *hard)

@@ -63,6 +63,8 @@ pub struct TaskState {
     pub stderr: CapturedOutput,
     /// When the call's wall-clock limit runs out.
     pub deadline: std::time::Instant,
+    /// When the call's soft time limit passes (`host.soft-time-left`).
+    pub soft_deadline: Option<std::time::Instant>,
     /// What the guest may still write to the worker's log in this call.
     pub output: log::OutputBudget,
     /// Signatures the call sent or replaced itself with (`canvas`).
@@ -77,7 +79,12 @@ impl TaskState {
         request: Request,
         state_sink: Option<StateSink>,
         may_send: bool,
+        soft_time_limit: Option<f64>,
     ) -> Self {
+        let now = std::time::Instant::now();
+        let soft_deadline = soft_time_limit
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .and_then(|s| now.checked_add(std::time::Duration::from_secs_f64(s.min(1e9))));
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
         let stderr = CapturedOutput::new(CAPTURE_LIMIT);
         // The builder's defaults grant nothing: no preopens, no env, no args,
@@ -91,7 +98,8 @@ impl TaskState {
             state_sink,
             stdout,
             stderr,
-            deadline: std::time::Instant::now() + limits.time_limit,
+            deadline: now + limits.time_limit,
+            soft_deadline,
             output: log::OutputBudget::new(bounds),
             canvas: canvas::Sends::new(may_send),
         }
@@ -117,6 +125,14 @@ impl bindings::celeriac::task::host::Host for TaskState {
 
     fn request(&mut self) -> bindings::celeriac::task::types::RequestContext {
         self.request.to_wit()
+    }
+
+    fn soft_time_left(&mut self) -> Option<f64> {
+        let now = std::time::Instant::now();
+        self.soft_deadline.map(|d| match d.checked_duration_since(now) {
+            Some(left) => left.as_secs_f64(),
+            None => -now.duration_since(d).as_secs_f64(),
+        })
     }
 }
 
