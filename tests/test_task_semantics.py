@@ -109,6 +109,25 @@ def test_warm_shutdown_gives_back_rate_limited_tasks(worker, client):
     assert [r.get(timeout=30) for r in results[1:]] == [2, 3, 4]
 
 
+@pytest.mark.celeriac_only
+def test_a_cluster_rate_limit_holds_across_two_workers(worker, client):
+    """``cluster_rate_limit = "10/s"``: two workers share one bucket in Redis, so 30 calls take at least
+    29/10 s between them — where a per-worker limit would let them through twice as fast (Celery has no
+    cluster-wide limit: its most-requested missing feature)."""
+    config = '[task_annotations."tasks.add"]\ncluster_rate_limit = "10/s"\n'
+    w1 = worker(concurrency=2, config=config, name="one@%h")
+    w2 = worker(concurrency=2, config=config, name="two@%h")
+    assert client.mul.delay(1, 1).get(timeout=30) == 1
+    start = time.monotonic()
+    results = [client.add.delay(i, i) for i in range(30)]
+    wait_all(results, 60)
+    elapsed = time.monotonic() - start
+    assert [r.get() for r in results] == [2 * i for i in range(30)]
+    assert elapsed >= 29 / 10, f"30 calls at 10/s across two workers finished in {elapsed:.2f}s"
+    done = [w.count(re.compile(r"Task tasks\.add\[[^\]]+\] succeeded")) for w in (w1, w2)]
+    assert sum(done) == 30 and min(done) > 0, f"both workers took part: {done}"
+
+
 # --------------------------------------------------------------------------
 # Expiry checked when the task starts
 # --------------------------------------------------------------------------

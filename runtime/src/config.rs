@@ -95,6 +95,9 @@ pub struct Annotation {
     /// Celeriac: the task may send tasks (`canvas.send`, `canvas.replace`: Celery's
     /// `other.delay()` and `self.replace()`); denied unless granted.
     pub send_tasks: Option<bool>,
+    /// Celeriac: a rate limit shared by every worker on the broker (Redis), e.g.
+    /// `"100/m"`; Celery's `rate_limit` is per worker.
+    pub cluster_rate_limit: Option<RateLimit>,
 }
 
 impl Annotation {
@@ -610,6 +613,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         "max_retries",
         "default_retry_delay",
         "send_tasks",
+        "cluster_rate_limit",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -823,7 +827,8 @@ impl Settings {
                 max_stack,
                 max_retries,
                 default_retry_delay,
-                send_tasks
+                send_tasks,
+                cluster_rate_limit
             );
         }
         a

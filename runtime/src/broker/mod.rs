@@ -140,6 +140,11 @@ pub trait Transport: Send + Sync + 'static {
         None
     }
 
+    /// Rate limits shared by every worker on this broker (`cluster_rate_limit`).
+    fn shared_rate_limits(&self) -> Option<&dyn SharedRateLimits> {
+        None
+    }
+
     /// Close this transport's connections cleanly (AMQP: `connection.close`
     /// with 200, so the broker does not log a dropped socket), once everything
     /// they carry (acknowledgements, results) has been flushed. Nothing is
@@ -160,6 +165,17 @@ pub trait DelayedDelivery: Send + Sync {
     /// (`task.routing_key`); returns once the broker has it, after which the
     /// caller acknowledges the original delivery.
     fn park<'a>(&'a self, task: &'a EncodedTask, delay: std::time::Duration) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A broker that can hold one token bucket per task name for every worker
+/// connected to it: cluster-wide rate limits (`cluster_rate_limit` in
+/// `task_annotations`), which Celery lacks — its `rate_limit` is per worker.
+pub trait SharedRateLimits: Send + Sync {
+    /// Reserve the next start of `task` under `per_second` starts a second
+    /// (GCRA, no burst: Celery's token bucket of capacity 1) and return how
+    /// long to wait before starting it (zero: start now).
+    fn reserve<'a>(&'a self, task: &'a str, per_second: f64)
+    -> BoxFuture<'a, Result<std::time::Duration, BrokerError>>;
 }
 
 /// A transport that can publish result messages to a client's reply queue,

@@ -506,6 +506,39 @@ impl RedisTransport {
     }
 }
 
+/// One start reserved in a task's shared bucket (GCRA on the server's clock):
+/// the key holds the theoretical arrival time in microseconds. KEYS: the
+/// bucket; ARGV: the interval between starts in microseconds. Returns the
+/// wait in microseconds.
+const RESERVE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+if tat < now then tat = now end
+local interval = tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', tat + interval), 'PX', math.ceil((tat + interval - now) / 1000) + 1000)
+return tat - now
+"#;
+
+/// The reservation script, hashed once.
+static RESERVE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(RESERVE_SCRIPT));
+
+impl crate::broker::SharedRateLimits for RedisTransport {
+    fn reserve<'a>(
+        &'a self,
+        task: &'a str,
+        per_second: f64,
+    ) -> BoxFuture<'a, Result<std::time::Duration, BrokerError>> {
+        Box::pin(async move {
+            let interval = (1e6 / per_second).clamp(1.0, 1e12) as u64;
+            let mut c = self.broker.conn.clone();
+            let wait: i64 =
+                RESERVE.key(format!("celeriac-rate-limit:{task}")).arg(interval).invoke_async(&mut c).await?;
+            Ok(std::time::Duration::from_micros(wait.max(0) as u64))
+        })
+    }
+}
+
 impl Transport for RedisTransport {
     fn name(&self) -> &'static str {
         "redis"
@@ -516,6 +549,10 @@ impl Transport for RedisTransport {
     }
 
     fn fanout(&self) -> Option<&dyn crate::broker::Fanout> {
+        Some(self)
+    }
+
+    fn shared_rate_limits(&self) -> Option<&dyn crate::broker::SharedRateLimits> {
         Some(self)
     }
 

@@ -358,6 +358,15 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     if !unsupported.is_empty() {
         tracing::warn!("Not available on the {} transport: {}", broker.name(), unsupported.join(", "));
     }
+    if broker.shared_rate_limits().is_none()
+        && settings.task_annotations.values().any(|a| a.cluster_rate_limit.is_some())
+    {
+        tracing::warn!(
+            "cluster_rate_limit needs a broker every worker shares a bucket on (Redis); the {} transport has none: \
+             only the per-worker rate_limit applies",
+            broker.name()
+        );
+    }
     tracing::info!("Connected to {}", mask_password(&broker_url));
     // Runs until dropped, at the end of this function.
     let _housekeeping = broker.start_housekeeping().await;

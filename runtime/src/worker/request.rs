@@ -645,7 +645,8 @@ async fn rate_limit(
         Some(set) => set.as_ref().and_then(RateLimit::tasks_per_second),
         None => s.settings.rate_limit(annotation),
     };
-    let Some(wait) = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now()) else { return true };
+    let local = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now());
+    let Some(wait) = local.into_iter().chain(cluster_wait(s, &msg.task, annotation).await).max() else { return true };
     tracing::debug!("Task {}[{}] rate limited: starts in {wait:?}", msg.display_name(), msg.id);
     acker.hold();
     let _held = s.rate_limits.hold().inspect(|_| *prefetch = None);
@@ -653,6 +654,21 @@ async fn rate_limit(
         biased;
         _ = stopped(s.phase.clone()) => false,
         _ = tokio::time::sleep(wait) => true,
+    }
+}
+
+/// The wait the cluster-wide limit (`cluster_rate_limit`) asks for, reserved in
+/// the broker's shared bucket; none without such a limit, or when the bucket
+/// cannot be reached (the per-worker limit still holds; logged).
+async fn cluster_wait(s: &Shared, task: &str, annotation: &Annotation) -> Option<std::time::Duration> {
+    let rate = annotation.cluster_rate_limit.as_ref().and_then(RateLimit::tasks_per_second)?;
+    let shared = s.broker.shared_rate_limits()?;
+    match shared.reserve(task, rate).await {
+        Ok(wait) => Some(wait).filter(|w| !w.is_zero()),
+        Err(e) => {
+            tracing::warn!("cluster_rate_limit of {task}: cannot reserve in the broker's bucket ({e}); not applied");
+            None
+        }
     }
 }
 
