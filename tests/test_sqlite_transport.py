@@ -255,3 +255,35 @@ def test_no_broker_configured_runs_on_a_local_file(tmp_path, sqlite_client):
         assert app.AsyncResult(task_id).get(timeout=10) == 8
     finally:
         proc.stop()
+
+
+# --------------------------------------------------------------------------
+# Chords on the database backend: celery.chord_unlock
+# --------------------------------------------------------------------------
+
+def test_a_chord_on_the_database_backend_completes_through_chord_unlock(sqlite_worker, sqlite_client, db):
+    """The database backend counts no chords: the client sends ``celery.chord_unlock``, which polls the
+    header every second and then sends the body (or fails it with ``ChordError``)."""
+    from celery import chord
+
+    sqlite_worker(config=config(db), concurrency=2)
+    app, t = sqlite_client(db)
+    result = chord(t["add"].s(i, i) for i in range(5))(t["xsum"].s())
+    assert result.get(timeout=60) == sum(2 * i for i in range(5))
+
+    failing = chord([t["add"].s(1, 1), t["fail"].s("boom")])(t["xsum"].s())
+    with pytest.raises(Exception) as info:
+        failing.get(timeout=60, propagate=True)
+    # The body's own row: ChordError naming the member that failed, the body never run.
+    wait_until(lambda: results(db, [failing.id]).get(failing.id, ("",))[0] == "FAILURE", 30,
+               message="the chord body to be failed")
+    status, exc = results(db, [failing.id])[failing.id]
+    assert exc["exc_type"] == "ChordError", exc
+    assert info.value is not None
+
+
+def test_a_chord_a_task_sends_on_the_database_backend_completes_too(sqlite_worker, sqlite_client, db):
+    sqlite_worker(config=config(db, '[task_annotations."*"]\nsend_tasks = true\n'), concurrency=2)
+    app, _ = sqlite_client(db)
+    body_id = app.send_task("tasks.fanout", args=(4,)).get(timeout=30)
+    assert app.AsyncResult(body_id).get(timeout=60) == sum(2 * i for i in range(4))

@@ -10,7 +10,10 @@
 //! (each call in a fresh sandbox, with that task's limits), and the list of
 //! results is the builtin's result; the first item that fails fails the whole
 //! call with its exception. `celery.accumulate` and `celery.backend_cleanup`
-//! are served too.
+//! are served too, and `celery.chord_unlock`, which completes chords on a
+//! result backend that does not count them (the database backend): it polls
+//! the members every second (a retry of itself) until all are ready, then
+//! sends the body with their results, or fails it with `ChordError`.
 
 use serde_json::{Map, Value};
 
@@ -30,6 +33,8 @@ pub enum Builtin {
     /// `celery.backend_cleanup()`: result expiry is the backend's own here
     /// (Redis `SETEX`; the database backend deletes expired rows as it writes).
     BackendCleanup,
+    /// `celery.chord_unlock(group_id, callback, interval=None, max_retries=None, result=[...])`.
+    ChordUnlock,
 }
 
 impl Builtin {
@@ -40,6 +45,7 @@ impl Builtin {
             "celery.starmap" => Some(Builtin::Starmap),
             "celery.accumulate" => Some(Builtin::Accumulate),
             "celery.backend_cleanup" => Some(Builtin::BackendCleanup),
+            "celery.chord_unlock" => Some(Builtin::ChordUnlock),
             _ => None,
         }
     }
@@ -81,7 +87,67 @@ pub async fn call(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocati
         Builtin::Accumulate => Ok(host_result(accumulate(&msg.args, &msg.kwargs))),
         Builtin::BackendCleanup => Ok(host_result(Outcome::Success(Value::Null))),
         Builtin::Map | Builtin::Starmap => each(s, builtin, msg, inv).await,
+        Builtin::ChordUnlock => Ok(chord_unlock(s, msg).await),
     }
+}
+
+/// `celery.chord_unlock`: every member ready → the body is sent (its args
+/// prepended with the members' results in order) or, when one failed, stored
+/// as failed with `ChordError`; otherwise a retry in `interval` seconds.
+async fn chord_unlock(s: &Shared, msg: &TaskMessage) -> CallResult {
+    let fail = |exc_type: &str, message: String| host_result(Outcome::Failure(raised(exc_type, message)));
+    let (Some(Value::String(group_id)), Some(callback)) = (argument(msg, 0, "group_id"), argument(msg, 1, "callback"))
+    else {
+        return fail("TypeError", "unlock_chord() needs group_id and callback".into());
+    };
+    let ids: Vec<String> = match msg.kwargs.get("result") {
+        Some(Value::Array(tuples)) => {
+            tuples.iter().filter_map(|t| t.pointer("/0/0").and_then(Value::as_str)).map(str::to_string).collect()
+        }
+        _ => return fail("TypeError", "unlock_chord() needs result=[member result tuples]".into()),
+    };
+    let interval = msg.kwargs.get("interval").and_then(Value::as_f64).unwrap_or(super::canvas::CHORD_UNLOCK_INTERVAL);
+    let max_retries = msg.kwargs.get("max_retries").and_then(Value::as_u64).map(|n| n.min(u32::MAX as u64) as u32);
+    let again = |why: Option<String>| {
+        let exc = why.map(|m| raised("RuntimeError", m));
+        host_result(Outcome::Retry(crate::sandbox::RetryRequest {
+            countdown: Some(interval),
+            eta: None,
+            exc,
+            max_retries: Some(max_retries.unwrap_or(u32::MAX)),
+        }))
+    };
+    let Some(backend) = &s.backend else { return fail("RuntimeError", "chord_unlock needs a result backend".into()) };
+    let mut results = Vec::with_capacity(ids.len());
+    for id in &ids {
+        match backend.get(id).await {
+            Ok(Some(meta)) if meta.status.is_ready() => results.push(meta),
+            Ok(_) => return again(None),
+            Err(e) => return again(Some(format!("cannot read the result of {id}: {e}"))),
+        }
+    }
+    let mut body = callback.clone();
+    let body_id = match crate::protocol::signature::freeze(&mut body, None) {
+        Ok(id) => id,
+        Err(e) => return fail("ValueError", format!("chord {group_id}: its body is {e}")),
+    };
+    if let Some(failed) = results.iter().find(|m| m.status != crate::protocol::TaskState::Success) {
+        let exc = failed.result.get("exc_type").and_then(Value::as_str).unwrap_or("an error");
+        let message = format!("Dependency {} raised {exc}", failed.task_id);
+        tracing::error!("Chord {group_id} raised: {message}");
+        let error = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
+        super::request::store_failure_of(s, &body_id, &error).await;
+        return host_result(Outcome::Success(Value::Null));
+    }
+    // The body with the results prepended, sent as a signature of this call (parent: the unlock task).
+    let values = Value::Array(results.into_iter().map(|m| m.result).collect());
+    let immutable = body.get("immutable").and_then(Value::as_bool).unwrap_or(false);
+    if !immutable && super::canvas::prepend_args(&mut body, values).is_err() {
+        return fail("ValueError", format!("chord {group_id}: its body is no signature"));
+    }
+    let mut r = host_result(Outcome::Success(Value::Null));
+    r.sent.push(body);
+    r
 }
 
 /// `celery.accumulate`.

@@ -62,15 +62,49 @@ pub struct Applied {
     pub id: String,
     /// The task messages, in sending order.
     pub tasks: Vec<NewTask>,
-    /// Chords started by these messages: `(group id, header size)`, recorded in
-    /// the result backend before the header is sent (Celery's `set_chord_size`,
-    /// which a Python worker completing the chord reads).
-    pub chord_sizes: Vec<(String, u64)>,
+    /// Chords started by these messages, to record before the header is sent:
+    /// their size for a backend that counts chords (Celery's `set_chord_size`,
+    /// which a Python worker completing the chord reads), else a
+    /// `celery.chord_unlock` task that polls the members (Celery's fallback).
+    pub chords: Vec<ChordStart>,
+}
+
+/// Seconds between two polls of `celery.chord_unlock` (Celery's default
+/// `result_chord_retry_interval`).
+pub const CHORD_UNLOCK_INTERVAL: f64 = 1.0;
+
+/// A chord a signature starts.
+#[derive(Debug, Clone)]
+pub struct ChordStart {
+    /// The chord's group id.
+    pub group_id: String,
+    /// Its header members' task ids, in order.
+    pub members: Vec<String>,
+    /// Its body, as sent to the members (with `chord_size`).
+    pub body: Value,
+    /// What polls it on a backend that does not count chords.
+    pub unlock: NewTask,
+}
+
+/// Celery's `fallback_chord_unlock`: `celery.chord_unlock(group_id, body,
+/// result=[member tuples])`, one second from now, polling until every member
+/// is ready, then sending the body with their results.
+fn unlock_task(
+    group_id: &str,
+    members: &[String],
+    body: &Value,
+    parent: &TaskMessage,
+    settings: &Settings,
+) -> Result<NewTask, CanvasError> {
+    let result: Vec<Value> = members.iter().map(|id| json!([[id, null], null])).collect();
+    let sig = json!({"task": "celery.chord_unlock", "args": [group_id, body], "kwargs": {"result": result},
+        "options": {"countdown": CHORD_UNLOCK_INTERVAL}, "subtask_type": null, "immutable": true});
+    from_signature(&sig, None, parent, settings)
 }
 
 impl From<NewTask> for Applied {
     fn from(task: NewTask) -> Self {
-        Applied { id: task.id.clone(), tasks: vec![task], chord_sizes: Vec::new() }
+        Applied { id: task.id.clone(), tasks: vec![task], chords: Vec::new() }
     }
 }
 
@@ -153,13 +187,60 @@ fn apply_into(
             if let Some(b) = body.as_object_mut() {
                 b.insert("chord_size".into(), Value::from(header.len()));
             }
-            out.chord_sizes.push((gid.clone(), header.len() as u64));
+            let members = header.iter().map(member_id).collect::<Result<Vec<_>, _>>()?;
+            let unlock = unlock_task(&gid, &members, &body, parent, settings)?;
+            out.chords.push(ChordStart { group_id: gid.clone(), members, body: body.clone(), unlock });
             for (index, member) in header.into_iter().enumerate() {
                 apply_member(member, &gid, index, Some(&body), prepend, parent, settings, out)?;
             }
         }
     }
     Ok(())
+}
+
+/// `value` put before the args of the tasks that start `sig` (a task's own
+/// args; a chain's first step's; every member of a group or chord header).
+pub fn prepend_args(sig: &mut Value, value: Value) -> Result<(), CanvasError> {
+    match signature::kind(sig)? {
+        Kind::Task => {
+            let obj = sig.as_object_mut().ok_or_else(|| CanvasError::Malformed("not an object".into()))?;
+            match obj.get_mut("args") {
+                Some(Value::Array(args)) => args.insert(0, value),
+                _ => {
+                    obj.insert("args".into(), Value::Array(vec![value]));
+                }
+            }
+            Ok(())
+        }
+        Kind::Chain => match signature::tasks_mut(sig)?.first_mut() {
+            Some(first) => prepend_args(first, value),
+            None => Err(SignatureError::Malformed("an empty chain".into()).into()),
+        },
+        Kind::Group => {
+            for member in signature::tasks_mut(sig)? {
+                prepend_args(member, value.clone())?;
+            }
+            Ok(())
+        }
+        Kind::Chord => {
+            for member in signature::header_mut(sig)? {
+                prepend_args(member, value.clone())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The id a chord member's result is stored under (a chain member's last step's).
+fn member_id(member: &Value) -> Result<String, CanvasError> {
+    let id = match signature::kind(member)? {
+        Kind::Chain => member.pointer("/kwargs/tasks").and_then(Value::as_array).and_then(|t| t.last()),
+        _ => Some(member),
+    };
+    id.and_then(|m| m.pointer("/options/task_id"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| CanvasError::Malformed("a chord member without a task id".into()))
 }
 
 /// One member of a group or chord header: a task, or a chain whose last step
@@ -555,10 +636,10 @@ mod tests {
         let next = on_success(&done, &json!(2), &Settings::default()).remove(0).unwrap();
         assert_eq!(next.tasks.len(), 2);
         assert_eq!(next.tasks[1].args, vec![json!(2), json!(2)]);
-        assert_eq!(next.chord_sizes.len(), 1);
+        assert_eq!(next.chords.len(), 1);
         let body = next.tasks[0].options.embed.chord.clone().unwrap();
         assert_eq!((body["task"].clone(), body["chord_size"].clone()), (json!("tasks.xsum"), json!(2)));
-        assert_eq!(next.tasks[0].options.group, Some(next.chord_sizes[0].0.clone()));
+        assert_eq!(next.tasks[0].options.group, Some(next.chords[0].group_id.clone()));
     }
 
     #[test]
@@ -629,6 +710,6 @@ mod tests {
         let applied = replace(&message_with_embed(json!({})), &g, &Settings::default()).unwrap();
         let body = applied.tasks[0].options.embed.chord.clone().unwrap();
         assert_eq!(body["task"], json!("celery.accumulate"));
-        assert_eq!(applied.chord_sizes[0].1, 2);
+        assert_eq!(applied.chords[0].members.len(), 2);
     }
 }

@@ -515,7 +515,8 @@ async fn run(
     {
         match b.chords() {
             Some(chords) => Box::pin(chord_part_return(s, chords, group, &msg, state, value)).await,
-            None => tracing::error!("chord {group}: chords need the Redis result backend; the body will not run"),
+            // The database backend: the chord's `celery.chord_unlock` task polls its members.
+            None => tracing::debug!("chord {group}: member {} done; celery.chord_unlock completes the chord", msg.id),
         }
     }
     if acks_late {
@@ -739,17 +740,23 @@ async fn publish_each(s: &Shared, applied: Vec<Result<canvas::Applied, canvas::N
                 continue;
             }
         };
-        if !a.chord_sizes.is_empty() {
+        // A chord's bookkeeping first: its size where the backend counts chords, else (the
+        // database backend) Celery's fallback, a `celery.chord_unlock` task polling the members.
+        let mut unlocks = Vec::new();
+        for chord in &a.chords {
             match s.backend.as_ref().and_then(|b| b.chords()) {
                 Some(chords) => {
-                    for (group, size) in &a.chord_sizes {
-                        retry("record a chord's size", || chords.set_chord_size(group, *size)).await;
-                    }
+                    let size = chord.members.len() as u64;
+                    retry("record a chord's size", || chords.set_chord_size(&chord.group_id, size)).await;
                 }
-                None => tracing::error!("chord {}: chords need the Redis result backend; its body will not run", a.id),
+                None if s.backend.is_some() => unlocks.push(chord.unlock.clone()),
+                None => tracing::error!("chord {}: no result backend; its body will not run", chord.group_id),
             }
         }
         for task in a.tasks {
+            publish_one(s, task, &mut children).await;
+        }
+        for task in unlocks {
             publish_one(s, task, &mut children).await;
         }
     }
@@ -791,9 +798,19 @@ fn encode(s: &Shared, task: &NewTask) -> Result<EncodedTask, ProtocolError> {
     })
 }
 
+/// Store `exc` as the FAILURE of `task_id` (not the running task's: a chord's body).
+pub(super) async fn store_failure_of(s: &Shared, task_id: &str, exc: &ExceptionInfo) {
+    if s.results.is_some() {
+        let meta = ResultMeta::failure(task_id, exc, None).with_date_done(Some(Utc::now()));
+        store(s, &Routing::default(), meta).await;
+    }
+}
+
 /// Whether no result is stored for this message (`annotation` is its task's).
 fn ignores_result(s: &Shared, msg: &TaskMessage, annotation: &Annotation) -> bool {
     s.backend.is_none()
+        // Celery's `chord_unlock` is declared with ignore_result=True: its retries are not stored.
+        || builtins::Builtin::named(&msg.task) == Some(builtins::Builtin::ChordUnlock)
         || msg.ignore_result
         || s.settings.task_ignore_result
         || annotation.ignore_result.unwrap_or(false)
