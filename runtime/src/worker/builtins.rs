@@ -282,6 +282,7 @@ mod tests {
         assert_eq!(Builtin::named("celery.map"), Some(Builtin::Map));
         assert_eq!(Builtin::named("celery.starmap"), Some(Builtin::Starmap));
         assert_eq!(Builtin::named("tasks.add"), None);
-        assert_eq!(Builtin::named("celery.chord_unlock"), None);
+        assert_eq!(Builtin::named("celery.chord_unlock"), Some(Builtin::ChordUnlock));
+        assert_eq!(Builtin::named("celery.chain"), None);
     }
 }
