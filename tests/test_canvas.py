@@ -3,6 +3,8 @@ Python client; the Celeriac worker publishes the continuations itself."""
 
 import re
 
+import pytest
+
 from celery import chain, chord, group
 
 
@@ -108,3 +110,27 @@ def test_accumulate_returns_its_arguments_or_the_one_at_index(worker, client):
     worker()
     assert client.app.send_task("celery.accumulate", args=(1, 2, 3)).get(timeout=30) == [1, 2, 3]
     assert client.app.send_task("celery.accumulate", args=(1, 2, 3), kwargs={"index": 1}).get(timeout=30) == 2
+
+
+def test_the_old_group_builtin_sends_its_tasks_as_one_group(worker, client):
+    """``celery.group`` (Celery keeps it for backwards compatibility): its tasks sent under its group id."""
+    worker(concurrency=2)
+    # partial_args (10,) go before each task's own: add(10, i).
+    g = group(client.add.s(i) for i in range(3))
+    res = g.freeze()
+    client.app.send_task("celery.group", args=([dict(t) for t in g.tasks], res.as_tuple(), res.id, [10])).get(timeout=30)
+    assert res.get(timeout=30) == [10, 11, 12]
+
+
+def test_celery_chain_sent_as_a_task_is_not_implemented_as_in_celery(worker, client):
+    worker()
+    with pytest.raises(NotImplementedError, match="chain is not a real task"):
+        client.app.send_task("celery.chain", args=()).get(timeout=30)
+
+
+def test_the_chunks_builtin_sends_a_group_of_starmaps(worker, client):
+    worker(concurrency=2)
+    r = client.app.send_task("celery.chunks", args=(dict(client.add.s()), [[1, 2], [3, 4], [5, 6]], 2))
+    (gid, _), members = r.get(timeout=30)
+    results = [client.app.AsyncResult(m[0][0]).get(timeout=30) for m in members]
+    assert results == [[3, 7], [11]]

@@ -35,6 +35,14 @@ pub enum Builtin {
     BackendCleanup,
     /// `celery.chord_unlock(group_id, callback, interval=None, max_retries=None, result=[...])`.
     ChordUnlock,
+    /// `celery.group(tasks, result, group_id, partial_args)`: sends the tasks as one group.
+    Group,
+    /// `celery.chord(header, body, partial_args=())`: sends the chord.
+    Chord,
+    /// `celery.chunks(task, it, n)`: a group of `celery.starmap` over chunks of `n` items.
+    Chunks,
+    /// `celery.chain(...)`: "chain is not a real task" (`NotImplementedError`), as in Celery.
+    Chain,
 }
 
 impl Builtin {
@@ -46,6 +54,10 @@ impl Builtin {
             "celery.accumulate" => Some(Builtin::Accumulate),
             "celery.backend_cleanup" => Some(Builtin::BackendCleanup),
             "celery.chord_unlock" => Some(Builtin::ChordUnlock),
+            "celery.group" => Some(Builtin::Group),
+            "celery.chord" => Some(Builtin::Chord),
+            "celery.chunks" => Some(Builtin::Chunks),
+            "celery.chain" => Some(Builtin::Chain),
             _ => None,
         }
     }
@@ -88,7 +100,88 @@ pub async fn call(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocati
         Builtin::BackendCleanup => Ok(host_result(Outcome::Success(Value::Null))),
         Builtin::Map | Builtin::Starmap => each(s, builtin, msg, inv).await,
         Builtin::ChordUnlock => Ok(chord_unlock(s, msg).await),
+        Builtin::Group | Builtin::Chord | Builtin::Chunks => Ok(canvas_builtin(builtin, msg)),
+        Builtin::Chain => {
+            Ok(host_result(Outcome::Failure(raised("NotImplementedError", "chain is not a real task".into()))))
+        }
     }
+}
+
+/// `celery.group`, `celery.chord`, `celery.chunks` (Celery keeps them "for
+/// backwards compatibility"): the canvas they describe, sent as this call's
+/// signature; the result is the group's result tuple (`celery.group`), the
+/// chunks' group tuple, or the chord body's id.
+fn canvas_builtin(builtin: Builtin, msg: &TaskMessage) -> CallResult {
+    use serde_json::json;
+    let fail = |message: &str| host_result(Outcome::Failure(raised("TypeError", message.to_string())));
+    let sig = |task: &str, kind: &str, kwargs: Value, options: Value| json!({"task": task, "args": [], "kwargs": kwargs, "options": options, "subtask_type": kind, "immutable": false});
+    let partial = |index: usize| match argument(msg, index, "partial_args") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let (mut canvas, value) = match builtin {
+        Builtin::Group => {
+            let (Some(Value::Array(tasks)), Some(result)) = (argument(msg, 0, "tasks"), argument(msg, 1, "result"))
+            else {
+                return fail("group() needs tasks and result");
+            };
+            let group_id = argument(msg, 2, "group_id").cloned().unwrap_or(Value::Null);
+            (sig("celery.group", "group", json!({"tasks": tasks}), json!({"task_id": group_id})), result.clone())
+        }
+        Builtin::Chord => {
+            let (Some(header), Some(body)) = (argument(msg, 0, "header"), argument(msg, 1, "body")) else {
+                return fail("chord() needs header and body");
+            };
+            let header = if header.is_array() {
+                json!({"task": "celery.group", "args": [], "kwargs": {"tasks": header},
+                "options": {}, "subtask_type": "group", "immutable": false})
+            } else {
+                header.clone()
+            };
+            let mut c = sig("celery.chord", "chord", json!({"header": header, "body": body, "kwargs": {}}), json!({}));
+            let id = match crate::protocol::signature::freeze(&mut c, None) {
+                Ok(id) => id,
+                Err(e) => return host_result(Outcome::Failure(raised("ValueError", e.to_string()))),
+            };
+            (c, Value::String(id))
+        }
+        _ => {
+            let (Some(task), Some(Value::Array(items)), Some(n)) =
+                (argument(msg, 0, "task"), argument(msg, 1, "it"), argument(msg, 2, "n").and_then(Value::as_u64))
+            else {
+                return fail("chunks() needs task, it and n");
+            };
+            let parts: Vec<Value> = items
+                .chunks(n.max(1) as usize)
+                .map(|part| {
+                    json!({"task": "celery.starmap", "args": [], "kwargs": {"task": task, "it": part},
+                    "options": {}, "subtask_type": null, "immutable": true})
+                })
+                .collect();
+            let mut g = sig("celery.group", "group", json!({"tasks": parts}), json!({}));
+            let gid = match crate::protocol::signature::freeze(&mut g, None) {
+                Ok(id) => id,
+                Err(e) => return host_result(Outcome::Failure(raised("ValueError", e.to_string()))),
+            };
+            let members: Vec<&str> = g["kwargs"]["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["options"]["task_id"].as_str())
+                .collect();
+            let tuple = crate::protocol::group_tuple(&gid, &members);
+            (g, tuple)
+        }
+    };
+    // Celery's `clone(partial_args)`: put before each starting task's own arguments.
+    for arg in partial(if builtin == Builtin::Chord { 2 } else { 3 }).into_iter().rev() {
+        if let Err(e) = super::canvas::prepend_args(&mut canvas, arg) {
+            return host_result(Outcome::Failure(raised("ValueError", e.to_string())));
+        }
+    }
+    let mut r = host_result(Outcome::Success(value));
+    r.sent.push(canvas);
+    r
 }
 
 /// `celery.chord_unlock`: every member ready → the body is sent (its args
