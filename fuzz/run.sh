@@ -69,7 +69,8 @@ toolchain=()
 for g in "${!needed[@]}"; do
     echo "building the targets in fuzz/$g (sanitizer: $sanitizer)..."
     start=$(date +%s)
-    if ! (cd "$g" && cargo "${toolchain[@]}" fuzz build -O -a --sanitizer "$sanitizer") >build.log 2>&1; then
+    # --fuzz-dir: cargo-fuzz would otherwise find fuzz/ from anywhere below the repository.
+    if ! cargo "${toolchain[@]}" fuzz build --fuzz-dir "$g" -O -a --sanitizer "$sanitizer" >build.log 2>&1; then
         tail -40 build.log >&2
         echo "build failed (fuzz/build.log)" >&2
         exit 2

@@ -11,7 +11,7 @@ import time
 import tomllib
 
 from celery import Celery, chord
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 app = Celery("tasks")
 # Be as robust as celeriac must be: retry result writes across a redis restart.
@@ -152,3 +152,26 @@ def give_up():
     # Celery interrupts the task with SoftTimeLimitExceeded at its soft limit; this one just waits for it.
     time.sleep(30)
     return "no limit"
+
+
+@app.task(name="tasks.where_from", bind=True)
+def where_from(self):
+    return self.request.delivery_info
+
+
+@app.task(name="tasks.ignored")
+def ignored():
+    raise Ignore()
+
+
+@app.task(name="tasks.bounce", bind=True, acks_late=True)
+def bounce(self):
+    if self.request.delivery_info.get("redelivered"):
+        return "redelivered"
+    raise Reject(requeue=True)
+
+
+@app.task(name="tasks.grow_chord", bind=True)
+def grow_chord(self, x):
+    self.add_to_chord(add.s(x, 100))
+    return x

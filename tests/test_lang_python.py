@@ -122,6 +122,13 @@ def test_a_task_sends_a_child_and_another_replaces_itself_with_a_chain(py_worker
     assert call(client, "replaced", 4).get(timeout=60) == 50
 
 
+def test_a_task_reads_its_delivery_info_and_can_be_ignored(py_worker, client):
+    assert call(client, "routing").get(timeout=60) == "celery"
+    r = call(client, "routing", ignore=True)
+    py_worker.wait_for_log(rf"Task tasks\.routing\[{r.id}\] ignored", timeout=60)
+    assert client.redis.meta(r.id) is None
+
+
 def test_declared_autoretry_for_retries_a_key_error_then_fails_with_it(py_worker, client):
     result = call(client, "declared", "b")
     exc = failure_of(result)

@@ -9,7 +9,7 @@ integration tests (tests/test_lang_python.py) drive with a stock Celery client.
 
 import os
 
-from celeriac import get_task_logger, task
+from celeriac import Ignore, get_task_logger, task
 
 logger = get_task_logger(__name__)
 
@@ -85,3 +85,12 @@ def spawn(x, y):
 def replaced(self, x):
     """Replaces itself with ``add(x, 1) | mul(10)``: the client gets ``(x + 1) * 10`` (needs ``send_tasks``)."""
     raise self.replace(add.s(x, 1) | mul.s(10))
+
+
+@task(bind=True)
+def routing(self, ignore=False):
+    """The queue the message came through (``self.request.delivery_info``); with ``ignore``, Celery's
+    ``raise Ignore()``: nothing is stored."""
+    if ignore:
+        raise Ignore()
+    return self.request.delivery_info["routing_key"]

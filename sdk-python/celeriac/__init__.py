@@ -62,6 +62,8 @@ __all__ = [
     "chord",
     "send_task",
     "soft_time_left",
+    "Ignore",
+    "Reject",
     "SoftTimeLimitExceeded",
     "get_task_logger",
     "REGISTRY",
@@ -103,8 +105,28 @@ class Retry(Exception):
         self.max_retries = max_retries
 
 
+class Ignore(Exception):
+    """Celery's ``raise Ignore()``: nothing is stored for the task and no callback runs."""
+
+
+class Reject(Exception):
+    """Celery's ``raise Reject(reason, requeue=False)``: nothing is stored and the message is given
+    back to its queue (``requeue=True``) or dropped. Needs ``acks_late``, as in Celery."""
+
+    def __init__(self, reason: Any = None, requeue: bool = False):
+        super().__init__(reason, requeue)
+        self.reason = reason
+        self.requeue = requeue
+
+
 class Request:
     """Celery's ``Task.request``: what the worker knows about the running call."""
+
+    @property
+    def delivery_info(self) -> dict:
+        """Celery's ``request.delivery_info`` (``exchange``, ``routing_key``, ``priority``,
+        ``redelivered``) with the message's ``reply_to``, ``correlation_id``, ``content_type``."""
+        return json.loads(_host().delivery_info())
 
     def __init__(self, ctx: Any, args: list, kwargs: dict):
         self.id: str = ctx.id
@@ -378,6 +400,15 @@ class Task:
             raise
         raise _Replaced()
 
+    def add_to_chord(self, sig: Signature) -> AsyncResult:
+        """Add ``sig`` (one task) to the chord this task is a member of (Celery's ``add_to_chord``)."""
+        try:
+            return AsyncResult(_canvas().add_to_chord(json.dumps(sig)))
+        except Exception as e:
+            if type(e).__name__ == "Err":
+                _raise_host_error(e)
+            raise
+
     def _invoke(self, args: list, kwargs: dict) -> Any:
         global _running
         self._request = None
@@ -386,6 +417,12 @@ class Task:
         try:
             return self(*args, **kwargs)
         except _Replaced:
+            return None
+        except Ignore:
+            _host().ignore()
+            return None
+        except Reject as r:
+            _host().reject(bool(r.requeue))
             return None
         finally:
             self._request = None

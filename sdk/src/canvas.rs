@@ -163,6 +163,13 @@ impl From<crate::__private::WitTaskError> for TaskError {
     }
 }
 
+/// Celery's `self.add_to_chord(sig)`: `sig` (one task) becomes one more
+/// member of the chord the running task belongs to; the body gets its result
+/// too. Returns its id.
+pub fn add_to_chord(sig: &Signature) -> Result<String, TaskError> {
+    host::add_to_chord(&sig.0.to_string()).map_err(TaskError::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -106,6 +106,29 @@ pub fn soft_time_left() -> Option<f64> {
     host::soft_time_left()
 }
 
+/// Celery's `self.request.delivery_info` with the message's properties:
+/// `exchange`, `routing_key`, `priority`, `redelivered`, `reply_to`,
+/// `correlation_id`, `content_type`.
+pub fn delivery_info() -> Map<String, Value> {
+    match serde_json::from_str(&host::delivery_info()) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// Celery's `raise Ignore()`: when the task returns (successfully), nothing is
+/// stored for it and no callback runs. Return right after calling it.
+pub fn ignore() {
+    host::ignore();
+}
+
+/// Celery's `raise Reject(requeue=...)`: when the task returns (successfully),
+/// nothing is stored and its message is given back to the queue (`requeue`)
+/// or dropped. Needs late acks (`acks_late`), as in Celery. Return right after.
+pub fn reject(requeue: bool) {
+    host::reject(requeue);
+}
+
 /// The [`Request`] context of the call being run (Celery's `self.request`).
 ///
 /// ```no_run

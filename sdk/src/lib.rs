@@ -84,6 +84,9 @@
 //! * [`request`]: the call's [`Request`] context, like Celery's `self.request`.
 //! * [`soft_time_left`]: seconds until the call's soft time limit, so a task can
 //!   stop in time (Celery raises `SoftTimeLimitExceeded` in a Python task).
+//! * [`delivery_info`], [`ignore`], [`reject`], [`add_to_chord`]: Celery's
+//!   `self.request.delivery_info`, `raise Ignore()`, `raise Reject(requeue=)`
+//!   and `self.add_to_chord(sig)`.
 //! * [`signature`] / [`chain`] / [`group`] / [`chord`] and [`Signature::delay`]:
 //!   send tasks, like Celery's `add.delay(2, 2)`; [`replace`]: Celery's
 //!   `self.replace(sig)`. Granted per task by the worker (`send_tasks`).
@@ -101,10 +104,10 @@ mod error;
 mod host;
 pub mod log;
 
-pub use canvas::{Signature, chain, chord, group, replace, signature};
+pub use canvas::{Signature, add_to_chord, chain, chord, group, replace, signature};
 pub use celeriac_sdk_macros::{export_tasks, task};
 pub use error::{Raise, Retry, TaskError};
-pub use host::{Request, request, soft_time_left, update_state, update_state_json};
+pub use host::{Request, delivery_info, ignore, reject, request, soft_time_left, update_state, update_state_json};
 
 /// Implementation details used by the macros' expansions. Not a stable API.
 #[doc(hidden)]

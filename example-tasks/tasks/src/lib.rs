@@ -250,6 +250,38 @@ fn give_up() -> Result<&'static str, TaskError> {
     }
 }
 
+/// `where_from()`: the message's `delivery_info` (Celery's `self.request.delivery_info`).
+#[task]
+fn where_from() -> serde_json::Map<String, serde_json::Value> {
+    celeriac_sdk::delivery_info()
+}
+
+/// `ignored()`: Celery's `raise Ignore()`: no state is stored for it.
+#[task]
+fn ignored() {
+    celeriac_sdk::ignore();
+}
+
+/// `bounce()`: rejected with requeue on its first delivery (Celery's `raise
+/// Reject(requeue=True)`), then `"redelivered"` when it comes back. Declares
+/// `acks_late`, which Reject needs.
+#[task(acks_late = true)]
+fn bounce() -> &'static str {
+    if celeriac_sdk::delivery_info().get("redelivered") == Some(&json!(true)) {
+        return "redelivered";
+    }
+    celeriac_sdk::reject(true);
+    "rejected"
+}
+
+/// `grow_chord(x)`: inside a chord, adds `add(x, 100)` to it (Celery's
+/// `self.add_to_chord`) and returns `x`. Needs the `send_tasks` grant.
+#[task]
+fn grow_chord(x: i64) -> Result<i64, TaskError> {
+    celeriac_sdk::add_to_chord(&celeriac_sdk::signature("tasks.add").args((x, 100)))?;
+    Ok(x)
+}
+
 celeriac_sdk::export_tasks!(
     add,
     mul,
@@ -275,5 +307,9 @@ celeriac_sdk::export_tasks!(
     replaced,
     fanout,
     crunch,
-    give_up
+    give_up,
+    where_from,
+    ignored,
+    bounce,
+    grow_chord
 );

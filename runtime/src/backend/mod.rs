@@ -202,6 +202,9 @@ pub trait ChordCounter: Send + Sync {
     /// (Celery's `set_chord_size`: a Python worker completing the chord reads it).
     fn set_chord_size<'a>(&'a self, group_id: &'a str, size: u64) -> BoxFuture<'a, Result<(), BackendError>>;
 
+    /// One more member for the chord (Celery's `add_to_chord`: the `.t` correction).
+    fn add_to_chord<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
+
     /// Mark a chord as done and drop its bookkeeping.
     fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>>;
 }

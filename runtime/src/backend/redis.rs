@@ -152,6 +152,19 @@ impl RedisBackend {
         }
     }
 
+    /// One more member for a chord: `celery-taskset-meta-<group>.t` + 1, as
+    /// Celery's `add_to_chord` (the counting script adds it to the size).
+    pub async fn add_to_chord(&self, group_id: &str) -> Result<(), BackendError> {
+        let key = format!("celery-taskset-meta-{group_id}.t");
+        let mut pipe = redis::pipe();
+        pipe.atomic().incr(&key, 1).ignore();
+        if let Some(ttl) = self.expires.filter(|t| *t > 0) {
+            pipe.expire(&key, ttl as i64).ignore();
+        }
+        let mut c = self.conn.clone();
+        Ok(pipe.query_async::<()>(&mut c).await?)
+    }
+
     /// Mark a chord as done and drop its bookkeeping keys.
     pub async fn chord_done(&self, group_id: &str) -> Result<(), BackendError> {
         let base = format!("celery-taskset-meta-{group_id}");
@@ -216,6 +229,10 @@ impl ChordCounter for RedisBackend {
 
     fn set_chord_size<'a>(&'a self, group_id: &'a str, size: u64) -> BoxFuture<'a, Result<(), BackendError>> {
         Box::pin(RedisBackend::set_chord_size(self, group_id, size))
+    }
+
+    fn add_to_chord<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(RedisBackend::add_to_chord(self, group_id))
     }
 
     fn chord_done<'a>(&'a self, group_id: &'a str) -> BoxFuture<'a, Result<(), BackendError>> {

@@ -290,6 +290,11 @@ pub struct CallResult {
     /// The signature the call replaced itself with (`canvas.replace`), for the
     /// worker to send if the call succeeded.
     pub replacement: Option<serde_json::Value>,
+    /// New members of the task's chord (`canvas.add-to-chord`), frozen.
+    pub chord_additions: Vec<serde_json::Value>,
+    /// How to settle the message instead of storing a state (`host.ignore`,
+    /// `host.reject`), if the call asked and returned successfully.
+    pub disposition: Option<host::disposition::Disposition>,
 }
 
 /// Host memory reserved for one result, given back when dropped.
@@ -1033,6 +1038,7 @@ impl Sandbox {
         let (stderr, err_dropped) = store.data().stderr.take();
         span.in_scope(|| store.data_mut().output.forward(&stdout, &stderr, out_dropped + err_dropped));
         let canvas = std::mem::take(&mut store.data_mut().canvas);
+        let disposition = store.data_mut().disposition.take();
         drop(store);
         let mut host_memory = None;
         let outcome = match result {
@@ -1068,6 +1074,8 @@ impl Sandbox {
             host_memory,
             sent: canvas.sent,
             replacement: canvas.replacement,
+            chord_additions: canvas.chord_additions,
+            disposition,
         })
     }
 

@@ -85,6 +85,8 @@ fn host_result(outcome: Outcome) -> CallResult {
         host_memory: None,
         sent: Vec::new(),
         replacement: None,
+        chord_additions: Vec::new(),
+        disposition: None,
     }
 }
 
@@ -329,6 +331,8 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
                     host_memory: None,
                     sent,
                     replacement: None,
+                    chord_additions: Vec::new(),
+                    disposition: None,
                 });
             }
             Outcome::Retry(_) => {
@@ -347,6 +351,8 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
         host_memory: None,
         sent,
         replacement: None,
+        chord_additions: Vec::new(),
+        disposition: None,
     })
 }
 

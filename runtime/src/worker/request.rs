@@ -23,6 +23,7 @@ use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::{Annotation, RateLimit};
 use crate::protocol::result::{ResultMeta, child_tuple};
 use crate::protocol::{EncodedTask, ExceptionInfo, NewTask, ProtocolError, TaskMessage, saferepr};
+use crate::sandbox::host::disposition::Disposition;
 use crate::sandbox::{CallReport, CallResult, Invocation, Outcome, Request, StateUpdate};
 
 /// Handle one delivery to the end.
@@ -426,11 +427,25 @@ async fn run(
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
     let chord_entry: Option<(&str, Value)>;
     // The result's host memory stays reserved until the outcome is stored (it is dropped at the end).
-    let CallResult { outcome, report, version, host_memory: _held, sent, replacement, .. } = result;
+    let CallResult {
+        outcome,
+        report,
+        version,
+        host_memory: _held,
+        sent,
+        replacement,
+        chord_additions,
+        disposition,
+        ..
+    } = result;
     // What the task sent (`canvas.send`: Celery's `other.delay()` inside a task), whatever the
     // outcome: a Python task's sends are out before it fails. Its children, in the stored result.
     let sent: Vec<_> = sent.iter().map(|sig| canvas::apply(sig, None, &msg, &s.settings)).collect();
     let sent_children = publish_all(s, sent).await;
+    // `canvas.add-to-chord`: counted in the chord before this member's own result is.
+    for sig in chord_additions {
+        Box::pin(add_to_chord(s, &msg, sig)).await;
+    }
     // `autoretry_for`: a listed exception is a retry request.
     let outcome = match outcome {
         Outcome::Failure(f) => match retries::autoretry(&f, &declared, msg.retries, retries::random_unit()) {
@@ -478,6 +493,30 @@ async fn run(
         // `canvas.replace` (Celery's `self.replace(sig)`): the replacement, sent with this task's id,
         // callbacks, chain and chord, is what finishes it; this call's value is dropped, as Celery's
         // `Ignore` drops it.
+        // `host.ignore` / `host.reject` (Celery's `raise Ignore()` / `raise Reject(requeue=...)`):
+        // nothing stored, no callbacks; a rejected late-ack message is given back or dropped.
+        Outcome::Success(_) if disposition.is_some() => {
+            chord_entry = None;
+            match disposition {
+                Some(Disposition::Reject { requeue }) => {
+                    tracing::info!(
+                        "Task {name}[{}] Reject(requeue={})",
+                        msg.id,
+                        if requeue { "True" } else { "False" }
+                    );
+                    tracked.finished(&msg.task, "REJECTED", Some(&report));
+                    if requeue {
+                        acker.requeue().await;
+                    } else {
+                        acker.reject().await;
+                    }
+                }
+                _ => {
+                    tracing::info!("Task {name}[{}] ignored", msg.id);
+                    tracked.finished(&msg.task, "IGNORED", Some(&report));
+                }
+            }
+        }
         Outcome::Success(_) if replacement.is_some() => {
             chord_entry = None;
             let sig = replacement.unwrap_or_default();
@@ -798,6 +837,32 @@ fn encode(s: &Shared, task: &NewTask) -> Result<EncodedTask, ProtocolError> {
     })
 }
 
+/// Celery's `Task.add_to_chord`: `sig` joins the chord `msg` is a member of —
+/// its group, index and body — the backend counts one member more, and it is
+/// sent. On a backend that counts no chords, its id gets `NotImplementedError`.
+async fn add_to_chord(s: &Shared, msg: &TaskMessage, mut sig: Value) {
+    let (Some(group), Some(body)) = (&msg.group, &msg.embed.chord) else { return };
+    let id = sig.pointer("/options/task_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    if let Ok(opts) = crate::protocol::signature::options_mut(&mut sig) {
+        opts.insert("group_id".into(), Value::from(group.as_str()));
+        opts.insert("group_index".into(), msg.group_index.map(Value::from).unwrap_or(Value::Null));
+        opts.insert("chord".into(), body.clone());
+    }
+    let Some(chords) = s.backend.as_ref().and_then(|b| b.chords()) else {
+        let exc = ExceptionInfo::new(
+            "NotImplementedError",
+            vec![Value::from("add_to_chord: the result backend does not count chords")],
+            "builtins",
+        );
+        store_failure_of(s, &id, &exc).await;
+        return;
+    };
+    if retry("add a member to a chord", || chords.add_to_chord(group)).await.is_none() {
+        return;
+    }
+    publish_all(s, vec![canvas::apply(&sig, None, msg, &s.settings)]).await;
+}
+
 /// Store `exc` as the FAILURE of `task_id` (not the running task's: a chord's body).
 pub(super) async fn store_failure_of(s: &Shared, task_id: &str, exc: &ExceptionInfo) {
     if s.results.is_some() {
@@ -855,5 +920,21 @@ fn request_context(s: &Shared, msg: &TaskMessage) -> Request {
         group_id: msg.group.clone(),
         hostname: s.hostname.clone(),
         headers: msg.headers.clone(),
+        delivery_info: delivery_info(msg),
+        in_chord: msg.embed.chord.is_some() && msg.group.is_some(),
     }
+}
+
+/// Celery's `request.delivery_info` with the message properties a task may read.
+fn delivery_info(msg: &TaskMessage) -> serde_json::Map<String, Value> {
+    let d = &msg.delivery;
+    let mut m = serde_json::Map::new();
+    m.insert("exchange".into(), Value::from(d.exchange.as_str()));
+    m.insert("routing_key".into(), Value::from(d.routing_key.as_str()));
+    m.insert("priority".into(), d.priority.map(Value::from).unwrap_or(Value::Null));
+    m.insert("redelivered".into(), Value::from(d.redelivered));
+    m.insert("reply_to".into(), d.reply_to.clone().map(Value::from).unwrap_or(Value::Null));
+    m.insert("correlation_id".into(), d.correlation_id.clone().map(Value::from).unwrap_or(Value::Null));
+    m.insert("content_type".into(), Value::from(msg.content_type.as_str()));
+    m
 }

@@ -32,6 +32,8 @@ pub struct Sends {
     /// The replacement asked for by `canvas.replace`, not frozen (the worker
     /// gives it the task's id and membership).
     pub replacement: Option<Value>,
+    /// New members of the task's chord (`canvas.add-to-chord`), frozen.
+    pub chord_additions: Vec<Value>,
 }
 
 impl Sends {
@@ -62,6 +64,23 @@ pub fn replace(state: &mut TaskState, json: String) -> Result<(), TaskError> {
     signature::freeze(&mut sig.clone(), Some(&state.request.id)).map_err(|e| error("ValueError", e.to_string()))?;
     state.canvas.replacement = Some(sig);
     Ok(())
+}
+
+/// `canvas.add-to-chord`.
+pub fn add_to_chord(state: &mut TaskState, json: String) -> Result<String, TaskError> {
+    let mut sig = checked(state, &json, "add to the chord of")?;
+    if !state.request.in_chord {
+        return Err(error("ValueError", "Current task is not member of any chord".into()));
+    }
+    if signature::kind(&sig).map_err(|e| error("ValueError", e.to_string()))? != signature::Kind::Task {
+        return Err(error("ValueError", "add_to_chord takes the signature of one task".into()));
+    }
+    if state.canvas.sent.len() + state.canvas.chord_additions.len() >= MAX_SENDS {
+        return Err(error("RuntimeError", format!("a task may send at most {MAX_SENDS} signatures per call")));
+    }
+    let id = signature::freeze(&mut sig, None).map_err(|e| error("ValueError", e.to_string()))?;
+    state.canvas.chord_additions.push(sig);
+    Ok(id)
 }
 
 /// The grant, the size and the JSON of one signature.

@@ -28,6 +28,10 @@ pub struct Request {
     pub hostname: String,
     /// All message headers as a JSON object.
     pub headers: serde_json::Map<String, serde_json::Value>,
+    /// `delivery_info` and the message properties (`host.delivery-info`).
+    pub delivery_info: serde_json::Map<String, serde_json::Value>,
+    /// Whether the task is a chord member (`canvas.add-to-chord` needs it).
+    pub in_chord: bool,
 }
 
 /// The WIT record of a request, in one version of the contract (the record is

@@ -12,6 +12,7 @@
 
 pub mod canvas;
 pub mod context;
+pub mod disposition;
 pub mod log;
 pub mod state;
 pub mod stdio;
@@ -69,6 +70,8 @@ pub struct TaskState {
     pub output: log::OutputBudget,
     /// Signatures the call sent or replaced itself with (`canvas`).
     pub canvas: canvas::Sends,
+    /// `host.ignore` / `host.reject`: how the message is settled instead of storing a state.
+    pub disposition: Option<disposition::Disposition>,
 }
 
 impl TaskState {
@@ -102,6 +105,7 @@ impl TaskState {
             soft_deadline,
             output: log::OutputBudget::new(bounds),
             canvas: canvas::Sends::new(may_send),
+            disposition: None,
         }
     }
 }
@@ -127,6 +131,18 @@ impl bindings::celeriac::task::host::Host for TaskState {
         self.request.to_wit()
     }
 
+    fn delivery_info(&mut self) -> String {
+        serde_json::Value::Object(self.request.delivery_info.clone()).to_string()
+    }
+
+    fn ignore(&mut self) {
+        self.disposition = Some(disposition::Disposition::Ignore);
+    }
+
+    fn reject(&mut self, requeue: bool) {
+        self.disposition = Some(disposition::Disposition::Reject { requeue });
+    }
+
     fn soft_time_left(&mut self) -> Option<f64> {
         let now = std::time::Instant::now();
         self.soft_deadline.map(|d| match d.checked_duration_since(now) {
@@ -143,6 +159,10 @@ impl bindings::celeriac::task::canvas::Host for TaskState {
 
     fn replace(&mut self, signature: String) -> Result<(), bindings::celeriac::task::types::TaskError> {
         canvas::replace(self, signature)
+    }
+
+    fn add_to_chord(&mut self, signature: String) -> Result<String, bindings::celeriac::task::types::TaskError> {
+        canvas::add_to_chord(self, signature)
     }
 }
 
