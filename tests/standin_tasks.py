@@ -175,3 +175,8 @@ def bounce(self):
 def grow_chord(self, x):
     self.add_to_chord(add.s(x, 100))
     return x
+
+
+@app.task(name="tasks.routed", bind=True, queue="slow")
+def routed(self):
+    return self.request.delivery_info["routing_key"]

@@ -3,7 +3,7 @@
 contract's ``host.delivery-info`` / ``host.ignore`` / ``host.reject`` and ``canvas.add-to-chord``.
 The Python stand-in has the same tasks written as Celery users write them (tests/standin_tasks.py)."""
 
-from celery import chord
+from celery import chain, chord
 
 from conftest import wait_until
 
@@ -38,3 +38,11 @@ def test_a_chord_member_adds_a_task_to_its_chord(worker, client):
     result = chord([client.add.s(1, 1), client.app.signature("tasks.grow_chord", args=(5,))])(client.xsum.s())
     # add(1, 1) + grow_chord(5) + the added add(5, 100).
     assert result.get(timeout=60) == 2 + 5 + 105
+
+
+def test_a_chain_step_goes_to_the_queue_its_task_declares(worker, client):
+    """``@task(queue="slow")``: what the worker sends to that task (here a chain's second step, which the
+    client sends with no queue) goes to ``slow``, as a Celery worker sends it by the task's own option."""
+    worker(queues="celery,slow")
+    result = chain(client.add.si(1, 1), client.app.signature("tasks.routed", immutable=True))()
+    assert result.get(timeout=30) == "slow"

@@ -282,6 +282,14 @@ fn grow_chord(x: i64) -> Result<i64, TaskError> {
     Ok(x)
 }
 
+/// `routed()`: declares `queue = "slow"`, so the chain steps and callbacks a
+/// worker sends to it go there; returns the queue it came through.
+#[task(queue = "slow")]
+fn routed() -> String {
+    let info = celeriac_sdk::delivery_info();
+    info.get("routing_key").and_then(|k| k.as_str()).unwrap_or_default().to_string()
+}
+
 celeriac_sdk::export_tasks!(
     add,
     mul,
@@ -311,5 +319,6 @@ celeriac_sdk::export_tasks!(
     where_from,
     ignored,
     bounce,
-    grow_chord
+    grow_chord,
+    routed
 );

@@ -16,6 +16,35 @@ use serde_json::{Map, Value, json};
 use crate::config::Settings;
 use crate::protocol::signature::{self, Kind, SignatureError};
 use crate::protocol::{NewTask, TaskMessage};
+use crate::sandbox::Sandbox;
+
+/// How the tasks a worker sends are routed: a queue in the signature's
+/// options; else the `queue` the component serving the task declares (Celery's
+/// task `queue` option, which wins over `task_routes` in Celery's router);
+/// else `task_routes`; else `task_default_queue`.
+pub struct Router<'a> {
+    settings: &'a Settings,
+    sandbox: Option<&'a Sandbox>,
+}
+
+impl<'a> Router<'a> {
+    /// Routes from `settings`, and declared queues from the components `sandbox` serves.
+    pub fn new(settings: &'a Settings, sandbox: Option<&'a Sandbox>) -> Self {
+        Router { settings, sandbox }
+    }
+
+    /// The queue the component serving `task` declares, if this worker serves it.
+    fn declared_queue(&self, task: &str) -> Option<String> {
+        self.sandbox?.task(task)?.options.queue.clone()
+    }
+}
+
+impl std::ops::Deref for Router<'_> {
+    type Target = Settings;
+    fn deref(&self) -> &Settings {
+        self.settings
+    }
+}
 
 /// Why a signature could not be turned into messages.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +123,7 @@ fn unlock_task(
     members: &[String],
     body: &Value,
     parent: &TaskMessage,
-    settings: &Settings,
+    settings: &Router<'_>,
 ) -> Result<NewTask, CanvasError> {
     let result: Vec<Value> = members.iter().map(|id| json!([[id, null], null])).collect();
     let sig = json!({"task": "celery.chord_unlock", "args": [group_id, body], "kwargs": {"result": result},
@@ -116,7 +145,7 @@ pub fn apply(
     sig: &Value,
     prepend: Option<&Value>,
     parent: &TaskMessage,
-    settings: &Settings,
+    settings: &Router<'_>,
 ) -> Result<Applied, NotSent> {
     let mut sig = sig.clone();
     let id = signature::freeze(&mut sig, None).map_err(|e| NotSent { id: None, error: e.into() })?;
@@ -129,7 +158,7 @@ fn apply_into(
     mut sig: Value,
     prepend: Option<&Value>,
     parent: &TaskMessage,
-    settings: &Settings,
+    settings: &Router<'_>,
     out: &mut Applied,
 ) -> Result<(), CanvasError> {
     match signature::kind(&sig)? {
@@ -253,7 +282,7 @@ fn apply_member(
     chord: Option<&Value>,
     prepend: Option<&Value>,
     parent: &TaskMessage,
-    settings: &Settings,
+    settings: &Router<'_>,
     out: &mut Applied,
 ) -> Result<(), CanvasError> {
     let in_group = |opts: &mut Map<String, Value>| {
@@ -339,7 +368,7 @@ fn extend_list(opts: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
 /// The messages to publish after `msg` succeeded with `value`: its callbacks
 /// and the next step of its chain (with the steps after it), each a task or a
 /// canvas.
-pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Settings) -> Vec<Result<Applied, NotSent>> {
+pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Router<'_>) -> Vec<Result<Applied, NotSent>> {
     let mut out: Vec<Result<Applied, NotSent>> =
         msg.embed.callbacks.iter().flatten().map(|sig| apply(sig, Some(value), msg, settings)).collect();
     if let Some(chain) = msg.embed.chain.as_ref().filter(|c| !c.is_empty()) {
@@ -355,7 +384,7 @@ pub fn on_success(msg: &TaskMessage, value: &Value, settings: &Settings) -> Vec<
 }
 
 /// The messages to publish after `msg` failed: its errbacks, called with the task id.
-pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<Applied, NotSent>> {
+pub fn on_failure(msg: &TaskMessage, settings: &Router<'_>) -> Vec<Result<Applied, NotSent>> {
     let id = Value::String(msg.id.clone());
     msg.embed.errbacks.iter().flatten().map(|sig| apply(sig, Some(&id), msg, settings)).collect()
 }
@@ -365,7 +394,7 @@ pub fn on_failure(msg: &TaskMessage, settings: &Settings) -> Vec<Result<Applied,
 /// callbacks and errbacks, its group and chord membership, and the rest of its
 /// chain after it (keeping their ids). A group is uplifted to a chord whose
 /// body (`celery.accumulate`) hands the list of results to the replaced id.
-pub fn replace(msg: &TaskMessage, sig: &Value, settings: &Settings) -> Result<Applied, NotSent> {
+pub fn replace(msg: &TaskMessage, sig: &Value, settings: &Router<'_>) -> Result<Applied, NotSent> {
     let not_sent = |error: CanvasError| NotSent { id: Some(msg.id.clone()), error };
     let mut sig = sig.clone();
     if signature::kind(&sig).map_err(|e| not_sent(e.into()))? == Kind::Group {
@@ -451,7 +480,7 @@ pub enum ChordOutcome {
 
 /// The chord body to run (or fail) once every header member of `msg`'s chord
 /// has finished; `entries` are the members' `[1, id, state, result]` in order.
-pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Settings) -> Result<ChordOutcome, NotSent> {
+pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Router<'_>) -> Result<ChordOutcome, NotSent> {
     let not_sent = |error: CanvasError| NotSent { id: None, error };
     let body = msg.embed.chord.as_ref().ok_or_else(|| not_sent(CanvasError::Malformed("no chord body".into())))?;
     let mut body = body.clone();
@@ -476,7 +505,7 @@ fn from_signature(
     sig: &Value,
     prepend: Option<&Value>,
     parent: &TaskMessage,
-    settings: &Settings,
+    settings: &Router<'_>,
 ) -> Result<NewTask, CanvasError> {
     let obj = sig.as_object().ok_or_else(|| CanvasError::Malformed(sig.to_string()))?;
     let name = obj.get("task").and_then(Value::as_str).ok_or_else(|| CanvasError::Malformed(sig.to_string()))?;
@@ -494,9 +523,11 @@ fn from_signature(
     }
     let route = settings.route(name);
     let o = &mut task.options;
-    // A queue in the signature's options wins over task_routes, as in Celery.
-    (o.exchange, o.queue) = match opts.get("queue").and_then(Value::as_str) {
-        Some(q) => (String::new(), q.to_string()),
+    // A queue in the signature's options, else the one the task declares, wins over
+    // task_routes, as in Celery.
+    let queue = opts.get("queue").and_then(Value::as_str).map(str::to_string).or_else(|| settings.declared_queue(name));
+    (o.exchange, o.queue) = match queue {
+        Some(q) => (String::new(), q),
         None => route.publish_target(&settings.task_default_queue, settings.exchange_routing()),
     };
     o.priority = opts.get("priority").and_then(Value::as_u64).map(|p| p.min(255) as u8).or(route.priority);
@@ -542,7 +573,7 @@ mod tests {
     #[test]
     fn callbacks_get_the_result_prepended_and_the_lineage() {
         let msg = message_with_embed(json!({"callbacks": [sig("tasks.add", json!([10]), json!({}))]}));
-        let out = on_success(&msg, &json!(4), &Settings::default());
+        let out = on_success(&msg, &json!(4), &Router::new(&Settings::default(), None));
         let t = out.into_iter().next().unwrap().unwrap().tasks.remove(0);
         assert_eq!((t.name.as_str(), t.args.clone()), ("tasks.add", vec![json!(4), json!(10)]));
         assert_eq!(t.options.parent_id.as_deref(), Some(msg.id.as_str()));
@@ -555,7 +586,7 @@ mod tests {
         let step3 = sig("tasks.add", json!([4]), json!({"task_id": "id-3"}));
         let step2 = sig("tasks.mul", json!([8]), json!({"task_id": "id-2"}));
         let msg = message_with_embed(json!({"chain": [step3.clone(), step2]}));
-        let out = on_success(&msg, &json!(4), &Settings::default());
+        let out = on_success(&msg, &json!(4), &Router::new(&Settings::default(), None));
         let t = out.into_iter().next().unwrap().unwrap().tasks.remove(0);
         assert_eq!((t.id.as_str(), t.name.as_str()), ("id-2", "tasks.mul"));
         assert_eq!(t.args, vec![json!(4), json!(8)]);
@@ -568,9 +599,10 @@ mod tests {
         s["immutable"] = json!(true);
         let msg =
             message_with_embed(json!({"callbacks": [s.clone()], "errbacks": [sig("tasks.log", json!([]), json!({}))]}));
-        let t = on_success(&msg, &json!(99), &Settings::default()).remove(0).unwrap().tasks.remove(0);
+        let t =
+            on_success(&msg, &json!(99), &Router::new(&Settings::default(), None)).remove(0).unwrap().tasks.remove(0);
         assert_eq!(t.args, vec![json!(1), json!(2)]);
-        let e = on_failure(&msg, &Settings::default()).remove(0).unwrap().tasks.remove(0);
+        let e = on_failure(&msg, &Router::new(&Settings::default(), None)).remove(0).unwrap().tasks.remove(0);
         assert_eq!(e.args, vec![json!(msg.id)]);
     }
 
@@ -579,7 +611,7 @@ mod tests {
         let body = sig("tasks.xsum", json!([]), json!({"task_id": "body-id"}));
         let msg = message_with_embed(json!({"chord": body}));
         let entries = vec![json!([1, "a", "SUCCESS", 0]), json!([1, "b", "SUCCESS", 2])];
-        match chord_body(&msg, &entries, &Settings::default()).unwrap() {
+        match chord_body(&msg, &entries, &Router::new(&Settings::default(), None)).unwrap() {
             ChordOutcome::Publish(mut applied) => {
                 let t = applied.tasks.remove(0);
                 assert_eq!((t.id.as_str(), t.name.as_str()), ("body-id", "tasks.xsum"));
@@ -588,14 +620,17 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let failed = vec![json!([1, "a", "FAILURE", {"exc_type": "ValueError"}])];
-        assert!(matches!(chord_body(&msg, &failed, &Settings::default()).unwrap(), ChordOutcome::Fail { .. }));
+        assert!(matches!(
+            chord_body(&msg, &failed, &Router::new(&Settings::default(), None)).unwrap(),
+            ChordOutcome::Fail { .. }
+        ));
     }
 
     #[test]
     fn an_absurd_countdown_is_an_error_not_a_panic() {
         let msg = message_with_embed(json!({"callbacks": [sig("tasks.add", json!([1]), json!({"countdown": 1e300}))]}));
         assert!(matches!(
-            &on_success(&msg, &json!(1), &Settings::default())[0],
+            &on_success(&msg, &json!(1), &Router::new(&Settings::default(), None))[0],
             Err(NotSent { error: CanvasError::Malformed(_), .. })
         ));
     }
@@ -619,7 +654,7 @@ mod tests {
             group(vec![sig("tasks.add", json!([1]), json!({})), sig("tasks.add", json!([2]), json!({}))]),
             sig("tasks.xsum", json!([]), json!({})),
         ]);
-        let applied = apply(&c, None, &msg, &Settings::default()).unwrap();
+        let applied = apply(&c, None, &msg, &Router::new(&Settings::default(), None)).unwrap();
         let first = &applied.tasks[0];
         assert_eq!(first.args, vec![json!(1), json!(1)]);
         let rest = first.options.embed.chain.clone().unwrap();
@@ -633,7 +668,7 @@ mod tests {
         step.options.embed.chain = Some(rest);
         let envelope = step.encode().unwrap().to_envelope(Some("tag".into()));
         let done = TaskMessage::from_envelope(&envelope, &AcceptContent::default()).unwrap();
-        let next = on_success(&done, &json!(2), &Settings::default()).remove(0).unwrap();
+        let next = on_success(&done, &json!(2), &Router::new(&Settings::default(), None)).remove(0).unwrap();
         assert_eq!(next.tasks.len(), 2);
         assert_eq!(next.tasks[1].args, vec![json!(2), json!(2)]);
         assert_eq!(next.chords.len(), 1);
@@ -649,7 +684,7 @@ mod tests {
             chain(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.mul", json!([3]), json!({}))]),
             sig("tasks.add", json!([5, 5]), json!({})),
         ]);
-        let applied = apply(&g, None, &msg, &Settings::default()).unwrap();
+        let applied = apply(&g, None, &msg, &Router::new(&Settings::default(), None)).unwrap();
         assert_eq!(applied.tasks.len(), 2);
         let first = &applied.tasks[0];
         assert_eq!(first.options.group, None);
@@ -668,7 +703,9 @@ mod tests {
         let mut member = message_with_embed(json!({"chord": body}));
         member.group = Some("g".into());
         let entries = vec![json!([1, "a", "SUCCESS", 1]), json!([1, "b", "SUCCESS", 2])];
-        let ChordOutcome::Publish(applied) = chord_body(&member, &entries, &Settings::default()).unwrap() else {
+        let ChordOutcome::Publish(applied) =
+            chord_body(&member, &entries, &Router::new(&Settings::default(), None)).unwrap()
+        else {
             panic!("the body is sent")
         };
         assert_eq!(applied.id, last_id.as_str().unwrap());
@@ -682,7 +719,7 @@ mod tests {
     fn an_unsupported_form_names_itself_and_the_id_a_client_waits_on() {
         let msg = message_with_embed(json!({}));
         let g = group(vec![group(vec![sig("tasks.add", json!([1, 1]), json!({}))])]);
-        let err = apply(&g, None, &msg, &Settings::default()).unwrap_err();
+        let err = apply(&g, None, &msg, &Router::new(&Settings::default(), None)).unwrap_err();
         assert!(err.id.is_some());
         assert!(err.to_string().contains("inside a group"), "{err}");
         assert_eq!(err.exception().exc_type, "NotImplementedError");
@@ -695,7 +732,7 @@ mod tests {
         let msg = message_with_embed(json!({"callbacks": [callback], "chain": [later]}));
         let replacement =
             chain(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.mul", json!([10]), json!({}))]);
-        let applied = replace(&msg, &replacement, &Settings::default()).unwrap();
+        let applied = replace(&msg, &replacement, &Router::new(&Settings::default(), None)).unwrap();
         // What runs last is still the replaced task's own next step, `later`.
         assert_eq!(applied.id, "later");
         let first = &applied.tasks[0];
@@ -707,7 +744,7 @@ mod tests {
         assert_eq!(rest[1]["options"]["link"][0]["task"], json!("tasks.log"));
 
         let g = group(vec![sig("tasks.add", json!([1, 1]), json!({})), sig("tasks.add", json!([2, 2]), json!({}))]);
-        let applied = replace(&message_with_embed(json!({})), &g, &Settings::default()).unwrap();
+        let applied = replace(&message_with_embed(json!({})), &g, &Router::new(&Settings::default(), None)).unwrap();
         let body = applied.tasks[0].options.embed.chord.clone().unwrap();
         assert_eq!(body["task"], json!("celery.accumulate"));
         assert_eq!(applied.chords[0].members.len(), 2);

@@ -180,6 +180,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// How the tasks this worker sends are routed (`task_routes`, declared queues).
+    pub(crate) fn router(&self) -> canvas::Router<'_> {
+        canvas::Router::new(&self.settings, Some(&self.sandbox))
+    }
+
     /// The state of one event loop drawing on the worker's `run_slots`; spawns
     /// the result batcher on the current runtime.
     #[allow(clippy::too_many_arguments)]

@@ -440,7 +440,7 @@ async fn run(
     } = result;
     // What the task sent (`canvas.send`: Celery's `other.delay()` inside a task), whatever the
     // outcome: a Python task's sends are out before it fails. Its children, in the stored result.
-    let sent: Vec<_> = sent.iter().map(|sig| canvas::apply(sig, None, &msg, &s.settings)).collect();
+    let sent: Vec<_> = sent.iter().map(|sig| canvas::apply(sig, None, &msg, &s.router())).collect();
     let sent_children = publish_all(s, sent).await;
     // `canvas.add-to-chord`: counted in the chord before this member's own result is.
     for sig in chord_additions {
@@ -522,14 +522,14 @@ async fn run(
             let sig = replacement.unwrap_or_default();
             tracing::info!("Task {name}[{}] ignored: replaced by {}", msg.id, canvas::describe(&sig));
             tracked.finished(&msg.task, "IGNORED", Some(&report));
-            publish_all(s, vec![canvas::replace(&msg, &sig, &s.settings)]).await;
+            publish_all(s, vec![canvas::replace(&msg, &sig, &s.router())]).await;
         }
         Outcome::Success(value) => {
             chord_entry = in_chord.then(|| ("SUCCESS", value.clone()));
             announce_success(&tracked, &name, &msg.id, &value, (&report, &version));
             tracked.finished(&msg.task, "SUCCESS", Some(&report));
             // Continuations first, then the result naming them as children, as Celery does.
-            let children = joined(sent_children, publish_all(s, canvas::on_success(&msg, &value, &s.settings)).await);
+            let children = joined(sent_children, publish_all(s, canvas::on_success(&msg, &value, &s.router())).await);
             if results.is_some() {
                 store(s, &routing, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
             }
@@ -542,7 +542,7 @@ async fn run(
             chord_entry = in_chord.then(|| ("FAILURE", exc.to_value()));
             announce_failure(&tracked, &name, &msg.id, &exc, &f.traceback, (&report, &version));
             tracked.finished(&msg.task, "FAILURE", Some(&report));
-            publish_all(s, canvas::on_failure(&msg, &s.settings)).await;
+            publish_all(s, canvas::on_failure(&msg, &s.router())).await;
             if results.is_some() {
                 let meta = ResultMeta::failure(&msg.id, &exc, Some(f.traceback)).with_children(sent_children);
                 store(s, &routing, base_meta(&msg, meta)).await;
@@ -734,7 +734,7 @@ async fn chord_part_return(
     let Some(entries) = retry("count a chord member", || chords.chord_part_return(member)).await.flatten() else {
         return;
     };
-    match canvas::chord_body(msg, &entries, &s.settings) {
+    match canvas::chord_body(msg, &entries, &s.router()) {
         Ok(canvas::ChordOutcome::Publish(body)) => {
             publish_all(s, vec![Ok(body)]).await;
         }
@@ -860,7 +860,7 @@ async fn add_to_chord(s: &Shared, msg: &TaskMessage, mut sig: Value) {
     if retry("add a member to a chord", || chords.add_to_chord(group)).await.is_none() {
         return;
     }
-    publish_all(s, vec![canvas::apply(&sig, None, msg, &s.settings)]).await;
+    publish_all(s, vec![canvas::apply(&sig, None, msg, &s.router())]).await;
 }
 
 /// Store `exc` as the FAILURE of `task_id` (not the running task's: a chord's body).
