@@ -382,6 +382,7 @@ mod tests {
         assert_eq!(Builtin::named("celery.starmap"), Some(Builtin::Starmap));
         assert_eq!(Builtin::named("tasks.add"), None);
         assert_eq!(Builtin::named("celery.chord_unlock"), Some(Builtin::ChordUnlock));
-        assert_eq!(Builtin::named("celery.chain"), None);
+        assert_eq!(Builtin::named("celery.chain"), Some(Builtin::Chain));
+        assert_eq!(Builtin::named("celery.xmap"), None);
     }
 }
