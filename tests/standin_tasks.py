@@ -94,10 +94,10 @@ class ExpectedException(Exception):
 
 
 @app.task(name="tasks.flaky", bind=True, max_retries=3, default_retry_delay=1)
-def flaky(self, n):
+def flaky(self, n, countdown=None):
     if self.request.retries < n:
         exc = ValueError("flaky: attempt %d of %d" % (self.request.retries + 1, n + 1))
-        raise self.retry(exc=exc, countdown=0.1)
+        raise self.retry(exc=exc, countdown=0.1 if countdown is None else countdown)
     return self.request.retries
 
 
@@ -180,3 +180,15 @@ def grow_chord(self, x):
 @app.task(name="tasks.routed", bind=True, queue="slow")
 def routed(self):
     return self.request.delivery_info["routing_key"]
+
+
+@app.task(name="tasks.context", bind=True)
+def context(self):
+    r = self.request
+    return {"id": r.id, "name": r.task, "retries": r.retries, "root_id": r.root_id, "parent_id": r.parent_id,
+            "group_id": r.group, "hostname": r.hostname}
+
+
+@app.task(name="tasks.spawn_context")
+def spawn_context():
+    return context.delay().id

@@ -13,6 +13,7 @@ has the same tasks (tests/standin_tasks.py), written as Celery users write them.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -99,3 +100,27 @@ def test_an_annotation_overrides_the_declared_rate_limit(worker, client):
     results = [client.app.send_task("tasks.limited") for _ in range(5)]
     assert [r.get(timeout=30) for r in results] == [True] * 5
     assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.timeout(180)
+def test_a_retry_celeriac_sends_is_run_by_a_python_worker(worker, python_worker, client):
+    """Celeriac runs attempt 0 and sends the retry (same id, retries 1, countdown 3 s); it stops before
+    the retry is due and gives the message back; a Python worker runs the retry from Celeriac's message."""
+    w = worker()
+    r = client.app.send_task("tasks.flaky", args=(1, 3.0))
+    w.wait_for_log(rf"Task tasks\.flaky\[{r.id}\] retry", timeout=30)
+    w.stop()
+    py = python_worker(queues="celery", name="py@%h")
+    assert r.get(timeout=60) == 1
+    assert re.search(rf"tasks\.flaky\[{re.escape(r.id)}\] succeeded", py.log_text())
+
+
+@pytest.mark.timeout(180)
+def test_a_retry_a_python_worker_sends_is_run_by_celeriac(worker, python_worker, client):
+    py = python_worker(queues="celery", name="py@%h")
+    r = client.app.send_task("tasks.flaky", args=(1, 3.0))
+    py.wait_for_log(rf"Task tasks\.flaky\[{r.id}\] retry", timeout=30)
+    py.stop()
+    w = worker()
+    assert r.get(timeout=60) == 1
+    w.wait_for_log(rf"Task tasks\.flaky\[{r.id}\] succeeded", timeout=30)

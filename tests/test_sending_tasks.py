@@ -26,6 +26,16 @@ def test_a_task_sends_a_child_task_that_names_it_as_its_parent(worker, client):
     assert [c.id for c in client.app.AsyncResult(parent.id).children] == [child_id]
 
 
+def test_a_child_sent_from_a_chain_step_names_the_workflows_root_and_its_sender(worker, client):
+    worker(config=GRANT)
+    result = chain(client.add.si(1, 1), client.app.signature("tasks.spawn_context", immutable=True))()
+    child_id = result.get(timeout=30)
+    ctx = client.app.AsyncResult(child_id).get(timeout=30)
+    # root: the chain's first task; parent: the task that sent it.
+    assert ctx["root_id"] == result.parent.id
+    assert ctx["parent_id"] == result.id
+
+
 def test_a_task_replaced_by_a_chain_ends_with_the_chains_result_under_its_own_id(worker, client):
     worker(config=GRANT)
     result = client.app.send_task("tasks.replaced", args=(4,))

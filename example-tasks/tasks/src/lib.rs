@@ -164,11 +164,11 @@ fn log(msg: String) {
 /// asking for a retry in 0.1 s each time; then returns the number of retries.
 /// Declares `max_retries = 3`: `flaky(5)` ends in `FAILURE` (`ValueError`).
 #[task(max_retries = 3, default_retry_delay = 1)]
-fn flaky(n: u32) -> Result<u32, celeriac_sdk::Raise> {
+fn flaky(n: u32, countdown: Option<f64>) -> Result<u32, celeriac_sdk::Raise> {
     let retries = celeriac_sdk::request().retries;
     if retries < n {
         let why = TaskError::value_error(format!("flaky: attempt {} of {}", retries + 1, n + 1));
-        return Err(celeriac_sdk::Retry::after(0.1).because(why).into());
+        return Err(celeriac_sdk::Retry::after(countdown.unwrap_or(0.1)).because(why).into());
     }
     Ok(retries)
 }
@@ -204,6 +204,13 @@ fn limited() -> bool {
 #[task]
 fn spawn(x: i64, y: i64) -> Result<String, TaskError> {
     celeriac_sdk::signature("tasks.add").args((x, y)).delay()
+}
+
+/// `spawn_context()`: sends `tasks.context` (which returns its own request)
+/// and returns its id: the child's `root_id` and `parent_id` can be checked.
+#[task]
+fn spawn_context() -> Result<String, TaskError> {
+    celeriac_sdk::signature("tasks.context").delay()
 }
 
 /// `replaced(x)`: replaces itself with `add(x, 1) | mul(10)`, as Celery's
@@ -320,5 +327,6 @@ celeriac_sdk::export_tasks!(
     ignored,
     bounce,
     grow_chord,
-    routed
+    routed,
+    spawn_context
 );
