@@ -134,3 +134,29 @@ def test_the_chunks_builtin_sends_a_group_of_starmaps(worker, client):
     (gid, _), members = r.get(timeout=30)
     results = [client.app.AsyncResult(m[0][0]).get(timeout=30) for m in members]
     assert results == [[3, 7], [11]]
+
+
+def test_a_failed_chord_calls_its_bodys_errback_with_the_bodys_id(worker, client):
+    """Celery 5.7's ``chord_error_from_stack``: the body fails with ``ChordError`` and its ``link_error``
+    errbacks are called (old style: with the body's id)."""
+    w = worker(concurrency=2)
+    body = client.xsum.s()
+    body.link_error(client.app.signature("tasks.log"))
+    result = chord([client.add.s(1, 1), client.fail.s("boom")])(body)
+    with pytest.raises(Exception):
+        result.get(timeout=60)
+    w.wait_for_log(rf"stdout: {re.escape(result.id)}", timeout=30)
+
+
+def test_a_chord_inside_a_chain_passes_its_result_on(worker, client):
+    worker(concurrency=2)
+    result = chain(client.add.s(1, 1), chord([client.add.s(1), client.add.s(2)], client.xsum.s()), client.mul.s(10))()
+    assert result.get(timeout=60) == ((2 + 1) + (2 + 2)) * 10
+
+
+def test_a_saved_group_result_is_restored_by_another_client(worker, client):
+    worker(concurrency=2)
+    res = group(client.add.s(i, i) for i in range(4))()
+    res.save()
+    restored = client.app.GroupResult.restore(res.id)
+    assert restored.get(timeout=60) == [0, 2, 4, 6]

@@ -232,7 +232,17 @@ async fn chord_unlock(s: &Shared, msg: &TaskMessage) -> CallResult {
         tracing::error!("Chord {group_id} raised: {message}");
         let error = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
         super::request::store_failure_of(s, &body_id, &error).await;
-        return host_result(Outcome::Success(Value::Null));
+        // The body's errbacks, called with its id (sent as this call's signatures).
+        let mut r = host_result(Outcome::Success(Value::Null));
+        let id = Value::String(body_id.clone());
+        for errback in body.pointer("/options/link_error").and_then(Value::as_array).into_iter().flatten() {
+            let mut e = errback.clone();
+            let immutable = e.get("immutable").and_then(Value::as_bool).unwrap_or(false);
+            if immutable || super::canvas::prepend_args(&mut e, id.clone()).is_ok() {
+                r.sent.push(e);
+            }
+        }
+        return r;
     }
     // The body with the results prepended, sent as a signature of this call (parent: the unlock task).
     let values = Value::Array(results.into_iter().map(|m| m.result).collect());

@@ -191,7 +191,7 @@ fn apply_into(
                 Kind::Chord => {
                     // chord(h, body) | rest: the chord's body becomes chain(body, rest...).
                     let mut chord = first;
-                    let body = std::mem::take(signature::body_mut(&mut chord)?);
+                    let body = signature::body_mut(&mut chord)?.clone();
                     steps.insert(0, body);
                     *signature::body_mut(&mut chord)? = chain_of(steps);
                     apply_into(chord, prepend, parent, settings, out)?;
@@ -475,7 +475,23 @@ pub enum ChordOutcome {
         body_id: String,
         /// Why.
         message: String,
+        /// The body's errbacks (`link_error`), called with its id as Celery's
+        /// `chord_error_from_stack` calls them.
+        errbacks: Vec<Result<Applied, NotSent>>,
     },
+}
+
+/// The errbacks of a chord body that will not run, each called with the
+/// body's id (Celery's `chord_error_from_stack`, old-style errbacks).
+pub fn body_errbacks(
+    body: &Value,
+    body_id: &str,
+    parent: &TaskMessage,
+    settings: &Router<'_>,
+) -> Vec<Result<Applied, NotSent>> {
+    let id = Value::String(body_id.to_string());
+    let errbacks = body.pointer("/options/link_error").and_then(Value::as_array).cloned().unwrap_or_default();
+    errbacks.iter().map(|sig| apply(sig, Some(&id), parent, settings)).collect()
 }
 
 /// The chord body to run (or fail) once every header member of `msg`'s chord
@@ -492,7 +508,8 @@ pub fn chord_body(msg: &TaskMessage, entries: &[Value], settings: &Router<'_>) -
         if state != Some("SUCCESS") {
             let id = id.and_then(Value::as_str).unwrap_or("?");
             let exc = result.and_then(|r| r.get("exc_type")).and_then(Value::as_str).unwrap_or("an error");
-            return Ok(ChordOutcome::Fail { body_id, message: format!("Dependency {id} raised {exc}") });
+            let errbacks = body_errbacks(&body, &body_id, msg, settings);
+            return Ok(ChordOutcome::Fail { body_id, message: format!("Dependency {id} raised {exc}"), errbacks });
         }
         results.push(result.cloned().unwrap_or(Value::Null));
     }

@@ -738,7 +738,8 @@ async fn chord_part_return(
         Ok(canvas::ChordOutcome::Publish(body)) => {
             publish_all(s, vec![Ok(body)]).await;
         }
-        Ok(canvas::ChordOutcome::Fail { body_id, message }) => {
+        Ok(canvas::ChordOutcome::Fail { body_id, message, errbacks }) => {
+            publish_all(s, errbacks).await;
             tracing::error!("Chord {group} failed: {message}");
             let exc = ExceptionInfo::new("ChordError", vec![Value::String(message)], "celery.exceptions");
             let meta = ResultMeta::failure(&body_id, &exc, None).with_date_done(Some(Utc::now()));
