@@ -747,3 +747,23 @@ def test_signed_tasks_and_signed_rpc_results_over_rabbitmq(worker, rabbitmq_serv
     assert t["add"].delay(4, 4).get(timeout=30) == 8
     with pytest.raises(ValueError, match="boom"):
         t["fail"].delay("boom").get(timeout=30)
+
+
+def test_task_semantics_over_rabbitmq(worker, rabbitmq_server, vhost, amqp_app, redis_server):
+    """Issue #16's semantics, transport-neutral in the worker, checked once over AMQP: tasks sent from a
+    task and a replacement, a canvas nested in a continuation, retries, a soft time limit, Ignore."""
+    from celery import chain, group
+
+    config = toml_config(broker_url=rabbitmq_server.url(vhost), result_backend=redis_server.url(1))
+    w = worker(config=config + '[task_annotations."*"]\nsend_tasks = true\n', broker_flags=False, concurrency=2)
+    app, t = amqp_app(redis_server.url(1))
+    child_id = app.send_task("tasks.spawn", args=(2, 3)).get(timeout=30)
+    assert app.AsyncResult(child_id).get(timeout=30) == 5
+    assert app.send_task("tasks.replaced", args=(4,)).get(timeout=30) == 50
+    assert chain(t["add"].s(1, 1), group(t["add"].s(1), t["add"].s(2)), t["xsum"].s())().get(timeout=60) == 7
+    assert app.send_task("tasks.flaky", args=(2,)).get(timeout=30) == 2
+    assert app.send_task("tasks.crunch", args=(20,), soft_time_limit=0.5).get(timeout=30)["partial"] is True
+    ignored = app.send_task("tasks.ignored")
+    w.wait_for_log(rf"Task tasks\.ignored\[{ignored.id}\] ignored", timeout=30)
+    assert redis_server.meta(ignored.id) is None
+    log_has_no_406(w)
