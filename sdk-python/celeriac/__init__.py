@@ -181,6 +181,16 @@ def _raise_host_error(err: Any) -> None:
     raise cls(getattr(e, "message", str(e))) from None
 
 
+def _canvas_call(fn: str, sig: dict) -> Any:
+    """``canvas.<fn>(json.dumps(sig))``; a ``task-error`` from the worker raised as the exception it names."""
+    try:
+        return getattr(_canvas(), fn)(json.dumps(sig))
+    except Exception as e:
+        if type(e).__name__ == "Err":
+            _raise_host_error(e)
+        raise
+
+
 class AsyncResult:
     """The id of a task sent from a task (Celery's ``AsyncResult``; nothing to wait on inside a task)."""
 
@@ -212,12 +222,7 @@ class Signature(dict):
         """Send it, with ``args`` put before its own and ``options`` over its own (Celery's ``apply_async``)."""
         sig = Signature(self["task"], list(args) + list(self["args"]), {**self["kwargs"], **(kwargs or {})},
                         {**self["options"], **options}, self["subtask_type"], self["immutable"])
-        try:
-            return AsyncResult(_canvas().send(json.dumps(sig)))
-        except Exception as e:
-            if type(e).__name__ == "Err":
-                _raise_host_error(e)
-            raise
+        return AsyncResult(_canvas_call("send", sig))
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply_async(args, kwargs)
@@ -392,22 +397,12 @@ class Task:
     def replace(self, sig: Signature) -> None:
         """Replace the running task with ``sig`` (Celery's ``raise self.replace(sig)``): the client
         waiting on this task gets ``sig``'s result. Ends the call."""
-        try:
-            _canvas().replace(json.dumps(sig))
-        except Exception as e:
-            if type(e).__name__ == "Err":
-                _raise_host_error(e)
-            raise
+        _canvas_call("replace", sig)
         raise _Replaced()
 
     def add_to_chord(self, sig: Signature) -> AsyncResult:
         """Add ``sig`` (one task) to the chord this task is a member of (Celery's ``add_to_chord``)."""
-        try:
-            return AsyncResult(_canvas().add_to_chord(json.dumps(sig)))
-        except Exception as e:
-            if type(e).__name__ == "Err":
-                _raise_host_error(e)
-            raise
+        return AsyncResult(_canvas_call("add_to_chord", sig))
 
     def _invoke(self, args: list, kwargs: dict) -> Any:
         global _running
