@@ -9,6 +9,15 @@
 //! task's id as its argument (the old-style errback; a Python errback with the
 //! `(request, exc, traceback)` signature runs inside a Python worker and cannot
 //! be honoured here).
+//!
+//! Every one of those is a signature applied as Celery's `apply_async` would
+//! ([`apply`]): a task, or a canvas nested as Celery's client builds them — a
+//! chain (a group followed by a step becomes a chord, as in `prepare_steps`), a
+//! group (of tasks or chains), a chord (its size recorded, or a
+//! `celery.chord_unlock` task on a backend that does not count chords). The
+//! same code sends what a task sends (`canvas.send`), its replacement
+//! ([`replace`]) and a completed chord's body. A form it cannot send is never
+//! dropped: the id its client waits on gets a FAILURE naming it ([`NotSent`]).
 
 use chrono::Utc;
 use serde_json::{Map, Value, json};

@@ -490,9 +490,6 @@ async fn run(
         other => other,
     };
     match outcome {
-        // `canvas.replace` (Celery's `self.replace(sig)`): the replacement, sent with this task's id,
-        // callbacks, chain and chord, is what finishes it; this call's value is dropped, as Celery's
-        // `Ignore` drops it.
         // `host.ignore` / `host.reject` (Celery's `raise Ignore()` / `raise Reject(requeue=...)`):
         // nothing stored, no callbacks; a rejected late-ack message is given back or dropped.
         Outcome::Success(_) if disposition.is_some() => {
@@ -517,6 +514,9 @@ async fn run(
                 }
             }
         }
+        // `canvas.replace` (Celery's `self.replace(sig)`): the replacement, sent with this task's id,
+        // callbacks, chain and chord, is what finishes it; this call's value is dropped, as Celery's
+        // `Ignore` drops it.
         Outcome::Success(_) if replacement.is_some() => {
             chord_entry = None;
             let sig = replacement.unwrap_or_default();
