@@ -287,3 +287,15 @@ def test_a_chord_a_task_sends_on_the_database_backend_completes_too(sqlite_worke
     app, _ = sqlite_client(db)
     body_id = app.send_task("tasks.fanout", args=(4,)).get(timeout=30)
     assert app.AsyncResult(body_id).get(timeout=60) == sum(2 * i for i in range(4))
+
+
+def test_a_worker_consuming_two_queues_serves_both_in_turn(sqlite_worker, sqlite_client, db):
+    """A backlog on queue ``a`` does not hold back ``b`` (kombu's SQLAlchemy transport rotates its
+    queue cycle; Celeriac's claim deals messages out in turns)."""
+    app, t = sqlite_client(db)
+    backlog = [app.send_task("tasks.sleep", args=(0.01,), queue="a") for _ in range(200)]
+    late = [t["mul"].apply_async((i, 2), queue="b") for i in range(5)]
+    sqlite_worker(config=config(db), queues="a,b", concurrency=1)
+    assert [r.get(timeout=60) for r in late] == [2 * i for i in range(5)]
+    done_before = len([s for s, _ in results(db, [r.id for r in backlog]).values() if s == "SUCCESS"])
+    assert done_before < 100, f"b's 5 tasks waited for {done_before} of a's 200"

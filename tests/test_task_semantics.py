@@ -109,6 +109,20 @@ def test_warm_shutdown_gives_back_rate_limited_tasks(worker, client):
     assert [r.get(timeout=30) for r in results[1:]] == [2, 3, 4]
 
 
+def test_a_worker_consuming_two_queues_serves_both_in_turn(worker, client):
+    """``-Q a,b`` with a backlog on ``a``: ``b``'s tasks are not held behind it (kombu rotates the
+    queues it polls; Celeriac's fetch takes them in turn). What a platform with a queue per tenant
+    relies on."""
+    backlog = [client.app.send_task("tasks.sleep", args=(0.01,), queue="a") for _ in range(300)]
+    late = [client.mul.apply_async((i, 2), queue="b") for i in range(5)]
+    w = worker(queues="a,b", concurrency=1)
+    assert [r.get(timeout=60) for r in late] == [2 * i for i in range(5)]
+    done_before = sum(1 for r in backlog if r.ready())
+    assert done_before < 100, f"b's 5 tasks waited for {done_before} of a's 300"
+    wait_all(backlog, 120)
+    assert w.alive
+
+
 @pytest.mark.celeriac_only
 def test_a_cluster_rate_limit_holds_across_two_workers(worker, client):
     """``cluster_rate_limit = "10/s"``: two workers share one bucket in Redis, so 30 calls take at least

@@ -60,7 +60,12 @@ local function record(unacked, index, now, m)
 end
 "#;
 
-/// Pop up to ARGV[1] messages from KEYS[5..] (in order) and record each.
+/// Pop up to ARGV[1] messages from KEYS[5..] and record each. The lists come
+/// in groups of ARGV[3] (one group per priority step, highest first, each
+/// with every consumed queue): a group is emptied before the next, and within
+/// a group the queues take turns, one message each — so a queue with a
+/// backlog never starves another (kombu rotates its queue cycle to the same
+/// end; the worker also rotates where each turn starts).
 /// Returns a flat list `queue, message, tag, queue, message, tag, ...`, where
 /// `tag` is the delivery tag recorded in `unacked` (`""` if the message could
 /// not be recorded): the tag the worker acknowledges is always the one recorded.
@@ -76,15 +81,29 @@ local saved = redis.call('GET', KEYS[3])
 if saved then return cjson.decode(saved) end
 local out = {}
 local max = tonumber(ARGV[1])
-for i = 5, #KEYS do
-  while #out < max * 3 do
-    local m = redis.call('RPOP', KEYS[i])
-    if not m then break end
-    out[#out + 1] = KEYS[i]
-    out[#out + 1] = m
-    out[#out + 1] = record(KEYS[1], KEYS[2], ARGV[2], m)
+local width = math.max(1, tonumber(ARGV[3]) or 1)
+local first = 5
+while first <= #KEYS and #out < max * 3 do
+  local last = math.min(first + width - 1, #KEYS)
+  local empty = {}
+  local left = last - first + 1
+  while left > 0 and #out < max * 3 do
+    for i = first, last do
+      if #out >= max * 3 then break end
+      if not empty[i] then
+        local m = redis.call('RPOP', KEYS[i])
+        if m then
+          out[#out + 1] = KEYS[i]
+          out[#out + 1] = m
+          out[#out + 1] = record(KEYS[1], KEYS[2], ARGV[2], m)
+        else
+          empty[i] = true
+          left = left - 1
+        end
+      end
+    end
   end
-  if #out >= max * 3 then break end
+  first = last + 1
 end
 if #out > 0 then redis.call('SET', KEYS[3], cjson.encode(out), 'EX', 3600) end
 return out
@@ -136,6 +155,8 @@ pub struct RedisBroker {
     next_fetch: Arc<Mutex<Option<String>>>,
     /// The last fetch whose reply arrived (its saved copy is deleted next time).
     done_fetch: Arc<Mutex<Option<String>>>,
+    /// Where the next fetch's turn among the consumed queues starts.
+    turn: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// kombu's `_q_for_pri`: the list for `queue` at `priority`, which is rounded
@@ -167,6 +188,7 @@ impl RedisBroker {
             unlock: redis::Script::new(UNLOCK_SCRIPT),
             next_fetch: Arc::default(),
             done_fetch: Arc::default(),
+            turn: Arc::default(),
         })
     }
 
@@ -178,6 +200,14 @@ impl RedisBroker {
     /// (kombu's `_q_for_pri`: the priority rounded down to a step).
     pub fn list_for(&self, queue: &str, priority: u8) -> String {
         self.key(&priority_list(&self.opts, queue, priority))
+    }
+
+    /// How many priority steps the consumed lists are grouped by.
+    fn priority_step_count(&self) -> usize {
+        let mut steps = self.opts.priority_steps.clone();
+        steps.sort_unstable();
+        steps.dedup();
+        steps.len()
     }
 
     /// The lists to consume, in the order kombu polls them: grouped by
@@ -224,14 +254,22 @@ impl RedisBroker {
         let fetch_id = lock(&self.next_fetch).take().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let done_id = lock(&self.done_fetch).take().unwrap_or_default();
         let mut inv = self.pop.prepare_invoke();
+        // `lists` is priority-major (`consume_lists`): one group of queues per priority step.
+        let steps = self.priority_step_count();
+        let width = if steps > 0 && lists.len() % steps == 0 { lists.len() / steps } else { lists.len() };
         inv.key(self.key("unacked"))
             .key(self.key("unacked_index"))
             .key(self.key(&format!("celeriac.fetch.{fetch_id}")))
             .key(self.key(&format!("celeriac.fetch.{done_id}")))
             .arg(max)
-            .arg(now_secs());
-        for l in lists {
-            inv.key(l);
+            .arg(now_secs())
+            .arg(width);
+        // Each fetch starts its turn at the next queue (within every priority group).
+        let start = if width > 1 { self.turn.fetch_add(1, Ordering::Relaxed) % width } else { 0 };
+        for group in lists.chunks(width.max(1)) {
+            for l in group[start.min(group.len())..].iter().chain(&group[..start.min(group.len())]) {
+                inv.key(l);
+            }
         }
         let flat: Vec<Vec<u8>> = match inv.invoke_async(&mut c).await {
             Ok(flat) => flat,

@@ -136,6 +136,8 @@ pub struct SqliteBroker {
     opts: TransportOptions,
     /// Identifies this broker's claims (one per process).
     owner: String,
+    /// Where the next claim's turn among the consumed queues starts.
+    turn: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SqliteBroker {
@@ -143,7 +145,7 @@ impl SqliteBroker {
     pub async fn connect(url: &str, opts: TransportOptions) -> Result<Self, BrokerError> {
         let path = sqlite_path(url)?;
         let db = Db::open(path, format!("{KOMBU_SCHEMA}{CLAIM_SCHEMA}")).await?;
-        Ok(SqliteBroker { db, opts, owner: uuid::Uuid::new_v4().simple().to_string() })
+        Ok(SqliteBroker { db, opts, owner: uuid::Uuid::new_v4().simple().to_string(), turn: Default::default() })
     }
 
     /// The database file.
@@ -188,9 +190,15 @@ impl SqliteBroker {
     }
 
     /// One claim attempt: a cheap read first (no lock), then the claim itself
-    /// under the write lock.
+    /// under the write lock. Several queues take turns, one message each,
+    /// starting one queue further every claim (kombu's SQLAlchemy transport
+    /// rotates its queue cycle): a backlog on one never starves another.
     async fn claim(&self, queues: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
-        let queues = queues.to_vec();
+        let mut queues = queues.to_vec();
+        if queues.len() > 1 {
+            let start = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % queues.len();
+            queues.rotate_left(start);
+        }
         let owner = self.owner.clone();
         self.db
             .run(move |c| {
@@ -207,15 +215,30 @@ impl SqliteBroker {
                     return Ok(Vec::new());
                 }
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let rows: Vec<(i64, Vec<u8>, i64, String)> = {
-                    let mut st = tx.prepare(&format!(
-                        "SELECT m.id, m.payload, m.version, q.name {from} ORDER BY m.timestamp, m.id LIMIT {max}"
-                    ))?;
-                    st.query_map(rusqlite::params_from_iter(&queues), |r| {
-                        Ok((r.get(0)?, r.get_ref(1)?.as_bytes()?.to_vec(), r.get(2)?, r.get(3)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?
-                };
+                // Up to `max` of each queue, oldest first, then dealt out in turns.
+                let mut per_queue: Vec<std::collections::VecDeque<(i64, Vec<u8>, i64, String)>> = Vec::new();
+                {
+                    let mut st = tx.prepare_cached(
+                        "SELECT m.id, m.payload, m.version, q.name FROM kombu_message m JOIN kombu_queue q \
+                         ON q.id = m.queue_id WHERE q.name = ? AND m.visible != 0 ORDER BY m.timestamp, m.id LIMIT ?",
+                    )?;
+                    for q in &queues {
+                        let rows = st.query_map(params![q, max as i64], |r| {
+                            Ok((r.get(0)?, r.get_ref(1)?.as_bytes()?.to_vec(), r.get(2)?, r.get(3)?))
+                        })?;
+                        per_queue.push(rows.collect::<rusqlite::Result<_>>()?);
+                    }
+                }
+                let mut rows = Vec::with_capacity(max);
+                while rows.len() < max && per_queue.iter().any(|q| !q.is_empty()) {
+                    for q in per_queue.iter_mut() {
+                        if rows.len() < max
+                            && let Some(row) = q.pop_front()
+                        {
+                            rows.push(row);
+                        }
+                    }
+                }
                 let now = now_secs();
                 let stamp = claim_timestamp();
                 let mut out = Vec::with_capacity(rows.len());
