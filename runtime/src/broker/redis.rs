@@ -256,7 +256,7 @@ impl RedisBroker {
         let mut inv = self.pop.prepare_invoke();
         // `lists` is priority-major (`consume_lists`): one group of queues per priority step.
         let steps = self.priority_step_count();
-        let width = if steps > 0 && lists.len() % steps == 0 { lists.len() / steps } else { lists.len() };
+        let width = if steps > 0 && lists.len().is_multiple_of(steps) { lists.len() / steps } else { lists.len() };
         inv.key(self.key("unacked"))
             .key(self.key("unacked_index"))
             .key(self.key(&format!("celeriac.fetch.{fetch_id}")))
