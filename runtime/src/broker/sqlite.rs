@@ -128,6 +128,9 @@ fn make_visible(c: &Connection, id: i64) -> rusqlite::Result<bool> {
     Ok(n == 1)
 }
 
+/// One visible message read for a claim: id, payload, version, queue name.
+type ClaimRow = (i64, Vec<u8>, i64, String);
+
 /// A connection to an SQLite file speaking kombu's SQLAlchemy transport: the
 /// bookkeeping and the statements behind [`SqliteTransport`].
 #[derive(Clone)]
@@ -216,7 +219,7 @@ impl SqliteBroker {
                 }
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 // Up to `max` of each queue, oldest first, then dealt out in turns.
-                let mut per_queue: Vec<std::collections::VecDeque<(i64, Vec<u8>, i64, String)>> = Vec::new();
+                let mut per_queue: Vec<std::collections::VecDeque<ClaimRow>> = Vec::new();
                 {
                     let mut st = tx.prepare_cached(
                         "SELECT m.id, m.payload, m.version, q.name FROM kombu_message m JOIN kombu_queue q \
