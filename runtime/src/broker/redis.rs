@@ -202,20 +202,18 @@ impl RedisBroker {
         self.key(&priority_list(&self.opts, queue, priority))
     }
 
-    /// How many priority steps the consumed lists are grouped by.
-    fn priority_step_count(&self) -> usize {
+    /// The priority steps, in the order kombu polls them (each once).
+    fn priority_steps(&self) -> Vec<u8> {
         let mut steps = self.opts.priority_steps.clone();
         steps.sort_unstable();
         steps.dedup();
-        steps.len()
+        steps
     }
 
     /// The lists to consume, in the order kombu polls them: grouped by
     /// priority step, then by queue.
     pub fn consume_lists(&self, queues: &[String]) -> Vec<String> {
-        let mut steps = self.opts.priority_steps.clone();
-        steps.sort_unstable();
-        steps.dedup();
+        let steps = self.priority_steps();
         steps.iter().flat_map(|s| queues.iter().map(move |q| self.list_for(q, *s))).collect()
     }
 
@@ -255,7 +253,7 @@ impl RedisBroker {
         let done_id = lock(&self.done_fetch).take().unwrap_or_default();
         let mut inv = self.pop.prepare_invoke();
         // `lists` is priority-major (`consume_lists`): one group of queues per priority step.
-        let steps = self.priority_step_count();
+        let steps = self.priority_steps().len();
         let width = if steps > 0 && lists.len().is_multiple_of(steps) { lists.len() / steps } else { lists.len() };
         inv.key(self.key("unacked"))
             .key(self.key("unacked_index"))

@@ -234,20 +234,12 @@ async fn chord_unlock(s: &Shared, msg: &TaskMessage) -> CallResult {
         super::request::store_failure_of(s, &body_id, &error).await;
         // The body's errbacks, called with its id (sent as this call's signatures).
         let mut r = host_result(Outcome::Success(Value::Null));
-        let id = Value::String(body_id.clone());
-        for errback in body.pointer("/options/link_error").and_then(Value::as_array).into_iter().flatten() {
-            let mut e = errback.clone();
-            let immutable = e.get("immutable").and_then(Value::as_bool).unwrap_or(false);
-            if immutable || super::canvas::prepend_args(&mut e, id.clone()).is_ok() {
-                r.sent.push(e);
-            }
-        }
+        r.sent = super::canvas::errback_signatures(&body, &body_id);
         return r;
     }
     // The body with the results prepended, sent as a signature of this call (parent: the unlock task).
     let values = Value::Array(results.into_iter().map(|m| m.result).collect());
-    let immutable = body.get("immutable").and_then(Value::as_bool).unwrap_or(false);
-    if !immutable && super::canvas::prepend_args(&mut body, values).is_err() {
+    if super::canvas::prepend_args(&mut body, values).is_err() {
         return fail("ValueError", format!("chord {group_id}: its body is no signature"));
     }
     let mut r = host_result(Outcome::Success(Value::Null));

@@ -237,9 +237,12 @@ fn apply_into(
 }
 
 /// `value` put before the args of the tasks that start `sig` (a task's own
-/// args; a chain's first step's; every member of a group or chord header).
+/// args; a chain's first step's; every member of a group or chord header), except
+/// where a task is immutable (`.si()`), as Celery's `clone(args)`.
 pub fn prepend_args(sig: &mut Value, value: Value) -> Result<(), CanvasError> {
     match signature::kind(sig)? {
+        // Celery's `clone(args)`: an immutable signature (`.si()`) keeps its own.
+        Kind::Task if sig.get("immutable").and_then(Value::as_bool).unwrap_or(false) => Ok(()),
         Kind::Task => {
             let obj = sig.as_object_mut().ok_or_else(|| CanvasError::Malformed("not an object".into()))?;
             match obj.get_mut("args") {
@@ -490,17 +493,26 @@ pub enum ChordOutcome {
     },
 }
 
-/// The errbacks of a chord body that will not run, each called with the
-/// body's id (Celery's `chord_error_from_stack`, old-style errbacks).
+/// The errbacks of a chord body that will not run, each with the body's id
+/// put before its args (Celery's `chord_error_from_stack`, old-style errbacks).
+pub fn errback_signatures(body: &Value, body_id: &str) -> Vec<Value> {
+    let errbacks = body.pointer("/options/link_error").and_then(Value::as_array).into_iter().flatten();
+    errbacks
+        .filter_map(|e| {
+            let mut e = e.clone();
+            prepend_args(&mut e, Value::String(body_id.to_string())).ok().map(|()| e)
+        })
+        .collect()
+}
+
+/// [`errback_signatures`], applied as `parent` sends them.
 pub fn body_errbacks(
     body: &Value,
     body_id: &str,
     parent: &TaskMessage,
     settings: &Router<'_>,
 ) -> Vec<Result<Applied, NotSent>> {
-    let id = Value::String(body_id.to_string());
-    let errbacks = body.pointer("/options/link_error").and_then(Value::as_array).cloned().unwrap_or_default();
-    errbacks.iter().map(|sig| apply(sig, Some(&id), parent, settings)).collect()
+    errback_signatures(body, body_id).iter().map(|sig| apply(sig, None, parent, settings)).collect()
 }
 
 /// The chord body to run (or fail) once every header member of `msg`'s chord
