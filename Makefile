@@ -80,8 +80,11 @@ guest-target:
 # `make test-tasks` builds tests/hostile-tasks (never part of `make tasks`) and
 # derives every attack from it with tests/hostile-gen/gen.py (patched tasks()
 # modes, compile bombs, bad files) into $(TEST_TASKS_DIR), each written to a
-# temporary file and renamed. Used by tests/test_hostile_tenants.py.
+# temporary file and renamed. Used by tests/test_hostile_tenants.py. It also
+# builds tests/http-tasks into $(HTTP_TASKS_DIR)/http.wasm (tests/test_tenants.py).
 TEST_TASKS_DIR := target/test-tasks
+# tests/http-tasks (a component that fetches a URL through wasi:http), for tests/test_tenants.py.
+HTTP_TASKS_DIR := target/http-tasks
 
 test-tasks: | guest-target
 	$(CARGO) build --profile $(GUEST_PROFILE) --target $(GUEST_TARGET) \
@@ -90,6 +93,11 @@ test-tasks: | guest-target
 	cp $(GUEST_DIR)/$(GUEST_TARGET)/$(GUEST_PROFILE)/hostile_tasks.wasm $(TEST_TASKS_DIR)/.base.wasm.tmp
 	mv $(TEST_TASKS_DIR)/.base.wasm.tmp $(TEST_TASKS_DIR)/.base.wasm
 	python3 tests/hostile-gen/gen.py $(TEST_TASKS_DIR)/.base.wasm $(TEST_TASKS_DIR)
+	$(CARGO) build --profile $(GUEST_PROFILE) --target $(GUEST_TARGET) \
+		--target-dir $(GUEST_DIR) -p http-tasks
+	mkdir -p $(HTTP_TASKS_DIR)
+	cp $(GUEST_DIR)/$(GUEST_TARGET)/$(GUEST_PROFILE)/http_tasks.wasm $(HTTP_TASKS_DIR)/.http.wasm.tmp
+	mv $(HTTP_TASKS_DIR)/.http.wasm.tmp $(HTTP_TASKS_DIR)/http.wasm
 
 # --- Other languages ---------------------------------------------------------
 # Each language's example (example-tasks/<lang>/) is built by the debug

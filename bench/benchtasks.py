@@ -37,6 +37,18 @@ def add(x, y):
     return x + y
 
 
+# The same task under two tenants' names, for bench/tenants.py (a.tasks.add on
+# queue a, b.tasks.add on queue b).
+@app.task(name="a.tasks.add")
+def tenant_a_add(x, y):
+    return x + y
+
+
+@app.task(name="b.tasks.add")
+def tenant_b_add(x, y):
+    return x + y
+
+
 @signals.worker_ready.connect
 def _say_ready(sender=None, **_kwargs):
     """Print Celery's "ready." line even at ``-l WARNING`` (Celery logs it at

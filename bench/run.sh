@@ -15,6 +15,7 @@
 #            bench/run.sh --callgrind    (instructions per task, bench/profile.py)
 #            bench/run.sh --languages [--n 20000]  (per-language table, bench/languages.py)
 #            bench/run.sh --broker amqp [--quick]   (over a private RabbitMQ node, rpc:// results)
+#            bench/run.sh --tenants [--flood 20000]  (tenant B's wait behind tenant A's flood, bench/tenants.py)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -86,5 +87,10 @@ if [ "${1:-}" = "--languages" ]; then
     # The per-language table (Rust, Python, JS... guests next to Celery prefork).
     shift
     exec "$VENV/bin/python" "$HERE/languages.py" "$@"
+fi
+if [ "${1:-}" = "--tenants" ]; then
+    # A small tenant's wait behind another tenant's flood (bench/tenants.py).
+    shift
+    exec "$VENV/bin/python" "$HERE/tenants.py" "$@"
 fi
 exec "$VENV/bin/python" "$HERE/bench.py" "$@"

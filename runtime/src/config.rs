@@ -34,12 +34,14 @@ mod pyconfig;
 mod rate;
 mod routes;
 mod support;
+mod tenant;
 
 pub use celery_settings::{CELERY_SETTINGS, CELERY_VERSION};
 pub use pyconfig::is_python_path;
 
 pub use rate::{RateError, RateLimit};
 pub use routes::{REGEX_PREFIX, Route, RouteKey, Router, TaskRoutes};
+pub use tenant::{ConfigValues, TENANT_FILE, TenantConfig, Tenants};
 
 /// Errors reading or validating configuration.
 #[derive(Debug, thiserror::Error)]
@@ -98,9 +100,37 @@ pub struct Annotation {
     /// Celeriac: a rate limit shared by every worker on the broker (Redis), e.g.
     /// `"100/m"`; Celery's `rate_limit` is per worker.
     pub cluster_rate_limit: Option<RateLimit>,
+    /// Celeriac: hosts the task may reach over HTTP (`wasi:http`): `host` (any
+    /// port) or `host:port`, names as written (not resolved); denied unless listed.
+    pub http_allow: Option<Vec<String>>,
 }
 
 impl Annotation {
+    /// Every option `over` sets replaces this one's.
+    pub fn overlay(&mut self, over: &Annotation) {
+        macro_rules! overlay {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        overlay!(
+            rate_limit,
+            time_limit,
+            soft_time_limit,
+            acks_late,
+            ignore_result,
+            track_started,
+            fuel,
+            max_memory,
+            max_table_elements,
+            max_instances,
+            max_stack,
+            max_retries,
+            default_retry_delay,
+            send_tasks,
+            cluster_rate_limit,
+            http_allow
+        );
+    }
+
     /// The sandbox limits this annotation sets.
     pub fn limits(&self) -> LimitsOverride {
         LimitsOverride {
@@ -374,6 +404,10 @@ pub struct Settings {
     /// accepted but not honoured, unknown `CELERIAC_*` variables.
     #[serde(skip)]
     pub notices: Vec<String>,
+    /// The tenants' `tenant.toml` files (`config/tenant.rs`), read from the
+    /// task directory by the worker.
+    #[serde(skip)]
+    pub tenants: Tenants,
 }
 
 impl Default for Settings {
@@ -414,6 +448,7 @@ impl Default for Settings {
             message_limits: MessageLimitsSettings::default(),
             sandbox: SandboxSettings::default(),
             notices: Vec::new(),
+            tenants: Tenants::default(),
         }
     }
 }
@@ -614,6 +649,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         "default_retry_delay",
         "send_tasks",
         "cluster_rate_limit",
+        "http_allow",
     ];
     const ROUTE_KEYS: &[&str] = &["queue", "exchange", "routing_key", "priority"];
     for (key, value) in table {
@@ -808,28 +844,19 @@ impl Settings {
 
     /// The annotation for `task`: the `"*"` entry overlaid with the task's own.
     pub fn annotation(&self, task: &str) -> Annotation {
+        self.annotation_in(task, None)
+    }
+
+    /// The annotation for `task` of `tenant` (`None`: a task outside any
+    /// tenant's directory): the `"*"` entry, the tenant's `[annotations]`,
+    /// then the task's own.
+    pub fn annotation_in(&self, task: &str, tenant: Option<&str>) -> Annotation {
         let mut a = self.task_annotations.get("*").cloned().unwrap_or_default();
+        if let Some(t) = tenant.and_then(|t| self.tenants.get(t)) {
+            a.overlay(&t.annotations);
+        }
         if let Some(t) = self.task_annotations.get(task) {
-            macro_rules! overlay {
-                ($($f:ident),*) => { $( if t.$f.is_some() { a.$f = t.$f.clone(); } )* };
-            }
-            overlay!(
-                rate_limit,
-                time_limit,
-                soft_time_limit,
-                acks_late,
-                ignore_result,
-                track_started,
-                fuel,
-                max_memory,
-                max_table_elements,
-                max_instances,
-                max_stack,
-                max_retries,
-                default_retry_delay,
-                send_tasks,
-                cluster_rate_limit
-            );
+            a.overlay(t);
         }
         a
     }
@@ -935,6 +962,12 @@ impl Settings {
             let o = a.limits();
             if !o.is_empty() {
                 cfg.task_limits.insert(task.clone(), o);
+            }
+        }
+        for (tenant, t) in &self.tenants.0 {
+            let o = t.annotations.limits();
+            if !o.is_empty() {
+                cfg.tenant_limits.insert(tenant.clone(), o);
             }
         }
         cfg

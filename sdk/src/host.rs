@@ -1,9 +1,20 @@
-//! Calls into the worker: [`update_state`], [`request`] and [`soft_time_left`].
+//! Calls into the worker: [`update_state`], [`request`], [`soft_time_left`] and [`config`].
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::__private::bindings::celeriac::task::{host, types};
+use crate::__private::bindings::celeriac::task::{config as config_values, host, types};
+
+/// A configuration value the operator set for this task's tenant (the
+/// `[config]` table of its `tenant.toml`), e.g. an API key; `None` if unset.
+/// The worker never logs these values.
+///
+/// ```no_run
+/// let key = celeriac_sdk::config("api_key").unwrap_or_default();
+/// ```
+pub fn config(key: &str) -> Option<String> {
+    config_values::get(key)
+}
 
 /// Reports a custom task state, like Celery's
 /// `self.update_state(state=..., meta=...)`.

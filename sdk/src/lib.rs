@@ -107,7 +107,9 @@ pub mod log;
 pub use canvas::{Signature, add_to_chord, chain, chord, group, replace, signature};
 pub use celeriac_sdk_macros::{export_tasks, task};
 pub use error::{Raise, Retry, TaskError};
-pub use host::{Request, delivery_info, ignore, reject, request, soft_time_left, update_state, update_state_json};
+pub use host::{
+    Request, config, delivery_info, ignore, reject, request, soft_time_left, update_state, update_state_json,
+};
 
 /// Implementation details used by the macros' expansions. Not a stable API.
 #[doc(hidden)]

@@ -37,6 +37,9 @@ pub struct Candidate {
     pub prefix: String,
     /// The name shown in tracebacks and listings (path relative to the tasks directory).
     pub display: String,
+    /// The tenant: the subdirectory of the tasks directory it is in (`acme`
+    /// for `acme/billing.wasm`), whose name starts every task name it serves.
+    pub tenant: Option<String>,
 }
 
 /// Every `.wasm` file under `root` (or `root` itself if it is a file), sorted,
@@ -56,7 +59,7 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
     if meta.as_ref().is_ok_and(|m| !m.is_dir()) || root.extension().is_some_and(|e| e == "wasm") {
         let stem = root.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let display = root.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        found.push(Candidate { path: root.to_path_buf(), prefix: stem, display });
+        found.push(Candidate { path: root.to_path_buf(), prefix: stem, display, tenant: None });
         return (found, errors);
     }
     if !root.is_dir() {
@@ -99,7 +102,8 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
                     });
                     continue;
                 }
-                found.push(Candidate { path, prefix, display });
+                let tenant = (segments.len() > 1).then(|| segments[0].clone());
+                found.push(Candidate { path, prefix, display, tenant });
             }
         }
     }
@@ -123,6 +127,25 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
         });
     }
     found.retain(|c| !contested.contains(&c.prefix));
+    // A file outside a tenant's directory cannot serve names in its namespace
+    // (`acme.billing.wasm` beside `acme/`): the tenant's quotas and grants
+    // follow its directory.
+    let tenants: std::collections::HashSet<String> = found.iter().filter_map(|c| c.tenant.clone()).collect();
+    found.retain(|c| {
+        let first = c.prefix.split('.').next().unwrap_or_default();
+        if c.tenant.is_some() || !tenants.contains(first) {
+            return true;
+        }
+        errors.push(LoadError {
+            path: c.path.clone(),
+            reason: format!(
+                "task prefix {:?} is in the namespace of tenant {first:?} (the directory {first}/); \
+                 move the file into that directory",
+                c.prefix
+            ),
+        });
+        false
+    });
     (found, errors)
 }
 
@@ -398,6 +421,21 @@ mod tests {
         let reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert_eq!(reasons.iter().filter(|r| r.contains("claimed by this file and by")).count(), 2, "{reasons:?}");
         assert!(reasons.iter().any(|r| r.contains("bad name.wasm") && r.contains("cannot name Celery tasks")));
+    }
+
+    #[test]
+    fn a_file_outside_a_tenants_directory_cannot_serve_names_in_its_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("acme")).unwrap();
+        std::fs::write(dir.path().join("acme/billing.wasm"), b"").unwrap();
+        std::fs::write(dir.path().join("acme.other.wasm"), b"").unwrap();
+        std::fs::write(dir.path().join("acme.wasm"), b"").unwrap();
+        std::fs::write(dir.path().join("tasks.wasm"), b"").unwrap();
+        let (found, errors) = discover(dir.path());
+        let found: Vec<_> = found.iter().map(|c| (c.prefix.as_str(), c.tenant.as_deref())).collect();
+        assert_eq!(found, [("acme.billing", Some("acme")), ("tasks", None)]);
+        let reasons: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(reasons.iter().filter(|r| r.contains("namespace of tenant \"acme\"")).count(), 2, "{reasons:?}");
     }
 
     #[test]

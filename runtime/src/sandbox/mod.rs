@@ -100,6 +100,9 @@ pub struct SandboxConfig {
     pub limits: Limits,
     /// Per-task limit overrides, by full task name; `"*"` applies to all tasks.
     pub task_limits: HashMap<String, LimitsOverride>,
+    /// Per-tenant limit overrides (a tenant's `tenant.toml`), by tenant: over
+    /// `"*"`, under the task's own.
+    pub tenant_limits: HashMap<String, LimitsOverride>,
     /// Whether fuel is metered (costs ~20% on tight loops; the fuel limit needs it).
     pub fuel_metering: bool,
     /// How many calls may run at once (pool slots).
@@ -126,6 +129,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             limits: Limits::default(),
             task_limits: HashMap::new(),
+            tenant_limits: HashMap::new(),
             fuel_metering: true,
             max_concurrent: 16,
             pooling: true,
@@ -142,28 +146,20 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// The effective limits of `task`: defaults, then `"*"`, then the task's own.
     pub fn limits_for(&self, task: &str) -> Limits {
-        let mut l = self.limits;
-        if let Some(o) = self.task_limits.get("*") {
-            l = l.with(o);
-        }
-        if let Some(o) = self.task_limits.get(task) {
-            l = l.with(o);
-        }
-        l
+        self.limits_with_declared(task, None, &DeclaredOptions::default())
     }
 
-    /// The effective limits of `task` with the options its component declares:
-    /// defaults, then the declared `time_limit`, then `"*"` and the task's own
-    /// annotations (which override what a task declares, as in Celery).
-    pub fn limits_with_declared(&self, task: &str, declared: &DeclaredOptions) -> Limits {
+    /// The effective limits of `task` of `tenant` with the options its
+    /// component declares: defaults, then the declared `time_limit`, then `"*"`,
+    /// the tenant's and the task's own annotations (which override what a task
+    /// declares, as in Celery).
+    pub fn limits_with_declared(&self, task: &str, tenant: Option<&str>, declared: &DeclaredOptions) -> Limits {
         let mut l = self.limits;
         if let Some(t) = declared.time_limit {
             l = l.with(&LimitsOverride { time_limit: Some(t), ..LimitsOverride::default() });
         }
-        if let Some(o) = self.task_limits.get("*") {
-            l = l.with(o);
-        }
-        if let Some(o) = self.task_limits.get(task) {
+        let tenant = tenant.and_then(|t| self.tenant_limits.get(t));
+        for o in [self.task_limits.get("*"), tenant, self.task_limits.get(task)].into_iter().flatten() {
             l = l.with(o);
         }
         l
@@ -173,10 +169,11 @@ impl SandboxConfig {
     /// annotations) first.
     fn stacks(&self) -> Vec<u64> {
         let mut stacks = vec![self.limits_for("").max_stack];
-        for task in self.task_limits.keys() {
-            let s = self.limits_for(task).max_stack;
-            if !stacks.contains(&s) {
-                stacks.push(s);
+        let tenants =
+            self.tenant_limits.keys().map(|t| self.limits_with_declared("", Some(t), &DeclaredOptions::default()));
+        for l in self.task_limits.keys().map(|task| self.limits_for(task)).chain(tenants) {
+            if !stacks.contains(&l.max_stack) {
+                stacks.push(l.max_stack);
             }
         }
         stacks
@@ -186,6 +183,7 @@ impl SandboxConfig {
     fn memory_ceiling(&self) -> u64 {
         self.task_limits
             .values()
+            .chain(self.tenant_limits.values())
             .filter_map(|o| o.max_memory.map(ByteSize::as_u64))
             .fold(self.limits.max_memory, u64::max)
     }
@@ -219,6 +217,8 @@ pub struct LoadedComponent {
     pub load_time: Duration,
     /// Its version: the first 12 hex digits of the file's SHA-256.
     pub version: String,
+    /// The tenant whose directory it is in (`acme` for `acme/billing.wasm`).
+    pub tenant: Option<String>,
     pre: InstancePre<TaskState>,
     exports: Exports,
 }
@@ -268,6 +268,10 @@ pub struct Invocation {
     /// The call's soft time limit in seconds, which the guest can read
     /// (`host.soft-time-left`); the sandbox does not enforce it.
     pub soft_time_limit: Option<f64>,
+    /// Hosts the call may reach over HTTP (`http_allow`; empty: none).
+    pub http_allow: Vec<String>,
+    /// The values `config.get` answers from (its tenant's `[config]`).
+    pub config: Arc<BTreeMap<String, String>>,
 }
 
 /// What a call produced.
@@ -623,6 +627,7 @@ impl Sandbox {
             from_cache,
             load_time,
             version,
+            tenant: c.tenant.clone(),
             pre,
             exports,
         });
@@ -647,7 +652,7 @@ impl Sandbox {
         let mut entries = Vec::with_capacity(listed.len());
         for (export, options) in listed {
             let name = format!("{}.{}", c.prefix, export);
-            let limits = self.config.limits_with_declared(&name, &options);
+            let limits = self.config.limits_with_declared(&name, c.tenant.as_deref(), &options);
             let engine = self.engines.iter().position(|e| e.stack == limits.max_stack).unwrap_or(0);
             let (pre, exports) = if engine == 0 {
                 (loaded.pre.clone(), loaded.exports)
@@ -736,7 +741,7 @@ impl Sandbox {
     async fn list_tasks(&self, c: &LoadedComponent) -> Result<Vec<(String, DeclaredOptions)>, String> {
         let limits = Limits { time_limit: LOAD_TIME_LIMIT, ..self.config.limits };
         let request = Request { name: format!("{}#tasks", c.display), ..Request::default() };
-        let mut store = self.store(0, limits, request, None, (false, None));
+        let mut store = self.store(0, limits, request, None, host::Grants::default());
         let max = self.config.bounds.max_tasks_per_component;
         let fut = async {
             let instance = c.pre.instantiate_async(&mut store).await?;
@@ -756,9 +761,9 @@ impl Sandbox {
         limits: Limits,
         request: Request,
         sink: Option<StateSink>,
-        grants: (bool, Option<f64>),
+        grants: host::Grants,
     ) -> Store<TaskState> {
-        let state = TaskState::new(limits, &self.config.bounds, request, sink, grants.0, grants.1);
+        let state = TaskState::new(limits, &self.config.bounds, request, sink, grants);
         let mut store = Store::new(&self.engines[engine].engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.config.fuel_metering {
@@ -1018,8 +1023,14 @@ impl Sandbox {
         // Captured now: a trap unwinding the guest's fiber can leave the
         // thread's current span changed, so output is logged under this one.
         let span = tracing::Span::current();
-        let mut store =
-            self.store(entry.engine, limits, inv.request, inv.state_sink, (inv.may_send, inv.soft_time_limit));
+        let http_granted = !inv.http_allow.is_empty();
+        let grants = host::Grants {
+            may_send: inv.may_send,
+            soft_time_limit: inv.soft_time_limit,
+            http_allow: inv.http_allow,
+            config: inv.config,
+        };
+        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink, grants);
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
         let result = {
@@ -1039,6 +1050,7 @@ impl Sandbox {
         span.in_scope(|| store.data_mut().output.forward(&stdout, &stderr, out_dropped + err_dropped));
         let canvas = std::mem::take(&mut store.data_mut().canvas);
         let disposition = store.data_mut().disposition.take();
+        let http_denied = std::mem::take(&mut store.data_mut().http_grant.denied);
         drop(store);
         let mut host_memory = None;
         let outcome = match result {
@@ -1065,6 +1077,17 @@ impl Sandbox {
                 Outcome::Failure(outcome::trapped(&site, &err, &stderr, limits.fuel, limits.time_limit))
             }
             Err(_elapsed) => Outcome::Failure(outcome::timed_out(&site, limits.time_limit)),
+        };
+        // A call that failed after being refused HTTP access fails for that reason.
+        let outcome = match outcome {
+            Outcome::Failure(f) if !http_denied.is_empty() && f.kind != FailureKind::TimeLimit => {
+                let (exc_type, message) = host::http::denied_failure(&http_denied, http_granted);
+                let message = format!("{message}; the task then failed with {}", f.repr());
+                let denied =
+                    outcome::raised(&site, &exc_type, Some("builtins"), &message, None, None, b.max_error_size);
+                Outcome::Failure(denied)
+            }
+            other => other,
         };
         Ok(CallResult {
             outcome,

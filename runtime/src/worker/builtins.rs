@@ -312,6 +312,8 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
             state_sink: None,
             may_send: inv.may_send,
             soft_time_limit: inv.soft_time_limit,
+            http_allow: inv.http_allow.clone(),
+            config: inv.config.clone(),
         };
         let r = s.sandbox.call(task, one).await?;
         total.wall += r.report.wall;

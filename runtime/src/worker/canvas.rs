@@ -42,9 +42,14 @@ impl<'a> Router<'a> {
         Router { settings, sandbox }
     }
 
-    /// The queue the component serving `task` declares, if this worker serves it.
+    /// The queue the component serving `task` declares, if this worker serves
+    /// it, else its tenant's own queue (`queue` in its tenant.toml).
     fn declared_queue(&self, task: &str) -> Option<String> {
-        self.sandbox?.task(task)?.options.queue.clone()
+        let entry = self.sandbox?.task(task)?;
+        entry.options.queue.clone().or_else(|| {
+            let tenant = entry.component.tenant.as_deref()?;
+            self.settings.tenants.get(tenant)?.queue.clone()
+        })
     }
 }
 

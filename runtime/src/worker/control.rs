@@ -235,7 +235,7 @@ impl Panel {
                 for item in &items {
                     let value = match item.as_str() {
                         "rate_limit" => self.rate_limit_of(&name).map(|r| r.to_string()),
-                        "time_limit" => self.settings.annotation(&name).time_limit.map(|t| t.to_string()),
+                        "time_limit" => self.annotation(&name).time_limit.map(|t| t.to_string()),
                         _ => None,
                     };
                     if let Some(v) = value {
@@ -264,11 +264,17 @@ impl Panel {
         ok(format!("add consumer {queue}"))
     }
 
+    /// The configured annotation of `task`, its tenant's defaults included.
+    fn annotation(&self, task: &str) -> crate::config::Annotation {
+        let tenant = self.sandbox.task(task).and_then(|t| t.component.tenant.clone());
+        self.settings.annotation_in(task, tenant.as_deref())
+    }
+
     /// The rate limit in force for `task`.
     fn rate_limit_of(&self, task: &str) -> Option<RateLimit> {
         match self.state.rate_limit(task) {
             Some(set) => set,
-            None => self.settings.annotation(task).rate_limit.or_else(|| self.settings.task_default_rate_limit.clone()),
+            None => self.annotation(task).rate_limit.or_else(|| self.settings.task_default_rate_limit.clone()),
         }
     }
 

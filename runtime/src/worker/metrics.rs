@@ -1,5 +1,5 @@
 //! The worker's Prometheus metrics (`--metrics ADDR`, `worker_metrics_address`):
-//! tasks by name and final state, run-time and sandbox-time histograms, fuel
+//! tasks by name, tenant and final state, run-time and sandbox-time histograms, fuel
 //! consumed, peak guest memory, what the worker holds (reserved, scheduled
 //! for an ETA, active) and broker connection errors, served as OpenMetrics
 //! text at `GET /metrics` by `prometheus-client`.
@@ -22,16 +22,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::state::WorkerState;
 use crate::sandbox::CallReport;
 
-/// A task's name.
+/// A task's name and its tenant (`""` for a task outside any tenant's directory).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TaskLabel {
     pub task: String,
+    pub tenant: String,
 }
 
-/// A task's name and final state.
+/// A task's name, tenant and final state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TaskStateLabel {
     pub task: String,
+    pub tenant: String,
     pub state: String,
 }
 
@@ -95,11 +97,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A task reached its final `state`; `report` when it ran in the sandbox,
-    /// `runtime` from its start to its stored outcome.
-    pub fn finished(&self, task: &str, state: &str, report: Option<&CallReport>, runtime: Option<Duration>) {
-        self.tasks.get_or_create(&TaskStateLabel { task: task.into(), state: state.into() }).inc();
-        let label = TaskLabel { task: task.into() };
+    /// A task of `tenant` reached its final `state`; `report` when it ran in
+    /// the sandbox, `runtime` from its start to its stored outcome.
+    pub fn finished(
+        &self,
+        task: &str,
+        tenant: &str,
+        state: &str,
+        report: Option<&CallReport>,
+        runtime: Option<Duration>,
+    ) {
+        let (task, tenant) = (task.to_string(), tenant.to_string());
+        self.tasks
+            .get_or_create(&TaskStateLabel { task: task.clone(), tenant: tenant.clone(), state: state.into() })
+            .inc();
+        let label = TaskLabel { task, tenant };
         if let Some(r) = runtime {
             self.runtime.get_or_create(&label).observe(r.as_secs_f64());
         }
@@ -186,15 +198,17 @@ mod tests {
     fn finished_tasks_are_counted_by_name_and_state_with_their_sandbox_figures() {
         let m = Metrics::default();
         let report = CallReport { wall: Duration::from_millis(3), fuel_consumed: 1000, peak_memory: 65536 };
-        m.finished("tasks.add", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
-        m.finished("tasks.add", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
-        m.finished("tasks.spin", "REVOKED", None, None);
+        m.finished("tasks.add", "", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
+        m.finished("tasks.add", "", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
+        m.finished("acme.tasks.add", "acme", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
+        m.finished("tasks.spin", "", "REVOKED", None, None);
         let text = m.render(&WorkerState::new("w@h", false));
-        assert!(text.contains("celeriac_tasks_total{task=\"tasks.add\",state=\"SUCCESS\"} 2"), "{text}");
-        assert!(text.contains("celeriac_tasks_total{task=\"tasks.spin\",state=\"REVOKED\"} 1"), "{text}");
-        assert!(text.contains("celeriac_task_fuel_total{task=\"tasks.add\"} 2000"), "{text}");
-        assert!(text.contains("celeriac_task_memory_peak_bytes{task=\"tasks.add\"} 65536"), "{text}");
-        assert!(text.contains("celeriac_task_sandbox_seconds_count{task=\"tasks.add\"} 2"), "{text}");
+        assert!(text.contains("celeriac_tasks_total{task=\"tasks.add\",tenant=\"\",state=\"SUCCESS\"} 2"), "{text}");
+        assert!(text.contains("celeriac_tasks_total{task=\"tasks.spin\",tenant=\"\",state=\"REVOKED\"} 1"), "{text}");
+        assert!(text.contains("celeriac_task_fuel_total{task=\"tasks.add\",tenant=\"\"} 2000"), "{text}");
+        assert!(text.contains("celeriac_task_fuel_total{task=\"acme.tasks.add\",tenant=\"acme\"} 1000"), "{text}");
+        assert!(text.contains("celeriac_task_memory_peak_bytes{task=\"tasks.add\",tenant=\"\"} 65536"), "{text}");
+        assert!(text.contains("celeriac_task_sandbox_seconds_count{task=\"tasks.add\",tenant=\"\"} 2"), "{text}");
         assert!(text.contains("celeriac_requests{state=\"active\"} 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }

@@ -228,6 +228,16 @@ impl Shared {
         }
     }
 
+    /// The tenant `task` belongs to: the directory of the component serving it.
+    pub fn tenant_of(&self, task: &str) -> Option<String> {
+        self.sandbox.task(task)?.component.tenant.clone()
+    }
+
+    /// The configured annotation of `task`, its tenant's defaults included.
+    pub fn annotation(&self, task: &str) -> crate::config::Annotation {
+        self.settings.annotation_in(task, self.tenant_of(task).as_deref())
+    }
+
     /// Whether a warm or cold shutdown has begun.
     pub fn stopping(&self) -> bool {
         *self.phase.borrow() != Phase::Running
@@ -255,7 +265,8 @@ impl ConnectionFailure for BackendError {
 
 /// Start a worker and run it until shutdown.
 pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
-    let settings = opts.settings.clone();
+    let mut settings = opts.settings.clone();
+    settings.tenants = crate::config::Tenants::load(&opts.app)?;
     for w in settings.warnings() {
         tracing::warn!("{w}");
     }
@@ -348,7 +359,23 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
 
     let concurrency = settings.concurrency();
-    let queues = if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
+    let mut queues =
+        if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
+    // Each tenant's own queue is consumed too, taking turns with the others (fair queues).
+    for q in settings.tenants.queues() {
+        if !queues.contains(&q) {
+            queues.push(q);
+        }
+    }
+    for (name, t) in &settings.tenants.0 {
+        tracing::info!(
+            "tenant {name}: concurrency {}, rate limit {}, queue {}, HTTP to {}",
+            t.concurrency.map_or("unbounded".into(), |c| c.to_string()),
+            t.rate_limit.as_ref().map_or("none".into(), ToString::to_string),
+            t.queue.as_deref().unwrap_or("(shared)"),
+            t.annotations.http_allow.as_ref().filter(|a| !a.is_empty()).map_or("nobody".into(), |a| a.join(", ")),
+        );
+    }
     if opts.banner {
         print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
     }
@@ -392,7 +419,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
-    let rate_limits = Arc::new(rate::RateLimits::default());
+    let rate_limits = Arc::new(rate::RateLimits::new(&settings.tenants));
     // Remote control and events, where the transport has fanout.
     let heartbeat = Arc::new(tokio::sync::Notify::new());
     let mut dispatcher = None;

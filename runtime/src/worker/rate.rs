@@ -1,5 +1,7 @@
 //! Rate limits (`rate_limit`): Celery's per-worker token bucket, made precise
-//! and non-blocking.
+//! and non-blocking; and the tenants' quotas (`tenant.toml`'s `rate_limit`,
+//! one bucket per tenant beside the task's, and `concurrency`, run slots of
+//! the tenant's own taken before one of the worker's).
 //!
 //! Celery gives each task type a `TokenBucket(rate, capacity=1)` per worker
 //! (`Consumer.bucket_for_task`): a full bucket lets one task start at once, and
@@ -42,6 +44,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::{RateLimit, Tenants};
+
 /// Most rate-limited messages one worker holds out of its prefetch window.
 pub(crate) const MAX_HELD: usize = 10_000;
 
@@ -78,43 +82,101 @@ fn interval(per_second: f64) -> Duration {
     Duration::try_from_secs_f64(1.0 / per_second).unwrap_or(Duration::MAX / 4)
 }
 
-/// The worker's buckets, one per task name, shared by every event loop.
+/// The worker's buckets, one per task name and one per rate-limited tenant,
+/// and the tenants' run slots, shared by every event loop.
 #[derive(Debug)]
 pub(crate) struct RateLimits {
     buckets: Mutex<HashMap<String, TokenBucket>>,
-    /// Messages waiting for a token outside the prefetch window.
+    tenant_buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// Each tenant's quotas, from its `tenant.toml`.
+    tenants: HashMap<String, TenantQuota>,
+    /// Messages waiting for a token (or a tenant's run slot) outside the prefetch window.
     held: Arc<Semaphore>,
+}
+
+/// One tenant's quotas on this worker.
+#[derive(Debug)]
+struct TenantQuota {
+    /// Its tasks started per second, all together.
+    per_second: Option<f64>,
+    /// Its run slots (`concurrency`).
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { buckets: Mutex::new(HashMap::new()), held: Arc::new(Semaphore::new(MAX_HELD)) }
+        RateLimits::new(&Tenants::default())
     }
 }
 
 impl RateLimits {
+    /// Buckets for every task, and the quotas of `tenants`.
+    pub fn new(tenants: &Tenants) -> RateLimits {
+        let tenants = tenants
+            .0
+            .iter()
+            .map(|(name, t)| {
+                let quota = TenantQuota {
+                    per_second: t.rate_limit.as_ref().and_then(RateLimit::tasks_per_second),
+                    slots: t.concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+                };
+                (name.clone(), quota)
+            })
+            .collect();
+        RateLimits {
+            buckets: Mutex::new(HashMap::new()),
+            tenant_buckets: Mutex::new(HashMap::new()),
+            tenants,
+            held: Arc::new(Semaphore::new(MAX_HELD)),
+        }
+    }
+
     /// Take a token for `task` limited to `per_second` (`None`: unlimited);
     /// returns how long to wait for it, `None` if it may start now.
     pub fn reserve(&self, task: &str, per_second: Option<f64>, now: Instant) -> Option<Duration> {
-        let per_second = per_second.filter(|r| *r > 0.0 && r.is_finite())?;
-        // A poisoned lock only means another loop panicked mid-update: the clock is still valid.
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let at = match buckets.get_mut(task) {
-            Some(b) => {
-                b.set_rate(per_second);
-                b.reserve(now)
-            }
-            None => {
-                let mut b = TokenBucket::new(per_second, now);
-                let at = b.reserve(now);
-                buckets.insert(task.to_string(), b);
-                at
-            }
-        };
-        let wait = at.saturating_duration_since(now);
-        (!wait.is_zero()).then_some(wait)
+        reserve_in(&self.buckets, task, per_second, now)
     }
 
+    /// Take a token from `tenant`'s bucket, if its `tenant.toml` sets a
+    /// `rate_limit`: how long to wait for it, `None` if it may start now.
+    pub fn reserve_tenant(&self, tenant: &str, now: Instant) -> Option<Duration> {
+        let per_second = self.tenants.get(tenant)?.per_second;
+        reserve_in(&self.tenant_buckets, tenant, per_second, now)
+    }
+
+    /// `tenant`'s run slots, if its `tenant.toml` sets a `concurrency`.
+    pub fn tenant_slots(&self, tenant: &str) -> Option<Arc<Semaphore>> {
+        self.tenants.get(tenant)?.slots.clone()
+    }
+}
+
+/// Take a token from the bucket `key` of `buckets` at `per_second`.
+fn reserve_in(
+    buckets: &Mutex<HashMap<String, TokenBucket>>,
+    key: &str,
+    per_second: Option<f64>,
+    now: Instant,
+) -> Option<Duration> {
+    let per_second = per_second.filter(|r| *r > 0.0 && r.is_finite())?;
+    // A poisoned lock only means another loop panicked mid-update: the clock is still valid.
+    let mut buckets = buckets.lock().unwrap_or_else(|p| p.into_inner());
+    let at = match buckets.get_mut(key) {
+        Some(b) => {
+            b.set_rate(per_second);
+            b.reserve(now)
+        }
+        None => {
+            let mut b = TokenBucket::new(per_second, now);
+            let at = b.reserve(now);
+            buckets.insert(key.to_string(), b);
+            at
+        }
+    };
+    let wait = at.saturating_duration_since(now);
+    (!wait.is_zero()).then_some(wait)
+}
+
+impl RateLimits {
     /// A place among the messages held out of the prefetch window, if any is left.
     pub fn hold(&self) -> Option<OwnedSemaphorePermit> {
         self.held.clone().try_acquire_owned().ok()
@@ -179,6 +241,27 @@ mod tests {
         let now = Instant::now();
         limits.reserve("tasks.add", Some(10.0 / 60.0), now);
         assert_eq!(limits.reserve("tasks.add", Some(10.0 / 60.0), now), Some(Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_tenant_has_one_bucket_for_all_its_tasks_and_its_own_run_slots() {
+        let tenants = crate::config::Tenants(
+            [(
+                "acme".to_string(),
+                crate::config::TenantConfig::from_toml("rate_limit = \"2/s\"\nconcurrency = 3", "t").unwrap(),
+            )]
+            .into(),
+        );
+        let limits = RateLimits::new(&tenants);
+        let now = Instant::now();
+        assert_eq!(limits.reserve_tenant("acme", now), None);
+        assert_eq!(limits.reserve_tenant("acme", now), Some(Duration::from_millis(500)));
+        assert_eq!(limits.reserve_tenant("globex", now), None);
+        assert_eq!(limits.reserve_tenant("globex", now), None);
+        // A task's own bucket is apart from its tenant's.
+        assert_eq!(limits.reserve("acme", Some(2.0), now), None);
+        assert_eq!(limits.tenant_slots("acme").map(|s| s.available_permits()), Some(3));
+        assert!(limits.tenant_slots("globex").is_none());
     }
 
     #[test]

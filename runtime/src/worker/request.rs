@@ -230,10 +230,11 @@ async fn run(
     let name = msg.display_name().to_string();
     tracing::info!("Task {name}[{}] received", msg.id);
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
-    let tracked = s.state.track(&msg);
+    let tenant = s.tenant_of(&msg.task);
+    let tracked = s.state.track(&msg, tenant.as_deref());
     // What the component declares for the task, under the configured annotations.
     let mut declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
-    let annotation = retries::annotation_over(s.settings.annotation(&msg.task), &declared);
+    let annotation = retries::annotation_over(s.settings.annotation_in(&msg.task, tenant.as_deref()), &declared);
     // Configured annotations override what the component declares, as in Celery.
     declared.max_retries = annotation.max_retries.or(declared.max_retries);
     declared.default_retry_delay = annotation.default_retry_delay.or(declared.default_retry_delay);
@@ -277,7 +278,7 @@ async fn run(
         }
     }
     // Wait for a rate-limit token (worker/rate.rs), held out of the prefetch window like an ETA task.
-    if !Box::pin(rate_limit(s, &msg, &annotation, acker, &mut prefetch)).await {
+    if !Box::pin(rate_limit(s, &msg, tenant.as_deref(), &annotation, acker, &mut prefetch)).await {
         return Box::pin(acker.requeue()).await;
     }
     if msg.is_expired(Utc::now()) {
@@ -286,6 +287,29 @@ async fn run(
     if s.stopping() {
         return Box::pin(acker.requeue()).await;
     }
+    // A run slot of the tenant's own first (`concurrency` in its tenant.toml):
+    // while it waits, the message leaves the prefetch window like a
+    // rate-limited one, so other tenants' messages keep flowing past it.
+    let tenant_slot = match tenant.as_deref().and_then(|t| s.rate_limits.tenant_slots(t)) {
+        None => None,
+        Some(slots) => match slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                acker.hold();
+                let _held = s.rate_limits.hold().inspect(|_| prefetch = None);
+                let p = tokio::select! {
+                    biased;
+                    _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
+                    _ = tracked.revoked() => {
+                        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
+                    }
+                    p = slots.acquire_owned() => p,
+                };
+                let Ok(p) = p else { return Box::pin(acker.requeue()).await };
+                Some(p)
+            }
+        },
+    };
     let slot = match s.run_slots.try_acquire() {
         Ok(slot) => slot,
         Err(_) => {
@@ -370,6 +394,12 @@ async fn run(
         },
         state_sink: Some(sink),
         may_send: annotation.send_tasks.unwrap_or(false),
+        http_allow: annotation.http_allow.clone().unwrap_or_default(),
+        config: tenant
+            .as_deref()
+            .and_then(|t| s.settings.tenants.get(t))
+            .map(|t| t.config.0.clone())
+            .unwrap_or_default(),
         // Celery's order: the message's own, the task's (remote control, then annotations and what
         // the component declares), then the worker's `task_soft_time_limit`.
         soft_time_limit: msg
@@ -382,6 +412,7 @@ async fn run(
     // Only the guest's own lines (host.log, stdout/stderr) carry the task tag,
     // as with Celery's task logger; the worker's lines are plain.
     let span = crate::logging::task_span(msg.display_name(), &msg.id);
+    let call_started = std::time::Instant::now();
     let call = async {
         match builtins::Builtin::named(&msg.task) {
             Some(b) => Box::pin(builtins::call(s, b, &msg, invocation)).await,
@@ -401,6 +432,7 @@ async fn run(
     };
     // The slot is for running: storing the outcome must not hold up the next task.
     drop(slot);
+    drop(tenant_slot);
     let Some(result) = result else {
         if let Some(w) = writer {
             w.abort();
@@ -422,7 +454,18 @@ async fn run(
             return;
         }
     };
-    tracing::debug!("fuel consumed: {}, peak memory: {} bytes", result.report.fuel_consumed, result.report.peak_memory);
+    // Per-call accounting, for an operator to bill and cap tenants (also in
+    // the task events and the metrics).
+    tracing::info!(
+        "Task {name}[{}] used fuel={} sandbox={:.6}s wall={:.6}s memory={} tenant={} version={}",
+        msg.id,
+        result.report.fuel_consumed,
+        result.report.wall.as_secs_f64(),
+        call_started.elapsed().as_secs_f64(),
+        result.report.peak_memory,
+        tenant.as_deref().unwrap_or("-"),
+        if result.version.is_empty() { "-" } else { &result.version },
+    );
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();
     let chord_entry: Option<(&str, Value)>;
@@ -633,7 +676,8 @@ async fn terminable<F: std::future::Future>(call: F, tracked: &Tracked) -> Optio
 type Ran<'a> = (&'a CallReport, &'a str);
 
 /// The sandbox figures Celeriac adds to `task-succeeded`/`task-failed`:
-/// fuel, peak guest memory, time in the sandbox, the component's version.
+/// fuel, peak guest memory, time in the sandbox, the component's version
+/// (and the tenant, added by the callers).
 fn sandbox_fields((report, version): Ran, f: &mut serde_json::Map<String, Value>) {
     f.insert("fuel_consumed".into(), Value::from(report.fuel_consumed));
     f.insert("peak_memory".into(), Value::from(report.peak_memory));
@@ -653,6 +697,9 @@ fn announce_success(tracked: &Tracked, name: &str, id: &str, value: &Value, ran:
     f.insert("result".into(), Value::from(repr));
     f.insert("runtime".into(), Value::from(secs));
     sandbox_fields(ran, &mut f);
+    if !tracked.tenant().is_empty() {
+        f.insert("tenant".into(), Value::from(tracked.tenant()));
+    }
     tracked.event("task-succeeded", f);
 }
 
@@ -666,6 +713,9 @@ fn announce_failure(tracked: &Tracked, name: &str, id: &str, exc: &ExceptionInfo
     f.insert("exception".into(), Value::from(exc.repr()));
     f.insert("traceback".into(), Value::from(traceback));
     sandbox_fields(ran, &mut f);
+    if !tracked.tenant().is_empty() {
+        f.insert("tenant".into(), Value::from(tracked.tenant()));
+    }
     tracked.event("task-failed", f);
 }
 
@@ -676,6 +726,7 @@ fn announce_failure(tracked: &Tracked, name: &str, id: &str, exc: &ExceptionInfo
 async fn rate_limit(
     s: &Shared,
     msg: &TaskMessage,
+    tenant: Option<&str>,
     annotation: &Annotation,
     acker: &mut Acker,
     prefetch: &mut Option<OwnedSemaphorePermit>,
@@ -685,8 +736,11 @@ async fn rate_limit(
         Some(set) => set.as_ref().and_then(RateLimit::tasks_per_second),
         None => s.settings.rate_limit(annotation),
     };
-    let local = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now());
-    let Some(wait) = local.into_iter().chain(cluster_wait(s, &msg.task, annotation).await).max() else { return true };
+    let now = std::time::Instant::now();
+    let local = s.rate_limits.reserve(&msg.task, limit, now);
+    let tenant = tenant.and_then(|t| s.rate_limits.reserve_tenant(t, now));
+    let cluster = cluster_wait(s, &msg.task, annotation).await;
+    let Some(wait) = local.into_iter().chain(tenant).chain(cluster).max() else { return true };
     tracing::debug!("Task {}[{}] rate limited: starts in {wait:?}", msg.display_name(), msg.id);
     acker.hold();
     let _held = s.rate_limits.hold().inspect(|_| *prefetch = None);
@@ -896,7 +950,7 @@ async fn store_exception(
     exc: &ExceptionInfo,
     traceback: Option<String>,
 ) {
-    if !ignores_result(s, msg, &s.settings.annotation(&msg.task)) {
+    if !ignores_result(s, msg, &s.annotation(&msg.task)) {
         store(s, routing, base_meta(msg, ResultMeta::failure(&msg.id, exc, traceback))).await;
     }
 }

@@ -236,7 +236,7 @@ impl WorkerState {
     }
 
     /// Start tracking a received request (reserved until told otherwise).
-    pub fn track(self: &Arc<Self>, msg: &TaskMessage) -> Tracked {
+    pub fn track(self: &Arc<Self>, msg: &TaskMessage, tenant: Option<&str>) -> Tracked {
         let entry = Entry {
             seq: self.seq.fetch_add(1, Ordering::Relaxed),
             name: msg.task.clone(),
@@ -254,7 +254,8 @@ impl WorkerState {
         };
         let (revoke, terminate) = (entry.revoke.clone(), entry.terminate.clone());
         lock(&self.requests).insert(msg.id.clone(), entry);
-        let tracked = Tracked { state: self.clone(), id: msg.id.clone(), revoke, terminate };
+        let tenant = tenant.unwrap_or_default().to_string();
+        let tracked = Tracked { state: self.clone(), id: msg.id.clone(), tenant, revoke, terminate };
         if !self.task_events() {
             return tracked;
         }
@@ -282,12 +283,12 @@ impl WorkerState {
     }
 
     /// Count a finished task (ran to `SUCCESS`/`FAILURE`, or `REVOKED`).
-    fn finished(&self, name: &str, state: &str, report: Option<&CallReport>, runtime: Option<Duration>) {
+    fn finished(&self, name: &str, tenant: &str, state: &str, report: Option<&CallReport>, runtime: Option<Duration>) {
         if report.is_some() {
             *lock(&self.totals).entry(name.to_string()).or_default() += 1;
             self.processed.fetch_add(1, Ordering::Relaxed);
         }
-        self.metrics.finished(name, state, report, runtime);
+        self.metrics.finished(name, tenant, state, report, runtime);
     }
 
     /// Whether `id` was revoked.
@@ -460,11 +461,18 @@ fn loadavg() -> Vec<f64> {
 pub(crate) struct Tracked {
     state: Arc<WorkerState>,
     id: String,
+    /// The tenant of its task (`""`: none), a label of its metrics.
+    tenant: String,
     revoke: Arc<Notify>,
     terminate: Arc<AtomicBool>,
 }
 
 impl Tracked {
+    /// The tenant of its task (`""`: none).
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// Waiting for its ETA.
     pub fn scheduled(&self, eta: String, priority: u8) {
         self.state.set_status(&self.id, Status::Scheduled { eta, priority });
@@ -520,7 +528,7 @@ impl Tracked {
             }
             _ => None,
         };
-        self.state.finished(name, state, report, runtime);
+        self.state.finished(name, &self.tenant, state, report, runtime);
     }
 }
 
@@ -553,8 +561,8 @@ mod tests {
     #[test]
     fn a_request_is_listed_by_where_it_is_and_forgotten_when_its_guard_drops() {
         let s = Arc::new(WorkerState::new("w@h", false));
-        let a = s.track(&message("a"));
-        let b = s.track(&message("b"));
+        let a = s.track(&message("a"), None);
+        let b = s.track(&message("b"), None);
         b.scheduled("2030-01-01T00:00:00+00:00".into(), 0);
         assert_eq!(s.requests("reserved").len(), 1);
         assert_eq!(s.requests("scheduled")[0]["request"]["id"], "b");
@@ -575,8 +583,8 @@ mod tests {
     #[test]
     fn revoking_wakes_a_waiting_request_and_only_terminate_stops_a_running_one() {
         let s = Arc::new(WorkerState::new("w@h", false));
-        let waiting = s.track(&message("w"));
-        let running = s.track(&message("r"));
+        let waiting = s.track(&message("w"), None);
+        let running = s.track(&message("r"), None);
         running.started(false);
         let (held, active) = s.revoke(&["w".into(), "r".into(), "elsewhere".into()], false);
         assert_eq!(held, vec!["w".to_string(), "r".to_string()]);
@@ -593,11 +601,11 @@ mod tests {
         let s = Arc::new(WorkerState::new("w@h", false));
         let (tx, mut rx) = mpsc::unbounded_channel();
         s.connect_events(tx);
-        drop(s.track(&message("a")));
+        drop(s.track(&message("a"), None));
         assert!(rx.try_recv().is_err());
         assert!(s.set_task_events(true));
         assert!(!s.set_task_events(true));
-        drop(s.track(&message("b")));
+        drop(s.track(&message("b"), None));
         let e = rx.try_recv().unwrap();
         assert_eq!(e["type"], "task-received");
         assert_eq!(e["args"], "(4, 4)");

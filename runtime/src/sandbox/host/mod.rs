@@ -3,22 +3,26 @@
 //!
 //! Each capability is one small module with one job (Spin's "factors"):
 //! [`log`] for log lines, [`state`] for `update_state`, [`context`] for the
-//! request context, [`stdio`] for captured stdout/stderr, [`canvas`] for
-//! sending tasks (granted per task). WASI itself is
-//! granted with nothing behind it: no preopened directories, no network
+//! request context, [`stdio`] for captured stdout/stderr, `config` for the
+//! tenant's configuration values (answered from [`Grants::config`]), [`canvas`] for
+//! sending tasks (granted per task), [`http`] for outbound HTTP through
+//! `wasi:http` (granted per task or tenant, to listed hosts only). WASI itself
+//! is granted with nothing behind it: no preopened directories, no network
 //! addresses, no environment, no arguments, closed stdin; clocks and random work.
-//! A future capability (HTTP, key-value) is a new module here
+//! A future capability (key-value) is a new module here
 //! plus an explicit grant in the worker's configuration.
 
 pub mod canvas;
 pub mod context;
 pub mod disposition;
+pub mod http;
 pub mod log;
 pub mod state;
 pub mod stdio;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bounds::HostBounds;
 use super::limits::{Limiter, Limits};
@@ -72,6 +76,24 @@ pub struct TaskState {
     pub canvas: canvas::Sends,
     /// `host.ignore` / `host.reject`: how the message is settled instead of storing a state.
     pub disposition: Option<disposition::Disposition>,
+    http: WasiHttpCtx,
+    /// Who the call may reach over HTTP, and whom it was refused.
+    pub http_grant: http::HttpGrant,
+    /// What `config.get` answers from.
+    config: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+}
+
+/// What one call is granted beyond the locked-down default.
+#[derive(Debug, Default)]
+pub struct Grants {
+    /// May send tasks (`canvas`).
+    pub may_send: bool,
+    /// Its soft time limit in seconds (`host.soft-time-left`).
+    pub soft_time_limit: Option<f64>,
+    /// Hosts it may reach over HTTP.
+    pub http_allow: Vec<String>,
+    /// The values `config.get` answers from.
+    pub config: std::sync::Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl TaskState {
@@ -81,11 +103,11 @@ impl TaskState {
         bounds: &HostBounds,
         request: Request,
         state_sink: Option<StateSink>,
-        may_send: bool,
-        soft_time_limit: Option<f64>,
+        grants: Grants,
     ) -> Self {
         let now = std::time::Instant::now();
-        let soft_deadline = soft_time_limit
+        let soft_deadline = grants
+            .soft_time_limit
             .filter(|s| s.is_finite() && *s >= 0.0)
             .and_then(|s| now.checked_add(std::time::Duration::from_secs_f64(s.min(1e9))));
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
@@ -104,8 +126,11 @@ impl TaskState {
             deadline: now + limits.time_limit,
             soft_deadline,
             output: log::OutputBudget::new(bounds),
-            canvas: canvas::Sends::new(may_send),
+            canvas: canvas::Sends::new(grants.may_send),
             disposition: None,
+            http: WasiHttpCtx::new(),
+            http_grant: http::HttpGrant::new(grants.http_allow),
+            config: grants.config,
         }
     }
 }
@@ -113,6 +138,12 @@ impl TaskState {
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for TaskState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_grant }
     }
 }
 
@@ -166,6 +197,12 @@ impl bindings::celeriac::task::canvas::Host for TaskState {
     }
 }
 
+impl bindings::celeriac::task::config::Host for TaskState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
 impl bindings_v0_1::celeriac::task::types::Host for TaskState {}
 
 impl bindings_v0_1::celeriac::task::host::Host for TaskState {
@@ -192,14 +229,17 @@ impl bindings_v0_1::celeriac::task::host::Host for TaskState {
 }
 
 /// A linker with everything a task component may import: WASI p2 (locked
-/// down per call by [`TaskState::new`]), `celeriac:task/host` in both
-/// versions of the contract (0.1.0 and 0.2.0), and 0.2.0's `canvas`.
+/// down per call by [`TaskState::new`]), `wasi:http`'s outgoing handler
+/// (every request checked by [`http::HttpGrant`]), `celeriac:task/host` in both
+/// versions of the contract (0.1.0 and 0.2.0), and 0.2.0's `canvas` and `config`.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<TaskState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     bindings::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings::celeriac::task::canvas::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
+    bindings::celeriac::task::config::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings_v0_1::celeriac::task::host::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     bindings_v0_1::celeriac::task::types::add_to_linker::<TaskState, HasSelf<TaskState>>(&mut linker, |s| s)?;
     Ok(linker)
