@@ -79,8 +79,19 @@ impl<'de> Deserialize<'de> for ConfigValues {
 impl TenantConfig {
     /// Parse a `tenant.toml`; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<TenantConfig, ConfigError> {
-        let config: TenantConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })?;
+        // The parser's own text quotes the offending line, which may hold a
+        // `[config]` secret: only its message and line number are reported.
+        let config: TenantConfig = toml::from_str(text).map_err(|e| {
+            let before = e.span().map_or("", |s| text.get(..s.start).unwrap_or(""));
+            let line = before.matches('\n').count() + 1;
+            let mut message = e.message().to_string();
+            // Inside `[config]`, the message itself may quote the value (`invalid type: integer `123``).
+            let table = before.lines().rev().map(str::trim).find(|l| l.starts_with('['));
+            if table.is_some_and(|t| t.trim_start_matches('[').trim_start().starts_with("config")) {
+                message = message.split('`').step_by(2).collect::<Vec<_>>().join("`…`");
+            }
+            ConfigError::Invalid { origin: origin.into(), message: format!("line {line}: {message}") }
+        })?;
         config.check(origin)?;
         Ok(config)
     }
@@ -188,6 +199,8 @@ mod tests {
     fn an_unknown_key_or_a_bad_value_is_an_error_naming_the_file() {
         let e = TenantConfig::from_toml("concurency = 2", "acme/tenant.toml").unwrap_err().to_string();
         assert!(e.contains("acme/tenant.toml") && e.contains("concurency"), "{e}");
+        let e = TenantConfig::from_toml("[config]\napi_key = 12345678", "t").unwrap_err().to_string();
+        assert!(e.contains("line 2") && !e.contains("12345678"), "{e}");
         let e = TenantConfig::from_toml("concurrency = 0", "acme/tenant.toml").unwrap_err().to_string();
         assert!(e.contains("at least 1"), "{e}");
         let e =

@@ -130,8 +130,22 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
     // A file outside a tenant's directory cannot serve names in its namespace
     // (`acme.billing.wasm` beside `acme/`): the tenant's quotas and grants
     // follow its directory.
-    let tenants: std::collections::HashSet<String> = found.iter().filter_map(|c| c.tenant.clone()).collect();
+    let mut tenants: std::collections::HashSet<String> = found.iter().filter_map(|c| c.tenant.clone()).collect();
+    // Every directory is a tenant's, whatever it holds now (a component may be deployed later).
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+            tenants.insert(e.file_name().to_string_lossy().into_owned());
+        }
+    }
     found.retain(|c| {
+        // A tenant is one name part: `acme.x/` would serve names in acme's namespace.
+        if let Some(t) = c.tenant.as_deref().filter(|t| t.contains('.')) {
+            errors.push(LoadError {
+                path: c.path.clone(),
+                reason: format!("the tenant directory {t:?} has a '.' in its name; a tenant is one name part"),
+            });
+            return false;
+        }
         let first = c.prefix.split('.').next().unwrap_or_default();
         if c.tenant.is_some() || !tenants.contains(first) {
             return true;

@@ -156,6 +156,9 @@ impl SandboxConfig {
     pub fn limits_with_declared(&self, task: &str, tenant: Option<&str>, declared: &DeclaredOptions) -> Limits {
         let mut l = self.limits;
         if let Some(t) = declared.time_limit {
+            // A tenant's component can only shorten its time limit: a declared
+            // 1e9 s would let a call that burns no fuel (waiting) hold its slots forever.
+            let t = if tenant.is_some() { t.min(l.time_limit.as_secs_f64()) } else { t };
             l = l.with(&LimitsOverride { time_limit: Some(t), ..LimitsOverride::default() });
         }
         let tenant = tenant.and_then(|t| self.tenant_limits.get(t));
@@ -265,6 +268,8 @@ pub struct Invocation {
     pub state_sink: Option<StateSink>,
     /// Whether the task may send tasks (`canvas.send` / `canvas.replace`).
     pub may_send: bool,
+    /// The tenant whose tasks alone it may send (`None`: any task).
+    pub send_namespace: Option<String>,
     /// The call's soft time limit in seconds, which the guest can read
     /// (`host.soft-time-left`); the sandbox does not enforce it.
     pub soft_time_limit: Option<f64>,
@@ -1026,6 +1031,7 @@ impl Sandbox {
         let http_granted = !inv.http_allow.is_empty();
         let grants = host::Grants {
             may_send: inv.may_send,
+            send_namespace: inv.send_namespace,
             soft_time_limit: inv.soft_time_limit,
             http_allow: inv.http_allow,
             config: inv.config,
@@ -1080,7 +1086,7 @@ impl Sandbox {
         };
         // A call that failed after being refused HTTP access fails for that reason.
         let outcome = match outcome {
-            Outcome::Failure(f) if !http_denied.is_empty() && f.kind != FailureKind::TimeLimit => {
+            Outcome::Failure(f) if !http_denied.is_empty() && f.kind == FailureKind::Raised => {
                 let (exc_type, message) = host::http::denied_failure(&http_denied, http_granted);
                 let message = format!("{message}; the task then failed with {}", f.repr());
                 let denied =

@@ -292,6 +292,17 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
             message,
         })));
     }
+    // A tenant's task runs only as a message of its own, where the tenant's
+    // quotas, grants and accounting apply (a map over it would run it under the
+    // builtin's instead).
+    if let Some(tenant) = s.tenant_of(task) {
+        return fail(
+            "PermissionError",
+            format!(
+                "{what}() over {task}, a task of tenant {tenant:?}, is not allowed: send its calls as tasks (a group)"
+            ),
+        );
+    }
     let mut results = Vec::with_capacity(items.len());
     let mut sent = Vec::new();
     let mut total = CallReport::default();
@@ -311,6 +322,7 @@ async fn each(s: &Shared, builtin: Builtin, msg: &TaskMessage, inv: Invocation) 
             message_time_limit: inv.message_time_limit,
             state_sink: None,
             may_send: inv.may_send,
+            send_namespace: inv.send_namespace.clone(),
             soft_time_limit: inv.soft_time_limit,
             http_allow: inv.http_allow.clone(),
             config: inv.config.clone(),

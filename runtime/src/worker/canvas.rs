@@ -42,14 +42,15 @@ impl<'a> Router<'a> {
         Router { settings, sandbox }
     }
 
-    /// The queue the component serving `task` declares, if this worker serves
-    /// it, else its tenant's own queue (`queue` in its tenant.toml).
+    /// The queue the component serving `task` declares, if this worker serves it.
     fn declared_queue(&self, task: &str) -> Option<String> {
+        self.sandbox?.task(task)?.options.queue.clone()
+    }
+
+    /// The own queue (`queue` in its tenant.toml) of the tenant serving `task`.
+    fn tenant_queue(&self, task: &str) -> Option<String> {
         let entry = self.sandbox?.task(task)?;
-        entry.options.queue.clone().or_else(|| {
-            let tenant = entry.component.tenant.as_deref()?;
-            self.settings.tenants.get(tenant)?.queue.clone()
-        })
+        self.settings.tenants.get(entry.component.tenant.as_deref()?)?.queue.clone()
     }
 }
 
@@ -567,8 +568,14 @@ fn from_signature(
     let route = settings.route(name);
     let o = &mut task.options;
     // A queue in the signature's options, else the one the task declares, wins over
-    // task_routes, as in Celery.
-    let queue = opts.get("queue").and_then(Value::as_str).map(str::to_string).or_else(|| settings.declared_queue(name));
+    // task_routes, as in Celery; the task's tenant's own queue is the fallback when
+    // no route names the task.
+    let queue = opts
+        .get("queue")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| settings.declared_queue(name))
+        .or_else(|| settings.task_routes.route(name).is_none().then(|| settings.tenant_queue(name)).flatten());
     (o.exchange, o.queue) = match queue {
         Some(q) => (String::new(), q),
         None => route.publish_target(&settings.task_default_queue, settings.exchange_routing()),

@@ -394,6 +394,7 @@ async fn run(
         },
         state_sink: Some(sink),
         may_send: annotation.send_tasks.unwrap_or(false),
+        send_namespace: tenant.clone(),
         http_allow: annotation.http_allow.clone().unwrap_or_default(),
         config: tenant
             .as_deref()

@@ -8,7 +8,10 @@
 //! what a call recorded after the call returns, through its own broker
 //! connection, with the calling task's lineage and routing. The guest never
 //! touches the broker. Bounded per call: [`MAX_SENDS`] signatures of at most
-//! [`MAX_SIGNATURE_BYTES`] each.
+//! [`MAX_SIGNATURE_BYTES`] each. A tenant's task may send only its own
+//! tenant's tasks (every task a signature names, callbacks and chord bodies
+//! included, starts with `<tenant>.`): another tenant's tasks would run under
+//! that tenant's grants and quotas.
 
 use serde_json::Value;
 
@@ -27,6 +30,8 @@ pub const MAX_SIGNATURE_BYTES: usize = 1024 * 1024;
 pub struct Sends {
     /// Whether this task may send tasks at all.
     granted: bool,
+    /// The tenant whose tasks alone it may send (`None`: any task).
+    namespace: Option<String>,
     /// Frozen signatures, in the order sent.
     pub sent: Vec<Value>,
     /// The replacement asked for by `canvas.replace`, not frozen (the worker
@@ -37,9 +42,35 @@ pub struct Sends {
 }
 
 impl Sends {
-    /// An empty record; `granted` says whether the calls may succeed.
-    pub fn new(granted: bool) -> Self {
-        Sends { granted, ..Sends::default() }
+    /// An empty record; `granted` says whether the calls may succeed, and
+    /// `namespace` (a tenant) limits them to that tenant's tasks.
+    pub fn new(granted: bool, namespace: Option<String>) -> Self {
+        Sends { granted, namespace, ..Sends::default() }
+    }
+}
+
+/// Every task name a signature names: its own, its canvas members' (`kwargs`
+/// `tasks`, `header`, `body`) and its options' callbacks, errbacks, chain and
+/// chord, however deep (bounded by the signature's size).
+fn task_names(sig: &Value, out: &mut Vec<String>) {
+    match sig {
+        Value::Array(items) => items.iter().for_each(|i| task_names(i, out)),
+        Value::Object(obj) => {
+            if let Some(name) = obj.get("task").and_then(Value::as_str) {
+                out.push(name.to_string());
+            }
+            if let Some(kwargs) = obj.get("kwargs").and_then(Value::as_object) {
+                for key in ["tasks", "header", "body"] {
+                    kwargs.get(key).into_iter().for_each(|v| task_names(v, out));
+                }
+            }
+            if let Some(options) = obj.get("options").and_then(Value::as_object) {
+                for key in ["link", "link_error", "chain", "chord"] {
+                    options.get(key).into_iter().for_each(|v| task_names(v, out));
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -102,9 +133,42 @@ fn checked(state: &TaskState, json: &str, what: &str) -> Result<Value, TaskError
     let sig: Value =
         serde_json::from_str(json).map_err(|e| error("ValueError", format!("signature is not JSON: {e}")))?;
     signature::kind(&sig).map_err(|e| error("ValueError", e.to_string()))?;
+    if let Some(tenant) = &state.canvas.namespace {
+        let mut names = Vec::new();
+        task_names(&sig, &mut names);
+        if let Some(other) = names.iter().find(|n| !n.strip_prefix(tenant.as_str()).is_some_and(|r| r.starts_with('.')))
+        {
+            return Err(error(
+                "PermissionError",
+                format!("{task} may send only tasks of its tenant {tenant:?} ({tenant}.*), not {other:?}"),
+            ));
+        }
+    }
     Ok(sig)
 }
 
 fn error(exc_type: &str, message: String) -> TaskError {
     TaskError { exc_type: exc_type.into(), exc_module: None, message, args: None, traceback: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_a_signature_names_is_found_callbacks_and_chord_bodies_included() {
+        let sig = serde_json::json!({
+            "task": "celery.chord", "subtask_type": "chord",
+            "kwargs": {
+                "header": {"task": "celery.group", "kwargs": {"tasks": [{"task": "a.x"}, {"task": "a.y"}]}},
+                "body": {"task": "a.z", "options": {"link": [{"task": "b.steal"}], "link_error": {"task": "a.e"}}}
+            },
+            "args": [{"task": "not.a.signature"}],
+            "options": {"chain": [{"task": "a.last"}]}
+        });
+        let mut names = Vec::new();
+        task_names(&sig, &mut names);
+        names.sort();
+        assert_eq!(names, ["a.e", "a.last", "a.x", "a.y", "a.z", "b.steal", "celery.chord", "celery.group"]);
+    }
 }

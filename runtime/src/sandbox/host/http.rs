@@ -9,6 +9,9 @@
 //! The refused authority is recorded, so a call that then fails is reported as
 //! Python's `PermissionError` naming the host it tried ([`denied_failure`]).
 //! Redirects are not followed by the host, so each new URL is checked again.
+//! A name on the list is resolved when connecting: an operator allows only
+//! names whose DNS the platform controls (a tenant's own name could point at
+//! the worker's loopback or network). At most [`MAX_REQUESTS`] requests per call.
 //! No request outlives its call: the call's store, and the connections
 //! spawned for it, are dropped at its time limit.
 
@@ -25,18 +28,23 @@ type SendFuture = Box<dyn Future<Output = Result<(http::Response<WasiBody>, Io),
 /// Most refused authorities remembered per call (for the error message).
 const MAX_DENIED: usize = 8;
 
+/// Most requests one call may make (each holds a connection until the call ends).
+pub const MAX_REQUESTS: usize = 64;
+
 /// One call's HTTP grant: the allow-list, and what it refused.
 #[derive(Debug, Default)]
 pub struct HttpGrant {
     allow: Vec<String>,
     /// Authorities refused in this call, first ones first.
     pub denied: Vec<String>,
+    /// Requests let through so far.
+    sent: usize,
 }
 
 impl HttpGrant {
     /// A grant to the hosts in `allow` (empty: none).
     pub fn new(allow: Vec<String>) -> HttpGrant {
-        HttpGrant { allow, denied: Vec::new() }
+        HttpGrant { allow, denied: Vec::new(), sent: 0 }
     }
 
     /// Whether `uri` is on the list: its host (any port) or host and port
@@ -73,6 +81,10 @@ impl WasiHttpHooks for HttpGrant {
             }
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
+        if self.sent >= MAX_REQUESTS {
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        }
+        self.sent += 1;
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Io))

@@ -88,6 +88,8 @@ pub struct TaskState {
 pub struct Grants {
     /// May send tasks (`canvas`).
     pub may_send: bool,
+    /// The tenant whose tasks alone it may send (`None`: any task).
+    pub send_namespace: Option<String>,
     /// Its soft time limit in seconds (`host.soft-time-left`).
     pub soft_time_limit: Option<f64>,
     /// Hosts it may reach over HTTP.
@@ -126,7 +128,7 @@ impl TaskState {
             deadline: now + limits.time_limit,
             soft_deadline,
             output: log::OutputBudget::new(bounds),
-            canvas: canvas::Sends::new(grants.may_send),
+            canvas: canvas::Sends::new(grants.may_send, grants.send_namespace),
             disposition: None,
             http: WasiHttpCtx::new(),
             http_grant: http::HttpGrant::new(grants.http_allow),
