@@ -6,7 +6,7 @@
 //! made: the URL's authority is checked against the list (names as written,
 //! not resolved; a host entry allows any port, `host:port` one port), and a
 //! refused request fails in the guest with wasi:http's `HTTP-request-denied`.
-//! The refused authority is recorded, so a call that then fails is reported as
+//! The refused authority is recorded, so a call that then raises is reported as
 //! Python's `PermissionError` naming the host it tried ([`denied_failure`]).
 //! Redirects are not followed by the host, so each new URL is checked again.
 //! A name on the list is resolved when connecting: an operator allows only
