@@ -130,13 +130,15 @@ pub fn discover(root: &Path) -> (Vec<Candidate>, Vec<LoadError>) {
     // A file outside a tenant's directory cannot serve names in its namespace
     // (`acme.billing.wasm` beside `acme/`): the tenant's quotas and grants
     // follow its directory.
-    let mut tenants: std::collections::HashSet<String> = found.iter().filter_map(|c| c.tenant.clone()).collect();
-    // Every directory is a tenant's, whatever it holds now (a component may be deployed later).
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
-            tenants.insert(e.file_name().to_string_lossy().into_owned());
-        }
-    }
+    // Every directory is a tenant's (every candidate's tenant among them),
+    // whatever it holds now: a component may be deployed there later.
+    let tenants: std::collections::HashSet<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     found.retain(|c| {
         // A tenant is one name part: `acme.x/` would serve names in acme's namespace.
         if let Some(t) = c.tenant.as_deref().filter(|t| t.contains('.')) {

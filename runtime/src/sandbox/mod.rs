@@ -253,6 +253,13 @@ pub struct TaskEntry {
     exports: Exports,
 }
 
+impl TaskEntry {
+    /// The tenant whose directory its component is in, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.component.tenant.as_deref()
+    }
+}
+
 /// One task call to make.
 #[derive(Debug, Clone, Default)]
 pub struct Invocation {

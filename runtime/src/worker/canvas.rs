@@ -49,8 +49,7 @@ impl<'a> Router<'a> {
 
     /// The own queue (`queue` in its tenant.toml) of the tenant serving `task`.
     fn tenant_queue(&self, task: &str) -> Option<String> {
-        let entry = self.sandbox?.task(task)?;
-        self.settings.tenants.get(entry.component.tenant.as_deref()?)?.queue.clone()
+        self.settings.tenants.get(self.sandbox?.task(task)?.tenant()?)?.queue.clone()
     }
 }
 

@@ -266,8 +266,7 @@ impl Panel {
 
     /// The configured annotation of `task`, its tenant's defaults included.
     fn annotation(&self, task: &str) -> crate::config::Annotation {
-        let tenant = self.sandbox.task(task).and_then(|t| t.component.tenant.clone());
-        self.settings.annotation_in(task, tenant.as_deref())
+        super::annotation_of(&self.settings, &self.sandbox, task)
     }
 
     /// The rate limit in force for `task`.

@@ -230,18 +230,24 @@ impl Shared {
 
     /// The tenant `task` belongs to: the directory of the component serving it.
     pub fn tenant_of(&self, task: &str) -> Option<String> {
-        self.sandbox.task(task)?.component.tenant.clone()
+        self.sandbox.task(task)?.tenant().map(str::to_string)
     }
 
     /// The configured annotation of `task`, its tenant's defaults included.
     pub fn annotation(&self, task: &str) -> crate::config::Annotation {
-        self.settings.annotation_in(task, self.tenant_of(task).as_deref())
+        annotation_of(&self.settings, &self.sandbox, task)
     }
 
     /// Whether a warm or cold shutdown has begun.
     pub fn stopping(&self) -> bool {
         *self.phase.borrow() != Phase::Running
     }
+}
+
+/// The configured annotation of `task` on a worker serving `sandbox`: the
+/// `"*"` entry, its tenant's defaults, then its own.
+pub(crate) fn annotation_of(settings: &Settings, sandbox: &Sandbox, task: &str) -> crate::config::Annotation {
+    settings.annotation_in(task, sandbox.task(task).as_deref().and_then(crate::sandbox::TaskEntry::tenant))
 }
 
 /// A broker or backend error that retrying may cure (the server is down or

@@ -148,6 +148,11 @@ impl RateLimits {
     pub fn tenant_slots(&self, tenant: &str) -> Option<Arc<Semaphore>> {
         self.tenants.get(tenant)?.slots.clone()
     }
+
+    /// A place among the messages held out of the prefetch window, if any is left.
+    pub fn hold(&self) -> Option<OwnedSemaphorePermit> {
+        self.held.clone().try_acquire_owned().ok()
+    }
 }
 
 /// Take a token from the bucket `key` of `buckets` at `per_second`.
@@ -174,13 +179,6 @@ fn reserve_in(
     };
     let wait = at.saturating_duration_since(now);
     (!wait.is_zero()).then_some(wait)
-}
-
-impl RateLimits {
-    /// A place among the messages held out of the prefetch window, if any is left.
-    pub fn hold(&self) -> Option<OwnedSemaphorePermit> {
-        self.held.clone().try_acquire_owned().ok()
-    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@
 //! would start (received, its ETA come, a run slot free), so that the task
 //! runs once, from the redelivered copy.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde_json::Value;
-use tokio::sync::{OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument;
 
 use super::state::Tracked;
@@ -230,10 +232,11 @@ async fn run(
     let name = msg.display_name().to_string();
     tracing::info!("Task {name}[{}] received", msg.id);
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
-    let tenant = s.tenant_of(&msg.task);
+    let entry = s.sandbox.task(&msg.task);
+    let tenant = entry.as_deref().and_then(crate::sandbox::TaskEntry::tenant).map(str::to_string);
     let tracked = s.state.track(&msg, tenant.as_deref());
     // What the component declares for the task, under the configured annotations.
-    let mut declared = s.sandbox.task(&msg.task).map(|t| t.options.clone()).unwrap_or_default();
+    let mut declared = entry.map(|t| t.options.clone()).unwrap_or_default();
     let annotation = retries::annotation_over(s.settings.annotation_in(&msg.task, tenant.as_deref()), &declared);
     // Configured annotations override what the component declares, as in Celery.
     declared.max_retries = annotation.max_retries.or(declared.max_retries);
@@ -292,40 +295,14 @@ async fn run(
     // rate-limited one, so other tenants' messages keep flowing past it.
     let tenant_slot = match tenant.as_deref().and_then(|t| s.rate_limits.tenant_slots(t)) {
         None => None,
-        Some(slots) => match slots.clone().try_acquire_owned() {
+        Some(slots) => match Box::pin(slot_of(s, &slots, acker, &tracked, Some(&mut prefetch))).await {
             Ok(p) => Some(p),
-            Err(_) => {
-                acker.hold();
-                let _held = s.rate_limits.hold().inspect(|_| prefetch = None);
-                let p = tokio::select! {
-                    biased;
-                    _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
-                    _ = tracked.revoked() => {
-                        return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
-                    }
-                    p = slots.acquire_owned() => p,
-                };
-                let Ok(p) = p else { return Box::pin(acker.requeue()).await };
-                Some(p)
-            }
+            Err(why) => return Box::pin(gave_up(s, acker, &msg, &routing, &annotation, &tracked, why)).await,
         },
     };
-    let slot = match s.run_slots.try_acquire() {
-        Ok(slot) => slot,
-        Err(_) => {
-            // Held while it waits for a slot: it must be in the bookkeeping.
-            acker.hold();
-            let slot = tokio::select! {
-                biased;
-                _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
-                _ = tracked.revoked() => {
-                    return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
-                }
-                p = s.run_slots.acquire() => p,
-            };
-            let Ok(slot) = slot else { return Box::pin(acker.requeue()).await };
-            slot
-        }
+    let slot = match Box::pin(slot_of(s, &s.run_slots, acker, &tracked, None)).await {
+        Ok(p) => p,
+        Err(why) => return Box::pin(gave_up(s, acker, &msg, &routing, &annotation, &tracked, why)).await,
     };
     // Last look before it runs (it may have waited long for the slot); the slot goes to the next one.
     if stale(acker, &name, &msg.id, "as a run slot freed up") {
@@ -718,6 +695,55 @@ fn announce_failure(tracked: &Tracked, name: &str, id: &str, exc: &ExceptionInfo
         f.insert("tenant".into(), Value::from(tracked.tenant()));
     }
     tracked.event("task-failed", f);
+}
+
+/// Why a request stopped waiting for a run slot without one.
+enum NoSlot {
+    /// The worker began stopping: the message goes back.
+    Stopping,
+    /// The task was revoked meanwhile.
+    Revoked,
+}
+
+/// A permit of `slots` at once, or after holding the message (it must be in
+/// the transport's bookkeeping while it waits) until one frees up. With
+/// `prefetch`, the wait also takes one of the places held out of the prefetch
+/// window (`rate::MAX_HELD`) while any is left, and gives up the prefetch slot.
+async fn slot_of(
+    s: &Shared,
+    slots: &Arc<Semaphore>,
+    acker: &mut Acker,
+    tracked: &Tracked,
+    prefetch: Option<&mut Option<OwnedSemaphorePermit>>,
+) -> Result<OwnedSemaphorePermit, NoSlot> {
+    if let Ok(p) = slots.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    acker.hold();
+    let _held = prefetch.and_then(|prefetch| s.rate_limits.hold().inspect(|_| *prefetch = None));
+    tokio::select! {
+        // Biased: once the worker is stopping, never start (give back instead).
+        biased;
+        _ = stopped(s.phase.clone()) => Err(NoSlot::Stopping),
+        _ = tracked.revoked() => Err(NoSlot::Revoked),
+        p = slots.clone().acquire_owned() => p.map_err(|_| NoSlot::Stopping),
+    }
+}
+
+/// Settle a request that stopped waiting for a run slot: given back, or revoked.
+async fn gave_up(
+    s: &Shared,
+    acker: &mut Acker,
+    msg: &TaskMessage,
+    routing: &Routing,
+    annotation: &Annotation,
+    tracked: &Tracked,
+    why: NoSlot,
+) {
+    match why {
+        NoSlot::Stopping => acker.requeue().await,
+        NoSlot::Revoked => Box::pin(revoked(s, acker, msg, routing, annotation, tracked, Revocation::Revoked)).await,
+    }
 }
 
 /// Wait for the task's rate-limit token, if it has a limit and the bucket is
