@@ -90,6 +90,27 @@ def test_replacing_a_component_under_load_loses_nothing_and_later_calls_run_the_
     assert next(e for e in done if e["uuid"] == after.id)["component_version"] == version(new)
 
 
+def test_a_stored_result_names_the_version_of_the_component_that_produced_it(worker, client, task_dir):
+    old = COMPONENT.read_bytes()
+    new = another_version(old, b"v3")
+    w = worker(app=task_dir)
+    before = client.tasks["add"].delay(1, 1)
+    assert before.get(timeout=10) == 2
+    deploy(task_dir, "tasks.wasm", new)
+    assert wait_until(lambda: f"version {version(new)} replaces {version(old)}" in w.log_text(), timeout=10)
+    after = client.tasks["add"].delay(2, 2)
+    assert after.get(timeout=10) == 4
+    failed = client.app.send_task("tasks.fail", ("boom",))
+    with pytest.raises(Exception, match="boom"):
+        failed.get(timeout=10)
+    # Read back as stored (not from the client's cache): Celery keeps the key it does not know.
+    meta = client.app.backend.get_task_meta
+    assert meta(before.id, cache=False)["component_version"] == version(old)
+    assert meta(after.id, cache=False)["component_version"] == version(new)
+    assert meta(failed.id, cache=False)["component_version"] == version(new)
+    assert meta(failed.id, cache=False)["status"] == "FAILURE"
+
+
 def test_a_removed_component_ends_in_not_registered_for_new_calls(worker, client, task_dir):
     w = worker(app=task_dir)
     deploy(task_dir, "extra.wasm", COMPONENT.read_bytes())

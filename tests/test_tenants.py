@@ -20,6 +20,7 @@ Celeriac only: a Python worker has no task directory, tenants or sandbox.
 from __future__ import annotations
 
 import http.server
+import os
 import re
 import shutil
 import threading
@@ -28,7 +29,9 @@ import urllib.request
 
 import pytest
 
-from conftest import CELERIAC_TASKS, REPO_ROOT, free_port, wait_until
+import subprocess
+
+from conftest import CELERIAC_BIN, CELERIAC_TASKS, REPO_ROOT, _base_env, free_port, wait_until
 from test_remote_control import EventCapture
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.celeriac_only]
@@ -140,6 +143,27 @@ def test_a_tenants_rate_limit_is_one_bucket_for_all_its_tasks(worker, client, tm
     assert others[-1] - others[0] < 0.5, others
 
 
+def test_a_task_waiting_for_its_own_rate_limit_does_not_hold_up_its_tenants_other_tasks(worker, client, tmp_path):
+    # acme: 1 task a second in all; acme.tasks.mul: 1 a minute of its own. Five muls are sent first: the
+    # first runs, the other four wait minutes for their own tokens and must not book acme's next four
+    # seconds meanwhile (which would hold the add back until then).
+    app = tenants(tmp_path, acme='rate_limit = "1/s"\n')
+    config = '[task_annotations."acme.tasks.mul"]\nrate_limit = "1/m"\n'
+    worker(app=app, concurrency=4, extra_args=["-E"], config=config)
+    with EventCapture(client.app) as cap:
+        muls = [client.app.send_task("acme.tasks.mul", (i, 2)) for i in range(5)]
+        assert muls[0].get(timeout=10) == 0
+        add = client.app.send_task("acme.tasks.add", (1, 2))
+        assert add.get(timeout=10) == 3
+        assert wait_until(lambda: any(e["type"] == "task-succeeded" and e["uuid"] == add.id for e in cap.events),
+                          timeout=10)
+    (first_mul, _), = intervals(cap.events, "acme.tasks.mul")
+    (add_start, _), = intervals(cap.events, "acme.tasks.add")
+    # The add takes acme's second token (1 s after the first mul), not its sixth (5 s after).
+    assert add_start - first_mul < 3, (first_mul, add_start)
+    assert all(r.state == "PENDING" for r in muls[1:])
+
+
 def test_a_tenant_flooding_its_queue_does_not_starve_another_tenants_queue(worker, celery_app, tmp_path):
     app = tenants(tmp_path, acme='queue = "acme"\n', globex='queue = "globex"\n')
     client = celery_app(task_routes={"acme.*": {"queue": "acme"}, "globex.*": {"queue": "globex"}})
@@ -156,6 +180,28 @@ def test_a_tenant_flooding_its_queue_does_not_starve_another_tenants_queue(worke
     # All of B's tasks are done while most of A's backlog still waits (one queue after the other would
     # have drained all 20,000 first).
     assert left > flood // 2, f"only {left} of acme's {flood} tasks left when globex's 20 were done"
+
+
+
+def test_a_tenant_flooding_its_queue_under_a_concurrency_quota_does_not_starve_another_tenant(
+        worker, celery_app, tmp_path):
+    # acme may run one call at a time. Without flow control its 20,000 messages would be taken as fast as
+    # they come, fill the worker's 10,000 held places and then its prefetch window with calls that cannot
+    # start, and globex's queue would not be read until some 10,000 of acme's had run one by one.
+    app = tenants(tmp_path, acme='concurrency = 1\nqueue = "acme"\n', globex='queue = "globex"\n')
+    client = celery_app(task_routes={"acme.*": {"queue": "acme"}, "globex.*": {"queue": "globex"}})
+    flood = 20_000
+    with client.app.producer_or_acquire() as producer:
+        for _ in range(flood):
+            client.app.send_task("acme.tasks.counter", producer=producer)
+    w = worker(app=app, concurrency=2)
+    assert wait_until(lambda: "its queue acme is paused" in w.log_text(), timeout=30), w.tail()
+    b = [client.app.send_task("globex.tasks.add", (i, 1)) for i in range(20)]
+    assert [r.get(timeout=60) for r in b] == [i + 1 for i in range(20)]
+    # acme's results so far (globex's 20 are the rest): far fewer than the thousands it would have run first.
+    acme_done = len(client.redis.redis(1).keys("celery-task-meta-*")) - 20
+    assert 0 < acme_done < 2_000, f"{acme_done} of acme's tasks ran before globex's 20 were done"
+    assert w.alive
 
 
 @pytest.fixture
@@ -240,3 +286,69 @@ def test_a_broken_tenant_file_stops_the_worker_at_start_naming_the_file(worker, 
     assert wait_until(lambda: not w.alive, timeout=30), w.tail()
     assert w.returncode != 0
     assert "tenant.toml" in w.log_text() and "concurency" in w.log_text(), w.tail()
+
+
+def test_exclude_queues_keeps_a_tenants_own_queue_unconsumed(worker, celery_app, tmp_path):
+    app = tenants(tmp_path, acme='queue = "acme"\n', globex='queue = "globex"\n')
+    client = celery_app(task_routes={"acme.*": {"queue": "acme"}, "globex.*": {"queue": "globex"}})
+    w = worker(app=app, extra_args=["-X", "acme"])
+    waiting = client.app.send_task("acme.tasks.add", (1, 1))
+    assert client.app.send_task("globex.tasks.add", (2, 2)).get(timeout=10) == 4
+    time.sleep(1)
+    # Still in acme's queue, untaken: the worker consumes celery and globex only.
+    assert client.redis.redis(0).llen("acme") == 1
+    assert waiting.state == "PENDING"
+    assert w.alive
+
+
+def test_check_config_reads_every_tenants_file_naming_its_config_keys_but_never_their_values(tmp_path):
+    app = tenants(tmp_path, acme='concurrency = 2\nqueue = "acme"\n[config]\napi_key = "s3cr3t-value"\n',
+                  globex="")
+    config = tmp_path / "celeryconfig.py"
+    config.write_text("broker_url = 'redis://localhost:6379/0'\n")
+
+    def check():
+        return subprocess.run([str(CELERIAC_BIN), "check-config", str(config), "-A", str(app)], capture_output=True,
+                              text=True, env=_base_env(), cwd=tmp_path, timeout=60)
+
+    ok = check()
+    assert ok.returncode == 0, ok.stderr
+    line = next(line for line in ok.stderr.splitlines() if "acme/tenant.toml: OK" in line)
+    assert "concurrency 2" in line and "queue acme" in line and "api_key" in line, line
+    assert "s3cr3t-value" not in ok.stdout + ok.stderr
+    (app / "globex" / "tenant.toml").write_text('[annotations]\nhttp_allow = ["https://api.example.com"]\n')
+    bad = check()
+    assert bad.returncode != 0
+    assert "globex/tenant.toml" in bad.stderr and "not a host or host:port" in bad.stderr, bad.stderr
+
+
+def test_a_tenant_file_changed_after_start_is_reported_and_a_new_tenants_file_holds_its_tasks_until_a_restart(
+        worker, client, tmp_path):
+    from celery.exceptions import NotRegistered
+
+    app = tenants(tmp_path, acme="concurrency = 2\n")
+    w = worker(app=app)
+    (app / "acme" / "tenant.toml").write_text("concurrency = 3\n")
+    assert wait_until(lambda: "acme/tenant.toml changed (concurrency 3" in w.log_text(), timeout=10), w.tail()
+    # A new tenant without a file is served at once, with the worker's defaults ...
+    (app / "initech").mkdir()
+    shutil.copy(COMPONENT, app / "initech" / ".tasks.wasm.part")
+    os.replace(app / "initech" / ".tasks.wasm.part", app / "initech" / "tasks.wasm")
+    assert wait_until(lambda: "initech/tasks.wasm: version" in w.log_text(), timeout=10), w.tail()
+    assert client.app.send_task("initech.tasks.add", (1, 2)).get(timeout=10) == 3
+    # ... one whose tenant.toml came with it is not: its quotas would not apply before a restart.
+    (app / "newco").mkdir()
+    (app / "newco" / "tenant.toml").write_text("concurrency = 1\n")
+    shutil.copy(COMPONENT, app / "newco" / ".tasks.wasm.part")
+    os.replace(app / "newco" / ".tasks.wasm.part", app / "newco" / "tasks.wasm")
+    assert wait_until(lambda: "restart the worker to serve newco's tasks" in w.log_text(), timeout=10), w.tail()
+    with pytest.raises(NotRegistered):
+        client.app.send_task("newco.tasks.add", (1, 1)).get(timeout=10)
+    assert client.app.send_task("acme.tasks.add", (2, 2)).get(timeout=10) == 4
+    assert w.alive
+    # After a restart both files apply and newco is served.
+    w.terminate()
+    w2 = worker(app=app)
+    assert "tenant newco: concurrency 1" in w2.log_text() or wait_until(
+        lambda: "tenant newco: concurrency 1" in w2.log_text(), timeout=5), w2.tail()
+    assert client.app.send_task("newco.tasks.add", (1, 1)).get(timeout=10) == 2

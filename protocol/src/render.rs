@@ -168,6 +168,22 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn an_event_timestamp_is_read_exactly_as_python_reads_it() {
+        // Python's json (like Rust's `str::parse`) reads a decimal to the nearest double; serde_json
+        // without `float_roundtrip` may land one ulp off, and the printed microsecond then differs.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let text = format!("1796067514.{:07}", x % 10_000_000);
+            let exact: f64 = text.parse().unwrap();
+            let read: f64 = serde_json::from_str(&text).unwrap();
+            assert_eq!(read.to_bits(), exact.to_bits(), "{text}");
+        }
+    }
+
+    #[test]
     fn timestamps_print_as_pythons_datetime_fromtimestamp_prints_them() {
         // Python: str(datetime.fromtimestamp(1796067514.7887235, tz=timezone.utc)).
         assert_eq!(py_datetime(1796067514.7887235), "2026-11-30 19:38:34.788723+00:00");

@@ -8,8 +8,15 @@
 //!
 //! ```text
 //! status, result, traceback, children, date_done, [group_id], [parent_id],
-//! [name, args, kwargs, worker, retries, queue  (result_extended only)], task_id
+//! [name, args, kwargs, worker, retries, queue  (result_extended only)],
+//! [component_version  (Celeriac's own)], task_id
 //! ```
+//!
+//! `component_version` is Celeriac's addition: the content hash of the
+//! component that produced the result, so an operator can tell which upload
+//! of a hot-deployed task answered. Celery's client keeps the stored dict as
+//! it is and reads only the keys it knows, so the extra key changes nothing
+//! for it (`AsyncResult.get`, `.state`, `.traceback`, `.date_done`).
 //!
 //! `date_done` is set for the ready states (SUCCESS, FAILURE, REVOKED) and
 //! null otherwise (STARTED, RETRY, custom states). The value is serialised
@@ -151,6 +158,9 @@ pub struct ResultMeta {
     pub parent_id: Option<String>,
     /// `result_extended` fields, written only when set.
     pub extended: Option<ExtendedMeta>,
+    /// The version of the component that ran the task (Celeriac's own key),
+    /// written only when set.
+    pub component_version: Option<String>,
 }
 
 impl ResultMeta {
@@ -168,6 +178,7 @@ impl ResultMeta {
             group_id: None,
             parent_id: None,
             extended: None,
+            component_version: None,
         }
     }
 
@@ -241,6 +252,13 @@ impl ResultMeta {
         self
     }
 
+    /// Name the component version that produced it (empty strings are
+    /// treated as unset: builtins have none).
+    pub fn with_component_version(mut self, version: Option<&str>) -> Self {
+        self.component_version = version.filter(|v| !v.is_empty()).map(str::to_owned);
+        self
+    }
+
     /// The stored object, keys in Celery's order.
     pub fn to_value(&self) -> Value {
         let mut m = Map::new();
@@ -263,6 +281,9 @@ impl ResultMeta {
             m.insert("worker".to_owned(), s(&x.worker));
             m.insert("retries".to_owned(), x.retries.map_or(Value::Null, Value::from));
             m.insert("queue".to_owned(), s(&x.queue));
+        }
+        if let Some(v) = &self.component_version {
+            m.insert("component_version".to_owned(), Value::String(v.clone()));
         }
         m.insert("task_id".to_owned(), Value::String(self.task_id.clone()));
         Value::Object(m)
@@ -336,6 +357,7 @@ impl ResultMeta {
             group_id: string("group_id"),
             parent_id: string("parent_id"),
             extended,
+            component_version: string("component_version"),
         })
     }
 
@@ -440,6 +462,18 @@ mod tests {
                 "task_id"
             ]
         );
+        assert_eq!(ResultMeta::from_value(&v).unwrap(), m);
+    }
+
+    #[test]
+    fn the_component_version_is_written_before_task_id_and_only_when_known() {
+        let plain = ResultMeta::success("tid", json!(8)).with_component_version(Some(""));
+        assert!(!plain.to_value().as_object().unwrap().contains_key("component_version"));
+        let m = ResultMeta::success("tid", json!(8)).with_date_done(None).with_component_version(Some("0123456789ab"));
+        let v = m.to_value();
+        let keys: Vec<_> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys[keys.len() - 2..], ["component_version", "task_id"]);
+        assert_eq!(v["component_version"], "0123456789ab");
         assert_eq!(ResultMeta::from_value(&v).unwrap(), m);
     }
 

@@ -102,7 +102,21 @@ pub struct Annotation {
     pub cluster_rate_limit: Option<RateLimit>,
     /// Celeriac: hosts the task may reach over HTTP (`wasi:http`): `host` (any
     /// port) or `host:port`, names as written (not resolved); denied unless listed.
+    /// Checked as it is read, wherever it is written (`task_annotations`, a tenant's `[annotations]`).
+    #[serde(default, deserialize_with = "http_allow_list")]
     pub http_allow: Option<Vec<String>>,
+}
+
+/// Read an `http_allow` list, refusing an entry that is not a host or
+/// `host:port` (a scheme, path, user or wildcard would silently never match).
+fn http_allow_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let list = Option::<Vec<String>>::deserialize(d)?;
+    if let Some(bad) = list.iter().flatten().find(|h| h.is_empty() || h.contains(['/', '@', ' ', '*'])) {
+        return Err(serde::de::Error::custom(format!(
+            "http_allow entry {bad:?} is not a host or host:port (no scheme, path or wildcard)"
+        )));
+    }
+    Ok(list)
 }
 
 impl Annotation {
@@ -964,6 +978,7 @@ impl Settings {
                 cfg.task_limits.insert(task.clone(), o);
             }
         }
+        cfg.tenant_files = self.tenants.0.keys().cloned().collect();
         for (tenant, t) in &self.tenants.0 {
             let o = t.annotations.limits();
             if !o.is_empty() {
@@ -1051,6 +1066,21 @@ visibility_timeout = 5
         assert_eq!(e.to_string(), "unknown setting \"broker_ulr\" in test (did you mean \"broker_url\"?)");
         let e = Settings::from_toml("[task_annotations.\"tasks.add\"]\ntime_limt = 3", "test").unwrap_err();
         assert!(e.to_string().contains("did you mean \"task_annotations.\\\"tasks.add\\\".time_limit\""), "{e}");
+    }
+
+    #[test]
+    fn an_http_allow_entry_that_could_never_match_is_refused_in_task_annotations_too() {
+        let ok = Settings::from_toml("[task_annotations.\"tasks.fetch\"]\nhttp_allow = [\"api.x.com:443\"]", "t");
+        let allow = ok.unwrap().task_annotations["tasks.fetch"].http_allow.clone();
+        assert_eq!(allow, Some(vec!["api.x.com:443".to_string()]));
+        for bad in ["https://api.x.com", "*.x.com", "user@x.com", ""] {
+            let text = format!("[task_annotations.\"tasks.fetch\"]\nhttp_allow = [{bad:?}]");
+            let e = Settings::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("not a host or host:port"), "{bad}: {e}");
+        }
+        let py = "task_annotations = {'tasks.fetch': {'http_allow': ['http://x.com/']}}";
+        let e = Settings::from_python(py, "celeryconfig.py").unwrap_err().to_string();
+        assert!(e.contains("not a host or host:port"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! worker leaves it: one row per task id, every column set on each write
 //! (`result` = the value encoded with the result serializer: JSON bytes by
 //! default, `8` → `X'38'`; `date_done` naive UTC text; `children` NULL when
-//! there are none; the `result_extended` columns NULL unless known).
+//! there are none; the `result_extended` columns NULL unless known). Celery's
+//! table has no column for the component version a Redis or rpc:// result
+//! names (`component_version`), so here the worker's log line and the task
+//! events are where it is found.
 //!
 //! Celery 5.6 and older clients unpickle the `result` column and fail on
 //! JSON bytes; Celery 5.7 reads both. For 5.6 clients, the worker's backend
@@ -299,6 +302,7 @@ impl DatabaseBackend {
             group_id: None,
             parent_id: None,
             extended: extended.transpose()?,
+            component_version: None,
         })
     }
 

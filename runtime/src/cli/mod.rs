@@ -490,6 +490,14 @@ fn check_config(g: &GlobalArgs, a: CheckConfigArgs) -> anyhow::Result<ExitCode> 
     }
     print!("{}", toml::to_string_pretty(&settings).context("cannot print settings")?);
     eprintln!("{}: OK", file.as_deref().map(|p| p.display().to_string()).unwrap_or_else(|| "settings".into()));
+    // With -A, each tenant's tenant.toml, read as the worker reads it at start.
+    if let Some(app) = &g.app {
+        let tenants = crate::config::Tenants::load(app)?;
+        for (name, t) in &tenants.0 {
+            let path = app.join(name).join(crate::config::TENANT_FILE);
+            eprintln!("{}: OK ({})", path.display(), t.summary());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

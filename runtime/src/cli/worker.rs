@@ -305,6 +305,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
         settings,
         app,
         queues,
+        exclude_queues: a.exclude_queues.clone(),
         hostname,
         banner: !g.quiet,
         purge: a.purge,

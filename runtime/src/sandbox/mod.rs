@@ -103,6 +103,10 @@ pub struct SandboxConfig {
     /// Per-tenant limit overrides (a tenant's `tenant.toml`), by tenant: over
     /// `"*"`, under the task's own.
     pub tenant_limits: HashMap<String, LimitsOverride>,
+    /// The tenants whose `tenant.toml` the worker read at start. A hot-deployed
+    /// component of another tenant with such a file is refused until a restart:
+    /// served now, it would run outside the quotas and limits the file sets.
+    pub tenant_files: HashSet<String>,
     /// Whether fuel is metered (costs ~20% on tight loops; the fuel limit needs it).
     pub fuel_metering: bool,
     /// How many calls may run at once (pool slots).
@@ -130,6 +134,7 @@ impl Default for SandboxConfig {
             limits: Limits::default(),
             task_limits: HashMap::new(),
             tenant_limits: HashMap::new(),
+            tenant_files: HashSet::new(),
             fuel_metering: true,
             max_concurrent: 16,
             pooling: true,
@@ -824,6 +829,16 @@ impl Sandbox {
             }
         }
         for c in candidates {
+            if let Some(t) = c.tenant.as_deref().filter(|t| !self.config.tenant_files.contains(*t))
+                && root.join(t).join(crate::config::TENANT_FILE).exists()
+            {
+                let reason = format!(
+                    "{t}/{} was not there when the worker started; restart the worker to serve {t}'s tasks under it",
+                    crate::config::TENANT_FILE
+                );
+                self.refuse(&c, reason, &mut report);
+                continue;
+            }
             let bytes = match loader::read_component(&c.path, root, self.config.bounds.max_component_size) {
                 Ok(b) => Arc::new(b),
                 Err(reason) => {

@@ -38,6 +38,8 @@ pub(crate) struct Panel {
     pub concurrency: u32,
     /// The worker's run slots (`pool_grow` / `pool_shrink`).
     pub run_slots: Arc<Semaphore>,
+    /// Tenants' quotas: a queue paused for its tenant and then cancelled stays cancelled.
+    pub rate_limits: Arc<super::rate::RateLimits>,
     /// Shutdown (`shutdown`).
     pub phase: Arc<watch::Sender<Phase>>,
     /// Asks the event dispatcher for a heartbeat now (`heartbeat`).
@@ -171,6 +173,7 @@ impl Panel {
             "cancel_consumer" => match args.get("queue").and_then(Value::as_str) {
                 Some(queue) => {
                     tracing::info!("Canceling queue {queue}");
+                    self.rate_limits.cancelled(queue);
                     self.queues.send_if_modified(|qs| {
                         let before = qs.len();
                         qs.retain(|q| q != queue);

@@ -7,6 +7,11 @@
 //! rename it into place: a file is only read once writes to it have been
 //! quiet for [`SETTLE`], and a half-written one that fails to load is simply
 //! tried again at its next change.
+//!
+//! A tenant's `tenant.toml` is read at start only: a change to one is logged
+//! (what differs from what the worker runs with, and that a restart applies
+//! it), and the components of a tenant whose file appeared after the start
+//! are refused until a restart (see `SandboxConfig::tenant_files`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
+use crate::config::{TENANT_FILE, Tenants};
 use crate::sandbox::Sandbox;
 
 /// How long the directory must be quiet before it is read.
@@ -35,11 +41,39 @@ impl Drop for HotDeploy {
 /// some (not a dotfile or a temporary name: those are ignored, as by the loader).
 fn relevant(path: &Path) -> bool {
     let Some(name) = path.file_name().map(|n| n.to_string_lossy()) else { return false };
-    !name.starts_with('.') && (path.extension().is_none() || path.extension().is_some_and(|e| e == "wasm"))
+    name == TENANT_FILE
+        || !name.starts_with('.') && (path.extension().is_none() || path.extension().is_some_and(|e| e == "wasm"))
 }
 
-/// Start watching `root` (a directory) for `sandbox`.
-pub(crate) fn watch(sandbox: Arc<Sandbox>, root: PathBuf) -> Result<HotDeploy, notify::Error> {
+/// What differs between the tenants' files read at start and those there
+/// now, one line per tenant (empty when nothing does).
+fn tenant_changes(started: &Tenants, now: &Tenants) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, t) in &now.0 {
+        match started.get(name) {
+            None => lines.push(format!(
+                "{name}/{TENANT_FILE} appeared after the worker started: {name}'s new components are refused \
+                 until a restart applies it"
+            )),
+            Some(old) if old != t => lines.push(format!(
+                "{name}/{TENANT_FILE} changed ({}); the worker keeps the one it read at start ({}) until a restart",
+                t.summary(),
+                old.summary()
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in started.0.keys().filter(|n| now.get(n).is_none()) {
+        lines.push(format!(
+            "{name}/{TENANT_FILE} was removed; the worker keeps the one it read at start until a restart"
+        ));
+    }
+    lines
+}
+
+/// Start watching `root` (a directory) for `sandbox`; `tenants` are the
+/// tenants' files as the worker read them at start.
+pub(crate) fn watch(sandbox: Arc<Sandbox>, root: PathBuf, tenants: Tenants) -> Result<HotDeploy, notify::Error> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(e) if e.kind.is_access() => {}
@@ -52,6 +86,8 @@ pub(crate) fn watch(sandbox: Arc<Sandbox>, root: PathBuf) -> Result<HotDeploy, n
     watcher.watch(&root, RecursiveMode::Recursive)?;
     let shown = root.clone();
     let task = tokio::spawn(async move {
+        // The last state of the tenants' files reported, so each change is logged once.
+        let mut reported: Option<Result<Tenants, String>> = None;
         while rx.recv().await.is_some() {
             // Let a copy or a burst of changes finish first.
             loop {
@@ -60,6 +96,14 @@ pub(crate) fn watch(sandbox: Arc<Sandbox>, root: PathBuf) -> Result<HotDeploy, n
                     Ok(None) => return,
                     Err(_) => break,
                 }
+            }
+            let now = Tenants::load(&root).map_err(|e| e.to_string());
+            if reported.as_ref() != Some(&now) {
+                match &now {
+                    Ok(now) => tenant_changes(&tenants, now).iter().for_each(|l| tracing::warn!("{l}")),
+                    Err(e) => tracing::error!("{e}; the worker keeps the tenant files it read at start"),
+                }
+                reported = Some(now);
             }
             let report = sandbox.sync(&root).await;
             tracing::debug!(
@@ -79,11 +123,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_component_files_and_directories_trigger_a_reload() {
+    fn only_component_files_tenant_files_and_directories_trigger_a_reload() {
         assert!(relevant(Path::new("/t/tasks.wasm")));
         assert!(relevant(Path::new("/t/acme")));
+        assert!(relevant(Path::new("/t/acme/tenant.toml")));
         assert!(!relevant(Path::new("/t/.tasks.wasm.swp")));
         assert!(!relevant(Path::new("/t/tasks.wasm.tmp")));
         assert!(!relevant(Path::new("/t/notes.txt")));
+    }
+
+    #[test]
+    fn a_changed_added_or_removed_tenant_file_is_reported_against_the_one_read_at_start() {
+        let t = |toml: &str| crate::config::TenantConfig::from_toml(toml, "t").unwrap();
+        let started = Tenants([("acme".to_string(), t("concurrency = 2")), ("b".into(), t(""))].into());
+        assert!(tenant_changes(&started, &started.clone()).is_empty());
+        let now = Tenants([("acme".to_string(), t("concurrency = 3")), ("newco".into(), t(""))].into());
+        let lines = tenant_changes(&started, &now);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("acme/tenant.toml changed (concurrency 3"), "{}", lines[0]);
+        assert!(lines[0].contains("read at start (concurrency 2"), "{}", lines[0]);
+        assert!(lines[1].starts_with("newco/tenant.toml appeared"), "{}", lines[1]);
+        assert!(lines[2].starts_with("b/tenant.toml was removed"), "{}", lines[2]);
     }
 }

@@ -103,6 +103,8 @@ pub struct WorkerOptions {
     pub app: PathBuf,
     /// Queues to consume (default: `task_default_queue`).
     pub queues: Vec<String>,
+    /// Queues not to consume (`-X`): also keeps tenants' own queues out.
+    pub exclude_queues: Vec<String>,
     /// Node name, e.g. `celeriac@host`.
     pub hostname: String,
     /// Print the start-up banner (`-q` turns it off, as in Celery).
@@ -332,7 +334,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     }
     // Hot deploy: components added, replaced or removed under the directory are picked up.
     let _hot_deploy = if opts.app.is_dir() {
-        deploy::watch(sandbox.clone(), opts.app.clone())
+        deploy::watch(sandbox.clone(), opts.app.clone(), settings.tenants.clone())
             .inspect_err(|e| tracing::error!("hot deploy is off: cannot watch {}: {e}", opts.app.display()))
             .ok()
     } else {
@@ -367,20 +369,15 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let concurrency = settings.concurrency();
     let mut queues =
         if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
-    // Each tenant's own queue is consumed too, taking turns with the others (fair queues).
+    // Each tenant's own queue is consumed too, taking turns with the others (fair queues),
+    // unless `-X` names it.
     for q in settings.tenants.queues() {
-        if !queues.contains(&q) {
+        if !queues.contains(&q) && !opts.exclude_queues.contains(&q) {
             queues.push(q);
         }
     }
     for (name, t) in &settings.tenants.0 {
-        tracing::info!(
-            "tenant {name}: concurrency {}, rate limit {}, queue {}, HTTP to {}",
-            t.concurrency.map_or("unbounded".into(), |c| c.to_string()),
-            t.rate_limit.as_ref().map_or("none".into(), ToString::to_string),
-            t.queue.as_deref().unwrap_or("(shared)"),
-            t.annotations.http_allow.as_ref().filter(|a| !a.is_empty()).map_or("nobody".into(), |a| a.join(", ")),
-        );
+        tracing::info!("tenant {name}: {}", t.summary());
     }
     if opts.banner {
         print!("{}", banner::banner(&opts, &sandbox, &settings, &queues, concurrency));
@@ -425,7 +422,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
-    let rate_limits = Arc::new(rate::RateLimits::new(&settings.tenants));
+    let rate_limits =
+        Arc::new(rate::RateLimits::new(&settings.tenants).with_flow_control(queues_tx.clone(), &opts.queues));
     // Remote control and events, where the transport has fanout.
     let heartbeat = Arc::new(tokio::sync::Notify::new());
     let mut dispatcher = None;
@@ -444,6 +442,7 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
                     broker_url: broker_url.clone(),
                     concurrency,
                     run_slots: run_slots.clone(),
+                    rate_limits: rate_limits.clone(),
                     phase: phase_tx.clone(),
                     heartbeat: heartbeat.clone(),
                     statedb: opts.statedb.clone(),

@@ -37,17 +37,31 @@
 //! queues (with the booked start time in a header, so the task needs no second
 //! token on its return), a long backlog of rate-limited tasks can still fill
 //! RabbitMQ's prefetch there; the pacing itself is as precise as on Redis.
+//!
+//! A tenant's quotas throttle its own queue, not the worker: while
+//! [`PAUSE_AT`] of a tenant's messages wait for its run slots or tokens, the
+//! worker stops consuming the tenant's own `queue` (as `control
+//! cancel_consumer` would) and takes it up again once no more than
+//! [`RESUME_AT`] wait. Without that, a tenant flooding its queue under a
+//! quota would fill the held places and then the prefetch window with
+//! messages that cannot start, and another tenant's queue would not be read.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::{RateLimit, Tenants};
 
 /// Most rate-limited messages one worker holds out of its prefetch window.
 pub(crate) const MAX_HELD: usize = 10_000;
+
+/// A tenant's own queue is paused while this many of its messages wait for its quotas ...
+pub(crate) const PAUSE_AT: usize = 100;
+/// ... and consumed again once no more than this many do.
+pub(crate) const RESUME_AT: usize = PAUSE_AT / 2;
 
 /// Celery's `TokenBucket(rate, capacity=1)` as a reservation clock.
 #[derive(Debug, Clone)]
@@ -92,6 +106,8 @@ pub(crate) struct RateLimits {
     tenants: HashMap<String, TenantQuota>,
     /// Messages waiting for a token (or a tenant's run slot) outside the prefetch window.
     held: Arc<Semaphore>,
+    /// The consumed queues, where a tenant's own queue is paused and resumed.
+    consumed: Option<Arc<watch::Sender<Vec<String>>>>,
 }
 
 /// One tenant's quotas on this worker.
@@ -101,6 +117,39 @@ struct TenantQuota {
     per_second: Option<f64>,
     /// Its run slots (`concurrency`).
     slots: Option<Arc<Semaphore>>,
+    /// Its own queue, if no one else's: what is paused while too many of its messages wait.
+    queue: Option<String>,
+    /// Its messages between receipt and its run slot.
+    waiting: AtomicUsize,
+    /// Whether the worker paused its queue (and so resumes it).
+    paused: AtomicBool,
+}
+
+/// One of a tenant's messages waiting for the tenant's quotas (counted until dropped).
+#[derive(Debug)]
+pub(crate) struct TenantWait {
+    limits: Arc<RateLimits>,
+    tenant: String,
+}
+
+impl Drop for TenantWait {
+    fn drop(&mut self) {
+        let Some(q) = self.limits.tenants.get(&self.tenant) else { return };
+        let left = q.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left <= RESUME_AT && q.paused.swap(false, Ordering::AcqRel) {
+            let (Some(queue), Some(consumed)) = (&q.queue, &self.limits.consumed) else { return };
+            consumed.send_if_modified(|qs| {
+                !qs.contains(queue) && {
+                    qs.push(queue.clone());
+                    true
+                }
+            });
+            tracing::info!(
+                "tenant {}: {left} tasks wait for its quotas; consuming its queue {queue} again",
+                self.tenant
+            );
+        }
+    }
 }
 
 impl Default for RateLimits {
@@ -116,9 +165,13 @@ impl RateLimits {
             .0
             .iter()
             .map(|(name, t)| {
+                let shared = |q: &String| tenants.0.values().filter(|o| o.queue.as_ref() == Some(q)).count() > 1;
                 let quota = TenantQuota {
                     per_second: t.rate_limit.as_ref().and_then(RateLimit::tasks_per_second),
                     slots: t.concurrency.map(|n| Arc::new(Semaphore::new(n as usize))),
+                    queue: t.queue.clone().filter(|q| !shared(q)),
+                    waiting: AtomicUsize::new(0),
+                    paused: AtomicBool::new(false),
                 };
                 (name.clone(), quota)
             })
@@ -128,7 +181,50 @@ impl RateLimits {
             tenant_buckets: Mutex::new(HashMap::new()),
             tenants,
             held: Arc::new(Semaphore::new(MAX_HELD)),
+            consumed: None,
         }
+    }
+
+    /// Pause and resume tenants' own queues in `consumed` (the queues the
+    /// event loops consume), except those in `keep` (the worker's `-Q`).
+    pub fn with_flow_control(mut self, consumed: Arc<watch::Sender<Vec<String>>>, keep: &[String]) -> RateLimits {
+        for q in self.tenants.values_mut() {
+            q.queue = q.queue.take().filter(|name| !keep.contains(name));
+        }
+        self.consumed = Some(consumed);
+        self
+    }
+
+    /// `control cancel_consumer queue`: a tenant's queue paused by the worker
+    /// is not taken up again when its tenant's waiting messages go down.
+    pub fn cancelled(&self, queue: &str) {
+        for q in self.tenants.values().filter(|q| q.queue.as_deref() == Some(queue)) {
+            q.paused.store(false, Ordering::Release);
+        }
+    }
+
+    /// Count one of `tenant`'s messages as waiting for its quotas until the
+    /// guard is dropped (`None` for a tenant without quotas). The
+    /// [`PAUSE_AT`]th pauses its own queue.
+    pub fn waiting(self: &Arc<Self>, tenant: &str) -> Option<TenantWait> {
+        let q = self.tenants.get(tenant).filter(|q| q.per_second.is_some() || q.slots.is_some())?;
+        let now = q.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+        if now >= PAUSE_AT
+            && let (Some(queue), Some(consumed)) = (&q.queue, &self.consumed)
+            && !q.paused.swap(true, Ordering::AcqRel)
+        {
+            let paused = consumed.send_if_modified(|qs| {
+                let before = qs.len();
+                qs.retain(|x| x != queue);
+                qs.len() != before
+            });
+            // Not consumed (`-X`, `cancel_consumer`): nothing to resume either.
+            q.paused.store(paused, Ordering::Release);
+            if paused {
+                tracing::info!("tenant {tenant}: {now} tasks wait for its quotas; its queue {queue} is paused");
+            }
+        }
+        Some(TenantWait { limits: self.clone(), tenant: tenant.to_string() })
     }
 
     /// Take a token for `task` limited to `per_second` (`None`: unlimited);
@@ -184,6 +280,42 @@ fn reserve_in(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_with_too_many_waiting_messages_has_its_own_queue_paused_until_few_wait() {
+        let t = |toml: &str| crate::config::TenantConfig::from_toml(toml, "t").unwrap();
+        let tenants = Tenants(
+            [
+                ("acme".to_string(), t("concurrency = 1\nqueue = \"acme\"")),
+                ("free".into(), t("queue = \"free\"")),
+                ("kept".into(), t("concurrency = 1\nqueue = \"celery\"")),
+            ]
+            .into(),
+        );
+        let consumed = Arc::new(watch::Sender::new(vec!["celery".to_string(), "acme".into(), "free".into()]));
+        let limits = Arc::new(RateLimits::new(&tenants).with_flow_control(consumed.clone(), &["celery".into()]));
+        assert!(limits.waiting("free").is_none(), "no quotas: not counted");
+        let mut acme: Vec<TenantWait> = (0..PAUSE_AT - 1).map(|_| limits.waiting("acme").unwrap()).collect();
+        assert!(consumed.borrow().contains(&"acme".to_string()));
+        acme.push(limits.waiting("acme").unwrap());
+        assert_eq!(*consumed.borrow(), ["celery", "free"], "the {PAUSE_AT}th pauses acme's queue");
+        // The worker's own queue, though a tenant's, is never paused.
+        let kept: Vec<TenantWait> = (0..PAUSE_AT * 2).map(|_| limits.waiting("kept").unwrap()).collect();
+        assert_eq!(*consumed.borrow(), ["celery", "free"]);
+        drop(kept);
+        acme.truncate(RESUME_AT + 1);
+        assert_eq!(*consumed.borrow(), ["celery", "free"], "still more than {RESUME_AT} waiting");
+        acme.pop();
+        assert_eq!(*consumed.borrow(), ["celery", "free", "acme"], "resumed once {RESUME_AT} wait");
+        acme.clear();
+        assert_eq!(consumed.borrow().len(), 3);
+        // Paused, then cancelled by remote control: it stays cancelled.
+        let acme: Vec<TenantWait> = (0..PAUSE_AT).map(|_| limits.waiting("acme").unwrap()).collect();
+        assert_eq!(*consumed.borrow(), ["celery", "free"]);
+        limits.cancelled("acme");
+        drop(acme);
+        assert_eq!(*consumed.borrow(), ["celery", "free"]);
+    }
 
     #[test]
     fn a_full_bucket_lets_the_first_task_start_at_once() {

@@ -234,6 +234,8 @@ async fn run(
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
     let entry = s.sandbox.task(&msg.task);
     let tenant = entry.as_deref().and_then(crate::sandbox::TaskEntry::tenant).map(str::to_string);
+    // Named in the custom states the call stores (the final state names the version that ran).
+    let looked_up_version = entry.as_deref().map(|t| t.component.version.clone());
     let tracked = s.state.track(&msg, tenant.as_deref());
     // What the component declares for the task, under the configured annotations.
     let mut declared = entry.map(|t| t.options.clone()).unwrap_or_default();
@@ -280,6 +282,9 @@ async fn run(
             return;
         }
     }
+    // Counted among its tenant's waiting messages until it has the tenant's run slot (too many pause
+    // the tenant's own queue: worker/rate.rs).
+    let tenant_wait = tenant.as_deref().and_then(|t| s.rate_limits.waiting(t));
     // Wait for a rate-limit token (worker/rate.rs), held out of the prefetch window like an ETA task.
     if !Box::pin(rate_limit(s, &msg, tenant.as_deref(), &annotation, acker, &mut prefetch)).await {
         return Box::pin(acker.requeue()).await;
@@ -300,6 +305,7 @@ async fn run(
             Err(why) => return Box::pin(gave_up(s, acker, &msg, &routing, &annotation, &tracked, why)).await,
         },
     };
+    drop(tenant_wait);
     let slot = match Box::pin(slot_of(s, &s.run_slots, acker, &tracked, None)).await {
         Ok(p) => p,
         Err(why) => return Box::pin(gave_up(s, acker, &msg, &routing, &annotation, &tracked, why)).await,
@@ -341,6 +347,7 @@ async fn run(
     let writer = results.map(|b| {
         let id = msg.id.clone();
         let meta_base = (msg.group.clone(), msg.parent_id.clone());
+        let version = looked_up_version.clone();
         let routing = routing.clone();
         let b = b.clone();
         tokio::spawn(async move {
@@ -348,7 +355,8 @@ async fn run(
                 let Some(u) = updates.borrow_and_update().clone() else { continue };
                 let meta = ResultMeta::custom(&id, &u.state, u.meta)
                     .with_group_id(meta_base.0.clone())
-                    .with_parent_id(meta_base.1.clone());
+                    .with_parent_id(meta_base.1.clone())
+                    .with_component_version(version.as_deref());
                 b.write(Reply { meta, routing: routing.clone() }).await;
             }
         })
@@ -490,7 +498,9 @@ async fn run(
                 tracked.finished(&msg.task, "RETRY", Some(&report));
                 let children = joined(sent_children, publish_all(s, vec![Ok(canvas::Applied::from(*task))]).await);
                 if results.is_some() {
-                    let meta = ResultMeta::retry(&msg.id, &exc, Some(traceback)).with_children(children);
+                    let meta = ResultMeta::retry(&msg.id, &exc, Some(traceback))
+                        .with_children(children)
+                        .with_component_version(Some(&version));
                     store(s, &routing, base_meta(&msg, meta)).await;
                 }
                 if acks_late {
@@ -552,7 +562,8 @@ async fn run(
             // Continuations first, then the result naming them as children, as Celery does.
             let children = joined(sent_children, publish_all(s, canvas::on_success(&msg, &value, &s.router())).await);
             if results.is_some() {
-                store(s, &routing, base_meta(&msg, ResultMeta::success(&msg.id, value)).with_children(children)).await;
+                let meta = ResultMeta::success(&msg.id, value).with_children(children);
+                store(s, &routing, base_meta(&msg, meta.with_component_version(Some(&version)))).await;
             }
         }
         // Handled above; kept for exhaustiveness.
@@ -565,7 +576,9 @@ async fn run(
             tracked.finished(&msg.task, "FAILURE", Some(&report));
             publish_all(s, canvas::on_failure(&msg, &s.router())).await;
             if results.is_some() {
-                let meta = ResultMeta::failure(&msg.id, &exc, Some(f.traceback)).with_children(sent_children);
+                let meta = ResultMeta::failure(&msg.id, &exc, Some(f.traceback))
+                    .with_children(sent_children)
+                    .with_component_version(Some(&version));
                 store(s, &routing, base_meta(&msg, meta)).await;
             }
         }
@@ -763,14 +776,40 @@ async fn rate_limit(
         Some(set) => set.as_ref().and_then(RateLimit::tasks_per_second),
         None => s.settings.rate_limit(annotation),
     };
-    let now = std::time::Instant::now();
-    let local = s.rate_limits.reserve(&msg.task, limit, now);
-    let tenant = tenant.and_then(|t| s.rate_limits.reserve_tenant(t, now));
+    // The task's own token first; the tenant's (and the cluster's) only once it is due, so a task
+    // waiting a minute for its own token does not book its tenant's token for a minute from now
+    // (a bucket is a reservation clock: that would hold up the tenant's other tasks until then).
+    let local = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now());
+    let mut held = None;
+    if let Some(wait) = local
+        && !held_for(s, msg, wait, acker, prefetch, &mut held).await
+    {
+        return false;
+    }
+    let tenant = tenant.and_then(|t| s.rate_limits.reserve_tenant(t, std::time::Instant::now()));
     let cluster = cluster_wait(s, &msg.task, annotation).await;
-    let Some(wait) = local.into_iter().chain(tenant).chain(cluster).max() else { return true };
+    match tenant.into_iter().chain(cluster).max() {
+        Some(wait) => held_for(s, msg, wait, acker, prefetch, &mut held).await,
+        None => true,
+    }
+}
+
+/// Hold a rate-limited message for `wait` (out of the prefetch window while
+/// there is room; `held` keeps that place across the waits of one message).
+/// False when the worker began stopping first.
+async fn held_for(
+    s: &Shared,
+    msg: &TaskMessage,
+    wait: std::time::Duration,
+    acker: &mut Acker,
+    prefetch: &mut Option<OwnedSemaphorePermit>,
+    held: &mut Option<OwnedSemaphorePermit>,
+) -> bool {
     tracing::debug!("Task {}[{}] rate limited: starts in {wait:?}", msg.display_name(), msg.id);
-    acker.hold();
-    let _held = s.rate_limits.hold().inspect(|_| *prefetch = None);
+    if held.is_none() {
+        acker.hold();
+        *held = s.rate_limits.hold().inspect(|_| *prefetch = None);
+    }
     tokio::select! {
         biased;
         _ = stopped(s.phase.clone()) => false,
