@@ -176,7 +176,7 @@ impl Transport for MemoryTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fanout: false, priorities: false }
+        Capabilities { fanout: false, priorities: false, per_queue_prefetch: false }
     }
 
     fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {

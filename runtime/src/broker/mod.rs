@@ -256,6 +256,10 @@ pub struct Capabilities {
     pub fanout: bool,
     /// Message priorities.
     pub priorities: bool,
+    /// The broker bounds each queue's unacknowledged deliveries itself
+    /// (AMQP's per-consumer `basic.qos`): one flooded queue cannot fill the
+    /// worker with messages that wait, so no queue needs pausing for that.
+    pub per_queue_prefetch: bool,
 }
 
 impl Capabilities {

@@ -581,7 +581,7 @@ impl Transport for RedisTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fanout: true, priorities: true }
+        Capabilities { fanout: true, priorities: true, per_queue_prefetch: false }
     }
 
     fn fanout(&self) -> Option<&dyn crate::broker::Fanout> {

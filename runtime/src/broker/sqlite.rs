@@ -435,7 +435,7 @@ impl Transport for SqliteTransport {
 
     /// As with kombu: no fanout (so no remote control or events), no priorities.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fanout: false, priorities: false }
+        Capabilities { fanout: false, priorities: false, per_queue_prefetch: false }
     }
 
     fn file(&self) -> Option<&Path> {

@@ -836,7 +836,10 @@ impl Sandbox {
                     "{t}/{} was not there when the worker started; restart the worker to serve {t}'s tasks under it",
                     crate::config::TENANT_FILE
                 );
-                self.refuse(&c, reason, &mut report);
+                // Said once per file, not at every later change in the directory.
+                if !self.read().errors.iter().any(|e| e.path == c.path && e.reason == reason) {
+                    self.refuse(&c, reason, &mut report);
+                }
                 continue;
             }
             let bytes = match loader::read_component(&c.path, root, self.config.bounds.max_component_size) {

@@ -173,8 +173,9 @@ impl Panel {
             "cancel_consumer" => match args.get("queue").and_then(Value::as_str) {
                 Some(queue) => {
                     tracing::info!("Canceling queue {queue}");
-                    self.rate_limits.cancelled(queue);
                     self.queues.send_if_modified(|qs| {
+                        // The operator's choice stands over a tenant's pause (worker/rate.rs).
+                        self.rate_limits.taken_over(queue);
                         let before = qs.len();
                         qs.retain(|q| q != queue);
                         qs.len() != before
@@ -261,7 +262,11 @@ impl Panel {
             if let Err(e) = self.broker.declare(&[queue.to_string()]).await {
                 return nok(format!("cannot declare queue {queue}: {e}"));
             }
-            self.queues.send_modify(|qs| qs.push(queue.to_string()));
+            self.queues.send_modify(|qs| {
+                // The operator's choice stands over a tenant's pause (worker/rate.rs).
+                self.rate_limits.taken_over(queue);
+                qs.push(queue.to_string())
+            });
             tracing::info!("Started consuming from {queue}");
         }
         ok(format!("add consumer {queue}"))

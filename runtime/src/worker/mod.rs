@@ -369,6 +369,8 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let concurrency = settings.concurrency();
     let mut queues =
         if opts.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { opts.queues.clone() };
+    // The worker's own queues, never paused for a tenant.
+    let worker_queues = queues.clone();
     // Each tenant's own queue is consumed too, taking turns with the others (fair queues),
     // unless `-X` names it.
     for q in settings.tenants.queues() {
@@ -422,8 +424,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
     let loops = event_loops(concurrency);
     let mut threads = Vec::with_capacity(loops as usize);
     let run_slots = Arc::new(Semaphore::new(concurrency.max(1) as usize));
-    let rate_limits =
-        Arc::new(rate::RateLimits::new(&settings.tenants).with_flow_control(queues_tx.clone(), &opts.queues));
+    // A tenant's own queue is paused while too many of its messages wait (worker/rate.rs), unless the
+    // broker bounds each queue's deliveries itself.
+    let mut rate_limits = rate::RateLimits::new(&settings.tenants);
+    if !broker.capabilities().per_queue_prefetch {
+        rate_limits = rate_limits.with_flow_control(queues_tx.clone(), &worker_queues);
+    }
+    let rate_limits = Arc::new(rate_limits);
     // Remote control and events, where the transport has fanout.
     let heartbeat = Arc::new(tokio::sync::Notify::new());
     let mut dispatcher = None;

@@ -44,7 +44,12 @@
 //! cancel_consumer` would) and takes it up again once no more than
 //! [`RESUME_AT`] wait. Without that, a tenant flooding its queue under a
 //! quota would fill the held places and then the prefetch window with
-//! messages that cannot start, and another tenant's queue would not be read.
+//! messages that cannot start, and another tenant's queue would not be read
+//! (on Redis and SQLite; RabbitMQ's per-consumer prefetch bounds each queue
+//! itself, so there the queues are left alone). Every pause and resume is
+//! decided under the lock of the consumed-queue set, which remote control's
+//! `add_consumer`/`cancel_consumer` take too: a queue the operator cancelled
+//! is never taken up again, nor one the operator added paused again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -136,14 +141,19 @@ impl Drop for TenantWait {
     fn drop(&mut self) {
         let Some(q) = self.limits.tenants.get(&self.tenant) else { return };
         let left = q.waiting.fetch_sub(1, Ordering::AcqRel) - 1;
-        if left <= RESUME_AT && q.paused.swap(false, Ordering::AcqRel) {
-            let (Some(queue), Some(consumed)) = (&q.queue, &self.limits.consumed) else { return };
-            consumed.send_if_modified(|qs| {
-                !qs.contains(queue) && {
-                    qs.push(queue.clone());
-                    true
-                }
-            });
+        let (Some(queue), Some(consumed)) = (&q.queue, &self.limits.consumed) else { return };
+        if left > RESUME_AT || !q.paused.load(Ordering::Acquire) {
+            return;
+        }
+        // Decided under the queue set's lock (see the module's notes).
+        let resumed = consumed.send_if_modified(|qs| {
+            if !q.paused.swap(false, Ordering::AcqRel) || qs.contains(queue) {
+                return false;
+            }
+            qs.push(queue.clone());
+            true
+        });
+        if resumed {
             tracing::info!(
                 "tenant {}: {left} tasks wait for its quotas; consuming its queue {queue} again",
                 self.tenant
@@ -195,9 +205,10 @@ impl RateLimits {
         self
     }
 
-    /// `control cancel_consumer queue`: a tenant's queue paused by the worker
-    /// is not taken up again when its tenant's waiting messages go down.
-    pub fn cancelled(&self, queue: &str) {
+    /// Remote control changed `queue` (`add_consumer`, `cancel_consumer`):
+    /// from now on the operator's choice stands, not a pause of the worker's.
+    /// Call it inside the change to the consumed-queue set (under its lock).
+    pub fn taken_over(&self, queue: &str) {
         for q in self.tenants.values().filter(|q| q.queue.as_deref() == Some(queue)) {
             q.paused.store(false, Ordering::Release);
         }
@@ -211,15 +222,18 @@ impl RateLimits {
         let now = q.waiting.fetch_add(1, Ordering::AcqRel) + 1;
         if now >= PAUSE_AT
             && let (Some(queue), Some(consumed)) = (&q.queue, &self.consumed)
-            && !q.paused.swap(true, Ordering::AcqRel)
+            && !q.paused.load(Ordering::Acquire)
         {
+            // Decided under the queue set's lock; a queue not consumed (`-X`, `cancel_consumer`)
+            // is not paused, so never resumed either.
             let paused = consumed.send_if_modified(|qs| {
-                let before = qs.len();
+                if q.paused.load(Ordering::Acquire) || !qs.contains(queue) {
+                    return false;
+                }
                 qs.retain(|x| x != queue);
-                qs.len() != before
+                q.paused.store(true, Ordering::Release);
+                true
             });
-            // Not consumed (`-X`, `cancel_consumer`): nothing to resume either.
-            q.paused.store(paused, Ordering::Release);
             if paused {
                 tracing::info!("tenant {tenant}: {now} tasks wait for its quotas; its queue {queue} is paused");
             }
@@ -312,7 +326,11 @@ mod tests {
         // Paused, then cancelled by remote control: it stays cancelled.
         let acme: Vec<TenantWait> = (0..PAUSE_AT).map(|_| limits.waiting("acme").unwrap()).collect();
         assert_eq!(*consumed.borrow(), ["celery", "free"]);
-        limits.cancelled("acme");
+        consumed.send_if_modified(|qs| {
+            limits.taken_over("acme");
+            qs.retain(|q| q != "acme");
+            false
+        });
         drop(acme);
         assert_eq!(*consumed.borrow(), ["celery", "free"]);
     }

@@ -234,8 +234,6 @@ async fn run(
     // Seen by `inspect reserved/scheduled/active` until this handler ends; sends task-received.
     let entry = s.sandbox.task(&msg.task);
     let tenant = entry.as_deref().and_then(crate::sandbox::TaskEntry::tenant).map(str::to_string);
-    // Named in the custom states the call stores (the final state names the version that ran).
-    let looked_up_version = entry.as_deref().map(|t| t.component.version.clone());
     let tracked = s.state.track(&msg, tenant.as_deref());
     // What the component declares for the task, under the configured annotations.
     let mut declared = entry.map(|t| t.options.clone()).unwrap_or_default();
@@ -347,7 +345,9 @@ async fn run(
     let writer = results.map(|b| {
         let id = msg.id.clone();
         let meta_base = (msg.group.clone(), msg.parent_id.clone());
-        let version = looked_up_version.clone();
+        // Named in the custom states the call stores, looked up as it starts (after any wait, so a
+        // hot swap meanwhile is seen); the final state names the version that ran.
+        let version = s.sandbox.task(&msg.task).map(|t| t.component.version.clone());
         let routing = routing.clone();
         let b = b.clone();
         tokio::spawn(async move {

@@ -61,7 +61,7 @@ impl Transport for AmqpTransport {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { fanout: true, priorities: true }
+        Capabilities { fanout: true, priorities: true, per_queue_prefetch: true }
     }
 
     fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
