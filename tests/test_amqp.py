@@ -767,3 +767,18 @@ def test_task_semantics_over_rabbitmq(worker, rabbitmq_server, vhost, amqp_app, 
     w.wait_for_log(rf"Task tasks\.ignored\[{ignored.id}\] ignored", timeout=30)
     assert redis_server.meta(ignored.id) is None
     log_has_no_406(w)
+
+
+def test_after_add_consumer_every_task_of_the_queues_consumed_before_still_runs(worker, rabbitmq_server, vhost,
+                                                                                 amqp_app):
+    # Changing the consumed queues opens a new consumer; the old one must stop taking deliveries (and hand
+    # out what it took), or RabbitMQ keeps sending it messages nobody reads until the worker stops.
+    w = amqp_worker(worker, rabbitmq_server, vhost, name="amqpnode@localhost")
+    app, t = amqp_app("rpc://")
+    assert t["add"].delay(1, 1).get(timeout=30) == 2
+    replies = app.control.add_consumer("extra", destination=["amqpnode@localhost"], reply=True, timeout=10)
+    assert replies and "add consumer extra" in str(replies), replies
+    assert t["add"].apply_async((1, 2), queue="extra").get(timeout=30) == 3
+    results = [t["add"].delay(i, i) for i in range(200)]
+    assert [r.get(timeout=60) for r in results] == [2 * i for i in range(200)]
+    assert w.alive

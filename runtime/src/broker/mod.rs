@@ -246,6 +246,19 @@ pub trait Consumer: Send {
     /// Wait until every acknowledgement handed to this consumer's ackers so
     /// far has been written.
     fn flush(&self) -> BoxFuture<'_, ()>;
+
+    /// Another consumer replaces this one (the consumed queues changed): take
+    /// no new deliveries; what was already received is still handed out by
+    /// `fetch` until [`Consumer::drained`], and acknowledged as usual. A
+    /// transport whose broker pushes messages (AMQP) must do this, or the
+    /// broker keeps sending this consumer messages no one fetches.
+    fn retire(&mut self) {}
+
+    /// Whether a retired consumer has handed out everything it received
+    /// (a pulling transport holds nothing back: always).
+    fn drained(&self) -> bool {
+        true
+    }
 }
 
 /// What a transport can carry beyond plain task messages.

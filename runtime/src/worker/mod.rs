@@ -774,9 +774,10 @@ async fn consume(
     (handlers, consumer)
 }
 
-/// A consumer on the queues `wanted` now, replacing `consumer` (which keeps
-/// acknowledging what it delivered: flushing the new one flushes it too). On
-/// failure the old consumer goes on.
+/// A consumer on the queues `wanted` now, replacing `consumer`, which is
+/// retired: it takes nothing new, hands out what it had received first, and
+/// keeps acknowledging what it delivered (flushing the new one flushes it
+/// too). On failure the old consumer goes on.
 async fn switch_queues(
     shared: &Shared,
     consumer: Box<dyn Consumer>,
@@ -787,7 +788,11 @@ async fn switch_queues(
         return consumer;
     }
     match shared.broker.consume(wanted, prefetch).await {
-        Ok(current) => Box::new(Replaced { current, old: consumer }),
+        Ok(current) => {
+            let mut old = consumer;
+            old.retire();
+            Box::new(Replaced { current, old })
+        }
         Err(e) => {
             tracing::error!("cannot consume {}: {e}; still consuming the previous queues", wanted.join(", "));
             consumer
@@ -803,7 +808,25 @@ struct Replaced {
 
 impl Consumer for Replaced {
     fn fetch(&mut self, max: usize) -> crate::broker::BoxFuture<'_, Result<Vec<crate::broker::Delivery>, BrokerError>> {
-        self.current.fetch(max)
+        Box::pin(async move {
+            // What the retired consumer had received first (it takes nothing new).
+            if !self.old.drained() {
+                let got = self.old.fetch(max).await?;
+                if !got.is_empty() {
+                    return Ok(got);
+                }
+            }
+            self.current.fetch(max).await
+        })
+    }
+
+    fn retire(&mut self) {
+        self.current.retire();
+        self.old.retire();
+    }
+
+    fn drained(&self) -> bool {
+        self.old.drained() && self.current.drained()
     }
 
     fn flush(&self) -> crate::broker::BoxFuture<'_, ()> {

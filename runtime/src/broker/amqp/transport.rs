@@ -106,7 +106,7 @@ impl Transport for AmqpTransport {
                     tracing::warn!("could not acknowledge a message ({e}); the broker will deliver it again");
                 }
             });
-            Ok(Box::new(AmqpConsumer { deliveries, stop, acks }) as Box<dyn Consumer>)
+            Ok(Box::new(AmqpConsumer { deliveries, stop, acks, retired: false }) as Box<dyn Consumer>)
         })
     }
 
@@ -164,6 +164,8 @@ struct AmqpConsumer {
     deliveries: mpsc::Receiver<AmqpDelivery>,
     stop: watch::Sender<bool>,
     acks: Batcher<DeliveryAck>,
+    /// Replaced by another consumer: cancelled at the broker, handing out what it had.
+    retired: bool,
 }
 
 impl AmqpConsumer {
@@ -187,7 +189,8 @@ impl Consumer for AmqpConsumer {
             let mut out = Vec::new();
             match tokio::time::timeout(FETCH_WAIT, self.deliveries.recv()).await {
                 Ok(Some(d)) => out.extend(self.delivery(d)),
-                // Stopped: nothing will come any more.
+                // Stopped: nothing will come any more (a retired one is then drained: no wait).
+                Ok(None) if self.retired => {}
                 Ok(None) => tokio::time::sleep(FETCH_WAIT).await,
                 Err(_) => {}
             }
@@ -206,6 +209,17 @@ impl Consumer for AmqpConsumer {
         // goes back when the channel closes with the connection, unacknowledged.
         self.stop.send_replace(true);
         Box::pin(async move { self.acks.barrier().await })
+    }
+
+    fn retire(&mut self) {
+        // The consumer loop cancels its consumers (`basic.cancel`), requeues what arrives
+        // meanwhile and ends; the channel stays open for the deliveries handed out.
+        self.retired = true;
+        self.stop.send_replace(true);
+    }
+
+    fn drained(&self) -> bool {
+        self.retired && self.deliveries.is_closed() && self.deliveries.is_empty()
     }
 }
 
