@@ -32,7 +32,7 @@ import pytest
 import subprocess
 
 from conftest import CELERIAC_BIN, CELERIAC_TASKS, REPO_ROOT, _base_env, free_port, wait_until
-from test_remote_control import EventCapture
+from test_remote_control import NODE, EventCapture, inspect
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.celeriac_only]
 
@@ -202,6 +202,21 @@ def test_a_tenant_flooding_its_queue_under_a_concurrency_quota_does_not_starve_a
     acme_done = len(client.redis.redis(1).keys("celery-task-meta-*")) - 20
     assert 0 < acme_done < 2_000, f"{acme_done} of acme's tasks ran before globex's 20 were done"
     assert w.alive
+
+
+def test_a_tenants_queue_paused_for_its_quotas_is_still_listed_by_inspect_active_queues(worker, celery_app, tmp_path):
+    # One call at a time, each 2 s long: once 100 wait, acme's queue stays paused for minutes.
+    app = tenants(tmp_path, acme='concurrency = 1\nqueue = "acme"\n', globex='queue = "globex"\n')
+    client = celery_app(task_routes={"acme.*": {"queue": "acme"}, "globex.*": {"queue": "globex"}})
+    with client.app.producer_or_acquire() as producer:
+        for _ in range(150):
+            client.app.send_task("acme.tasks.sleep", (2,), producer=producer)
+    w = worker(app=app, concurrency=2, name=NODE)
+    assert wait_until(lambda: "its queue acme is paused" in w.log_text(), timeout=30), w.tail()
+    # Paused by the worker, not cancelled by an operator: still one of the queues it serves.
+    replies = inspect(client, "active_queues")
+    assert sorted(q["name"] for q in replies) == ["acme", "celery", "globex"], replies
+    assert "consuming its queue acme again" not in w.log_text()
 
 
 @pytest.fixture

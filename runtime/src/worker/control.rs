@@ -118,7 +118,10 @@ impl Panel {
             "scheduled" | "dump_schedule" => Value::Array(s.requests("scheduled")),
             "revoked" | "dump_revoked" => json!(s.revoked_ids()),
             "registered" | "dump_tasks" => self.registered(args),
-            "active_queues" => Value::Array(self.queues.borrow().iter().map(|q| queue_info(q)).collect()),
+            "active_queues" => {
+                let served = self.rate_limits.served(&self.queues.borrow());
+                Value::Array(served.iter().map(|q| queue_info(q)).collect())
+            }
             "conf" | "dump_conf" => self.conf(),
             "report" => ok(self.report()),
             "query_task" => Value::Object(s.query(&string_list(args.get("ids")))),

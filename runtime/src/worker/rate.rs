@@ -214,6 +214,22 @@ impl RateLimits {
         }
     }
 
+    /// The queues the worker serves, as `inspect active_queues` lists them:
+    /// `consumed` (read under its lock, where pauses are decided) and the
+    /// tenants' queues paused for the moment, which the worker takes up
+    /// again by itself.
+    pub fn served(&self, consumed: &[String]) -> Vec<String> {
+        let mut queues = consumed.to_vec();
+        for q in self.tenants.values().filter(|q| q.paused.load(Ordering::Acquire)) {
+            if let Some(name) = &q.queue
+                && !queues.contains(name)
+            {
+                queues.push(name.clone());
+            }
+        }
+        queues
+    }
+
     /// Count one of `tenant`'s messages as waiting for its quotas until the
     /// guard is dropped (`None` for a tenant without quotas). The
     /// [`PAUSE_AT`]th pauses its own queue.
@@ -313,6 +329,7 @@ mod tests {
         assert!(consumed.borrow().contains(&"acme".to_string()));
         acme.push(limits.waiting("acme").unwrap());
         assert_eq!(*consumed.borrow(), ["celery", "free"], "the {PAUSE_AT}th pauses acme's queue");
+        assert_eq!(limits.served(&consumed.borrow()), ["celery", "free", "acme"], "still served while paused");
         // The worker's own queue, though a tenant's, is never paused.
         let kept: Vec<TenantWait> = (0..PAUSE_AT * 2).map(|_| limits.waiting("kept").unwrap()).collect();
         assert_eq!(*consumed.borrow(), ["celery", "free"]);
@@ -321,6 +338,7 @@ mod tests {
         assert_eq!(*consumed.borrow(), ["celery", "free"], "still more than {RESUME_AT} waiting");
         acme.pop();
         assert_eq!(*consumed.borrow(), ["celery", "free", "acme"], "resumed once {RESUME_AT} wait");
+        assert_eq!(limits.served(&consumed.borrow()), ["celery", "free", "acme"]);
         acme.clear();
         assert_eq!(consumed.borrow().len(), 3);
         // Paused, then cancelled by remote control: it stays cancelled.
@@ -333,6 +351,7 @@ mod tests {
         });
         drop(acme);
         assert_eq!(*consumed.borrow(), ["celery", "free"]);
+        assert_eq!(limits.served(&consumed.borrow()), ["celery", "free"], "cancelled: no longer served");
     }
 
     #[test]
