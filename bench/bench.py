@@ -454,6 +454,22 @@ def _parse_redis_benchmark_csv(out: str) -> float | None:
     return None
 
 
+def amqp_floor(server: "RabbitBench", args: argparse.Namespace, logdir: Path, python: str) -> dict:
+    """The ceiling over RabbitMQ: `celeriac-bench amqp-floor` drains the same N
+    Celery messages doing only what any worker must (receive with the worker's
+    prefetch window, publish the rpc:// reply under confirms, ack once it is
+    confirmed), with the raw frame codec and with lapin. Same drain phases as the
+    workers, same counting."""
+    out: dict = {"prefetch": 4 * args.concurrency}
+    for client in ("raw", "lapin"):
+        suite = Suite(f"floor-{client}", server, args, logdir, python)
+        out[client] = {
+            "drain": suite.drain(ignore_result=False, keep_running=False)[0],
+            "drain_noresult": suite.drain(ignore_result=True, keep_running=False)[0],
+        }
+    return out
+
+
 def sandbox_bench(n: int) -> dict:
     """Runs `celeriac-bench sandbox` and returns its JSON report."""
     out = subprocess.run([str(CELERIAC_BENCH), "sandbox", "--n", str(n), "-A", str(TASKS_DIR), "--json"],
@@ -489,6 +505,10 @@ class Suite:
     # -- helpers ----------------------------------------------------------
 
     def worker_cmd(self) -> list[str]:
+        if self.kind.startswith("floor-"):
+            # Not a worker: the least one can do per message (see amqp_floor below).
+            return [str(CELERIAC_BENCH), "amqp-floor", "--url", self.server.broker_url, "--queue", QUEUE,
+                    "--prefetch", str(4 * self.args.concurrency), "--client", self.kind.removeprefix("floor-")]
         if self.kind == "celery":
             return [str(Path(self.python).parent / "celery"), "-A", "benchtasks", "worker", "--pool=prefork",
                     "-c", str(self.args.concurrency), "-l", "WARNING",
@@ -767,6 +787,19 @@ def render(report: dict) -> str:
             b = f"{row['rps_p16']:,.0f}" if row.get("rps_p16") else "n/a"
             lines.append(f"{row['command']:<30} {a:>12} {b:>12}")
 
+    fl = report.get("amqp_floor")
+    if fl:
+        lines.append("")
+        lines.append(f"Ceiling: celeriac-bench amqp-floor (receive, rpc reply under confirms, multiple ack; no task), "
+                     f"prefetch {fl['prefetch']}")
+        lines.append(f"{'client':<8} {'phase':<14} {'tasks/s':>9} {'client CPU µs':>14} {'broker CPU µs':>14}")
+        for client in ("raw", "lapin"):
+            for phase, label in (("drain", "rpc results"), ("drain_noresult", "ignore_result")):
+                d = fl.get(client, {}).get(phase)
+                if d:
+                    lines.append(f"{client:<8} {label:<14} {d['tasks_per_s']:>9,.0f} "
+                                 f"{d['worker_cpu_us_per_task']:>14,.0f} {d['broker_cpu_us_per_task']:>14,.0f}")
+
     sb = report.get("sandbox")
     if sb:
         lines.append("")
@@ -822,6 +855,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-build", action="store_true", help="use the existing release build and target/tasks")
     ap.add_argument("--no-redis-benchmark", action="store_true")
     ap.add_argument("--no-sandbox", action="store_true")
+    ap.add_argument("--no-floor", action="store_true", help="--broker amqp: skip the amqp-floor ceiling")
     ap.add_argument("--stall", type=float, default=60.0, help="give a phase up after this many seconds without progress")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path (default bench/results/<timestamp>.json)")
     a = ap.parse_args()
@@ -882,6 +916,12 @@ def main() -> int:
             log(f"ceiling: sandbox micro-benchmark ({args.sandbox_n} calls per configuration)")
             report["sandbox"] = sandbox_bench(args.sandbox_n)
         python = sys.executable
+        if args.broker == "amqp" and not args.no_floor:
+            log(f"ceiling: amqp-floor, raw and lapin, drains of {args.n}")
+            try:
+                report["amqp_floor"] = amqp_floor(server, args, logdir, python)
+            except PhaseError as e:
+                report["errors"].append(f"amqp-floor: {e}")
         for rep in range(args.repeat):
             for kind in args.workers:
                 log(f"repeat {rep + 1}/{args.repeat}: {LABELS[kind]}")

@@ -20,9 +20,9 @@ make test-tasks
 section "cargo build -p celeriac -p celeriac-bench (the bench binary: tests/test_bench_languages.py)"
 cargo build -p celeriac -p celeriac-bench
 
-section "cargo test -p celeriac-protocol -p celeriac (unit tests, capture tests, sandbox tests against target/tasks)"
-if ! cargo test -p celeriac-protocol -p celeriac; then
-    failed+=("cargo test -p celeriac-protocol -p celeriac")
+section "cargo test -p celeriac-protocol -p celeriac -p celeriac-bench (unit tests, capture tests, sandbox tests against target/tasks)"
+if ! cargo test -p celeriac-protocol -p celeriac -p celeriac-bench; then
+    failed+=("cargo test -p celeriac-protocol -p celeriac -p celeriac-bench")
 fi
 
 # A separate invocation: testing the SDK in the same one would unify features

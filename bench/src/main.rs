@@ -32,6 +32,8 @@
 //!
 //! Usage: `cargo run --release -p celeriac-bench -- sandbox --n 20000`.
 
+mod amqp_floor;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,8 @@ struct Cli {
 enum Command {
     /// Instantiate + call cost of one task, sequentially on one core.
     Sandbox(SandboxArgs),
+    /// The least a worker can do per message on RabbitMQ (receive, reply, ack), until killed.
+    AmqpFloor(amqp_floor::FloorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +148,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sandbox(a) => sandbox(a),
+        Command::AmqpFloor(a) => amqp_floor::run(a),
     }
 }
 
