@@ -18,7 +18,7 @@
  *   - errors: celeriac_raise(ctx, "ValueError", "bad %s", what) raises an
  *     exception the Python client re-raises as the same class (builtins stay
  *     builtins), with a traceback line naming the C file, line and function;
- *   - the host: celeriac_log, celeriac_update_state, celeriac_request_id/retries,
+ *   - the host: celeriac_log, celeriac_update_state, celeriac_config, celeriac_request_id/retries,
  *     and celeriac_retry (Celery's self.retry).
  *
  * A task is `void fn(celeriac_ctx *ctx)`; the table of tasks is declared once:
@@ -151,6 +151,9 @@ bool celeriac_raised(const celeriac_ctx *ctx);
 enum { CELERIAC_TRACE, CELERIAC_DEBUG, CELERIAC_INFO, CELERIAC_WARNING, CELERIAC_ERROR };
 void celeriac_log(int level, const char *message);
 void celeriac_update_state(const char *state, const char *meta_json);
+/* A value of the [config] table of the task's tenant (its tenant.toml): a
+ * malloc'd string the caller frees, or NULL when the operator set none. */
+char *celeriac_config(const char *key);
 
 /* JSON: parse text into a value (NULL on a syntax error) and write a value. */
 celeriac_value *celeriac_json_parse(const char *text, size_t len);
@@ -686,6 +689,18 @@ void celeriac_update_state(const char *state, const char *meta_json) {
     task_component_string_set(&s, state);
     task_component_string_set(&m, meta_json ? meta_json : "null");
     celeriac_task_host_update_state(&s, &m);
+}
+
+char *celeriac_config(const char *key) {
+    task_component_string_t k, value;
+    task_component_string_set(&k, key);
+    if (!celeriac_task_config_get(&k, &value)) return NULL;
+    char *out = (char *)malloc(value.len + 1);
+    if (!out) __builtin_trap();
+    memcpy(out, value.ptr, value.len);
+    out[value.len] = 0;
+    task_component_string_free(&value);
+    return out;
 }
 
 /* ---- the exports of wit/task.wit ------------------------------------------- */

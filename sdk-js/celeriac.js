@@ -20,6 +20,7 @@
  * message, and the JS stack in `result.traceback`.
  */
 import host from "celeriac:task/host@0.2.0";
+import tenantConfig from "celeriac:task/config@0.2.0";
 
 const registry = new Map();
 
@@ -82,6 +83,15 @@ export function updateState(state, meta = null) {
 export function request() {
   const r = host.request();
   return { ...r, headers: JSON.parse(r.headers) };
+}
+
+/**
+ * A value of the `[config]` table of this task's tenant (its tenant.toml), `fallback` when the operator
+ * set none (or the task belongs to no tenant): `config("api_key")`. The worker never logs it.
+ */
+export function config(key, fallback = undefined) {
+  const value = tenantConfig.get(key);
+  return value === undefined || value === null ? fallback : value;
 }
 
 /**

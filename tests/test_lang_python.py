@@ -168,6 +168,8 @@ def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_op
     # The worker is only reachable from inside a component.
     with pytest.raises(RuntimeError, match="inside a task component"):
         bound.request
+    with pytest.raises(RuntimeError, match="inside a task component"):
+        sdk.config("api_key")
     with pytest.raises(sdk.Retry) as info:
         bound.retry(countdown=2, exc=ValueError("x"))
     assert info.value.countdown == 2 and isinstance(info.value.exc, ValueError)

@@ -281,6 +281,25 @@ def test_a_tenants_tasks_read_its_configuration_values_which_the_worker_never_lo
     assert own and not [line for line in own if secret in line]
 
 
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("lang", ["python", "js", "c", "zig"])
+def test_a_task_in_any_language_reads_its_tenants_configuration_through_its_sdk(worker, client, tmp_path, lang):
+    # The example component of each language serves setting(key): its SDK's config(key), "unset" when unset.
+    component = REPO_ROOT / "target" / "lang-tasks" / lang / "tasks.wasm"
+    if not component.exists():
+        pytest.fail(f"{component} is missing: run `make tasks-{lang}` first", pytrace=False)
+    app = tenants(tmp_path, acme='[config]\nendpoint = "https://api.example.com/v2"\n', globex="")
+    for t in ("acme", "globex"):
+        shutil.copy(component, app / t / "tasks.wasm")
+    # A Python component compiles for a while unless the cache has it.
+    w = worker(app=app, ready_timeout=240)
+    w.wait_for_log(r"compiled tasks\.wasm in|\. acme\.tasks\.setting\b", timeout=240)
+    acme = client.app.signature("acme.tasks.setting")
+    assert acme.delay("endpoint").get(timeout=60) == "https://api.example.com/v2"
+    assert acme.delay("missing").get(timeout=30) == "unset"
+    assert client.app.send_task("globex.tasks.setting", ("endpoint",)).get(timeout=30) == "unset"
+
+
 def test_a_tenants_task_may_send_only_its_own_tenants_tasks(worker, client, tmp_path):
     # Both tenants are granted send_tasks; acme's spawn sends "tasks.add", which is no acme task.
     grant = "[annotations]\nsend_tasks = true\n"

@@ -4,6 +4,7 @@
  * Build: celeriac build example-tasks/c -o target/lang-tasks/c/tasks.wasm
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "celeriac.h"
 
@@ -91,6 +92,15 @@ static void crash(celeriac_ctx *ctx) {
     __builtin_trap();
 }
 
+/* setting(key): a value of the tenant's [config] (its tenant.toml), "unset" when there is none. */
+static void setting(celeriac_ctx *ctx) {
+    const char *key;
+    if (!celeriac_arg_string(ctx, 0, &key)) return;
+    char *value = celeriac_config(key);
+    celeriac_return_string(ctx, value ? value : "unset");
+    free(value);
+}
+
 CELERIAC_TASKS(
     {"add", add, 2},
     {"mul", mul, 2},
@@ -98,5 +108,6 @@ CELERIAC_TASKS(
     {"scale", scale, 2, .kwargs = true},
     {"flaky", flaky, 1, .max_retries = 2},
     {"fail", fail, -1},
+    {"setting", setting, 1},
     {"crash", crash, -1},
 )

@@ -1,7 +1,7 @@
 // Celeriac example tasks in JavaScript: Celery's First Steps tasks (add, mul,
 // xsum), a task that raises ValueError ("fail") and one that traps ("crash").
 // Build: celeriac build example-tasks/js -o target/lang-tasks/js/tasks.wasm
-import { task, ValueError, log, updateState, request, retry } from "celeriac";
+import { task, ValueError, log, updateState, request, retry, config } from "celeriac";
 
 task("add", (x, y) => x + y);
 task("mul", (x, y) => x * y);
@@ -56,3 +56,6 @@ task(
   },
   { maxRetries: 2 },
 );
+
+// A value of the tenant's [config] (its tenant.toml), "unset" when there is none.
+task("setting", (key) => config(key, "unset"));

@@ -9,7 +9,7 @@ integration tests (tests/test_lang_python.py) drive with a stock Celery client.
 
 import os
 
-from celeriac import Ignore, get_task_logger, task
+from celeriac import Ignore, config, get_task_logger, task
 
 logger = get_task_logger(__name__)
 
@@ -94,3 +94,9 @@ def routing(self, ignore=False):
     if ignore:
         raise Ignore()
     return self.request.delivery_info["routing_key"]
+
+
+@task
+def setting(key):
+    """A value of the tenant's ``[config]`` (its tenant.toml), ``"unset"`` when there is none."""
+    return config(key, "unset")

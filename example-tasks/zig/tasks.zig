@@ -72,6 +72,15 @@ fn crash(_: Ctx) callconv(.c) void {
     @trap();
 }
 
+/// setting(key): a value of the tenant's [config] (its tenant.toml), "unset" when there is none.
+fn setting(ctx: Ctx) callconv(.c) void {
+    var key: [*c]const u8 = null;
+    if (!c.celeriac_arg_string(ctx, 0, &key)) return;
+    const value = c.celeriac_config(key);
+    defer std.c.free(value);
+    c.celeriac_return_string(ctx, if (value != null) value else "unset");
+}
+
 /// Raises `exc_type(message)` with a traceback line naming this Zig source location.
 fn raise(ctx: Ctx, exc_type: [*:0]const u8, message: [*:0]const u8, src: std.builtin.SourceLocation) void {
     c.celeriac_raise_message(ctx, exc_type, message, src.file.ptr, @intCast(src.line), src.fn_name.ptr);
@@ -92,6 +101,7 @@ const tasks = [_]c.celeriac_task{
     entry("xsum", xsum, 1),
     entry("fail", fail, -1),
     entry("crash", crash, -1),
+    entry("setting", setting, 1),
 };
 
 /// The task table the SDK serves (`task.tasks` / `task.invoke`).

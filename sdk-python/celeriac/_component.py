@@ -19,8 +19,9 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import types
 # Imported here, at build time, so componentize-py bundles it: a binding module first
-# imported inside a call is missing from the component (celeriac.send_task needs it).
+# imported inside a call is missing from the component (celeriac.send_task, celeriac.config need them).
 from wit_world.imports import canvas as _canvas  # noqa: F401
+from wit_world.imports import config as _config  # noqa: F401
 
 import celeriac
 
