@@ -506,7 +506,7 @@ class Suite:
 
     def worker_cmd(self) -> list[str]:
         if self.kind.startswith("floor-"):
-            # Not a worker: the least one can do per message (see amqp_floor below).
+            # Not a worker: the least one can do per message (see amqp_floor).
             return [str(CELERIAC_BENCH), "amqp-floor", "--url", self.server.broker_url, "--queue", QUEUE,
                     "--prefetch", str(4 * self.args.concurrency), "--client", self.kind.removeprefix("floor-")]
         if self.kind == "celery":
