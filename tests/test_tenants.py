@@ -152,7 +152,10 @@ def test_a_task_waiting_for_its_own_rate_limit_does_not_hold_up_its_tenants_othe
     worker(app=app, concurrency=4, extra_args=["-E"], config=config)
     with EventCapture(client.app) as cap:
         muls = [client.app.send_task("acme.tasks.mul", (i, 2)) for i in range(5)]
-        assert muls[0].get(timeout=10) == 0
+        # Whichever the two event loops took first runs; the others wait for mul's next token.
+        assert wait_until(lambda: any(r.ready() for r in muls), timeout=10)
+        first = next(r for r in muls if r.ready())
+        assert first.get(timeout=1) == 2 * muls.index(first)
         add = client.app.send_task("acme.tasks.add", (1, 2))
         assert add.get(timeout=10) == 3
         assert wait_until(lambda: any(e["type"] == "task-succeeded" and e["uuid"] == add.id for e in cap.events),
@@ -161,7 +164,7 @@ def test_a_task_waiting_for_its_own_rate_limit_does_not_hold_up_its_tenants_othe
     (add_start, _), = intervals(cap.events, "acme.tasks.add")
     # The add takes acme's second token (1 s after the first mul), not its sixth (5 s after).
     assert add_start - first_mul < 3, (first_mul, add_start)
-    assert all(r.state == "PENDING" for r in muls[1:])
+    assert [r.state for r in muls if r is not first] == ["PENDING"] * 4
 
 
 def test_a_tenant_flooding_its_queue_does_not_starve_another_tenants_queue(worker, celery_app, tmp_path):
@@ -291,11 +294,10 @@ def test_a_task_in_any_language_reads_its_tenants_configuration_through_its_sdk(
     app = tenants(tmp_path, acme='[config]\nendpoint = "https://api.example.com/v2"\n', globex="")
     for t in ("acme", "globex"):
         shutil.copy(component, app / t / "tasks.wasm")
-    # A Python component compiles for a while unless the cache has it.
-    w = worker(app=app, ready_timeout=240)
-    w.wait_for_log(r"compiled tasks\.wasm in|\. acme\.tasks\.setting\b", timeout=240)
+    worker(app=app)
     acme = client.app.signature("acme.tasks.setting")
-    assert acme.delay("endpoint").get(timeout=60) == "https://api.example.com/v2"
+    # Messages wait while the components compile (a Python one for minutes unless the cache has it).
+    assert acme.delay("endpoint").get(timeout=400) == "https://api.example.com/v2"
     assert acme.delay("missing").get(timeout=30) == "unset"
     assert client.app.send_task("globex.tasks.setting", ("endpoint",)).get(timeout=30) == "unset"
 
