@@ -75,6 +75,15 @@ ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # Small helpers
 # --------------------------------------------------------------------------
 
+def bench_binary() -> Path | None:
+    """The built ``celeriac-bench`` (release first, then debug), or None."""
+    for profile in ("release", "debug"):
+        exe = REPO_ROOT / "target" / profile / "celeriac-bench"
+        if exe.exists():
+            return exe
+    return None
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

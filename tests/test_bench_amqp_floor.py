@@ -18,20 +18,18 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from conftest import ManagedProcess, close_apps, declare_tasks, wait_until
+from conftest import ManagedProcess, bench_binary, close_apps, declare_tasks, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
 REPLIES = "floor.replies"
 
 pytestmark = [pytest.mark.celeriac_only, pytest.mark.timeout(120)]
 
 
 def _bench_binary() -> Path:
-    for profile in ("release", "debug"):
-        exe = REPO / "target" / profile / "celeriac-bench"
-        if exe.exists():
-            return exe
-    pytest.fail("celeriac-bench is not built (cargo build -p celeriac-bench)")
+    exe = bench_binary()
+    if exe is None:
+        pytest.fail("celeriac-bench is not built (cargo build -p celeriac-bench)")
+    return exe
 
 
 @pytest.mark.parametrize("client", ["raw", "lapin"])

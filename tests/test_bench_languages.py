@@ -23,14 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import languages  # noqa: E402
-
-
-def _bench_binary() -> Path | None:
-    for profile in ("release", "debug"):
-        exe = REPO / "target" / profile / "celeriac-bench"
-        if exe.exists():
-            return exe
-    return None
+from conftest import bench_binary  # noqa: E402
 
 
 def test_a_language_without_a_component_is_listed_as_not_built_and_others_are_discovered(tmp_path, monkeypatch):
@@ -66,10 +59,10 @@ def test_the_table_shows_figures_for_built_languages_and_not_built_for_the_rest(
     assert any(line.startswith("celery -c2") and "683" in line for line in table.splitlines())
 
 
-@pytest.mark.skipif(_bench_binary() is None, reason="celeriac-bench is not built (cargo build -p celeriac-bench)")
+@pytest.mark.skipif(bench_binary() is None, reason="celeriac-bench is not built (cargo build -p celeriac-bench)")
 @pytest.mark.skipif(not (REPO / "target" / "tasks" / "tasks.wasm").exists(), reason="make tasks has not run")
 def test_the_sandbox_benchmark_checks_every_result_of_a_task_called_with_given_arguments():
-    exe = _bench_binary()
+    exe = bench_binary()
     base = [str(exe), "sandbox", "-A", str(REPO / "target" / "tasks"), "--task", "tasks.add", "--n", "20",
             "--configs", "pooling-fuel", "--args", "[2, 3]"]
     ok = subprocess.run([*base, "--expect", "5", "--json"], capture_output=True, text=True, timeout=300)
