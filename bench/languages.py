@@ -25,6 +25,12 @@ build step; a missing one is listed as "not built"), it reports:
   (same client, same phases, same Redis); the worker's compile cache is warmed
   first (``celeriac tasks``) so the drain measures running, not compiling.
 
+With ``--kept N`` (default 1000; 1 skips it) every language gets a second row,
+``<lang> kept``: the same figures with the task keeping its instance for up to
+N calls (``max_calls_per_instance``, the worker's opt-in for trusted tasks, as
+a Celery prefork child keeps its process), so instantiation is paid once per N
+calls instead of once per call.
+
 The reference row is Celery prefork -c2 draining the same N ``add`` messages
 (``bench/benchtasks.py``: ``return x + y`` in CPython). Nothing is asserted: it
 reports, and writes the raw figures to ``bench/results/languages-<stamp>.json``.
@@ -70,11 +76,12 @@ def languages(wanted: list[str] | None) -> list[str]:
     return [lang for lang in found if not wanted or lang in wanted]
 
 
-def micro(lang: str, n: int) -> dict:
+def micro(lang: str, n: int, kept: int = 1) -> dict:
     """`celeriac-bench sandbox` on the language's component: compile, cached
-    load, and instantiate + call of `add(i, i)` (pooling + fuel, the worker's engine)."""
+    load, and instantiate + call of `add(i, i)` (pooling + fuel, the worker's engine);
+    with `kept` > 1, an instance serves up to `kept` calls."""
     cmd = [str(bench.CELERIAC_BENCH), "sandbox", "-A", str(component_dir(lang)), "--task", "tasks.add",
-           "--n", str(n), "--configs", "pooling-fuel", "--json"]
+           "--n", str(n), "--configs", "pooling-fuel", "--max-calls-per-instance", str(kept), "--json"]
     env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LOG")}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
@@ -93,9 +100,11 @@ def warm_cache(lang: str, cache: Path) -> float:
 
 
 def drains(kind: str, server, args, logdir: Path, tasks_dir: Path | None = None,
-           cache: Path | None = None) -> dict:
+           cache: Path | None = None, kept: int = 1) -> dict:
     """`--repeat` drains of N `add` with results; median tasks/s and the raw runs."""
     extra = ("--cache-dir", str(cache)) if cache else ()
+    if kept > 1:
+        extra = (*extra, "--max-calls-per-instance", str(kept))
     runs = []
     for _ in range(args.repeat):
         suite = bench.Suite(kind, server, args, logdir, sys.executable, tasks_dir=tasks_dir or bench.TASKS_DIR,
@@ -110,29 +119,38 @@ def drains(kind: str, server, args, logdir: Path, tasks_dir: Path | None = None,
 def render(report: dict) -> str:
     """The table: one row per language, Celery's drain as the reference row."""
     n = report["config"]["n"]
-    head = (f"{'language':<10} {'size':>9} {'compile s':>9} {'cached ms':>9} {'p50 µs':>8} {'p99 µs':>8} "
+    head = (f"{'language':<12} {'size':>9} {'compile s':>9} {'cached ms':>9} {'p50 µs':>8} {'p99 µs':>8} "
             f"{'cpu µs':>8} {'minflt':>7} {f'drain {n:,} add/s':>18} {'worker cpu µs/task':>18}")
     lines = [f"Per-language table: add(i, i); instantiate + call through Sandbox::call (pooling + fuel, "
              f"{report['config']['micro_n']} calls, one core); drain with results, -c {report['config']['concurrency']}, "
              f"median of {report['config']['repeat']}", head, "-" * len(head)]
+    fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
+
+    def figures(label: str, size: str, m: dict, d: dict) -> str:
+        return (f"{label:<12} {size:>9} {fmt(m.get('load_ms') and m['load_ms'] / 1e3, '{:.2f}'):>9} "
+                f"{fmt(m.get('cached_load_ms'), '{:.1f}'):>9} {fmt(m.get('p50_us'), '{:.0f}'):>8} "
+                f"{fmt(m.get('p99_us'), '{:.0f}'):>8} {fmt(m.get('cpu_us_per_call'), '{:.0f}'):>8} "
+                f"{fmt(m.get('minflt_per_call'), '{:.0f}'):>7} {fmt(d.get('tasks_per_s'), '{:,.0f}'):>18} "
+                f"{fmt(d.get('worker_cpu_us_per_task'), '{:.0f}'):>18}")
+
     for row in report["languages"]:
         lang = row["language"]
         if row.get("status") != "ok":
-            lines.append(f"{lang:<10} {row.get('status', '?')}")
+            lines.append(f"{lang:<12} {row.get('status', '?')}")
             continue
-        m, d = row.get("micro") or {}, row.get("drain") or {}
         size = f"{row['size_bytes'] / 1e6:.2f} MB" if row["size_bytes"] >= 1e6 else f"{row['size_bytes'] / 1e3:.0f} KB"
-        fmt = lambda v, f: f.format(v) if v is not None else "-"  # noqa: E731
-        lines.append(f"{lang:<10} {size:>9} {fmt(m.get('load_ms') and m['load_ms'] / 1e3, '{:.2f}'):>9} "
-                     f"{fmt(m.get('cached_load_ms'), '{:.1f}'):>9} {fmt(m.get('p50_us'), '{:.0f}'):>8} "
-                     f"{fmt(m.get('p99_us'), '{:.0f}'):>8} {fmt(m.get('cpu_us_per_call'), '{:.0f}'):>8} "
-                     f"{fmt(m.get('minflt_per_call'), '{:.0f}'):>7} {fmt(d.get('tasks_per_s'), '{:,.0f}'):>18} "
-                     f"{fmt(d.get('worker_cpu_us_per_task'), '{:.0f}'):>18}")
+        lines.append(figures(lang, size, row.get("micro") or {}, row.get("drain") or {}))
+        if row.get("kept"):
+            k = row["kept"]
+            lines.append(figures(f"{lang} kept", "", k.get("micro") or {}, k.get("drain") or {}))
         if row.get("error"):
-            lines.append(f"{'':<10} error: {row['error'].splitlines()[0][:150]}")
+            lines.append(f"{'':<12} error: {row['error'].splitlines()[0][:150]}")
+    if report["config"].get("kept", 1) > 1:
+        lines.append(f"kept: an instance serves up to {report['config']['kept']} calls of the task "
+                     f"(max_calls_per_instance; the first row: a fresh instance per call)")
     c = report.get("celery")
     if c:
-        lines.append(f"{'celery -c2':<10} {'(CPython ' + report['meta']['python'] + ', prefork, add natively)':<63} "
+        lines.append(f"{'celery -c2':<12} {'(CPython ' + report['meta']['python'] + ', prefork, add natively)':<63} "
                      f"{c['tasks_per_s']:>18,.0f} {c['worker_cpu_us_per_task']:>18.0f}")
     lines.append(f"load average {report['meta']['loadavg_start']} -> {report['meta'].get('loadavg_end')}")
     return "\n".join(lines)
@@ -147,6 +165,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-drain", action="store_true", help="sandbox figures only (no Redis, no workers)")
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery prefork reference drain")
     ap.add_argument("--no-build", action="store_true", help="use the existing release build and target/tasks")
+    ap.add_argument("--kept", type=int, default=1000,
+                    help="also measure with max_calls_per_instance = KEPT (default 1000; 1: skip)")
     ap.add_argument("--concurrency", "-c", type=int, default=2)
     ap.add_argument("--publishers", type=int, default=1)
     ap.add_argument("--stall", type=float, default=60.0, help="give a drain up after this many seconds without progress")
@@ -172,7 +192,7 @@ def main() -> int:
     report: dict = {"meta": {"timestamp": stamp, "cpus": os.cpu_count(), "python": platform.python_version(),
                              "git_commit": bench.git("rev-parse", "--short", "HEAD"), "loadavg_start": bench.loadavg()},
                     "config": {"n": args.n, "repeat": args.repeat, "micro_n": args.micro_n,
-                               "concurrency": args.concurrency}, "languages": [], "errors": []}
+                               "concurrency": args.concurrency, "kept": args.kept}, "languages": [], "errors": []}
     todo = []
     for lang in languages(args.languages):
         wasm = component_dir(lang) / "tasks.wasm"
@@ -186,6 +206,8 @@ def main() -> int:
         bench.log(f"{row['language']}: sandbox micro-benchmark (compile, cached load, {args.micro_n} calls)")
         try:
             row["micro"] = micro(row["language"], args.micro_n)
+            if args.kept > 1:
+                row["kept"] = {"micro": micro(row["language"], args.micro_n, args.kept)}
         except bench.PhaseError as e:
             row["error"] = str(e)
             report["errors"].append(f"{row['language']}: {e}")
@@ -212,6 +234,10 @@ def main() -> int:
                     row["warm_cache_s"] = warm_cache(lang, cache)
                     bench.log(f"{lang}: celeriac worker -c{args.concurrency}: drain {args.n}")
                     row["drain"] = drains("celeriac", server, args, logdir, component_dir(lang), cache)
+                    if args.kept > 1:
+                        bench.log(f"{lang}: kept instances (max_calls_per_instance {args.kept}): drain {args.n}")
+                        row["kept"]["drain"] = drains("celeriac", server, args, logdir, component_dir(lang), cache,
+                                                      kept=args.kept)
                 except bench.PhaseError as e:
                     row["error"] = str(e)
                     report["errors"].append(f"{lang}: {e}")

@@ -33,7 +33,10 @@ def py_worker(module_worker_factory):
                     f"(needs `bash scripts/install-toolchains.sh python`)", pytrace=False)
     # send_tasks: spawn and replaced send tasks (the canvas interface).
     w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT,
-                              config='[task_annotations."*"]\nsend_tasks = true\n')
+                              config='[task_annotations."*"]\nsend_tasks = true\n'
+                                     # Kept instances (the tests of max_calls_per_instance).
+                                     '[task_annotations."tasks.calls"]\nmax_calls_per_instance = 3\n'
+                                     '[task_annotations."tasks.crash"]\nmax_calls_per_instance = 3\n')
     # "ready" comes before a compile finishes (it runs in the background): wait for the
     # component itself, listed in the banner when it was cached, else logged once compiled.
     w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
@@ -88,6 +91,23 @@ def test_a_trap_is_a_failure_and_the_worker_keeps_serving(py_worker, client):
     assert_still_serving(py_worker, client)
     # The next call runs in a fresh instance: nothing of the aborted one is left.
     assert call(client, "mul", 3, 3).get(timeout=30) == 9
+
+
+def test_a_kept_instance_keeps_the_modules_state_for_max_calls_per_instance_calls(py_worker, client):
+    # One call at a time: each finds the instance the previous one left.
+    seen = [call(client, "calls").get(timeout=60) for _ in range(7)]
+    assert seen == [1, 2, 3, 1, 2, 3, 1]
+
+
+def test_a_kept_instance_that_trapped_is_dropped_and_the_next_call_gets_a_fresh_one(py_worker, client):
+    for _ in range(3):
+        # Each call aborts in the task's own code: none finds a dead instance
+        # ("cannot enter component instance").
+        result = call(client, "crash")
+        exc = failure_of(result)
+        assert "trap" in f"{type(exc).__name__} {exc}".lower(), repr(exc)
+        assert "abort" in (result.traceback or ""), result.traceback
+    assert_still_serving(py_worker, client)
 
 
 def test_update_state_is_published_as_progress_and_a_bound_task_reads_its_request(py_worker, client):

@@ -85,6 +85,10 @@ struct SandboxArgs {
     /// pooling-nofuel, ondemand-fuel, ondemand-nofuel.
     #[arg(long, value_delimiter = ',', default_value = "pooling-fuel,pooling-nofuel,ondemand-fuel,ondemand-nofuel")]
     configs: Vec<String>,
+    /// Calls one instance serves (the worker's `max_calls_per_instance`; 1,
+    /// the default, instantiates afresh for every call).
+    #[arg(long, default_value_t = 1)]
+    max_calls_per_instance: u32,
     /// Print one JSON document instead of a table.
     #[arg(long)]
     json: bool,
@@ -222,6 +226,8 @@ async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Resu
         cache_dir,
         ..Default::default()
     };
+    let mut config = config;
+    config.limits.max_calls_per_instance = a.max_calls_per_instance.max(1);
     let (_, load_ms) = load(a, config.clone()).await?;
     let (sandbox, cached_load_ms) = load(a, config).await?;
     let call = |i: usize| call_task(&sandbox, a, i as i64);

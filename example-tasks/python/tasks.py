@@ -29,6 +29,19 @@ def xsum(numbers):
     return sum(numbers)
 
 
+_calls = 0
+
+
+@task
+def calls():
+    """How many calls this instance has served: always 1 by default (every call
+    gets a fresh instance), counting up to the task's ``max_calls_per_instance``
+    when the worker keeps instances between calls."""
+    global _calls
+    _calls += 1
+    return _calls
+
+
 @task
 def fail():
     """Raises ValueError("bad value"): the client re-raises a builtins ValueError."""

@@ -89,6 +89,9 @@ pub struct Annotation {
     pub max_instances: Option<usize>,
     /// Wasm stack size, e.g. `"1MiB"`.
     pub max_stack: Option<ByteSize>,
+    /// Celeriac: calls one instance of the task serves before it is dropped
+    /// (default 1: a fresh instance per call; see `Limits::max_calls_per_instance`).
+    pub max_calls_per_instance: Option<u32>,
     /// Celery's `max_retries`: retries a task may ask for before it fails
     /// (over what the component declares; default 3).
     pub max_retries: Option<u32>,
@@ -137,6 +140,7 @@ impl Annotation {
             max_table_elements,
             max_instances,
             max_stack,
+            max_calls_per_instance,
             max_retries,
             default_retry_delay,
             send_tasks,
@@ -154,6 +158,7 @@ impl Annotation {
             max_table_elements: self.max_table_elements,
             max_instances: self.max_instances,
             max_stack: self.max_stack,
+            max_calls_per_instance: self.max_calls_per_instance,
         }
     }
 }
@@ -270,6 +275,8 @@ pub struct SandboxSettings {
     pub time_limit: Option<f64>,
     /// Wasm stack size.
     pub max_stack: Option<ByteSize>,
+    /// Calls one instance serves before it is dropped (default 1: a fresh instance per call).
+    pub max_calls_per_instance: Option<u32>,
     /// Compiled-component cache directory; `""` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// The compiled-component cache is pruned to this size at start-up, oldest first (default 1 GiB; 0: no bound).
@@ -630,6 +637,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
                 "max_memory",
                 "time_limit",
                 "max_stack",
+                "max_calls_per_instance",
                 "cache_dir",
                 "cache_max_size",
                 "cache_max_age",
@@ -659,6 +667,7 @@ fn check_keys(table: &toml::Table, origin: &str) -> Result<(), ConfigError> {
         "max_table_elements",
         "max_instances",
         "max_stack",
+        "max_calls_per_instance",
         "max_retries",
         "default_retry_delay",
         "send_tasks",
@@ -940,6 +949,7 @@ impl Settings {
             max_memory: s.max_memory,
             time_limit: s.time_limit.or(self.task_time_limit),
             max_stack: s.max_stack,
+            max_calls_per_instance: s.max_calls_per_instance,
             ..Default::default()
         });
         if let Some(d) = &s.cache_dir {
@@ -1058,6 +1068,20 @@ visibility_timeout = 5
         assert_eq!(cfg.limits_for("tasks.spin").max_stack, 1 << 20);
         assert_eq!(cfg.limits_for("tasks.add").max_stack, crate::sandbox::limits::DEFAULT_MAX_STACK);
         assert_eq!(s.broker_transport_options.visibility(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn max_calls_per_instance_is_one_unless_set_globally_or_per_task() {
+        let s =
+            Settings::from_toml("[task_annotations.\"tasks.counter\"]\nmax_calls_per_instance = 50\n", "t").unwrap();
+        let cfg = s.sandbox_config();
+        assert_eq!(cfg.limits_for("tasks.counter").max_calls_per_instance, 50);
+        assert_eq!(cfg.limits_for("tasks.add").max_calls_per_instance, 1);
+        let s = Settings::from_toml("[sandbox]\nmax_calls_per_instance = 7\n", "t").unwrap();
+        assert_eq!(s.sandbox_config().limits_for("tasks.add").max_calls_per_instance, 7);
+        // 0 means what 1 does: a fresh instance for every call.
+        let s = Settings::from_toml("[sandbox]\nmax_calls_per_instance = 0\n", "t").unwrap();
+        assert_eq!(s.sandbox_config().limits_for("tasks.add").max_calls_per_instance, 1);
     }
 
     #[test]

@@ -223,6 +223,103 @@ async fn no_state_survives_a_call() {
     }
 }
 
+/// Reuse of `task`'s instance for up to `n` calls.
+fn reuse(n: u32) -> LimitsOverride {
+    LimitsOverride { max_calls_per_instance: Some(n), ..Default::default() }
+}
+
+#[tokio::test]
+async fn an_instance_serves_max_calls_per_instance_calls_then_a_fresh_one_takes_over() {
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("tasks.counter".into(), reuse(3));
+    })
+    .await;
+    let mut seen = vec![];
+    for _ in 0..7 {
+        seen.push(success(&call(&sb, "tasks.counter", json!([])).await).clone());
+    }
+    assert_eq!(seen, [1, 2, 3, 1, 2, 3, 1].map(|n| json!(n)));
+    // Only the task it is set for: another task of the component still starts afresh.
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("tasks.add".into(), reuse(3));
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_keeps_at_most_max_concurrent_idle_instances_dropping_the_oldest() {
+    let (sb, _c) = sandbox_with(|c| {
+        c.max_concurrent = 1;
+        c.task_limits.insert("*".into(), reuse(10));
+    })
+    .await;
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(2));
+    // One idle instance in all: add's, kept now, takes counter's place.
+    assert_eq!(success(&call(&sb, "tasks.add", json!([1, 2])).await), &json!(3));
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+}
+
+#[tokio::test]
+async fn a_kept_instance_gets_a_full_fuel_tank_and_time_limit_for_every_call() {
+    let (sb, _c) = sandbox().await;
+    let per_call = call(&sb, "tasks.repeat", json!(["x", 20000])).await.report.fuel_consumed;
+    assert!(per_call > 0);
+    // Fuel for three calls, time for one and a half: kept or not,
+    // every call starts with both full.
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("tasks.sleep".into(), LimitsOverride { time_limit: Some(0.3), ..reuse(100) });
+    })
+    .await;
+    let (sb2, _c2) = sandbox_with(|c| {
+        let o = LimitsOverride { fuel: Some(per_call * 3), ..reuse(100) };
+        c.task_limits.insert("tasks.repeat".into(), o);
+    })
+    .await;
+    for _ in 0..5 {
+        success(&call(&sb2, "tasks.repeat", json!(["x", 20000])).await);
+        assert_eq!(success(&call(&sb, "tasks.sleep", json!([0.2])).await), &json!(0.2));
+    }
+}
+
+#[tokio::test]
+async fn a_kept_instance_lets_go_of_the_calls_state_sink_when_the_call_ends() {
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("tasks.progress".into(), reuse(10));
+    })
+    .await;
+    for _ in 0..2 {
+        let (tx, mut rx) = tokio::sync::watch::channel(None);
+        let inv = Invocation { args: "[2]".into(), kwargs: "{}".into(), state_sink: Some(tx), ..Invocation::default() };
+        assert_eq!(success(&sb.call("tasks.progress", inv).await.unwrap()), &json!(2));
+        // The worker's publisher of PROGRESS states runs until the sink closes.
+        rx.borrow_and_update();
+        let closed = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
+        assert!(matches!(closed, Ok(Err(_))), "the sink is still open after the call: {closed:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_trapped_or_timed_out_is_never_called_again() {
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("*".into(), LimitsOverride { time_limit: Some(0.3), ..reuse(100) });
+    })
+    .await;
+    for _ in 0..3 {
+        let f = failure(&call(&sb, "tasks.panic", json!(["boom"])).await).clone();
+        assert_eq!((f.kind, f.message.as_str()), (FailureKind::Panic, "boom"), "{}", f.traceback);
+        let f = failure(&call(&sb, "tasks.spin", json!([])).await).clone();
+        assert_eq!(f.kind, FailureKind::TimeLimit, "{}", f.traceback);
+    }
+    // A task that raised goes on in the same instance, as a Celery child goes on.
+    assert_eq!(failure(&call(&sb, "tasks.div", json!([1, 0])).await).exc_type, "ZeroDivisionError");
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(2));
+}
+
 #[tokio::test]
 async fn the_next_task_runs_normally_after_each_bad_one() {
     let (sb, _c) = sandbox_with(|c| {

@@ -157,6 +157,10 @@ pub struct SandboxArgs {
     /// Wasm stack size, e.g. 512KiB.
     #[arg(long, value_name = "SIZE", help_heading = "Sandbox Options")]
     pub max_stack: Option<ByteSize>,
+    /// Calls one instance serves before it is dropped (default 1: a fresh
+    /// instance for every call; more keeps a task's module state between its calls).
+    #[arg(long, value_name = "N", help_heading = "Sandbox Options")]
+    pub max_calls_per_instance: Option<u32>,
     /// Directory for compiled components (default: ~/.cache/celeriac).
     #[arg(long, value_name = "DIR", help_heading = "Sandbox Options")]
     pub cache_dir: Option<PathBuf>,
@@ -173,6 +177,7 @@ impl SandboxArgs {
             max_memory: self.max_memory,
             time_limit: self.time_limit,
             max_stack: self.max_stack,
+            max_calls_per_instance: self.max_calls_per_instance,
             ..Default::default()
         };
         cfg.limits = cfg.limits.with(&o);

@@ -289,6 +289,7 @@ pub fn worker(g: &GlobalArgs, a: WorkerArgs, argv: &[String]) -> anyhow::Result<
     settings.sandbox.max_memory = Some(ByteSize(sb.limits.max_memory));
     settings.sandbox.time_limit = Some(sb.limits.time_limit.as_secs_f64());
     settings.sandbox.max_stack = Some(ByteSize(sb.limits.max_stack));
+    settings.sandbox.max_calls_per_instance = Some(sb.limits.max_calls_per_instance);
     settings.sandbox.cache_dir = Some(sb.cache_dir.clone().unwrap_or_default());
 
     let mut queues = if a.queues.is_empty() { vec![settings.task_default_queue.clone()] } else { a.queues.clone() };

@@ -138,7 +138,8 @@ pub fn support(name: &str) -> Option<Support> {
         ),
         "worker_max_tasks_per_child" | "worker_max_memory_per_child" => Ignored(
             "every task call already runs in a fresh sandbox; cap one call's memory with max_memory instead \
-             ([sandbox] or task_annotations)",
+             ([sandbox] or task_annotations), and let trusted tasks keep an instance for several calls with \
+             max_calls_per_instance",
         ),
         "worker_pool"
         | "worker_pool_putlocks"

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_STACK: u64 = 512 * 1024;
 pub const DEFAULT_MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Default cap on the core instances, tables and memories one component may create.
 pub const DEFAULT_MAX_INSTANCES: usize = 64;
+/// Default calls one instance serves: one, i.e. every call runs in a fresh instance.
+pub const DEFAULT_MAX_CALLS_PER_INSTANCE: u32 = 1;
 
 /// The effective limits of one task call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -43,6 +45,14 @@ pub struct Limits {
     /// Wasm stack size in bytes. Wasmtime fixes it per engine, so the sandbox
     /// keeps one engine per distinct stack size in use.
     pub max_stack: u64,
+    /// Calls one instance serves before it is dropped (Celery's
+    /// `worker_max_tasks_per_child`, per instance). 1, the default, gives every
+    /// call a fresh instance; more lets a finished instance serve the same task
+    /// again, keeping its memory (module globals, caches) as a Celery prefork
+    /// child keeps its process. An instance that trapped or ran out of time is
+    /// never reused. Fuel, the wall-clock limit and the request are per call
+    /// either way; `max_memory` bounds what the instance holds over its calls.
+    pub max_calls_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -54,6 +64,7 @@ impl Default for Limits {
             max_table_elements: DEFAULT_MAX_TABLE_ELEMENTS,
             max_instances: DEFAULT_MAX_INSTANCES,
             max_stack: DEFAULT_MAX_STACK,
+            max_calls_per_instance: DEFAULT_MAX_CALLS_PER_INSTANCE,
         }
     }
 }
@@ -78,6 +89,9 @@ impl Limits {
         }
         if let Some(st) = o.max_stack {
             self.max_stack = st.as_u64();
+        }
+        if let Some(n) = o.max_calls_per_instance {
+            self.max_calls_per_instance = n.max(1);
         }
         self
     }
@@ -112,6 +126,8 @@ pub struct LimitsOverride {
     pub max_instances: Option<usize>,
     /// Wasm stack size, e.g. `"1MiB"`.
     pub max_stack: Option<ByteSize>,
+    /// Calls one instance serves (1: a fresh instance per call).
+    pub max_calls_per_instance: Option<u32>,
 }
 
 impl LimitsOverride {
@@ -203,6 +219,13 @@ impl Limiter {
     /// A limiter enforcing `limits`.
     pub fn new(limits: Limits) -> Self {
         Limiter { limits, memory_total: 0, peak_memory: 0 }
+    }
+
+    /// The same instance's next call: `limits` from now on, the peak counted
+    /// from the memory it already holds.
+    pub fn renew(&mut self, limits: Limits) {
+        self.limits = limits;
+        self.peak_memory = self.memory_total;
     }
 }
 

@@ -187,6 +187,14 @@ impl SandboxConfig {
         stacks
     }
 
+    /// Whether any task may keep its instance for more than one call
+    /// (`max_calls_per_instance`): the pool then holds up to
+    /// `max_concurrent` idle instances besides the running ones.
+    fn reuses_instances(&self) -> bool {
+        self.limits.max_calls_per_instance > 1
+            || self.task_limits.values().chain(self.tenant_limits.values()).any(|o| o.max_calls_per_instance > Some(1))
+    }
+
     /// The largest memory cap any task may have (sizes the pool's memory slots).
     fn memory_ceiling(&self) -> u64 {
         self.task_limits
@@ -256,6 +264,45 @@ pub struct TaskEntry {
     /// The component pre-linked on that engine, and where its exports are.
     pre: InstancePre<TaskState>,
     exports: Exports,
+}
+
+/// An instance kept for the same task's next call, with its store.
+struct Warm {
+    /// The task it serves: compared by identity, so an instance of a version
+    /// that hot deploy replaced is never handed to the new one (the `Weak`
+    /// keeps the old entry's address from being reused).
+    task: std::sync::Weak<TaskEntry>,
+    store: Store<TaskState>,
+    instance: wasmtime::component::Instance,
+    /// Calls it has served.
+    served: u32,
+}
+
+/// The idle instances kept for reuse (`max_calls_per_instance`), oldest
+/// first, over all tasks: at most `max_concurrent` (the pool is sized for
+/// them); keeping one more drops the oldest.
+#[derive(Default)]
+struct WarmInstances(std::sync::Mutex<std::collections::VecDeque<Warm>>);
+
+impl WarmInstances {
+    /// The most recently kept instance of `task`.
+    fn take(&self, task: &Arc<TaskEntry>) -> Option<Warm> {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let at = q.iter().rposition(|w| std::ptr::eq(w.task.as_ptr(), Arc::as_ptr(task)))?;
+        q.remove(at)
+    }
+
+    /// Keep `warm`, dropping the oldest instance beyond `max`.
+    fn keep(&self, warm: Warm, max: usize) {
+        let evicted = {
+            let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            q.push_back(warm);
+            let excess = q.len().saturating_sub(max.max(1));
+            q.drain(..excess).collect::<Vec<_>>()
+        };
+        // Dropped outside the lock: freeing an instance resets its pool slot.
+        drop(evicted);
+    }
 }
 
 impl TaskEntry {
@@ -413,6 +460,8 @@ fn version_of(bytes: &[u8]) -> String {
 pub struct Sandbox {
     /// One per stack size in use; index 0 has the default stack size.
     engines: Vec<EngineSet>,
+    /// Instances kept for reuse, over all tasks (at most `max_concurrent`).
+    warm: WarmInstances,
     config: SandboxConfig,
     cache: cache::ArtifactCache,
     registry: RwLock<Registry>,
@@ -444,6 +493,7 @@ impl Sandbox {
             engines,
             cache,
             slots: Arc::new(Semaphore::new(config.max_concurrent.max(1) as usize)),
+            warm: WarmInstances::default(),
             host_memory: Arc::new(Semaphore::new(units)),
             config,
             registry: RwLock::default(),
@@ -464,7 +514,9 @@ impl Sandbox {
         let mut cfg = compile::engine_config(c.fuel_metering, stack);
         cfg.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         if c.pooling {
-            let slots = c.max_concurrent.max(1) + LOAD_PARALLELISM as u32; // + load-time calls
+            // Running calls, the idle instances kept for reuse, load-time calls.
+            let kept = if c.reuses_instances() { c.max_concurrent.max(1) } else { 0 };
+            let slots = c.max_concurrent.max(1) + kept + LOAD_PARALLELISM as u32;
             let mut pool = PoolingAllocationConfig::new();
             pool.total_component_instances(slots)
                 .total_core_instances(slots * 16)
@@ -798,6 +850,24 @@ impl Sandbox {
         store
     }
 
+    /// A kept instance's store made ready for its next call: the call's own
+    /// limits, request and grants, a full fuel tank and a new deadline.
+    fn renew(
+        &self,
+        store: &mut Store<TaskState>,
+        limits: Limits,
+        request: Request,
+        sink: Option<StateSink>,
+        grants: host::Grants,
+    ) {
+        store.data_mut().renew(limits, &self.config.bounds, request, sink, grants);
+        if self.config.fuel_metering {
+            // Cannot fail: fuel metering is enabled on this engine.
+            let _ = store.set_fuel(limits.fuel);
+        }
+        store.set_epoch_deadline(1);
+    }
+
     /// Hot deploy: bring what is served in line with the files under `root`
     /// now. A new or changed file (by content) is loaded off the hot path and
     /// swapped in at once: calls already running finish on the old version,
@@ -1061,14 +1131,27 @@ impl Sandbox {
             http_allow: inv.http_allow,
             config: inv.config,
         };
-        let mut store = self.store(entry.engine, limits, inv.request, inv.state_sink, grants);
+        let reuse = limits.max_calls_per_instance > 1;
+        let warm = if reuse { self.warm.take(&entry) } else { None };
+        let (mut store, kept, served) = match warm {
+            Some(Warm { mut store, instance, served, .. }) => {
+                self.renew(&mut store, limits, inv.request, inv.state_sink, grants);
+                (store, Some(instance), served)
+            }
+            None => (self.store(entry.engine, limits, inv.request, inv.state_sink, grants), None, 0),
+        };
         let site = TraceSite { file: &entry.component.display, task: &entry.name };
         let started = Instant::now();
+        let mut instance = None;
         let result = {
             let call = (entry.export.as_str(), inv.args.as_str(), inv.kwargs.as_str());
             let fut = async {
-                let instance = entry.pre.instantiate_async(&mut store).await?;
-                exports::invoke(&mut store, &instance, &entry.exports, call, b.max_result_size, b.max_error_size).await
+                let i = match kept {
+                    Some(i) => i,
+                    None => entry.pre.instantiate_async(&mut store).await?,
+                };
+                instance = Some(i);
+                exports::invoke(&mut store, &i, &entry.exports, call, b.max_result_size, b.max_error_size).await
             };
             tokio::time::timeout(limits.time_limit + TIMER_GRACE, fut).await
         };
@@ -1082,7 +1165,18 @@ impl Sandbox {
         let canvas = std::mem::take(&mut store.data_mut().canvas);
         let disposition = store.data_mut().disposition.take();
         let http_denied = std::mem::take(&mut store.data_mut().http_grant.denied);
-        drop(store);
+        // Kept for the task's next call only after a call that returned (a
+        // trap or a timeout leaves an instance in no state to go on), while
+        // it has calls left.
+        if let (Ok(Ok(_)), Some(instance)) = (&result, instance)
+            && served + 1 < limits.max_calls_per_instance
+        {
+            store.data_mut().release();
+            let warm = Warm { task: Arc::downgrade(&entry), store, instance, served: served + 1 };
+            self.warm.keep(warm, self.config.max_concurrent as usize);
+        } else {
+            drop(store);
+        }
         let mut host_memory = None;
         let outcome = match result {
             Ok(Ok(Returned::TooLarge(len))) => {

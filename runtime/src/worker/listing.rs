@@ -14,8 +14,13 @@ pub fn task_listing(sandbox: &Sandbox) -> String {
     }
     for t in &tasks {
         let l = &t.limits;
+        // Shown only when an instance serves more than one call (1, a fresh instance each, is the rule).
+        let kept = match l.max_calls_per_instance {
+            0 | 1 => String::new(),
+            n => format!(" max_calls_per_instance={n}"),
+        };
         out.push_str(&format!(
-            "  . {:<24} {:<20} fuel={} memory={} time_limit={}s\n",
+            "  . {:<24} {:<20} fuel={} memory={} time_limit={}s{kept}\n",
             t.name,
             t.component.display,
             l.fuel,

@@ -108,10 +108,7 @@ impl TaskState {
         grants: Grants,
     ) -> Self {
         let now = std::time::Instant::now();
-        let soft_deadline = grants
-            .soft_time_limit
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .and_then(|s| now.checked_add(std::time::Duration::from_secs_f64(s.min(1e9))));
+        let soft_deadline = soft_deadline(now, grants.soft_time_limit);
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
         let stderr = CapturedOutput::new(CAPTURE_LIMIT);
         // The builder's defaults grant nothing: no preopens, no env, no args,
@@ -135,6 +132,50 @@ impl TaskState {
             config: grants.config,
         }
     }
+
+    /// The state of a kept instance (`max_calls_per_instance`) made ready for
+    /// its next call: that call's limits, request, grants and budgets. The WASI
+    /// context and resource table stay: the guest holds handles into them.
+    pub fn renew(
+        &mut self,
+        limits: Limits,
+        bounds: &HostBounds,
+        request: Request,
+        state_sink: Option<StateSink>,
+        grants: Grants,
+    ) {
+        let now = std::time::Instant::now();
+        self.limiter.renew(limits);
+        self.request = request;
+        self.state_sink = state_sink;
+        self.deadline = now + limits.time_limit;
+        self.soft_deadline = soft_deadline(now, grants.soft_time_limit);
+        self.output = log::OutputBudget::new(bounds);
+        self.canvas = canvas::Sends::new(grants.may_send, grants.send_namespace);
+        self.disposition = None;
+        self.http_grant = http::HttpGrant::new(grants.http_allow);
+        self.config = grants.config;
+    }
+}
+
+impl TaskState {
+    /// Let go of what belongs to the call that just ended, before the instance
+    /// is kept for another: its state sink (whoever listens to it waits for it
+    /// to close), its request and its grants.
+    pub fn release(&mut self) {
+        self.state_sink = None;
+        self.request = Request::default();
+        self.canvas = canvas::Sends::new(false, None);
+        self.http_grant = http::HttpGrant::new(Vec::new());
+        self.config = Default::default();
+    }
+}
+
+/// When a soft time limit of `seconds` from `now` passes.
+fn soft_deadline(now: std::time::Instant, seconds: Option<f64>) -> Option<std::time::Instant> {
+    seconds
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .and_then(|s| now.checked_add(std::time::Duration::from_secs_f64(s.min(1e9))))
 }
 
 impl WasiView for TaskState {
