@@ -264,6 +264,23 @@ async fn the_sandbox_keeps_at_most_max_concurrent_idle_instances_dropping_the_ol
 }
 
 #[tokio::test]
+async fn an_instance_holding_more_than_half_its_memory_cap_after_a_call_is_not_kept() {
+    let (sb, _c) = sandbox_with(|c| {
+        let o = LimitsOverride { max_memory: Some("64MiB".parse().unwrap()), ..reuse(10) };
+        c.task_limits.insert("tasks.repeat".into(), o);
+    })
+    .await;
+    let first = call(&sb, "tasks.repeat", json!(["x", 1000])).await.report.peak_memory;
+    // A call that returns (its 9 MiB result is refused as too large) and
+    // leaves more than 32 MiB behind (wasm memory never shrinks): dropped after it.
+    let big = call(&sb, "tasks.repeat", json!(["x", 9 << 20])).await;
+    assert!(failure(&big).message.contains("max_result_size"), "{}", failure(&big).message);
+    assert!(big.report.peak_memory > 32 << 20, "{}", big.report.peak_memory);
+    let after = call(&sb, "tasks.repeat", json!(["x", 1000])).await.report.peak_memory;
+    assert_eq!(after, first, "the next call did not start in a fresh instance");
+}
+
+#[tokio::test]
 async fn a_kept_instance_gets_a_full_fuel_tank_and_time_limit_for_every_call() {
     let (sb, _c) = sandbox().await;
     let per_call = call(&sb, "tasks.repeat", json!(["x", 20000])).await.report.fuel_consumed;

@@ -221,6 +221,11 @@ impl Limiter {
         Limiter { limits, memory_total: 0, peak_memory: 0 }
     }
 
+    /// The linear memory the instance holds now, in bytes.
+    pub fn held(&self) -> usize {
+        self.memory_total
+    }
+
     /// The same instance's next call: `limits` from now on, the peak counted
     /// from the memory it already holds.
     pub fn renew(&mut self, limits: Limits) {

@@ -1167,9 +1167,12 @@ impl Sandbox {
         let http_denied = std::mem::take(&mut store.data_mut().http_grant.denied);
         // Kept for the task's next call only after a call that returned (a
         // trap or a timeout leaves an instance in no state to go on), while
-        // it has calls left.
+        // it has calls left and holds at most half its memory cap (as Celery
+        // replaces a child past `worker_max_memory_per_child` after its task:
+        // a guest that leaks starts afresh before a call of it hits the cap).
         if let (Ok(Ok(_)), Some(instance)) = (&result, instance)
             && served + 1 < limits.max_calls_per_instance
+            && store.data().limiter.held() as u64 <= limits.max_memory / 2
         {
             store.data_mut().release();
             let warm = Warm { task: Arc::downgrade(&entry), store, instance, served: served + 1 };
