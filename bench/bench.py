@@ -42,6 +42,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -762,6 +763,7 @@ def render(report: dict) -> str:
                  f"celery {meta['celery_version']}, commit {meta['git_commit']}{' (dirty)' if meta['git_dirty'] else ''}")
     lines.append(f"N = {r['n']}, latency n = {r['latency_n']}, repeats = {r['repeat']}, -c {r['concurrency']}, "
                  f"publishers = {r['publishers']}; "
+                 f"{'celeriac worker ' + r['celeriac_args'] + '; ' if r.get('celeriac_args') else ''}"
                  f"load average {meta['loadavg_start']} at start, {meta.get('loadavg_end')} at end")
     lines.append("cells: min / median / max over the repeats (one value when repeat = 1); "
                  "ratio = median Celeriac / median Celery")
@@ -856,6 +858,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-redis-benchmark", action="store_true")
     ap.add_argument("--no-sandbox", action="store_true")
     ap.add_argument("--no-floor", action="store_true", help="--broker amqp: skip the amqp-floor ceiling")
+    ap.add_argument("--celeriac-args", default="",
+                    help="extra `celeriac worker` flags, e.g. '--max-calls-per-instance 1000' (kept instances)")
     ap.add_argument("--stall", type=float, default=60.0, help="give a phase up after this many seconds without progress")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path (default bench/results/<timestamp>.json)")
     a = ap.parse_args()
@@ -926,7 +930,8 @@ def main() -> int:
             for kind in args.workers:
                 log(f"repeat {rep + 1}/{args.repeat}: {LABELS[kind]}")
                 try:
-                    runs[kind].append(Suite(kind, server, args, logdir, python).run())
+                    extra = tuple(shlex.split(args.celeriac_args)) if kind == "celeriac" else ()
+                    runs[kind].append(Suite(kind, server, args, logdir, python, worker_args=extra).run())
                 except PhaseError as e:
                     msg = f"repeat {rep + 1}, {kind}: {e}"
                     log(msg)
