@@ -266,6 +266,30 @@ def test_outbound_http_reaches_only_the_hosts_a_tenant_is_granted(worker, client
     assert w.alive
 
 
+def test_a_kept_instance_is_reused_unless_its_call_sent_an_http_request(worker, client, tmp_path, http_server):
+    # A request or body the guest never dropped would go on in the background past its call: such an
+    # instance is never kept (max_calls_per_instance), while one whose call made no request is.
+    if not HTTP_COMPONENT.exists():
+        pytest.fail(f"{HTTP_COMPONENT} is missing: run `make test-tasks` first", pytrace=False)
+    port = http_server
+    app = tenants(tmp_path, acme=f'[annotations]\nhttp_allow = ["127.0.0.1:{port}"]\nmax_calls_per_instance = 10\n',
+                  globex="")
+    shutil.copy(HTTP_COMPONENT, app / "acme" / "http.wasm")
+    w = worker(app=app)
+
+    def instance_calls(task: str, *args) -> list[int]:
+        calls = []
+        for _ in range(3):
+            r = client.app.send_task(task, args)
+            r.get(timeout=20)
+            m = w.wait_for_log(rf"Task {re.escape(task)}\[{re.escape(r.id)}\] used .* instance_call=(\d+)", timeout=10)
+            calls.append(int(m.group(1)))
+        return calls
+
+    assert instance_calls("acme.http.config", "x") == [1, 2, 3]
+    assert instance_calls("acme.http.fetch", f"http://127.0.0.1:{port}/ok") == [1, 1, 1]
+
+
 def test_a_tenants_tasks_read_its_configuration_values_which_the_worker_never_logs(worker, client, tmp_path):
     if not HTTP_COMPONENT.exists():
         pytest.fail(f"{HTTP_COMPONENT} is missing: run `make test-tasks` first", pytrace=False)

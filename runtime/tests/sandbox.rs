@@ -281,6 +281,45 @@ async fn an_instance_holding_more_than_half_its_memory_cap_after_a_call_is_not_k
 }
 
 #[tokio::test]
+async fn the_pool_has_room_for_as_many_idle_instances_as_running_calls() {
+    let (sb, _c) = sandbox_with(|c| {
+        c.max_concurrent = 4;
+        c.task_limits.insert("*".into(), reuse(10));
+    })
+    .await;
+    // Four calls of one task at once leave four idle instances; four calls of
+    // another at once still find pool slots to instantiate in.
+    for (task, args) in [("tasks.sleep", json!([0.2])), ("tasks.crunch", json!([0.2]))] {
+        let calls = (0..4).map(|_| call(&sb, task, args.clone()));
+        for r in futures_util::future::join_all(calls).await {
+            success(&r);
+            assert_eq!(r.report.reused, 0, "{task}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn hot_deploy_never_hands_a_kept_instance_of_the_old_version_to_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = std::fs::read(tasks_dir().join("tasks.wasm")).unwrap();
+    std::fs::write(dir.path().join("tasks.wasm"), &wasm).unwrap();
+    let (sb, _c) = sandbox_with(|c| {
+        c.task_limits.insert("tasks.counter".into(), reuse(10));
+    })
+    .await;
+    sb.sync(dir.path()).await;
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(2));
+    // A new version: the same component with a custom section appended (id 0, size, name "v2").
+    let mut v2 = wasm.clone();
+    v2.extend_from_slice(&[0, 3, 2, b'v', b'2']);
+    std::fs::write(dir.path().join("tasks.wasm"), &v2).unwrap();
+    let report = sb.sync(dir.path()).await;
+    assert_eq!(report.loaded.len(), 1, "{:?}", report.failed);
+    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
+}
+
+#[tokio::test]
 async fn a_kept_instance_gets_a_full_fuel_tank_and_time_limit_for_every_call() {
     let (sb, _c) = sandbox().await;
     let per_call = call(&sb, "tasks.repeat", json!(["x", 20000])).await.report.fuel_consumed;
@@ -296,9 +335,13 @@ async fn a_kept_instance_gets_a_full_fuel_tank_and_time_limit_for_every_call() {
         c.task_limits.insert("tasks.repeat".into(), o);
     })
     .await;
-    for _ in 0..5 {
-        success(&call(&sb2, "tasks.repeat", json!(["x", 20000])).await);
-        assert_eq!(success(&call(&sb, "tasks.sleep", json!([0.2])).await), &json!(0.2));
+    for i in 0..5 {
+        let r = call(&sb2, "tasks.repeat", json!(["x", 20000])).await;
+        success(&r);
+        let s = call(&sb, "tasks.sleep", json!([0.2])).await;
+        assert_eq!(success(&s), &json!(0.2));
+        // The same instance each time.
+        assert_eq!((r.report.reused, s.report.reused), (i, i));
     }
 }
 
@@ -308,10 +351,11 @@ async fn a_kept_instance_lets_go_of_the_calls_state_sink_when_the_call_ends() {
         c.task_limits.insert("tasks.progress".into(), reuse(10));
     })
     .await;
-    for _ in 0..2 {
+    for i in 0..2 {
         let (tx, mut rx) = tokio::sync::watch::channel(None);
         let inv = Invocation { args: "[2]".into(), kwargs: "{}".into(), state_sink: Some(tx), ..Invocation::default() };
-        assert_eq!(success(&sb.call("tasks.progress", inv).await.unwrap()), &json!(2));
+        let r = sb.call("tasks.progress", inv).await.unwrap();
+        assert_eq!((success(&r), r.report.reused), (&json!(2), i));
         // The worker's publisher of PROGRESS states runs until the sink closes.
         rx.borrow_and_update();
         let closed = tokio::time::timeout(Duration::from_secs(5), rx.changed()).await;
@@ -326,15 +370,20 @@ async fn an_instance_that_trapped_or_timed_out_is_never_called_again() {
     })
     .await;
     for _ in 0..3 {
-        let f = failure(&call(&sb, "tasks.panic", json!(["boom"])).await).clone();
-        assert_eq!((f.kind, f.message.as_str()), (FailureKind::Panic, "boom"), "{}", f.traceback);
-        let f = failure(&call(&sb, "tasks.spin", json!([])).await).clone();
-        assert_eq!(f.kind, FailureKind::TimeLimit, "{}", f.traceback);
+        let r = call(&sb, "tasks.panic", json!(["boom"])).await;
+        let f = failure(&r);
+        assert_eq!((f.kind, f.message.as_str(), r.report.reused), (FailureKind::Panic, "boom", 0), "{}", f.traceback);
+        // Stopped in wasm code (the epoch interrupt) and in a host call (sleep: the timer).
+        for (task, args) in [("tasks.spin", json!([])), ("tasks.sleep", json!([30]))] {
+            let r = call(&sb, task, args).await;
+            assert_eq!((failure(&r).kind, r.report.reused), (FailureKind::TimeLimit, 0), "{task}");
+        }
     }
     // A task that raised goes on in the same instance, as a Celery child goes on.
-    assert_eq!(failure(&call(&sb, "tasks.div", json!([1, 0])).await).exc_type, "ZeroDivisionError");
-    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(1));
-    assert_eq!(success(&call(&sb, "tasks.counter", json!([])).await), &json!(2));
+    for i in 0..2 {
+        let r = call(&sb, "tasks.div", json!([1, 0])).await;
+        assert_eq!((failure(&r).exc_type.as_str(), r.report.reused), ("ZeroDivisionError", i));
+    }
 }
 
 #[tokio::test]

@@ -292,16 +292,21 @@ impl WarmInstances {
         q.remove(at)
     }
 
-    /// Keep `warm`, dropping the oldest instance beyond `max`.
+    /// Keep `warm`, dropping the instances of versions no longer served
+    /// (hot deploy replaced or removed them) and the oldest beyond `max`.
     fn keep(&self, warm: Warm, max: usize) {
-        let evicted = {
+        let dropped = {
             let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
             q.push_back(warm);
+            let (live, mut gone): (std::collections::VecDeque<Warm>, std::collections::VecDeque<Warm>) =
+                std::mem::take(&mut *q).into_iter().partition(|w| w.task.strong_count() > 0);
+            *q = live;
             let excess = q.len().saturating_sub(max.max(1));
-            q.drain(..excess).collect::<Vec<_>>()
+            gone.extend(q.drain(..excess));
+            gone
         };
         // Dropped outside the lock: freeing an instance resets its pool slot.
-        drop(evicted);
+        drop(dropped);
     }
 }
 
@@ -515,6 +520,7 @@ impl Sandbox {
         cfg.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(BACKTRACE_FRAMES));
         if c.pooling {
             // Running calls, the idle instances kept for reuse, load-time calls.
+            // (An idle store keeps its fiber stack too: `total_stacks` counts it.)
             let kept = if c.reuses_instances() { c.max_concurrent.max(1) } else { 0 };
             let slots = c.max_concurrent.max(1) + kept + LOAD_PARALLELISM as u32;
             let mut pool = PoolingAllocationConfig::new();
@@ -1113,7 +1119,8 @@ impl Sandbox {
         self.read().pending.keys().cloned().collect()
     }
 
-    /// Run one task call in a fresh instance.
+    /// Run one task call: in a fresh instance, or in one the task kept
+    /// (`max_calls_per_instance`).
     pub async fn call(&self, task: &str, inv: Invocation) -> Result<CallResult, CallError> {
         let entry = self.task(task).ok_or_else(|| CallError::NotRegistered(task.to_string()))?;
         let limits = entry.limits.tightened_by_message(inv.message_time_limit);
@@ -1158,7 +1165,7 @@ impl Sandbox {
         let wall = started.elapsed();
         let fuel_consumed =
             if self.config.fuel_metering { limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0)) } else { 0 };
-        let report = CallReport { wall, fuel_consumed, peak_memory: store.data().limiter.peak_memory };
+        let report = CallReport { wall, fuel_consumed, peak_memory: store.data().limiter.peak_memory, reused: served };
         let (stdout, out_dropped) = store.data().stdout.take();
         let (stderr, err_dropped) = store.data().stderr.take();
         span.in_scope(|| store.data_mut().output.forward(&stdout, &stderr, out_dropped + err_dropped));
@@ -1166,12 +1173,15 @@ impl Sandbox {
         let disposition = store.data_mut().disposition.take();
         let http_denied = std::mem::take(&mut store.data_mut().http_grant.denied);
         // Kept for the task's next call only after a call that returned (a
-        // trap or a timeout leaves an instance in no state to go on), while
-        // it has calls left and holds at most half its memory cap (as Celery
-        // replaces a child past `worker_max_memory_per_child` after its task:
-        // a guest that leaks starts afresh before a call of it hits the cap).
+        // trap or a timeout leaves an instance in no state to go on) and sent
+        // no HTTP request (a connection or body it never dropped would go on
+        // in the background past its call), while it has calls left and holds
+        // at most half its memory cap (as Celery replaces a child past
+        // `worker_max_memory_per_child` after its task: a guest that leaks
+        // starts afresh before a call of it hits the cap).
         if let (Ok(Ok(_)), Some(instance)) = (&result, instance)
             && served + 1 < limits.max_calls_per_instance
+            && store.data().http_grant.sent() == 0
             && store.data().limiter.held() as u64 <= limits.max_memory / 2
         {
             store.data_mut().release();

@@ -115,6 +115,10 @@ pub struct CallReport {
     pub fuel_consumed: u64,
     /// Peak linear memory in bytes.
     pub peak_memory: usize,
+    /// Calls the instance had served before this one (0: a fresh instance;
+    /// more only with `max_calls_per_instance`).
+    #[serde(default)]
+    pub reused: u32,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

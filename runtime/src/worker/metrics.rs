@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn finished_tasks_are_counted_by_name_and_state_with_their_sandbox_figures() {
         let m = Metrics::default();
-        let report = CallReport { wall: Duration::from_millis(3), fuel_consumed: 1000, peak_memory: 65536 };
+        let report = CallReport { wall: Duration::from_millis(3), fuel_consumed: 1000, peak_memory: 65536, reused: 0 };
         m.finished("tasks.add", "", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
         m.finished("tasks.add", "", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));
         m.finished("acme.tasks.add", "acme", "SUCCESS", Some(&report), Some(Duration::from_millis(4)));

@@ -441,9 +441,10 @@ async fn run(
         }
     };
     // Per-call accounting, for an operator to bill and cap tenants (also in
-    // the task events and the metrics).
+    // the task events and the metrics). `instance_call`: the call's number in
+    // its instance (1: a fresh one; more with `max_calls_per_instance`).
     tracing::info!(
-        "Task {name}[{}] used fuel={} sandbox={:.6}s wall={:.6}s memory={} tenant={} version={}",
+        "Task {name}[{}] used fuel={} sandbox={:.6}s wall={:.6}s memory={} tenant={} version={} instance_call={}",
         msg.id,
         result.report.fuel_consumed,
         result.report.wall.as_secs_f64(),
@@ -451,6 +452,7 @@ async fn run(
         result.report.peak_memory,
         tenant.as_deref().unwrap_or("-"),
         if result.version.is_empty() { "-" } else { &result.version },
+        result.report.reused + 1,
     );
     // What a chord counts for this member (only computed for chord members).
     let in_chord = msg.embed.chord.is_some() && msg.group.is_some();

@@ -572,7 +572,7 @@ mod tests {
         assert_eq!(active[0]["acknowledged"], true);
         assert_eq!(active[0]["worker_pid"], std::process::id());
         assert_eq!(s.query(&["a".into(), "zz".into()]).len(), 1);
-        let report = CallReport { wall: Duration::from_millis(1), fuel_consumed: 10, peak_memory: 1 };
+        let report = CallReport { wall: Duration::from_millis(1), fuel_consumed: 10, peak_memory: 1, reused: 0 };
         a.finished("tasks.add", "SUCCESS", Some(&report));
         drop(a);
         drop(b);

@@ -13,7 +13,8 @@
 //! names whose DNS the platform controls (a tenant's own name could point at
 //! the worker's loopback or network). At most [`MAX_REQUESTS`] requests per call.
 //! No request outlives its call: the call's store, and the connections
-//! spawned for it, are dropped at its time limit.
+//! spawned for it, are dropped when it ends or at its time limit (an instance
+//! whose call sent a request is never kept for another, `max_calls_per_instance`).
 
 use std::future::Future;
 
@@ -45,6 +46,11 @@ impl HttpGrant {
     /// A grant to the hosts in `allow` (empty: none).
     pub fn new(allow: Vec<String>) -> HttpGrant {
         HttpGrant { allow, denied: Vec::new(), sent: 0 }
+    }
+
+    /// Requests let through in this call.
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Whether `uri` is on the list: its host (any port) or host and port

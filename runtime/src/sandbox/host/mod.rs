@@ -52,7 +52,8 @@ pub mod bindings_v0_1 {
 }
 
 /// The data of one task call's `Store`: created fresh for every call and
-/// dropped with it.
+/// dropped with it, unless the task keeps its instance (`max_calls_per_instance`:
+/// then [`TaskState::release`] after the call, [`TaskState::renew`] before the next).
 pub struct TaskState {
     wasi: WasiCtx,
     table: ResourceTable,
