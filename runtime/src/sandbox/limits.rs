@@ -49,8 +49,8 @@ pub struct Limits {
     /// `worker_max_tasks_per_child`, per instance). 1, the default, gives every
     /// call a fresh instance; more lets a finished instance serve the same task
     /// again, keeping its memory (module globals, caches) as a Celery prefork
-    /// child keeps its process. An instance that trapped or ran out of time is
-    /// never reused. Fuel, the wall-clock limit and the request are per call
+    /// child keeps its process. An instance that trapped, ran out of time or
+    /// made an HTTP request is never reused. Fuel, the wall-clock limit and the request are per call
     /// either way; `max_memory` bounds what the instance holds over its calls.
     pub max_calls_per_instance: u32,
 }

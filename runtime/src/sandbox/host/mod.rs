@@ -157,9 +157,7 @@ impl TaskState {
         self.http_grant = http::HttpGrant::new(grants.http_allow);
         self.config = grants.config;
     }
-}
 
-impl TaskState {
     /// Let go of what belongs to the call that just ended, before the instance
     /// is kept for another: its state sink (whoever listens to it waits for it
     /// to close), its request and its grants.
