@@ -218,7 +218,7 @@ async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Resu
         None => Some(TempDir::new(v.name)?),
     };
     let cache_dir = a.cache_dir.clone().or_else(|| temp.as_ref().map(|t| t.0.clone()));
-    let config = SandboxConfig {
+    let mut config = SandboxConfig {
         fuel_metering: v.fuel,
         pooling: v.pooling,
         // The worker sizes its pool from -c; the benchmark needs one slot.
@@ -226,7 +226,6 @@ async fn run_variant(a: &SandboxArgs, v: Variant, warmup: usize) -> anyhow::Resu
         cache_dir,
         ..Default::default()
     };
-    let mut config = config;
     config.limits.max_calls_per_instance = a.max_calls_per_instance.max(1);
     let (_, load_ms) = load(a, config.clone()).await?;
     let (sandbox, cached_load_ms) = load(a, config).await?;

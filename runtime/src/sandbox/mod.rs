@@ -841,11 +841,7 @@ impl Sandbox {
         let state = TaskState::new(limits, &self.config.bounds, request, sink, grants);
         let mut store = Store::new(&self.engines[engine].engine, state);
         store.limiter(|s| &mut s.limiter);
-        if self.config.fuel_metering {
-            // Cannot fail: fuel metering is enabled on this engine.
-            let _ = store.set_fuel(limits.fuel);
-        }
-        store.set_epoch_deadline(1);
+        self.arm(&mut store, limits);
         store.epoch_deadline_callback(|ctx| {
             if Instant::now() >= ctx.data().deadline {
                 Err(wasmtime::Error::new(outcome::TimeLimitHit))
@@ -867,6 +863,11 @@ impl Sandbox {
         grants: host::Grants,
     ) {
         store.data_mut().renew(limits, &self.config.bounds, request, sink, grants);
+        self.arm(store, limits);
+    }
+
+    /// A full fuel tank and the epoch deadline, for the call about to start.
+    fn arm(&self, store: &mut Store<TaskState>, limits: Limits) {
         if self.config.fuel_metering {
             // Cannot fail: fuel metering is enabled on this engine.
             let _ = store.set_fuel(limits.fuel);

@@ -108,34 +108,35 @@ impl TaskState {
         state_sink: Option<StateSink>,
         grants: Grants,
     ) -> Self {
-        let now = std::time::Instant::now();
-        let soft_deadline = soft_deadline(now, grants.soft_time_limit);
         let stdout = CapturedOutput::new(CAPTURE_LIMIT);
         let stderr = CapturedOutput::new(CAPTURE_LIMIT);
         // The builder's defaults grant nothing: no preopens, no env, no args,
         // closed stdin, every socket address denied, no name lookups.
         let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
-        TaskState {
+        // Nothing of a call yet (what `release` leaves); `renew` gives it this call's.
+        let mut state = TaskState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
-            request,
-            state_sink,
+            request: Request::default(),
+            state_sink: None,
             stdout,
             stderr,
-            deadline: now + limits.time_limit,
-            soft_deadline,
+            deadline: std::time::Instant::now(),
+            soft_deadline: None,
             output: log::OutputBudget::new(bounds),
-            canvas: canvas::Sends::new(grants.may_send, grants.send_namespace),
+            canvas: canvas::Sends::new(false, None),
             disposition: None,
             http: WasiHttpCtx::new(),
-            http_grant: http::HttpGrant::new(grants.http_allow),
-            config: grants.config,
-        }
+            http_grant: http::HttpGrant::new(Vec::new()),
+            config: Default::default(),
+        };
+        state.renew(limits, bounds, request, state_sink, grants);
+        state
     }
 
-    /// The state of a kept instance (`max_calls_per_instance`) made ready for
-    /// its next call: that call's limits, request, grants and budgets. The WASI
+    /// Ready for a call: that call's limits, request, grants and budgets (for a
+    /// kept instance, `max_calls_per_instance`, its next call). The WASI
     /// context and resource table stay: the guest holds handles into them.
     pub fn renew(
         &mut self,
