@@ -290,6 +290,32 @@ def test_a_kept_instance_is_reused_unless_its_call_sent_an_http_request(worker, 
     assert instance_calls("acme.http.fetch", f"http://127.0.0.1:{port}/ok") == [1, 1, 1]
 
 
+def test_a_kept_instance_whose_calls_leave_host_handles_open_starts_afresh(worker, client, tmp_path):
+    # What an instance's first call leaves open is the guest's own (a cached stdout stream); a later call that
+    # adds to it leaks worker memory no limit counts, so that instance is dropped after it.
+    if not HTTP_COMPONENT.exists():
+        pytest.fail(f"{HTTP_COMPONENT} is missing: run `make test-tasks` first", pytrace=False)
+    # Five calls an instance: the first five calls below use one up.
+    app = tenants(tmp_path, acme="[annotations]\nmax_calls_per_instance = 5\n", globex="")
+    shutil.copy(HTTP_COMPONENT, app / "acme" / "http.wasm")
+    w = worker(app=app)
+
+    def instance_calls(leak: int) -> list[int]:
+        calls = []
+        for _ in range(5):
+            r = client.app.send_task("acme.http.pollables", (leak,))
+            assert r.get(timeout=20) == leak
+            m = w.wait_for_log(rf"Task acme\.http\.pollables\[{re.escape(r.id)}\] used .* instance_call=(\d+)",
+                               timeout=10)
+            calls.append(int(m.group(1)))
+        return calls
+
+    assert instance_calls(0) == [1, 2, 3, 4, 5]
+    # Each call leaks two handles: the first call's are let be, the second's end the instance.
+    assert instance_calls(2) == [1, 2, 1, 2, 1]
+    assert w.alive
+
+
 def test_a_tenants_tasks_read_its_configuration_values_which_the_worker_never_logs(worker, client, tmp_path):
     if not HTTP_COMPONENT.exists():
         pytest.fail(f"{HTTP_COMPONENT} is missing: run `make test-tasks` first", pytrace=False)

@@ -1176,14 +1176,17 @@ impl Sandbox {
         // Kept for the task's next call only after a call that returned (a
         // trap or a timeout leaves an instance in no state to go on) and sent
         // no HTTP request (a connection or body it never dropped would go on
-        // in the background past its call), while it has calls left and holds
+        // in the background past its call), while it has calls left, holds
         // at most half its memory cap (as Celery replaces a child past
         // `worker_max_memory_per_child` after its task: a guest that leaks
-        // starts afresh before a call of it hits the cap).
+        // starts afresh before a call of it hits the cap) and left no more
+        // host handles open than its first call did (leaked handles are host
+        // memory no cap counts).
         if let (Ok(Ok(_)), Some(instance)) = (&result, instance)
             && served + 1 < limits.max_calls_per_instance
             && store.data().http_grant.sent() == 0
             && store.data().limiter.held() as u64 <= limits.max_memory / 2
+            && !store.data_mut().leaked_handles()
         {
             store.data_mut().release();
             let warm = Warm { task: Arc::downgrade(&entry), store, instance, served: served + 1 };

@@ -6,9 +6,10 @@
 //! `wasi:http/outgoing-handler` (bindings from the `wasip2` crate), which returns
 //! the response body as a JSON string, or raises `ConnectionError` whose
 //! message starts with the `wasi:http` error code (`HttpRequestDenied` when
-//! the worker refuses the host); and `config(key)`, the tenant's configuration
-//! value (`celeriac:task/config`) or null. It is not an example: `make tasks` never
-//! builds it.
+//! the worker refuses the host); `config(key)`, the tenant's configuration
+//! value (`celeriac:task/config`) or null; and `pollables(n)`, which opens `n`
+//! host handles (monotonic-clock pollables) and never drops them, as a guest
+//! that leaks handles does. It is not an example: `make tasks` never builds it.
 //!
 //! Only meaningful as a wasm32 guest: on the host (`cargo clippy --workspace`)
 //! the crate is empty.
@@ -108,7 +109,7 @@ impl Guest for Component {
             ignore_result: None,
             queue: None,
         };
-        vec![TaskInfo { name: "fetch".into(), options: options.clone() }, TaskInfo { name: "config".into(), options }]
+        ["fetch", "config", "pollables"].map(|name| TaskInfo { name: name.into(), options: options.clone() }).to_vec()
     }
 
     fn invoke(name: String, args: String, _kwargs: String) -> Result<String, Raised> {
@@ -120,6 +121,16 @@ impl Guest for Component {
                 return Err(raise("TypeError", "config() takes one argument, the key (a string)".into()));
             };
             return Ok(serde_json::json!(celeriac::task::config::get(key)).to_string());
+        }
+        if name == "pollables" {
+            // `pollables(n)`: `n` handles left open in the worker's resource table.
+            let Some(n) = args.get(0).and_then(|v| v.as_u64()) else {
+                return Err(raise("TypeError", "pollables() takes one argument, a count".into()));
+            };
+            for _ in 0..n {
+                std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(0));
+            }
+            return Ok(n.to_string());
         }
         if name != "fetch" {
             return Err(raise("NotImplementedError", format!("no task {name}")));

@@ -82,6 +82,9 @@ pub struct TaskState {
     pub http_grant: http::HttpGrant,
     /// What `config.get` answers from.
     config: std::sync::Arc<std::collections::BTreeMap<String, String>>,
+    /// Host handles (streams, pollables, ...) the instance's first call left
+    /// open: what a kept instance may hold between calls (see [`TaskState::leaked_handles`]).
+    handles_kept: Option<usize>,
 }
 
 /// What one call is granted beyond the locked-down default.
@@ -130,6 +133,7 @@ impl TaskState {
             http: WasiHttpCtx::new(),
             http_grant: http::HttpGrant::new(Vec::new()),
             config: Default::default(),
+            handles_kept: None,
         };
         state.renew(limits, bounds, request, state_sink, grants);
         state
@@ -168,6 +172,22 @@ impl TaskState {
         self.canvas = canvas::Sends::new(false, None);
         self.http_grant = http::HttpGrant::new(Vec::new());
         self.config = Default::default();
+    }
+
+    /// Whether the call that just ended left more host handles open than the
+    /// instance's first call did. What a first call leaves is the guest's own
+    /// (wasi-libc and CPython keep their stdout stream once opened); a later
+    /// call that adds to it leaks, and a kept instance would pile its handles
+    /// up in the worker's memory call after call, uncounted by `max_memory`.
+    pub fn leaked_handles(&mut self) -> bool {
+        let open = self.table.iter_mut().count();
+        match self.handles_kept {
+            Some(first) => open > first,
+            None => {
+                self.handles_kept = Some(open);
+                false
+            }
+        }
     }
 }
 
