@@ -111,7 +111,7 @@ CELERIAC_BUILD  = PATH="$(CURDIR)/.venv/bin:$$PATH" $(CARGO) run -q -p celeriac 
 # Rebuilt when the example, the embedded SDK or the contract changes.
 tasks-python: $(LANG_TASKS_DIR)/python/tasks.wasm
 $(LANG_TASKS_DIR)/python/tasks.wasm: $(wildcard example-tasks/python/*.py) $(wildcard sdk-python/celeriac/*.py) \
-		wit/task.wit runtime/src/toolchain/python.rs
+		wit/task.wit $(wildcard sdk-python/wit/*.wit sdk-python/wit/deps/*.wit) runtime/src/toolchain/python.rs
 	$(CELERIAC_BUILD) example-tasks/python -o $@
 NATIVE_SDK_DEPS := wit/task.wit sdk-c/celeriac.h runtime/src/toolchain/c.rs
 

@@ -9,13 +9,16 @@ Python tasks only exist in the celeriac worker (the stand-in Python worker has
 no such component), so every test here is ``celeriac_only``.
 """
 
+import http.server
+import json
 import re
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, new_task_id
+from conftest import REPO_ROOT, free_port, new_task_id
 from lang_native import assert_still_serving, call, failure_of, published_states
 
 pytestmark = pytest.mark.celeriac_only
@@ -27,16 +30,53 @@ COMPILE_TIMEOUT = 240.0
 
 
 @pytest.fixture(scope="module")
-def py_worker(module_worker_factory):
+def web():
+    """A loopback HTTP server for the example's ``fetch``: GET answers with the method, path and query
+    (text/plain), POST with the JSON it received and its content type, /missing with a 404.
+    Yields its port, and a port with nothing listening."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def reply(self, status, content_type, body):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/missing":
+                return self.reply(404, "text/plain", b"no such page")
+            self.reply(200, "text/plain; charset=utf-8", f"GET {self.path} \u2713".encode())
+
+        def do_POST(self):
+            got = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            body = {"got": got, "content_type": self.headers["Content-Type"]}
+            self.reply(200, "application/json", json.dumps(body).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], free_port()
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def py_worker(module_worker_factory, web):
     if not (PYTHON_TASKS / "tasks.wasm").is_file():
         pytest.fail(f"{PYTHON_TASKS}/tasks.wasm is missing: build it with `make tasks-python` "
                     f"(needs `bash scripts/install-toolchains.sh python`)", pytrace=False)
+    port, closed = web
     # send_tasks: spawn and replaced send tasks (the canvas interface).
     w = module_worker_factory(app=PYTHON_TASKS, concurrency=2, ready_timeout=COMPILE_TIMEOUT,
                               config='[task_annotations."*"]\nsend_tasks = true\n'
                                      # Kept instances (the tests of max_calls_per_instance).
                                      '[task_annotations."tasks.calls"]\nmax_calls_per_instance = 3\n'
-                                     '[task_annotations."tasks.crash"]\nmax_calls_per_instance = 3\n')
+                                     '[task_annotations."tasks.crash"]\nmax_calls_per_instance = 3\n'
+                                     # Outbound HTTP (celeriac.http) to the test server, and to a closed port.
+                                     '[task_annotations."tasks.fetch"]\n'
+                                     f'http_allow = ["127.0.0.1:{port}", "127.0.0.1:{closed}"]\n')
     # "ready" comes before a compile finishes (it runs in the background): wait for the
     # component itself, listed in the banner when it was cached, else logged once compiled.
     w.wait_for_log(r"compiled tasks\.wasm in|\. tasks\.add\b", timeout=COMPILE_TIMEOUT)
@@ -97,6 +137,36 @@ def test_a_kept_instance_keeps_the_modules_state_for_max_calls_per_instance_call
     # One call at a time: each finds the instance the previous one left.
     seen = [call(client, "calls").get(timeout=60) for _ in range(7)]
     assert seen == [1, 2, 3, 1, 2, 3, 1]
+
+
+def test_a_python_task_reaches_a_granted_host_with_celeriac_http_and_reads_its_answer(py_worker, client, web):
+    port, _ = web
+    base = f"http://127.0.0.1:{port}"
+    assert call(client, "fetch", f"{base}/hello?x=1").get(timeout=60) == \
+        [200, "text/plain; charset=utf-8", "GET /hello?x=1 \u2713"]
+    status, content_type, text = call(client, "fetch", f"{base}/api", {"a": [1, 2]}).get(timeout=60)
+    assert (status, content_type) == (200, "application/json")
+    assert json.loads(text) == {"got": {"a": [1, 2]}, "content_type": "application/json"}
+    # raise_for_status: a 404 is the SDK's HTTPError, with requests' message.
+    exc = failure_of(call(client, "fetch", f"{base}/missing"))
+    assert type(exc).__name__ == "HTTPError", repr(exc)
+    assert str(exc) == f"404 Client Error for url: {base}/missing", repr(exc)
+
+
+def test_a_python_tasks_http_request_fails_as_celery_users_expect(py_worker, client, web):
+    _, closed = web
+    # Granted, but nothing listens: the builtin ConnectionError, named by its wasi:http error code.
+    exc = failure_of(call(client, "fetch", f"http://127.0.0.1:{closed}/"))
+    assert type(exc) is ConnectionError, repr(exc)
+    assert str(exc).startswith("ConnectionRefused") and f"127.0.0.1:{closed}" in str(exc), repr(exc)
+    # Not granted: the worker refuses it, whatever the task makes of the error.
+    other = free_port()
+    exc = failure_of(call(client, "fetch", f"http://127.0.0.1:{other}/"))
+    assert type(exc) is PermissionError, repr(exc)
+    assert f"127.0.0.1:{other}" in str(exc) and "http_allow" in str(exc), repr(exc)
+    exc = failure_of(call(client, "fetch", "ftp://127.0.0.1/"))
+    assert type(exc) is ValueError and "not an http:// or https:// URL" in str(exc), repr(exc)
+    assert_still_serving(py_worker, client)
 
 
 def test_a_kept_instance_that_trapped_is_dropped_and_the_next_call_gets_a_fresh_one(py_worker, client):
@@ -168,7 +238,8 @@ def sdk(monkeypatch):
     mod = importlib.import_module("celeriac")
     monkeypatch.setattr(mod, "REGISTRY", {})
     yield mod
-    sys.modules.pop("celeriac", None)
+    for name in [m for m in sys.modules if m == "celeriac" or m.startswith("celeriac.")]:
+        sys.modules.pop(name)
 
 
 def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_options(sdk):
@@ -193,3 +264,19 @@ def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_op
     with pytest.raises(sdk.Retry) as info:
         bound.retry(countdown=2, exc=ValueError("x"))
     assert info.value.countdown == 2 and isinstance(info.value.exc, ValueError)
+
+
+def test_celeriac_http_responses_read_like_requests_and_requests_need_the_worker(sdk):
+    import importlib
+    http = importlib.import_module("celeriac.http")
+    latin = {"content-type": "text/plain; charset=latin-1"}
+    r = http.Response("GET", "http://h/x", 200, latin, "caf\xe9".encode("latin-1"))
+    assert (r.ok, r.text, repr(r)) == (True, "caf\xe9", "<Response [200]>")
+    r.raise_for_status()
+    r = http.Response("POST", "http://h/y", 503, {"content-type": "application/json"}, b'{"retry": true}')
+    assert not r.ok and r.json() == {"retry": True}
+    with pytest.raises(http.HTTPError, match="^503 Server Error for url: http://h/y$") as info:
+        r.raise_for_status()
+    assert info.value.response is r
+    with pytest.raises(RuntimeError, match="inside a task component"):
+        http.get("http://h/")

@@ -9,7 +9,7 @@ integration tests (tests/test_lang_python.py) drive with a stock Celery client.
 
 import os
 
-from celeriac import Ignore, config, get_task_logger, task
+from celeriac import Ignore, config, get_task_logger, http, task
 
 logger = get_task_logger(__name__)
 
@@ -113,3 +113,13 @@ def routing(self, ignore=False):
 def setting(key):
     """A value of the tenant's ``[config]`` (its tenant.toml), ``"unset"`` when there is none."""
     return config(key, "unset")
+
+
+@task
+def fetch(url, payload=None):
+    """GETs ``url`` (POSTs ``payload`` as JSON when given) through the worker's wasi:http and returns
+    ``[status, content-type, body]``; raises HTTPError for a 4xx/5xx. The worker sends it only to a host the
+    task's ``http_allow`` grants (``task_annotations``, or the tenant's ``tenant.toml``)."""
+    r = http.post(url, json=payload, timeout=10) if payload is not None else http.get(url, timeout=10)
+    r.raise_for_status()
+    return [r.status_code, r.headers.get("content-type"), r.text]

@@ -40,6 +40,9 @@ Mapping to the contract (``wit/task.wit``, ``celeriac:task@0.2.0``):
   ``AsyncResult`` with the ``id`` (results cannot be waited for inside a task);
 * ``config("api_key")`` reads a value the operator set for the task's tenant
   (the ``[config]`` table of its ``tenant.toml``; ``None`` when unset);
+* ``celeriac.http.get(url)`` (``post``, ``request``, ...) sends an HTTP request
+  through the worker to a host the task is granted (``http_allow``): see
+  ``celeriac/http.py``;
 * a ``BaseException`` that is not an ``Exception`` (``SystemExit``,
   ``KeyboardInterrupt``) and ``os.abort()`` are not caught: the instance traps
   and the worker reports a ``FAILURE``, as a Rust panic.
@@ -468,7 +471,8 @@ class _HostLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            from wit_world.imports import host, types
+            from wit_world.imports import celeriac_task_types as types
+            from wit_world.imports import host
         except ImportError:
             return
         if record.levelno >= logging.ERROR:

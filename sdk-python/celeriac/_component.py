@@ -17,13 +17,19 @@ from typing import Any, Optional
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import types
-# Imported here, at build time, so componentize-py bundles it: a binding module first
-# imported inside a call is missing from the component (celeriac.send_task, celeriac.config need them).
+# The contract's `types` (the world also holds wasi:http's, hence componentize-py's longer name).
+from wit_world.imports import celeriac_task_types as types
+# Imported here, at build time, so componentize-py bundles them: a binding module first
+# imported inside a call is missing from the component (celeriac.send_task, celeriac.config
+# and celeriac.http need them).
 from wit_world.imports import canvas as _canvas  # noqa: F401
 from wit_world.imports import config as _config  # noqa: F401
+from wit_world.imports import outgoing_handler as _outgoing_handler  # noqa: F401
+from wit_world.imports import streams as _streams  # noqa: F401
+from wit_world.imports import wasi_http_types as _wasi_http_types  # noqa: F401
 
 import celeriac
+import celeriac.http  # noqa: F401  (and the standard modules it imports)
 
 _SDK_DIR = os.path.dirname(os.path.abspath(celeriac.__file__))
 

@@ -28,9 +28,6 @@ use std::process::{Command, ExitStatus, Stdio};
 /// The WIT contract every task component targets (`wit/task.wit`).
 pub(crate) const TASK_WIT: &str = include_str!("../../../wit/task.wit");
 
-/// The WIT world a task component targets.
-pub(crate) const TASK_WORLD: &str = "task-component";
-
 /// A guest language `celeriac new` and `celeriac build` know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Language {

@@ -3,8 +3,10 @@
 //! 0.25.1 (PyPI; it bundles CPython 3.14, so nothing is downloaded at build
 //! or run time).
 //!
-//! The `celeriac` package (`sdk-python/celeriac/`) and the WIT contract are
-//! embedded in this binary and written to a temporary directory for the build,
+//! The `celeriac` package (`sdk-python/celeriac/`), the WIT contract and the
+//! world Python components target (`sdk-python/wit/`: the contract plus
+//! `wasi:http/outgoing-handler` for `celeriac.http`, with the WASI packages it
+//! references) are embedded in this binary and written to a temporary directory for the build,
 //! next to a generated entry module that imports every top-level module of the
 //! project (tests excepted) and exports the SDK's `Task` class as the WIT
 //! `task` interface. So a project holds only its own code.
@@ -17,7 +19,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{TASK_WIT, TASK_WORLD, ToolchainError, run, write_files};
+use super::{TASK_WIT, ToolchainError, run, write_files};
 
 const TASKS_PY: &str = include_str!("../../../templates/python/tasks.py");
 const GITIGNORE: &str = include_str!("../../../templates/python/gitignore");
@@ -26,6 +28,22 @@ const GITIGNORE: &str = include_str!("../../../templates/python/gitignore");
 const SDK: &[(&str, &str)] = &[
     ("celeriac/__init__.py", include_str!("../../../sdk-python/celeriac/__init__.py")),
     ("celeriac/_component.py", include_str!("../../../sdk-python/celeriac/_component.py")),
+    ("celeriac/http.py", include_str!("../../../sdk-python/celeriac/http.py")),
+];
+
+/// The world a Python component targets: the task contract plus wasi:http's
+/// outgoing handler (`celeriac.http`), written beside `task.wit` with the WASI
+/// packages it references (`sdk-python/wit/`).
+const WORLD: &str = "task-component-python";
+const WIT: &[(&str, &str)] = &[
+    ("python.wit", include_str!("../../../sdk-python/wit/python.wit")),
+    ("deps/cli.wit", include_str!("../../../sdk-python/wit/deps/cli.wit")),
+    ("deps/clocks.wit", include_str!("../../../sdk-python/wit/deps/clocks.wit")),
+    ("deps/filesystem.wit", include_str!("../../../sdk-python/wit/deps/filesystem.wit")),
+    ("deps/http.wit", include_str!("../../../sdk-python/wit/deps/http.wit")),
+    ("deps/io.wit", include_str!("../../../sdk-python/wit/deps/io.wit")),
+    ("deps/random.wit", include_str!("../../../sdk-python/wit/deps/random.wit")),
+    ("deps/sockets.wit", include_str!("../../../sdk-python/wit/deps/sockets.wit")),
 ];
 
 /// The generated entry module (componentize-py's "app"): not the world's name.
@@ -50,9 +68,10 @@ pub(crate) fn build(project: &Path, out: &Path) -> Result<(), ToolchainError> {
     write_files(&sdk, SDK)?;
     write_files(&sdk, &[(&format!("{ENTRY}.py"), &entry_module(&modules))])?;
     write_files(&wit, &[("task.wit", TASK_WIT)])?;
+    write_files(&wit, WIT)?;
 
     let mut cmd = componentize_py()?;
-    cmd.arg("-d").arg(&wit).args(["-w", TASK_WORLD, "componentize", "-p"]).arg(&sdk).arg("-p").arg(project);
+    cmd.arg("-d").arg(&wit).args(["-w", WORLD, "componentize", "-p"]).arg(&sdk).arg("-p").arg(project);
     cmd.arg(ENTRY).arg("-o").arg(out);
     run(&mut cmd)
 }
