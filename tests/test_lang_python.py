@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, free_port, new_task_id
-from lang_native import assert_still_serving, call, failure_of, published_states
+from lang_native import assert_still_serving, call, celeriac, failure_of, published_states
 
 pytestmark = pytest.mark.celeriac_only
 
@@ -151,6 +151,20 @@ def test_a_python_task_reaches_a_granted_host_with_celeriac_http_and_reads_its_a
     exc = failure_of(call(client, "fetch", f"{base}/missing"))
     assert type(exc).__name__ == "HTTPError", repr(exc)
     assert str(exc) == f"404 Client Error for url: {base}/missing", repr(exc)
+
+
+def test_celeriac_run_grants_what_the_config_grants(py_worker, web, tmp_path):
+    # `celeriac run` reads task_annotations as the worker does: no http_allow, no request.
+    port, _ = web
+    url = f"http://127.0.0.1:{port}/run"
+    argv = ("run", "-A", str(PYTHON_TASKS), "tasks.fetch", json.dumps(url))
+    denied = celeriac(*argv, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr, denied.stderr
+    grant = f"task_annotations = {{'tasks.fetch': {{'http_allow': ['127.0.0.1:{port}']}}}}\n"
+    (tmp_path / "celeryconfig.py").write_text(grant)
+    out = celeriac(*argv, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [200, "text/plain; charset=utf-8", "GET /run \u2713"]
 
 
 def test_a_python_tasks_http_request_fails_as_celery_users_expect(py_worker, client, web):

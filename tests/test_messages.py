@@ -103,6 +103,23 @@ def test_run_with_a_bare_task_name_suggests_the_prefixed_one(tmp_path):
     assert "Did you mean 'tasks.add'?" in out.stderr, out.stderr
 
 
+@pytest.mark.celeriac_only
+def test_run_and_tasks_apply_the_config_a_worker_would_read_in_that_directory(tmp_path):
+    # ./celeryconfig.py, as the worker reads it: a time limit set in task_annotations holds for `run` too,
+    # and `tasks` lists it.
+    (tmp_path / "celeryconfig.py").write_text('task_annotations = {"tasks.sleep": {"time_limit": 0.5}}\n')
+    listing = celeriac("tasks", "-A", str(CELERIAC_TASKS), cwd=tmp_path)
+    assert re.search(r"tasks\.sleep .* time_limit=0\.5s", listing.stdout), listing.stdout
+    assert re.search(r"tasks\.add .* time_limit=300s", listing.stdout), listing.stdout
+    out = celeriac("run", "-A", str(CELERIAC_TASKS), "tasks.sleep", "5", cwd=tmp_path)
+    assert out.returncode != 0, out.stdout
+    assert "TimeLimitExceeded: task exceeded its time limit of 0.5s" in out.stderr, out.stderr
+    # --config names another file; a broken one is an error naming it, not a silent default.
+    (tmp_path / "other.toml").write_text('[task_annotations."tasks.sleep"]\ntime_limit = "soon"\n')
+    out = celeriac("--config", "other.toml", "run", "-A", str(CELERIAC_TASKS), "tasks.sleep", "0", cwd=tmp_path)
+    assert out.returncode != 0 and "other.toml" in out.stderr, out.stderr
+
+
 # --------------------------------------------------------------------------
 # celeriac call --wait on the default broker
 # --------------------------------------------------------------------------

@@ -352,12 +352,15 @@ pub fn parse_json_kwargs(kwargs: Option<&str>) -> anyhow::Result<serde_json::Map
     }
 }
 
-async fn load_sandbox(app: &Path, args: &SandboxArgs, max_concurrent: u32) -> anyhow::Result<Sandbox> {
+/// The sandbox `run` and `tasks` call into, configured as a worker with these
+/// settings would be (its `[sandbox]`, `task_annotations`, tenants' `tenant.toml`)
+/// under `args`, with one run slot.
+async fn load_sandbox(app: &Path, settings: &Settings, args: &SandboxArgs) -> anyhow::Result<Sandbox> {
     let mut cfg = SandboxConfig {
-        max_concurrent,
+        max_concurrent: 1,
         compiler: crate::sandbox::Compiler::this_executable(),
         compile_progress: crate::sandbox::CompileProgress::Stderr,
-        ..SandboxConfig::default()
+        ..settings.sandbox_config()
     };
     args.apply(&mut cfg);
     crate::sandbox::loader::check_app_dir(app, &std::env::current_dir()?)?;
@@ -371,14 +374,19 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
     let app = g.app("run")?;
     let (args, kwargs) = a.call.parse()?;
     let task = a.call.task.clone();
+    let settings = local_settings(g, app)?;
     runtime()?.block_on(async {
-        let sandbox = load_sandbox(app, &a.sandbox, 1).await?;
-        if sandbox.task(&task).is_none() {
+        let sandbox = load_sandbox(app, &settings, &a.sandbox).await?;
+        let Some(entry) = sandbox.task(&task) else {
             for e in sandbox.load_errors() {
                 eprintln!("warning: {e}");
             }
             bail!("task {task} is not registered.\n{}", sandbox.not_registered_hint(&task));
-        }
+        };
+        // The grants a worker would give the call (no sending: there is no broker here).
+        let tenant = entry.tenant().map(str::to_string);
+        let annotation =
+            crate::worker::annotation_over(settings.annotation_in(&task, tenant.as_deref()), &entry.options);
         let id = uuid::Uuid::new_v4().to_string();
         let inv = Invocation {
             args: serde_json::Value::Array(args).to_string(),
@@ -390,6 +398,13 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
                 hostname: format!("celeriac@{}", host_name()),
                 ..Request::default()
             },
+            http_allow: annotation.http_allow.clone().unwrap_or_default(),
+            config: tenant
+                .as_deref()
+                .and_then(|t| settings.tenants.get(t))
+                .map(|t| t.config.0.clone())
+                .unwrap_or_default(),
+            soft_time_limit: annotation.soft_time_limit.or(settings.task_soft_time_limit),
             ..Invocation::default()
         };
         let span = crate::logging::task_span(&task, &inv.request.id);
@@ -419,11 +434,21 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
 fn tasks(g: &GlobalArgs, a: TasksArgs) -> anyhow::Result<ExitCode> {
     crate::logging::init(&a.loglevel).map_err(anyhow::Error::msg)?;
     let app = g.app("tasks")?;
+    let settings = local_settings(g, app)?;
     runtime()?.block_on(async {
-        let sandbox = load_sandbox(app, &a.sandbox, 1).await?;
+        let sandbox = load_sandbox(app, &settings, &a.sandbox).await?;
         print!("{}", crate::worker::task_listing(&sandbox));
         Ok(if sandbox.load_errors().is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
     })
+}
+
+/// The settings `run` and `tasks` apply, as a worker on `app` reads them at
+/// start: the config file (`--config`, else `./celeryconfig.py`) and every
+/// tenant's `tenant.toml` under `app`.
+fn local_settings(g: &GlobalArgs, app: &Path) -> anyhow::Result<Settings> {
+    let mut settings = g.settings()?;
+    settings.tenants = crate::config::Tenants::load(app)?;
+    Ok(settings)
 }
 
 /// This machine's host name, for node names like `celeriac@host`.

@@ -55,6 +55,7 @@ mod statedb;
 mod tests;
 
 pub use listing::task_listing;
+pub use retries::annotation_over;
 
 use std::path::PathBuf;
 use std::sync::Arc;
