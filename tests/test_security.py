@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from conftest import STANDIN, wait_until
+
 AUTH = __import__("pathlib").Path(__file__).parent / "fixtures" / "auth"
 
 
@@ -127,3 +129,32 @@ def test_results_are_signed_with_the_workers_key_when_result_serializer_is_auth(
     failed = c.div.delay(1, 0)
     with pytest.raises(ZeroDivisionError):
         failed.get(timeout=30)
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_signs_with_an_encrypted_key_given_security_key_password(worker, celery_app, store):
+    """``security_key_password``: the key is PKCS#8 encrypted (``openssl pkcs8 -topk8 -v2 aes-256-cbc``);
+    what the worker signs with it (here its results) verifies at a client that accepts only signed results."""
+    config = worker_config(store).replace(str(AUTH / "key.pem"), str(AUTH / "encrypted-key.pem"))
+    worker(config=config + 'security_key_password = "celeriac-test"\nresult_serializer = "auth"\n')
+    c = celery_app("auth", result_serializer="auth", accept_content=["auth"], result_accept_content=["auth"],
+                   security_key=str(AUTH / "key.pem"), security_certificate=str(AUTH / "cert.pem"),
+                   security_cert_store=f"{store}/*.pem")
+    c.app.setup_security()
+    assert c.add.delay(20, 22).get(timeout=30) == 42
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("password", [None, "wrong"])
+def test_an_encrypted_key_without_its_password_stops_the_worker_at_start(worker, store, password):
+    config = worker_config(store).replace(str(AUTH / "key.pem"), str(AUTH / "encrypted-key.pem"))
+    if password:
+        config += f'security_key_password = "{password}"\n'
+    w = worker(config=config, wait_ready=False)
+    assert wait_until(lambda: not w.alive, timeout=60), w.tail()
+    assert w.returncode != 0, w.tail()
+    # Celery: "SecurityError: Invalid private key: ValueError('Incorrect password, ...')", or without one
+    # "TypeError: Password was not given but private key is encrypted"; Celeriac names the file and the setting.
+    assert "private key" in w.log_text().lower(), w.tail()
+    if STANDIN != "python":
+        assert "encrypted-key.pem" in w.log_text() and "security_key_password" in w.log_text(), w.tail()

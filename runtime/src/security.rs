@@ -293,17 +293,34 @@ impl std::fmt::Debug for MessageSigner {
 }
 
 impl MessageSigner {
-    /// Load a PEM RSA private key (PKCS#8 or PKCS#1, not encrypted) and the
-    /// certificate that names it.
-    pub fn load(key: &Path, certificate: &Path, digest: DigestAlgorithm) -> Result<MessageSigner, SecurityError> {
+    /// Load a PEM RSA private key and the certificate that names it. The key
+    /// is PKCS#8 or PKCS#1, or PKCS#8 encrypted with `password`
+    /// (`security_key_password`): as Celery's `load_pem_private_key`, a
+    /// password for a key that is not encrypted is an error too.
+    pub fn load(
+        key: &Path,
+        password: Option<&str>,
+        certificate: &Path,
+        digest: DigestAlgorithm,
+    ) -> Result<MessageSigner, SecurityError> {
         let bad = |reason: &str| SecurityError::Key { path: key.to_path_buf(), reason: reason.to_string() };
         let pem = String::from_utf8(read(key)?).map_err(|_| bad("not a PEM file"))?;
-        if pem.contains("ENCRYPTED") {
-            return Err(bad("encrypted keys (security_key_password) are not supported yet; decrypt it with openssl"));
-        }
-        let private = RsaPrivateKey::from_pkcs8_pem(&pem)
-            .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
-            .map_err(|_| bad("not a PEM RSA private key (Celery supports RSA keys only)"))?;
+        let private = if pem.contains("Proc-Type: 4,ENCRYPTED") {
+            return Err(bad("encrypted in OpenSSL's traditional format, which Celeriac cannot read: convert it to \
+                 encrypted PKCS#8 (`openssl pkcs8 -topk8 -v2 aes-256-cbc -in KEY -out KEY.p8`)"));
+        } else if pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+            let password = password.ok_or_else(|| bad("the key is encrypted: set security_key_password"))?;
+            RsaPrivateKey::from_pkcs8_encrypted_pem(&pem, password).map_err(|_| {
+                bad("cannot decrypt it with security_key_password (a wrong password, or a scheme other than \
+                     PBES2 with PBKDF2 or scrypt and AES)")
+            })?
+        } else if password.is_some() {
+            return Err(bad("security_key_password is set, but the key is not encrypted"));
+        } else {
+            RsaPrivateKey::from_pkcs8_pem(&pem)
+                .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem))
+                .map_err(|_| bad("not a PEM RSA private key (Celery supports RSA keys only)"))?
+        };
         let cert = load_certificate(certificate)?;
         if cert.key != private.to_public_key() {
             return Err(bad("does not match security_certificate"));
@@ -375,7 +392,12 @@ impl Security {
         let digest = DigestAlgorithm::from_name(&settings.security_digest)?;
         Ok(Security {
             verifier: Some(Arc::new(CertStore::load(store, digest)?)),
-            signer: Some(Arc::new(MessageSigner::load(Path::new(key), Path::new(cert), digest)?)),
+            signer: Some(Arc::new(MessageSigner::load(
+                Path::new(key),
+                settings.security_key_password.as_deref(),
+                Path::new(cert),
+                digest,
+            )?)),
         })
     }
 }
@@ -423,7 +445,8 @@ mod tests {
 
     #[test]
     fn what_the_worker_signs_verifies_and_a_result_celery_signed_verifies_too() {
-        let signer = MessageSigner::load(&fixture("key.pem"), &fixture("cert.pem"), DigestAlgorithm::Sha256).unwrap();
+        let signer =
+            MessageSigner::load(&fixture("key.pem"), None, &fixture("cert.pem"), DigestAlgorithm::Sha256).unwrap();
         let signed = signer.sign("application/json", "utf-8", b"{\"result\": 4}");
         assert_eq!(store().verify(&signed.signer, &signed.body, &signed.signature), Ok(()));
         let celery = SignedBody::unpack(&std::fs::read(fixture("signed-result.bin")).unwrap()).unwrap();
@@ -432,8 +455,29 @@ mod tests {
 
     #[test]
     fn a_key_that_does_not_match_its_certificate_is_refused() {
-        let e = MessageSigner::load(&fixture("untrusted-key.pem"), &fixture("cert.pem"), DigestAlgorithm::Sha256);
+        let e = MessageSigner::load(&fixture("untrusted-key.pem"), None, &fixture("cert.pem"), DigestAlgorithm::Sha256);
         assert!(matches!(e, Err(SecurityError::Key { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn an_encrypted_key_loads_with_its_password_and_only_with_it() {
+        let load = |key: &str, password: Option<&str>| {
+            MessageSigner::load(&fixture(key), password, &fixture("cert.pem"), DigestAlgorithm::Sha256)
+        };
+        let reason = |r: Result<MessageSigner, SecurityError>| match r {
+            Err(SecurityError::Key { reason, .. }) => reason,
+            other => panic!("expected a key error, got {other:?}"),
+        };
+        // The same key as key.pem, as `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes it.
+        let signer = load("encrypted-key.pem", Some("celeriac-test")).unwrap();
+        let signed = signer.sign("application/json", "utf-8", b"{\"result\": 4}");
+        assert_eq!(store().verify(&signed.signer, &signed.body, &signed.signature), Ok(()));
+        assert!(reason(load("encrypted-key.pem", Some("wrong"))).contains("cannot decrypt it"));
+        assert!(reason(load("encrypted-key.pem", None)).contains("set security_key_password"));
+        // As Celery (cryptography): a password for a key that is not encrypted is a mistake.
+        assert!(reason(load("key.pem", Some("celeriac-test"))).contains("not encrypted"));
+        // `openssl rsa -aes256 -traditional`: named, with the command that converts it.
+        assert!(reason(load("traditional-encrypted-key.pem", Some("celeriac-test"))).contains("openssl pkcs8 -topk8"));
     }
 
     #[test]
