@@ -14,6 +14,7 @@ import json
 import re
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,20 @@ def web():
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def do_GET(self):
             if self.path == "/missing":
                 return self.reply(404, "text/plain", b"no such page")
+            if self.path == "/slow":
+                time.sleep(3)
+            if self.path.startswith("/echo"):
+                seen = {k.lower(): v for k, v in self.headers.items() if k.lower() in ("authorization", "x-test")}
+                return self.reply(200, "application/json", json.dumps({"path": self.path, "headers": seen}).encode())
             self.reply(200, "text/plain; charset=utf-8", f"GET {self.path} \u2713".encode())
+
+        do_HEAD = do_GET
 
         def do_POST(self):
             got = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -167,6 +176,26 @@ def test_celeriac_run_grants_what_the_config_grants(py_worker, web, tmp_path):
     assert json.loads(out.stdout) == [200, "text/plain; charset=utf-8", "GET /run \u2713"]
 
 
+def test_celeriac_http_sends_params_headers_credentials_and_head_as_requests_does(py_worker, client, web):
+    port, _ = web
+    base = f"http://127.0.0.1:{port}"
+
+    def echo(url, **options):
+        status, content_type, text = call(client, "fetch", url, **options).get(timeout=60)
+        assert (status, content_type) == (200, "application/json"), text
+        return json.loads(text)
+
+    # params: appended, a list repeats its key, None is left out; a space in the path is quoted.
+    got = echo(f"{base}/echo/a b?a=1", params={"b": ["2", "3"], "c": None})
+    assert got["path"] == "/echo/a%20b?a=1&b=2&b=3", got
+    # headers: sent as given (a None value is left out); user:password@ becomes Basic authorization.
+    got = echo(f"http://user:p%40ss@127.0.0.1:{port}/echo", headers={"X-Test": "yes", "X-Gone": None})
+    assert got["headers"] == {"x-test": "yes", "authorization": "Basic dXNlcjpwQHNz"}, got  # user:p@ss
+    # HEAD: the status and headers, no body.
+    assert call(client, "fetch", f"{base}/hello", method="HEAD").get(timeout=60) == \
+        [200, "text/plain; charset=utf-8", ""]
+
+
 def test_a_python_tasks_http_request_fails_as_celery_users_expect(py_worker, client, web):
     _, closed = web
     # Granted, but nothing listens: the builtin ConnectionError, named by its wasi:http error code.
@@ -180,6 +209,17 @@ def test_a_python_tasks_http_request_fails_as_celery_users_expect(py_worker, cli
     assert f"127.0.0.1:{other}" in str(exc) and "http_allow" in str(exc), repr(exc)
     exc = failure_of(call(client, "fetch", "ftp://127.0.0.1/"))
     assert type(exc) is ValueError and "not an http:// or https:// URL" in str(exc), repr(exc)
+    port, _ = web
+    # What a request cannot carry is a ValueError naming it, never a binding's internal error.
+    exc = failure_of(call(client, "fetch", f"http://127.0.0.1:{port}/", headers={"X-Name": "\u015d"}))
+    assert type(exc) is ValueError and "'X-Name'" in str(exc), repr(exc)
+    exc = failure_of(call(client, "fetch", f"http://127.0.0.1:{port}/", method="BAD METHOD"))
+    assert type(exc) is ValueError and "invalid method" in str(exc), repr(exc)
+    # A timeout is the builtin TimeoutError; a password in the URL is never shown.
+    result = call(client, "fetch", f"http://user:s3cret@127.0.0.1:{port}/slow", timeout=0.5)
+    exc = failure_of(result)
+    assert type(exc) is TimeoutError and str(exc).startswith("ConnectionReadTimeout"), repr(exc)
+    assert "s3cret" not in str(exc) and "s3cret" not in (result.traceback or ""), repr(exc)
     assert_still_serving(py_worker, client)
 
 

@@ -120,6 +120,20 @@ def test_run_and_tasks_apply_the_config_a_worker_would_read_in_that_directory(tm
     assert out.returncode != 0 and "other.toml" in out.stderr, out.stderr
 
 
+@pytest.mark.celeriac_only
+def test_run_grants_send_tasks_as_configured_and_says_what_it_did_not_send(tmp_path):
+    (tmp_path / "celeryconfig.py").write_text('task_annotations = {"tasks.spawn": {"send_tasks": True}}\n')
+    out = celeriac("run", "-A", str(CELERIAC_TASKS), "tasks.spawn", "2", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r'"[0-9a-f-]{36}"\n', out.stdout), out.stdout  # the child's id, as in a worker
+    assert "the task sent tasks.add[2,3]; not sent: celeriac run has no broker" in out.stderr, out.stderr
+    # A config celeriac cannot read says where it came from and how to name another.
+    (tmp_path / "celeryconfig.py").write_text("import os\n")
+    out = celeriac("run", "-A", str(CELERIAC_TASKS), "tasks.add", "1", "2", cwd=tmp_path)
+    assert out.returncode != 0, out.stdout
+    assert "read celeryconfig.py from the current directory" in out.stderr and "--config" in out.stderr, out.stderr
+
+
 # --------------------------------------------------------------------------
 # celeriac call --wait on the default broker
 # --------------------------------------------------------------------------

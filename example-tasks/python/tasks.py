@@ -116,10 +116,12 @@ def setting(key):
 
 
 @task
-def fetch(url, payload=None):
-    """GETs ``url`` (POSTs ``payload`` as JSON when given) through the worker's wasi:http and returns
-    ``[status, content-type, body]``; raises HTTPError for a 4xx/5xx. The worker sends it only to a host the
-    task's ``http_allow`` grants (``task_annotations``, or the tenant's ``tenant.toml``)."""
-    r = http.post(url, json=payload, timeout=10) if payload is not None else http.get(url, timeout=10)
+def fetch(url, payload=None, method=None, **options):
+    """Sends ``method`` (GET, or POST when there is a ``payload``, sent as JSON) to ``url`` through the worker's
+    wasi:http and returns ``[status, content-type, body]``; raises HTTPError for a 4xx/5xx. ``options`` are
+    ``celeriac.http.request``'s (``params``, ``headers``, ``timeout``: 10 s unless given). The worker sends it only
+    to a host the task's ``http_allow`` grants (``task_annotations``, or the tenant's ``tenant.toml``)."""
+    options.setdefault("timeout", 10)
+    r = http.request(method or ("POST" if payload is not None else "GET"), url, json=payload, **options)
     r.raise_for_status()
-    return [r.status_code, r.headers.get("content-type"), r.text]
+    return [r.status_code, r.headers.get("Content-Type"), r.text]

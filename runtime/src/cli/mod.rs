@@ -383,7 +383,7 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
             }
             bail!("task {task} is not registered.\n{}", sandbox.not_registered_hint(&task));
         };
-        // The grants a worker would give the call (no sending: there is no broker here).
+        // The grants a worker would give the call; what it sends is reported, not sent (no broker here).
         let tenant = entry.tenant().map(str::to_string);
         let annotation =
             crate::worker::annotation_over(settings.annotation_in(&task, tenant.as_deref()), &entry.options);
@@ -405,12 +405,20 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
                 .map(|t| t.config.0.clone())
                 .unwrap_or_default(),
             soft_time_limit: annotation.soft_time_limit.or(settings.task_soft_time_limit),
+            may_send: annotation.send_tasks.unwrap_or(false),
+            send_namespace: tenant.clone(),
             ..Invocation::default()
         };
         let span = crate::logging::task_span(&task, &inv.request.id);
         let res = tracing::Instrument::instrument(sandbox.call(&task, inv), span).await?;
         if a.report {
             eprintln!("{}", serde_json::json!({"report": res.report, "limits": res.limits}));
+        }
+        let unsent = res.sent.iter().chain(&res.chord_additions).chain(res.replacement.as_ref());
+        for sig in unsent {
+            let name = sig.get("task").and_then(|t| t.as_str()).unwrap_or("?");
+            let args = sig.get("args").map(ToString::to_string).unwrap_or_default();
+            eprintln!("warning: the task sent {name}{args}; not sent: celeriac run has no broker");
         }
         Ok(match res.outcome {
             Outcome::Success(v) => {
@@ -446,8 +454,25 @@ fn tasks(g: &GlobalArgs, a: TasksArgs) -> anyhow::Result<ExitCode> {
 /// start: the config file (`--config`, else `./celeryconfig.py`) and every
 /// tenant's `tenant.toml` under `app`.
 fn local_settings(g: &GlobalArgs, app: &Path) -> anyhow::Result<Settings> {
-    let mut settings = g.settings()?;
+    let found = g.discovered_config();
+    let mut settings = match (g.settings(), &found) {
+        (Ok(s), _) => s,
+        (Err(e), None) => return Err(e),
+        (Err(e), Some(f)) => {
+            return Err(e.context(format!(
+                "celeriac read {} from the current directory, as a worker started here would; fix it, or name \
+                 another file with --config",
+                f.display()
+            )));
+        }
+    };
+    if let Some(f) = &found {
+        tracing::info!("Reading {} from the current directory (as a worker started here would)", f.display());
+    }
     settings.tenants = crate::config::Tenants::load(app)?;
+    for w in settings.warnings() {
+        eprintln!("warning: {w}");
+    }
     Ok(settings)
 }
 

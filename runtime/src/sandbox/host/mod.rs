@@ -51,6 +51,10 @@ pub mod bindings_v0_1 {
     });
 }
 
+/// The most host handles an instance kept between calls may hold (a guest's
+/// own, such as its stdio streams, are a handful).
+const KEPT_HANDLES: usize = 64;
+
 /// The data of one task call's `Store`: created fresh for every call and
 /// dropped with it, unless the task keeps its instance (`max_calls_per_instance`:
 /// then [`TaskState::release`] after the call, [`TaskState::renew`] before the next).
@@ -175,19 +179,16 @@ impl TaskState {
     }
 
     /// Whether the call that just ended left more host handles open than the
-    /// instance's first call did. What a first call leaves is the guest's own
-    /// (wasi-libc and CPython keep their stdout stream once opened); a later
-    /// call that adds to it leaks, and a kept instance would pile its handles
-    /// up in the worker's memory call after call, uncounted by `max_memory`.
+    /// instance's first call did, or more than [`KEPT_HANDLES`]. What a first
+    /// call leaves is the guest's own (wasi-libc and CPython keep their stdout
+    /// stream once opened); a later call that adds to it leaks, and a kept
+    /// instance would pile its handles up in the worker's memory call after
+    /// call, uncounted by `max_memory`. (A guest that first prints in a later
+    /// call is dropped after it too: it costs that instance, nothing else.)
     pub fn leaked_handles(&mut self) -> bool {
         let open = self.table.iter_mut().count();
-        match self.handles_kept {
-            Some(first) => open > first,
-            None => {
-                self.handles_kept = Some(open);
-                false
-            }
-        }
+        let first = *self.handles_kept.get_or_insert(open);
+        open > first || open > KEPT_HANDLES
     }
 }
 
