@@ -296,16 +296,19 @@ def request(method: str, url: str, *, params: Union[Mapping[str, Any], Iterable,
         outgoing.__exit__(None, None, None)
         raise _failure(e.value, method, shown) from None
     with future:
+        finishing = False
         try:
             if body:
                 with outgoing.write() as stream:
                     for i in range(0, len(body), _WRITE):
                         stream.blocking_write_and_flush(body[i:i + _WRITE])
-            types.OutgoingBody.finish(outgoing, None)
+            finishing = True
+            types.OutgoingBody.finish(outgoing, None)  # takes the body, even when it fails
         except Err as e:
             # The request failed while its body was sent: the response says why.
             _drop_stream_error(e.value, streams)
-            outgoing.__exit__(None, None, None)
+            if not finishing:
+                outgoing.__exit__(None, None, None)
         while (result := future.get()) is None:
             with future.subscribe() as ready:
                 ready.block()
