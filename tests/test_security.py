@@ -11,12 +11,13 @@ import base64
 import json
 import re
 import shutil
+import subprocess
 import time
 import uuid
 
 import pytest
 
-from conftest import STANDIN, wait_until
+from conftest import CELERIAC_BIN, STANDIN, _base_env, wait_until
 
 AUTH = __import__("pathlib").Path(__file__).parent / "fixtures" / "auth"
 
@@ -158,3 +159,24 @@ def test_an_encrypted_key_without_its_password_stops_the_worker_at_start(worker,
     assert "private key" in w.log_text().lower(), w.tail()
     if STANDIN != "python":
         assert "encrypted-key.pem" in w.log_text() and "security_key_password" in w.log_text(), w.tail()
+
+
+@pytest.mark.celeriac_only
+def test_check_config_loads_the_signing_key_and_certificates_as_the_worker_would(store, tmp_path):
+    """``celeriac check-config`` before a restart: what would stop the worker at start (here a wrong
+    ``security_key_password``) stops the check, with the same reason."""
+    config = worker_config(store).replace(str(AUTH / "key.pem"), str(AUTH / "encrypted-key.pem"))
+
+    def check(text):
+        (tmp_path / "signing.toml").write_text(text)
+        return subprocess.run([str(CELERIAC_BIN), "check-config", str(tmp_path / "signing.toml")], cwd=tmp_path,
+                              capture_output=True, text=True, env=_base_env(), timeout=60)
+
+    ok = check(config + 'security_key_password = "celeriac-test"\n')
+    assert ok.returncode == 0, ok.stderr
+    assert re.search(r"message signing: .*signs as NO Celeriac Test producer \d+.*: OK", ok.stderr), ok.stderr
+    assert "celeriac-test" not in ok.stdout + ok.stderr, "the password is shown"
+    bad = check(config + 'security_key_password = "wrong"\n')
+    assert bad.returncode != 0, bad.stdout
+    assert "encrypted-key.pem" in bad.stderr and "cannot decrypt it with security_key_password" in bad.stderr, \
+        bad.stderr

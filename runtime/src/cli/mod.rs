@@ -535,6 +535,14 @@ fn check_config(g: &GlobalArgs, a: CheckConfigArgs) -> anyhow::Result<ExitCode> 
     for w in settings.warnings() {
         eprintln!("warning: {w}");
     }
+    // Message signing's files, loaded as the worker loads them at start (key, password, certificates).
+    if crate::security::Security::wanted(&settings) {
+        let security = crate::security::Security::from_settings(&settings)?;
+        let signs_as = security.signer.as_ref().map(|s| s.id().to_string()).unwrap_or_default();
+        eprintln!(
+            "message signing: the key and certificate load (signs as {signs_as}), and so does the certificate store: OK"
+        );
+    }
     // Printed as `celery report` prints them: passwords masked.
     use crate::connection::url::mask_password;
     settings.broker_url = settings.broker_url.as_deref().map(mask_password);
