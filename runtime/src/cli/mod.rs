@@ -399,11 +399,7 @@ fn run(g: &GlobalArgs, a: RunArgs) -> anyhow::Result<ExitCode> {
                 ..Request::default()
             },
             http_allow: annotation.http_allow.clone().unwrap_or_default(),
-            config: tenant
-                .as_deref()
-                .and_then(|t| settings.tenants.get(t))
-                .map(|t| t.config.0.clone())
-                .unwrap_or_default(),
+            config: settings.tenants.config_of(tenant.as_deref()),
             soft_time_limit: annotation.soft_time_limit.or(settings.task_soft_time_limit),
             may_send: annotation.send_tasks.unwrap_or(false),
             send_namespace: tenant.clone(),

@@ -162,6 +162,12 @@ impl Tenants {
         self.0.get(tenant)
     }
 
+    /// The `[config]` values a task of `tenant` reads (none outside a tenant,
+    /// or for a tenant without a `tenant.toml`).
+    pub fn config_of(&self, tenant: Option<&str>) -> Arc<BTreeMap<String, String>> {
+        tenant.and_then(|t| self.get(t)).map(|t| t.config.0.clone()).unwrap_or_default()
+    }
+
     /// The tenants' own queues, each once, in tenant order.
     pub fn queues(&self) -> Vec<String> {
         let mut queues: Vec<String> = Vec::new();

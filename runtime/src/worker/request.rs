@@ -381,11 +381,7 @@ async fn run(
         may_send: annotation.send_tasks.unwrap_or(false),
         send_namespace: tenant.clone(),
         http_allow: annotation.http_allow.clone().unwrap_or_default(),
-        config: tenant
-            .as_deref()
-            .and_then(|t| s.settings.tenants.get(t))
-            .map(|t| t.config.0.clone())
-            .unwrap_or_default(),
+        config: s.settings.tenants.config_of(tenant.as_deref()),
         // Celery's order: the message's own, the task's (remote control, then annotations and what
         // the component declares), then the worker's `task_soft_time_limit`.
         soft_time_limit: msg
