@@ -932,6 +932,50 @@ def pytest_runtest_makereport(item, call):
             if proc.name.startswith(("redis-server", "rabbitmq-server", "epmd")) and proc.alive:
                 continue  # only a crashed server is worth showing
             report.sections.append((f"{proc.name} log tail ({proc.log_path})", proc.tail()))
+        server = item.funcargs.get("redis_server")
+        if isinstance(server, RedisServer) and server.process is not None and server.process.alive:
+            report.sections.append(("session redis at the failure", _redis_state(server)))
+
+
+def _redis_state(server: "RedisServer", limit: int = 60) -> str:
+    """What the session Redis holds when a test fails: where a task that never finished went (still
+    queued, unacknowledged, or stored under another state)."""
+    lines = []
+    try:
+        for db in (0, 1):
+            r = server.redis(db, socket_timeout=5)
+            keys = sorted(r.scan_iter(count=1000))
+            lines.append(f"db {db}: {len(keys)} keys")
+            for key in keys[:limit]:
+                kind = r.type(key).decode()
+                name = key.decode("utf-8", "replace")
+                if kind == "list":
+                    detail = f"{r.llen(key)} messages"
+                elif kind == "hash":
+                    detail = f"{r.hlen(key)} entries"
+                elif kind == "zset":
+                    detail = f"{r.zcard(key)} members"
+                elif kind == "string" and name.startswith("celery-task-meta-"):
+                    try:
+                        meta = json.loads(r.get(key) or b"{}")
+                        detail = f"{meta.get('status')} {str(meta.get('result'))[:80]}"
+                    except ValueError:
+                        detail = "unreadable"
+                else:
+                    detail = kind
+                lines.append(f"  {name}: {detail}")
+            if len(keys) > limit:
+                lines.append(f"  ... and {len(keys) - limit} more")
+            unacked = r.hgetall("unacked") if db == 0 else {}
+            for tag, entry in list(unacked.items())[:10]:
+                try:
+                    headers = json.loads(entry)[0]["headers"]
+                    lines.append(f"  unacked {tag.decode()}: {headers.get('task')}[{headers.get('id')}]")
+                except (ValueError, KeyError, IndexError, TypeError):
+                    lines.append(f"  unacked {tag.decode()}: unreadable")
+    except Exception as e:  # a diagnostic must never hide the failure itself
+        lines.append(f"(could not read redis: {e!r})")
+    return "\n".join(lines)
 
 
 def new_task_id() -> str:

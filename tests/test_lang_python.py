@@ -13,6 +13,7 @@ import http.server
 import json
 import re
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -67,7 +68,12 @@ def web():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], free_port()
+    # A closed port: bound and never listening, so connections to it are refused and no other process
+    # can start listening on it while the tests run.
+    closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    closed.bind(("127.0.0.1", 0))
+    yield server.server_address[1], closed.getsockname()[1]
+    closed.close()
     server.shutdown()
 
 

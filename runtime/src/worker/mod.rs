@@ -432,6 +432,13 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         rate_limits = rate_limits.with_flow_control(queues_tx.clone(), &worker_queues);
     }
     let rate_limits = Arc::new(rate_limits);
+    // Rate limits go in receive order (broker/order.rs): numbered from the start when configured, else
+    // from the first limit set by `control rate_limit` or declared by a component.
+    if settings.has_rate_limits()
+        && let Some(order) = broker.receive_order()
+    {
+        order.keep();
+    }
     // Remote control and events, where the transport has fanout.
     let heartbeat = Arc::new(tokio::sync::Notify::new());
     let mut dispatcher = None;

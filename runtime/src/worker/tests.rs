@@ -294,7 +294,7 @@ async fn handle_with_fake_ack(rig: &Rig, task: NewTask) -> (String, FakeAck, tok
     let mut consumer = rig.memory.consume(&["celery".into()], 4).await.unwrap();
     let d = consumer.fetch(1).await.unwrap().pop().unwrap();
     let fake = FakeAck::default();
-    let d = Delivery { message: d.message, acker: Acker::new(fake.clone()), idle: false };
+    let d = Delivery { message: d.message, acker: Acker::new(fake.clone()), idle: false, arrival: d.arrival };
     let shared = rig.shared.clone();
     let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
     (id, fake, tokio::spawn(async move { request::handle(&shared, d, permit).await }))
