@@ -86,13 +86,13 @@ def test_a_rate_limit_for_every_task(worker, client, config):
 
 
 def test_rate_limited_tasks_take_their_tokens_in_the_order_they_were_sent(worker, client):
-    """Celery's consumer hands rate-limited tasks to their bucket in the order it received them: at 10/s,
-    eight adds sent back to back finish in that order, a tenth of a second apart — also on a worker whose
+    """Celery's consumer hands rate-limited tasks to their bucket in the order it received them: at 5/s,
+    six adds sent back to back finish in that order, a fifth of a second apart — also on a worker whose
     two event loops take messages side by side."""
-    worker(concurrency=2, config='[task_annotations."tasks.add"]\nrate_limit = "10/s"\n')
+    worker(concurrency=2, config='[task_annotations."tasks.add"]\nrate_limit = "5/s"\n')
     assert client.mul.delay(1, 1).get(timeout=30) == 1
     for _ in range(3):
-        adds = [client.add.delay(i, i) for i in range(8)]
+        adds = [client.add.delay(i, i) for i in range(6)]
         wait_all(adds, 30)
         done = [datetime.fromisoformat(client.redis.meta(r.id)["date_done"]) for r in adds]
         order = sorted(range(len(adds)), key=lambda i: done[i])

@@ -70,6 +70,8 @@ impl ReceiveOrder {
         if !self.0.kept.load(Ordering::Acquire) {
             return Ok(take.await?.into_iter().map(|t| (t, None)).collect());
         }
+        // A reply lost and replayed later (Redis's fetch ids) is numbered when it comes: rare, and
+        // only a matter of order.
         let _one_taker = self.0.taking.lock().await;
         let got = take.await?;
         let mut n = self.numbers();
@@ -125,8 +127,14 @@ impl Arrival {
 
 impl Drop for Arrival {
     fn drop(&mut self) {
-        self.order.numbers().waiting.remove(&self.number);
-        self.order.0.passed.notify_waiters();
+        let mut n = self.order.numbers();
+        // Waiters wait for the first number still waiting: only its pass wakes them.
+        let first = n.waiting.first() == Some(&self.number);
+        n.waiting.remove(&self.number);
+        drop(n);
+        if first {
+            self.order.0.passed.notify_waiters();
+        }
     }
 }
 
@@ -168,6 +176,26 @@ mod tests {
         let second = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
         drop(second);
         tokio::time::timeout(Duration::from_millis(100), third.in_turn(Duration::from_secs(60))).await.unwrap();
+    }
+
+    #[test]
+    fn a_pass_on_another_event_loop_wakes_the_message_waiting_for_it() {
+        let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let order = ReceiveOrder::default();
+        order.keep();
+        let mut both = runtime().block_on(received(&order, 2));
+        let second = both.pop().unwrap();
+        let waiter = std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let started = std::time::Instant::now();
+                second.in_turn(Duration::from_secs(60)).await;
+                started.elapsed()
+            })
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(both);
+        let waited = waiter.join().unwrap();
+        assert!(waited < Duration::from_secs(30), "woken by the bound ({waited:?}), not by the first's pass");
     }
 
     #[tokio::test]

@@ -35,11 +35,13 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
     let raw = match message {
         Ok(raw) => raw,
         Err(BadMessage::Unreadable { error, preview }) => {
+            drop(arrival);
             tracing::error!("Received invalid message: {error}; the message has been ignored and discarded: {preview}");
             acker.ack();
             return;
         }
         Err(BadMessage::Undecodable(e)) => {
+            drop(arrival);
             // Held while its FAILURE is written (which may wait out a backend outage).
             acker.hold();
             return Box::pin(reject(s, &mut acker, e, Routing::default())).await;
@@ -49,6 +51,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
     let msg = match TaskMessage::decode(raw, &s.accept) {
         Ok(m) => m,
         Err(e) => {
+            drop(arrival);
             acker.hold();
             return Box::pin(reject(s, &mut acker, e, routing)).await;
         }
@@ -247,6 +250,7 @@ async fn run(
     declared.max_retries = annotation.max_retries.or(declared.max_retries);
     declared.default_retry_delay = annotation.default_retry_delay.or(declared.default_retry_delay);
     if tracked.is_revoked() {
+        drop(arrival);
         return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
     }
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
@@ -773,8 +777,11 @@ async fn gave_up(
 /// Celery's single consumer: a task whose message came after another's
 /// still on its way to its bucket waits for it (`arrival`, broker/order.rs;
 /// at most [`RECEIVE_ORDER_WAIT`]). The transport numbers messages once the
-/// worker has a limit to apply: from the start for configured limits, from
-/// `control rate_limit`, or from the first task whose component declares one.
+/// worker has a limit to apply: from the start for configured limits and those
+/// of components loaded at start, from `control rate_limit`, or from the first
+/// task met whose component declares one (the messages already fetched by then
+/// are not numbered). The tenant's and the cluster's buckets are not ordered.
+/// A message that waited for its component to compile has lost its place.
 async fn rate_limit(
     s: &Shared,
     msg: &TaskMessage,
