@@ -926,15 +926,6 @@ impl Settings {
         crate::broker::amqp::url::is_amqp_url(&self.effective_broker_url())
     }
 
-    /// Whether the configuration gives any task a rate limit
-    /// (`task_default_rate_limit`, a `rate_limit` in `task_annotations` or in
-    /// a tenant's annotations).
-    pub fn has_rate_limits(&self) -> bool {
-        self.task_default_rate_limit.is_some()
-            || self.task_annotations.values().any(|a| a.rate_limit.is_some())
-            || self.tenants.0.values().any(|t| t.annotations.rate_limit.is_some())
-    }
-
     /// The tasks per second `task` may start at on one worker (`None`: unlimited):
     /// its annotation's `rate_limit` (`annotation` is [`Settings::annotation`]'s
     /// answer for it), else `task_default_rate_limit`.

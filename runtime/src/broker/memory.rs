@@ -14,8 +14,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::order::ReceiveOrder;
-use super::qos::{self, Bookkeeping, Held, QosConsumer, Received};
+use super::qos::{Bookkeeping, Held, QosConsumer, Received};
 use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Transport};
 use crate::protocol::{EncodedTask, Envelope};
 
@@ -104,7 +103,7 @@ impl MemoryTransport {
                 st.next_tag += 1;
                 let tag = format!("m{}", st.next_tag);
                 st.unacked.insert(tag.clone(), (q.clone(), payload.clone()));
-                out.push(Received { queue: q.clone(), payload, tag: Some(tag), idle, arrival: None });
+                out.push(Received { queue: q.clone(), payload, tag: Some(tag), idle });
             }
         }
         (!out.is_empty()).then_some(out)
@@ -112,7 +111,7 @@ impl MemoryTransport {
 }
 
 impl Bookkeeping for MemoryTransport {
-    async fn fetch(&self, sources: &[String], max: usize, order: &ReceiveOrder) -> Result<Vec<Received>, BrokerError> {
+    async fn fetch(&self, sources: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -120,9 +119,7 @@ impl Bookkeeping for MemoryTransport {
         let mut waited = false;
         loop {
             let woken = self.wake.notified();
-            let take = async { Ok::<_, BrokerError>(self.take(sources, max, waited).unwrap_or_default()) };
-            let got = qos::take_in_order(order, take).await?;
-            if !got.is_empty() {
+            if let Some(got) = self.take(sources, max, waited) {
                 return Ok(got);
             }
             waited = true;
@@ -180,10 +177,6 @@ impl Transport for MemoryTransport {
 
     fn capabilities(&self) -> Capabilities {
         Capabilities { fanout: false, priorities: false, per_queue_prefetch: false }
-    }
-
-    fn receive_order(&self) -> Option<&ReceiveOrder> {
-        Some(self.held.order())
     }
 
     fn declare<'a>(&'a self, queues: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {

@@ -45,7 +45,6 @@
 
 pub mod amqp;
 pub mod memory;
-pub mod order;
 pub mod qos;
 pub mod redis;
 pub mod sqlite;
@@ -78,12 +77,6 @@ pub trait Transport: Send + Sync + 'static {
 
     /// What this transport can carry.
     fn capabilities(&self) -> Capabilities;
-
-    /// The order this transport's connections receive messages in, for one
-    /// that can keep it (the virtual transports: [`order`]).
-    fn receive_order(&self) -> Option<&order::ReceiveOrder> {
-        None
-    }
 
     /// The database file, for a transport that lives in one.
     fn file(&self) -> Option<&Path> {
@@ -424,9 +417,6 @@ pub struct Delivery {
     /// Whether it came while the consumer was waiting on empty queues: the
     /// worker was idle, and a client is probably waiting for this task.
     pub idle: bool,
-    /// Its place in the order the worker received its messages in, until the
-    /// worker lets it go ([`order`]); `None` where the transport keeps none.
-    pub arrival: Option<order::Arrival>,
 }
 
 /// A message the transport could not turn into a [`RawMessage`].

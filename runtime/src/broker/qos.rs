@@ -23,7 +23,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::order::{Arrival, ReceiveOrder};
 use super::{AckHandle, Acker, BoxFuture, BrokerError, Consumer, Delivery, Housekeeping, decode_envelope};
 use crate::batch::Batcher;
 use crate::connection::retry;
@@ -34,7 +33,7 @@ use crate::connection::retry;
 pub const ACK_LINGER: Duration = Duration::from_millis(1);
 
 /// One message as a virtual transport fetched it, recorded as unacknowledged.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Received {
     /// The queue (list) it came from.
     pub queue: String,
@@ -46,38 +45,12 @@ pub struct Received {
     /// Whether it arrived while the consumer waited on empty queues: the
     /// worker was idle, and a client is probably waiting for this task.
     pub idle: bool,
-    /// Its place in the order the process received its messages in (set by [`take_in_order`]).
-    pub arrival: Option<Arrival>,
-}
-
-/// Take messages with `take` under the process's receive order (one taker at
-/// a time): each gets its place in it. Transports wrap the step that takes
-/// messages off the shared queue, not their waits for one to arrive.
-pub async fn take_in_order<E>(
-    order: &ReceiveOrder,
-    take: impl Future<Output = Result<Vec<Received>, E>>,
-) -> Result<Vec<Received>, E> {
-    let got = order.take(take).await?;
-    Ok(got
-        .into_iter()
-        .map(|(mut r, arrival)| {
-            r.arrival = arrival;
-            r
-        })
-        .collect())
 }
 
 /// A virtual transport's unacknowledged-message bookkeeping.
 pub trait Bookkeeping: Clone + Send + Sync + 'static {
-    /// Receive up to `max` messages from `sources`, waiting up to about a
-    /// second; what is taken off the queues is taken under `order`
-    /// ([`take_in_order`]).
-    fn fetch(
-        &self,
-        sources: &[String],
-        max: usize,
-        order: &ReceiveOrder,
-    ) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send;
+    /// Receive up to `max` messages from `sources`, waiting up to about a second.
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send;
 
     /// Delete the records of acknowledged messages.
     fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send;
@@ -93,10 +66,9 @@ pub trait Bookkeeping: Clone + Send + Sync + 'static {
 }
 
 /// Tags of the messages this process holds (received, not yet acknowledged
-/// or given back), shared by all its connections and its housekeeping; and
-/// the order it received them in.
+/// or given back), shared by all its connections and its housekeeping.
 #[derive(Clone, Default)]
-pub struct Held(Arc<Mutex<HashSet<String>>>, ReceiveOrder);
+pub struct Held(Arc<Mutex<HashSet<String>>>);
 
 impl Held {
     fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
@@ -114,11 +86,6 @@ impl Held {
     /// The tags held right now.
     pub fn snapshot(&self) -> HashSet<String> {
         self.set().clone()
-    }
-
-    /// The order the process received its messages in.
-    pub fn order(&self) -> &ReceiveOrder {
-        &self.1
     }
 }
 
@@ -163,19 +130,14 @@ impl<B: Bookkeeping> QosConsumer<B> {
         if let Some(t) = &r.tag {
             self.ctx.held.insert(t);
         }
-        Delivery {
-            message,
-            acker: Acker::new(QosAck { ctx: self.ctx.clone(), tag: r.tag }),
-            idle: r.idle,
-            arrival: r.arrival,
-        }
+        Delivery { message, acker: Acker::new(QosAck { ctx: self.ctx.clone(), tag: r.tag }), idle: r.idle }
     }
 }
 
 impl<B: Bookkeeping> Consumer for QosConsumer<B> {
     fn fetch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Delivery>, BrokerError>> {
         Box::pin(async move {
-            let got = self.ctx.books.fetch(&self.sources, max, self.ctx.held.order()).await?;
+            let got = self.ctx.books.fetch(&self.sources, max).await?;
             Ok(got.into_iter().map(|r| self.delivery(r)).collect())
         })
     }

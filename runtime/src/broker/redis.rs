@@ -16,9 +16,7 @@
 //! with `BLMOVE l l RIGHT RIGHT` on each list (which returns when a message
 //! arrives but leaves it where it is) and then pops with the script (see
 //! [`RedisBroker::fetch`]). The chaos suite (`bench/chaos.sh`) found the
-//! `BRPOP` window losing about one task per `kill -9`. A worker's event loops
-//! pop one at a time (under its [`ReceiveOrder`]), so it knows the order Redis
-//! handed its messages out in, as Celery's single consumer does.
+//! `BRPOP` window losing about one task per `kill -9`.
 
 mod fanout;
 
@@ -34,7 +32,6 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::order::ReceiveOrder;
 use super::qos::{self, Bookkeeping, Held, QosConsumer, Received};
 use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Housekeeping, Transport};
 use crate::config::TransportOptions;
@@ -237,22 +234,15 @@ impl RedisBroker {
     /// Receive up to `max` messages from `lists`, each recorded in the ack
     /// bookkeeping as it is popped: take what is there at once, or wait up to
     /// a second for something to arrive and take it then.
-    /// The pops are taken under `order`, one at a time across the worker's
-    /// connections, so its receive order is the order Redis handed messages out.
-    pub async fn fetch(
-        &self,
-        lists: &[String],
-        max: usize,
-        order: &ReceiveOrder,
-    ) -> Result<Vec<Received>, BrokerError> {
+    pub async fn fetch(&self, lists: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 || lists.is_empty() {
             return Ok(Vec::new());
         }
-        let got = qos::take_in_order(order, self.pop(lists, max, false)).await?;
+        let got = self.pop(lists, max, false).await?;
         if !got.is_empty() || !self.wait(lists).await? {
             return Ok(got);
         }
-        qos::take_in_order(order, self.pop(lists, max, true)).await
+        self.pop(lists, max, true).await
     }
 
     /// Pop and record up to `max` messages from `lists`, in order
@@ -301,7 +291,6 @@ impl RedisBroker {
                 payload: p[1].clone(),
                 tag: (!p[2].is_empty()).then(|| String::from_utf8_lossy(&p[2]).into_owned()),
                 idle,
-                arrival: None,
             })
             .collect())
     }
@@ -595,10 +584,6 @@ impl Transport for RedisTransport {
         Capabilities { fanout: true, priorities: true, per_queue_prefetch: false }
     }
 
-    fn receive_order(&self) -> Option<&ReceiveOrder> {
-        Some(self.held.order())
-    }
-
     fn fanout(&self) -> Option<&dyn crate::broker::Fanout> {
         Some(self)
     }
@@ -652,13 +637,8 @@ impl Transport for RedisTransport {
 }
 
 impl Bookkeeping for RedisBroker {
-    fn fetch(
-        &self,
-        sources: &[String],
-        max: usize,
-        order: &ReceiveOrder,
-    ) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
-        RedisBroker::fetch(self, sources, max, order)
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
+        RedisBroker::fetch(self, sources, max)
     }
 
     fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send {

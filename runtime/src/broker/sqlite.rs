@@ -40,7 +40,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::order::ReceiveOrder;
 use super::qos::{self, Bookkeeping, Held, QosConsumer, Received};
 use super::{BoxFuture, Broker, BrokerError, Capabilities, Consumer, Housekeeping, Transport};
 use crate::config::TransportOptions;
@@ -179,20 +178,13 @@ impl SqliteBroker {
 
     /// Claim up to `max` visible messages from `queues`, polling for about a
     /// second when there are none.
-    /// Claims are taken under `order`, one at a time across the worker's
-    /// connections, so its receive order is the order of the claims.
-    pub async fn fetch(
-        &self,
-        queues: &[String],
-        max: usize,
-        order: &ReceiveOrder,
-    ) -> Result<Vec<Received>, BrokerError> {
+    pub async fn fetch(&self, queues: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
         if max == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
         let deadline = tokio::time::Instant::now() + FETCH_WAIT;
         loop {
-            let got = qos::take_in_order(order, self.claim(queues, max)).await?;
+            let got = self.claim(queues, max).await?;
             if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(got);
             }
@@ -265,7 +257,7 @@ impl SqliteBroker {
                             continue;
                         }
                         note.execute(params![id, now, owner])?;
-                        out.push(Received { queue, payload, tag: Some(id.to_string()), idle: false, arrival: None });
+                        out.push(Received { queue, payload, tag: Some(id.to_string()), idle: false });
                     }
                 }
                 tx.commit()?;
@@ -446,10 +438,6 @@ impl Transport for SqliteTransport {
         Capabilities { fanout: false, priorities: false, per_queue_prefetch: false }
     }
 
-    fn receive_order(&self) -> Option<&ReceiveOrder> {
-        Some(self.held.order())
-    }
-
     fn file(&self) -> Option<&Path> {
         Some(self.broker.path())
     }
@@ -488,13 +476,8 @@ impl Transport for SqliteTransport {
 }
 
 impl Bookkeeping for SqliteBroker {
-    fn fetch(
-        &self,
-        sources: &[String],
-        max: usize,
-        order: &ReceiveOrder,
-    ) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
-        SqliteBroker::fetch(self, sources, max, order)
+    fn fetch(&self, sources: &[String], max: usize) -> impl Future<Output = Result<Vec<Received>, BrokerError>> + Send {
+        SqliteBroker::fetch(self, sources, max)
     }
 
     fn ack(&self, tags: &[String]) -> impl Future<Output = Result<(), BrokerError>> + Send {
@@ -534,13 +517,6 @@ mod tests {
         t.id
     }
 
-    impl SqliteBroker {
-        /// A fetch outside any worker's receive order.
-        async fn fetch_now(&self, queues: &[String], max: usize) -> Result<Vec<Received>, BrokerError> {
-            self.fetch(queues, max, &ReceiveOrder::default()).await
-        }
-    }
-
     fn raw(path: &Path) -> Connection {
         let c = Connection::open(path).unwrap();
         c.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -569,7 +545,7 @@ mod tests {
         assert_eq!(env.headers["id"], id.as_str());
         assert_eq!(env.body_encoding(), Some("base64"));
 
-        let got = b.fetch_now(&["celery".into()], 10).await.unwrap();
+        let got = b.fetch(&["celery".into()], 10).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].queue, "celery");
         assert_eq!(got[0].payload, payload.as_bytes());
@@ -580,7 +556,7 @@ mod tests {
             .unwrap();
         assert_eq!((visible, version), (0, 2));
         assert_eq!(ts.unwrap().len(), "2026-11-27 05:23:38.458094".len());
-        assert!(b.fetch_now(&["celery".into()], 10).await.unwrap().is_empty());
+        assert!(b.fetch(&["celery".into()], 10).await.unwrap().is_empty());
 
         b.ack(&[got[0].tag.clone().unwrap()]).await.unwrap();
         let left: i64 = c.query_row("SELECT count(*) FROM kombu_message", [], |r| r.get(0)).unwrap();
@@ -602,10 +578,10 @@ mod tests {
             )
             .unwrap();
         }
-        let got = b.fetch_now(&["celery".into(), "other".into()], 2).await.unwrap();
+        let got = b.fetch(&["celery".into(), "other".into()], 2).await.unwrap();
         let bodies: Vec<_> = got.iter().map(|d| String::from_utf8(d.payload.clone()).unwrap()).collect();
         assert_eq!(bodies, ["{\"body\": \"0\"}", "{\"body\": \"1\"}"]);
-        assert_eq!(b.fetch_now(&["celery".into()], 5).await.unwrap().len(), 1);
+        assert_eq!(b.fetch(&["celery".into()], 5).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -615,7 +591,7 @@ mod tests {
         let b = SqliteBroker::connect(&url(&dir), opts(1.0)).await.unwrap();
         publish_add(&a, "celery", 1).await;
         publish_add(&a, "celery", 2).await;
-        let got = a.fetch_now(&["celery".into()], 10).await.unwrap();
+        let got = a.fetch(&["celery".into()], 10).await.unwrap();
         assert_eq!(got.len(), 2);
         let tags: Vec<String> = got.iter().map(|d| d.tag.clone().unwrap()).collect();
 
@@ -623,7 +599,7 @@ mod tests {
         assert!(!b.restore(&tags[0]).await.unwrap());
         assert!(a.restore(&tags[0]).await.unwrap());
         assert!(!a.restore(&tags[0]).await.unwrap());
-        let again = b.fetch_now(&["celery".into()], 10).await.unwrap();
+        let again = b.fetch(&["celery".into()], 10).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].tag, Some(tags[0].clone()));
         let env = Envelope::parse(&again[0].payload).unwrap();
@@ -635,7 +611,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         b.touch(&HashSet::from([tags[0].clone()])).await.unwrap();
         assert_eq!(b.restore_visible(&HashSet::new()).await.unwrap(), 1);
-        let got = b.fetch_now(&["celery".into()], 10).await.unwrap();
+        let got = b.fetch(&["celery".into()], 10).await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].tag, Some(tags[1].clone()));
         tokio::time::sleep(Duration::from_millis(1100)).await;

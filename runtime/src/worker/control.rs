@@ -380,10 +380,6 @@ impl Panel {
             return ok("rate limit disabled successfully");
         }
         tracing::info!("New rate limit for tasks of type {task}: {text}.");
-        // Tokens go in receive order from now on (broker/order.rs).
-        if let Some(order) = self.broker.receive_order() {
-            order.keep();
-        }
         self.state.set_rate_limit(task, Some(limit));
         ok("new rate limit set successfully")
     }

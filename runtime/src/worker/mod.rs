@@ -432,14 +432,6 @@ pub async fn run(opts: WorkerOptions) -> anyhow::Result<()> {
         rate_limits = rate_limits.with_flow_control(queues_tx.clone(), &worker_queues);
     }
     let rate_limits = Arc::new(rate_limits);
-    // Rate limits go in receive order (broker/order.rs): numbered from the start when configured or
-    // declared by a component loaded by now, else from the first limit set by `control rate_limit` or
-    // met on a task.
-    if (settings.has_rate_limits() || sandbox.tasks().iter().any(|t| t.options.rate_limit.is_some()))
-        && let Some(order) = broker.receive_order()
-    {
-        order.keep();
-    }
     // Remote control and events, where the transport has fanout.
     let heartbeat = Arc::new(tokio::sync::Notify::new());
     let mut dispatcher = None;

@@ -14,8 +14,7 @@
 //! Here each bucket is a reservation clock (the same capacity-1 bucket, as
 //! GCRA computes it): a received task takes the next free start time, `max(now,
 //! next)`, and moves `next` on by `1/rate`; it then sleeps until that instant,
-//! so tasks start exactly on the token schedule, in the order received (across
-//! the event loops too: broker/order.rs, on the virtual transports). While it
+//! so tasks start exactly on the token schedule, in the order received. While it
 //! waits the message is held like an ETA task: acknowledged by no one, out of the
 //! prefetch window (so other tasks keep flowing past it), without a run slot, and
 //! given back to the broker on warm shutdown. The buckets are process-wide (one

@@ -21,7 +21,6 @@ use tracing::Instrument;
 use super::state::Tracked;
 use super::{Phase, Shared, builtins, canvas, retries, retry};
 use crate::backend::{ChordCounter, ChordMember, Reply, Routing};
-use crate::broker::order::Arrival;
 use crate::broker::{Acker, BadMessage, Delivery};
 use crate::config::{Annotation, RateLimit};
 use crate::protocol::result::{ResultMeta, child_tuple};
@@ -31,17 +30,15 @@ use crate::sandbox::{CallReport, CallResult, Invocation, Outcome, Request, State
 
 /// Handle one delivery to the end.
 pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePermit) {
-    let Delivery { message, mut acker, mut arrival, .. } = d;
+    let Delivery { message, mut acker, .. } = d;
     let raw = match message {
         Ok(raw) => raw,
         Err(BadMessage::Unreadable { error, preview }) => {
-            drop(arrival);
             tracing::error!("Received invalid message: {error}; the message has been ignored and discarded: {preview}");
             acker.ack();
             return;
         }
         Err(BadMessage::Undecodable(e)) => {
-            drop(arrival);
             // Held while its FAILURE is written (which may wait out a backend outage).
             acker.hold();
             return Box::pin(reject(s, &mut acker, e, Routing::default())).await;
@@ -51,7 +48,6 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
     let msg = match TaskMessage::decode(raw, &s.accept) {
         Ok(m) => m,
         Err(e) => {
-            drop(arrival);
             acker.hold();
             return Box::pin(reject(s, &mut acker, e, routing)).await;
         }
@@ -64,7 +60,6 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         // window, and give it back if the worker stops first.
         acker.hold();
         prefetch = None;
-        drop(arrival.take());
         tokio::select! {
             biased;
             _ = stopped(s.phase.clone()) => return Box::pin(acker.requeue()).await,
@@ -72,7 +67,6 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         }
     }
     if builtin.is_none() && s.sandbox.task(&msg.task).is_none() {
-        drop(arrival);
         tracing::error!(
             "Received unregistered task of type '{}'.\nThe message has been ignored and discarded.\n\n{}\n\
              The delivery info for this task is: {{'exchange': '{}', 'routing_key': '{}'}}",
@@ -92,7 +86,7 @@ pub(crate) async fn handle(s: &Shared, d: Delivery, prefetch: OwnedSemaphorePerm
         acker.reject().await;
         return;
     }
-    run(s, &mut acker, msg, routing, prefetch, arrival).await;
+    run(s, &mut acker, msg, routing, prefetch).await;
 }
 
 /// A message that could not be decoded: log it, fail the task if its id is
@@ -225,15 +219,13 @@ async fn cancelled_by_cold_shutdown(s: &Shared, acker: &mut Acker, msg: &TaskMes
 /// How long a cold shutdown tries to send a running early-ack task back to its queue.
 const COLD_REPUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Run a decoded task message (`arrival`: its place in the worker's receive
-/// order, let go once it has its rate-limit token or needs none).
+/// Run a decoded task message.
 async fn run(
     s: &Shared,
     acker: &mut Acker,
     msg: TaskMessage,
     routing: Routing,
     mut prefetch: Option<OwnedSemaphorePermit>,
-    arrival: Option<Arrival>,
 ) {
     // Held while the message counts against the prefetch window; then traded
     // for a backlog slot, which bounds results not yet written.
@@ -250,7 +242,6 @@ async fn run(
     declared.max_retries = annotation.max_retries.or(declared.max_retries);
     declared.default_retry_delay = annotation.default_retry_delay.or(declared.default_retry_delay);
     if tracked.is_revoked() {
-        drop(arrival);
         return Box::pin(revoked(s, acker, &msg, &routing, &annotation, &tracked, Revocation::Revoked)).await;
     }
     let acks_late = annotation.acks_late.unwrap_or(s.settings.task_acks_late);
@@ -259,8 +250,6 @@ async fn run(
         return;
     }
 
-    // A task waiting for its ETA takes its token when the ETA comes, not in receive order.
-    let arrival = arrival.filter(|_| msg.eta.is_none_or(|eta| eta <= Utc::now()));
     // A far-future ETA is kept by the transport when it can (AMQP's delay
     // queues): the original is acknowledged once the copy is safe.
     if let Some(eta) = msg.eta
@@ -295,7 +284,7 @@ async fn run(
     // the tenant's own queue: worker/rate.rs).
     let tenant_wait = tenant.as_deref().and_then(|t| s.rate_limits.waiting(t));
     // Wait for a rate-limit token (worker/rate.rs), held out of the prefetch window like an ETA task.
-    if !Box::pin(rate_limit(s, &msg, tenant.as_deref(), &annotation, acker, &mut prefetch, arrival)).await {
+    if !Box::pin(rate_limit(s, &msg, tenant.as_deref(), &annotation, acker, &mut prefetch)).await {
         return Box::pin(acker.requeue()).await;
     }
     if msg.is_expired(Utc::now()) {
@@ -772,16 +761,6 @@ async fn gave_up(
 /// empty: the message is held (acknowledged by no one) and, while there is
 /// room (`rate::MAX_HELD`), leaves the prefetch window. False when the worker
 /// began stopping first: the caller gives the message back.
-///
-/// Tokens go in the order the worker received the messages, as from
-/// Celery's single consumer: a task whose message came after another's
-/// still on its way to its bucket waits for it (`arrival`, broker/order.rs;
-/// at most [`RECEIVE_ORDER_WAIT`]). The transport numbers messages once the
-/// worker has a limit to apply: from the start for configured limits and those
-/// of components loaded at start, from `control rate_limit`, or from the first
-/// task met whose component declares one (the messages already fetched by then
-/// are not numbered). The tenant's and the cluster's buckets are not ordered.
-/// A message that waited for its component to compile has lost its place.
 async fn rate_limit(
     s: &Shared,
     msg: &TaskMessage,
@@ -789,29 +768,16 @@ async fn rate_limit(
     annotation: &Annotation,
     acker: &mut Acker,
     prefetch: &mut Option<OwnedSemaphorePermit>,
-    arrival: Option<Arrival>,
 ) -> bool {
     // A limit set by `control rate_limit` replaces the configured one.
     let limit = match s.state.rate_limit(&msg.task) {
         Some(set) => set.as_ref().and_then(RateLimit::tasks_per_second),
         None => s.settings.rate_limit(annotation),
     };
-    if limit.is_some_and(|r| r > 0.0) {
-        match &arrival {
-            Some(arrival) => arrival.in_turn(RECEIVE_ORDER_WAIT).await,
-            // A limit only a component declares: numbered from the next message on.
-            None => {
-                if let Some(order) = s.broker.receive_order() {
-                    order.keep();
-                }
-            }
-        }
-    }
     // The task's own token first; the tenant's (and the cluster's) only once it is due, so a task
     // waiting a minute for its own token does not book its tenant's token for a minute from now
     // (a bucket is a reservation clock: that would hold up the tenant's other tasks until then).
     let local = s.rate_limits.reserve(&msg.task, limit, std::time::Instant::now());
-    drop(arrival);
     let mut held = None;
     if let Some(wait) = local
         && !held_for(s, msg, wait, acker, prefetch, &mut held).await
@@ -825,11 +791,6 @@ async fn rate_limit(
         None => true,
     }
 }
-
-/// The longest a rate-limited task waits for a message received before it to
-/// reach its bucket first (one held up elsewhere, e.g. on a slow result
-/// store, does not hold the next ones up for longer).
-const RECEIVE_ORDER_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Hold a rate-limited message for `wait` (out of the prefetch window while
 /// there is room; `held` keeps that place across the waits of one message).

@@ -294,7 +294,7 @@ async fn handle_with_fake_ack(rig: &Rig, task: NewTask) -> (String, FakeAck, tok
     let mut consumer = rig.memory.consume(&["celery".into()], 4).await.unwrap();
     let d = consumer.fetch(1).await.unwrap().pop().unwrap();
     let fake = FakeAck::default();
-    let d = Delivery { message: d.message, acker: Acker::new(fake.clone()), idle: false, arrival: d.arrival };
+    let d = Delivery { message: d.message, acker: Acker::new(fake.clone()), idle: false };
     let shared = rig.shared.clone();
     let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
     (id, fake, tokio::spawn(async move { request::handle(&shared, d, permit).await }))
@@ -340,43 +340,4 @@ async fn a_delivery_that_is_not_stale_runs_and_is_acknowledged_through_the_same_
     tokio::time::timeout(Duration::from_secs(10), handler).await.expect("the handler ended").unwrap();
     assert_eq!(rig.state(&id).await, Some(TaskState::Success));
     assert_eq!(fake.calls(), ["hold", "ack"]);
-}
-
-#[tokio::test]
-async fn rate_limited_tasks_take_their_tokens_in_receive_order_whichever_handler_gets_there_first() {
-    // One token a minute: the task received first runs now, the other waits a minute.
-    let mut s = settings(false);
-    let limited = crate::config::Annotation {
-        rate_limit: Some(crate::config::RateLimit::parse("1/m").unwrap()),
-        ..Default::default()
-    };
-    s.task_annotations.insert("tasks.add".into(), limited);
-    let rig = Rig::new(MemoryTransport::new(), s, 2).await;
-    // What the worker does at start for a configured limit.
-    rig.memory.receive_order().expect("the memory transport keeps a receive order").keep();
-    let first = rig.send(call("tasks.add", json!([1, 1]))).await;
-    let second = rig.send(call("tasks.add", json!([2, 2]))).await;
-    let mut consumer = rig.memory.consume(&["celery".into()], 4).await.unwrap();
-    let mut got = consumer.fetch(2).await.unwrap();
-    assert_eq!(got.len(), 2);
-    let (d_second, d_first) = (got.pop().unwrap(), got.pop().unwrap());
-    let handle = |d: Delivery| {
-        let shared = rig.shared.clone();
-        tokio::spawn(async move {
-            let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
-            request::handle(&shared, d, permit).await
-        })
-    };
-    // The second message's handler gets to the bucket first (another event loop, say).
-    let late = handle(d_second);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let early = handle(d_first);
-    eventually("the task received first has run", async || rig.state(&first).await == Some(TaskState::Success)).await;
-    assert_eq!(rig.state(&second).await, None, "the task received second took the first token");
-    // Warm shutdown gives the waiting one back.
-    rig.phase.send(Phase::Warm).unwrap();
-    for h in [early, late] {
-        tokio::time::timeout(Duration::from_secs(10), h).await.expect("the handler ended").unwrap();
-    }
-    assert_eq!(rig.state(&second).await, None);
 }

@@ -179,7 +179,7 @@ impl AmqpConsumer {
         let handle = AmqpAck { ack: d.ack, acks: self.acks.clone() };
         let mut message = d.message;
         message.delivery.queue = Some(d.queue);
-        Some(Delivery { message: Ok(message), acker: Acker::new(handle), idle: false, arrival: None })
+        Some(Delivery { message: Ok(message), acker: Acker::new(handle), idle: false })
     }
 }
 
