@@ -978,5 +978,19 @@ def _redis_state(server: "RedisServer", limit: int = 60) -> str:
     return "\n".join(lines)
 
 
+@pytest.fixture
+def sdk(monkeypatch):
+    """The Python SDK (``sdk-python/celeriac``) imported on plain CPython, as a project's own unit tests
+    import it, with an empty task registry; unloaded afterwards."""
+    import importlib
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "sdk-python"))
+    monkeypatch.delitem(sys.modules, "celeriac", raising=False)
+    mod = importlib.import_module("celeriac")
+    monkeypatch.setattr(mod, "REGISTRY", {})
+    yield mod
+    for name in [m for m in sys.modules if m == "celeriac" or m.startswith("celeriac.")]:
+        sys.modules.pop(name)
+
+
 def new_task_id() -> str:
     return str(uuid.uuid4())

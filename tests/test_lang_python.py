@@ -289,18 +289,7 @@ def test_declared_autoretry_for_retries_a_key_error_then_fails_with_it(py_worker
 
 # --- the SDK on plain CPython (a project's own unit tests import it the same way) ---
 
-@pytest.fixture
-def sdk(monkeypatch):
-    import importlib
-    import sys
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "sdk-python"))
-    monkeypatch.delitem(sys.modules, "celeriac", raising=False)
-    mod = importlib.import_module("celeriac")
-    monkeypatch.setattr(mod, "REGISTRY", {})
-    yield mod
-    for name in [m for m in sys.modules if m == "celeriac" or m.startswith("celeriac.")]:
-        sys.modules.pop(name)
-
+# (the ``sdk`` fixture: tests/conftest.py)
 
 def test_decorated_tasks_stay_callable_outside_a_component_and_refuse_unknown_options(sdk):
     @sdk.task

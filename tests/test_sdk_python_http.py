@@ -23,8 +23,6 @@ import types as pytypes
 
 import pytest
 
-from conftest import REPO_ROOT
-
 # --------------------------------------------------------------------------
 # Fake bindings
 # --------------------------------------------------------------------------
@@ -267,11 +265,8 @@ def make_bindings(world: World):
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(sdk, monkeypatch):
     """``fake(**world)`` -> (the SDK's http module, the world, error codes, the header error)."""
-    monkeypatch.syspath_prepend(str(REPO_ROOT / "sdk-python"))
-    for name in [m for m in sys.modules if m == "celeriac" or m.startswith("celeriac.")]:
-        monkeypatch.delitem(sys.modules, name)
     http = importlib.import_module("celeriac.http")
     top = pytypes.ModuleType("componentize_py_types")
     top.Ok, top.Err = Ok, Err
@@ -286,9 +281,7 @@ def fake(monkeypatch):
         monkeypatch.setitem(sys.modules, "wit_world.imports", imports)
         return http, world, codes, header_error
 
-    yield start
-    for name in [m for m in sys.modules if m == "celeriac" or m.startswith("celeriac.")]:
-        sys.modules.pop(name)
+    return start
 
 
 # --------------------------------------------------------------------------
